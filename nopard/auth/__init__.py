@@ -1,0 +1,140 @@
+"""Users and who is asking: login and registration, tokens, and the read/write policy."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import orjson
+
+from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
+from nopard.auth.tokens import TokenStore
+from nopard.config import LiveSettings
+from nopard.errors import (
+    AuthenticationRequired,
+    BadCredentials,
+    Conflict,
+    InvalidInput,
+    PermissionDenied,
+)
+from nopard.storage import Storage
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+MAX_PASSWORD_LENGTH = 72  # bcrypt ignores what comes after
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who made a request: a user name, or None for anonymous."""
+
+    user: str | None = None
+    readonly: bool = False
+
+
+ANONYMOUS = Identity()
+
+
+class Accounts:
+    """Logging in, registering, and authenticating requests."""
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        users: HtpasswdFile,
+        tokens: TokenStore,
+        storage: Storage,
+        now: Callable[[], str],
+    ) -> None:
+        self._settings = settings
+        self.users = users
+        self.tokens = tokens
+        self._storage = storage
+        self._now = now
+
+    async def login(self, name: Any, password: Any, email: Any = None) -> str:
+        """A new token for ``name``, registering them while registration is open.
+
+        Raises BadCredentials on a wrong password, PermissionDenied when the
+        user is unknown and registration is closed.
+        """
+        validate_user_name(name)
+        if not isinstance(password, str) or not password:
+            raise InvalidInput("a password is required")
+        if len(password.encode()) > MAX_PASSWORD_LENGTH:
+            raise InvalidInput(f"passwords are at most {MAX_PASSWORD_LENGTH} bytes")
+        if name in self.users:
+            if not await self.users.check(name, password):
+                raise BadCredentials("incorrect user name or password")
+        else:
+            await self._register(name, password, email)
+        return await self.tokens.create(name, self._now())
+
+    async def _register(self, name: str, password: str, email: Any) -> None:
+        if email is not None and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
+            raise InvalidInput("invalid email address")
+        max_users = self._settings.current.max_users
+        try:
+            await self.users.add(name, password, max_users=max_users)
+        except Conflict as error:
+            if name in self.users:  # registered by a concurrent request
+                raise BadCredentials("incorrect user name or password") from None
+            raise PermissionDenied(f"user registration is closed: {error.message}") from None
+        profile = {"name": name, "email": email or "", "created": self._now()}
+        await self._storage.write(f"users/{name}.json", orjson.dumps(profile))
+
+    async def profile(self, name: str) -> dict[str, str]:
+        """``{name, email}`` of a user, as maintainers lists carry them."""
+        raw = await self._storage.read(f"users/{validate_user_name(name)}.json")
+        email = orjson.loads(raw).get("email", "") if raw else ""
+        return {"name": name, "email": email}
+
+    async def logout(self, token: str) -> bool:
+        """Revoke ``token``; False if it was not a live token."""
+        return await self.tokens.revoke(token)
+
+    async def identify(self, authorization: str | None) -> Identity:
+        """The identity an Authorization header proves; BadCredentials if it proves none."""
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, credentials = authorization.strip().partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if scheme == "bearer":
+            record = await self.tokens.lookup(credentials)
+            if record is None or record.user not in self.users:
+                raise BadCredentials("invalid or revoked token", scheme="Bearer")
+            return Identity(record.user, record.readonly)
+        if scheme == "basic":
+            name, password = _basic_credentials(credentials)
+            if not await self.users.check(name, password):
+                raise BadCredentials("incorrect user name or password")
+            return Identity(name)
+        raise BadCredentials(f"unsupported authorization scheme {scheme!r}")
+
+    def require_read(self, identity: Identity) -> None:
+        """Raise AuthenticationRequired if reads need a user and there is none."""
+        if self._settings.current.auth_read and identity.user is None:
+            raise AuthenticationRequired("log in to read from this registry")
+
+    def require_write(self, identity: Identity) -> str | None:
+        """The user writing (None: anonymous, when NOPARD_AUTH_WRITE is off); raise if not allowed."""
+        if identity.user is None:
+            if not self._settings.current.auth_write:
+                return None
+            raise AuthenticationRequired("log in to publish to this registry (npm login)")
+        if identity.readonly:
+            raise PermissionDenied("this token is read-only")
+        return identity.user
+
+
+def _basic_credentials(encoded: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise BadCredentials("malformed Basic credentials") from None
+    name, separator, password = decoded.partition(":")
+    if not separator or not name:
+        raise BadCredentials("malformed Basic credentials")
+    return name, password

@@ -1,0 +1,49 @@
+"""Domain errors. The web layer maps each class to an HTTP status in one table."""
+
+
+class NopardError(Exception):
+    """Base of every error a client is told about; the message is for a human."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(NopardError):
+    """The request is malformed: bad JSON, bad name, bad field."""
+
+
+class AuthenticationRequired(NopardError):
+    """No credentials were given where they are needed."""
+
+
+class BadCredentials(NopardError):
+    """The credentials given are wrong, unknown or revoked."""
+
+    def __init__(self, message: str, scheme: str = "Basic") -> None:
+        super().__init__(message)
+        self.scheme = scheme
+
+
+class PermissionDenied(NopardError):
+    """The user is known but may not do this."""
+
+
+class NotFound(NopardError):
+    """No such package, version, tarball, user or token."""
+
+
+class Conflict(NopardError):
+    """The request contradicts what is stored (e.g. a different tarball for a version)."""
+
+
+class VersionExists(NopardError):
+    """A publish names a version that is already published."""
+
+
+class IntegrityMismatch(NopardError):
+    """Bytes do not match the checksum that was declared for them."""
+
+
+class PayloadTooLarge(NopardError):
+    """The request body is larger than the configured limit."""

@@ -1,0 +1,153 @@
+"""Package names, versions, tarball file names, and the storage keys made from them.
+
+Storage keys are built here and only from names that passed validation, so no
+request can name a key outside the store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from nopard.errors import InvalidInput
+
+MAX_NAME_LENGTH = 214
+_SCOPE = r"@[a-z0-9~-][a-z0-9._~-]*"
+# Old packages may carry uppercase letters and a few more URL-safe marks.
+_BARE_SERVED = r"[A-Za-z0-9~!'()*-][A-Za-z0-9._~!'()*-]*"
+_BARE_NEW = r"[a-z0-9~-][a-z0-9._~-]*"
+_SERVED_NAME = re.compile(rf"(?:{_SCOPE}/)?{_BARE_SERVED}")
+_NEW_NAME = re.compile(rf"(?:{_SCOPE}/)?{_BARE_NEW}")
+_RESERVED = {"node_modules", "favicon.ico"}
+
+_VERSION = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
+    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+)
+_TAG = re.compile(r"[A-Za-z0-9._~-]{1,100}")
+_RANGE_LIKE = re.compile(r"^[\sv=<>~^]*(\d|[xX*]$)|^\s*$|\|\||\s-\s")
+
+
+def validate_name(name: str, *, new: bool = False) -> str:
+    """Return ``name`` if it is a package name nopard serves, else raise InvalidInput.
+
+    ``new`` applies the stricter rules for names being published for the
+    first time (lowercase, no ``~'!()*``).
+    """
+    pattern = _NEW_NAME if new else _SERVED_NAME
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("package name is missing")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"package name is longer than {MAX_NAME_LENGTH} characters")
+    if not pattern.fullmatch(name) or name in _RESERVED:
+        raise InvalidInput(f"invalid package name: {name!r}")
+    return name
+
+
+def unscoped(name: str) -> str:
+    """The part of a name after its scope: ``@s/n`` -> ``n``."""
+    return name.rsplit("/", 1)[-1]
+
+
+def validate_version(version: str) -> str:
+    """Return ``version`` if it is strict semver, else raise InvalidInput."""
+    if not isinstance(version, str) or len(version) > 256 or not _VERSION.fullmatch(version):
+        raise InvalidInput(f"invalid version: {version!r}")
+    return version
+
+
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a strict semver version."""
+    return isinstance(text, str) and bool(_VERSION.fullmatch(text))
+
+
+def validate_tag(tag: str) -> str:
+    """A dist-tag: URL-safe, and never something a client would read as a range."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise InvalidInput(f"invalid dist-tag: {tag!r}")
+    if _RANGE_LIKE.search(tag):
+        raise InvalidInput(f"dist-tag {tag!r} looks like a version range")
+    return tag
+
+
+def tarball_filename(name: str, version: str) -> str:
+    """The conventional tarball file name of a version: ``<unscoped>-<version>.tgz``."""
+    return f"{unscoped(name)}-{version}.tgz"
+
+
+def validate_tarball_filename(name: str, filename: str) -> str:
+    """Return ``filename`` if it is a tarball file of package ``name``, else raise InvalidInput."""
+    prefix = unscoped(name) + "-"
+    if (
+        not filename.startswith(prefix)
+        or not filename.endswith(".tgz")
+        or not is_version(filename[len(prefix) : -len(".tgz")])
+    ):
+        raise InvalidInput(f"invalid tarball file name for {name}: {filename!r}")
+    return filename
+
+
+# Storage keys ---------------------------------------------------------------
+
+
+def package_prefix(name: str) -> str:
+    """The key prefix holding everything of one package."""
+    return f"packages/{validate_name(name)}"
+
+
+def local_document_key(name: str) -> str:
+    """Key of the document of a package published here."""
+    return f"{package_prefix(name)}/package.json"
+
+
+def tarball_key(name: str, filename: str) -> str:
+    """Key of one tarball of a package."""
+    return f"{package_prefix(name)}/tarballs/{validate_tarball_filename(name, filename)}"
+
+
+# Request paths --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackagePath:
+    """What a package URL path names.
+
+    ``kind`` is ``document`` (``/<pkg>``), ``version`` (``/<pkg>/<v-or-tag>``),
+    ``tarball`` (``/<pkg>/-/<file>``) or ``revision`` (``/<pkg>/-rev/<rev>``);
+    ``argument`` is the version, file or revision.
+    """
+
+    name: str
+    kind: str
+    argument: str | None = None
+
+
+def parse_package_path(path: bytes | str) -> PackagePath:
+    """Parse a request path (still percent-encoded) into the package it names.
+
+    Every spelling clients use is accepted: ``/@s%2fn``, ``/@s%2Fn``,
+    ``/@s/n``, ``/%40s%2fn``. Raises InvalidInput for anything else.
+    """
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("path is not valid UTF-8") from None
+    if "\\" in decoded or "\x00" in decoded:
+        raise InvalidInput("invalid characters in path")
+    segments = decoded.strip("/").split("/")
+    count = 2 if segments[0].startswith("@") else 1
+    if len(segments) < count:
+        raise InvalidInput("invalid package name")
+    name = validate_name("/".join(segments[:count]))
+    rest = segments[count:]
+    if not rest:
+        return PackagePath(name, "document")
+    if len(rest) == 1 and rest[0]:
+        return PackagePath(name, "version", rest[0])
+    if len(rest) == 2 and rest[0] == "-":
+        return PackagePath(name, "tarball", validate_tarball_filename(name, rest[1]))
+    if len(rest) == 2 and rest[0] == "-rev" and rest[1]:
+        return PackagePath(name, "revision", rest[1])
+    raise InvalidInput("unrecognised package path")

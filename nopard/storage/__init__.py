@@ -1,0 +1,78 @@
+"""The storage interface every backend implements, and the key rules they share.
+
+A key is a ``/``-separated path of safe segments, made by ``nopard.names``.
+Backends check keys again (defence in depth): a key can never address
+anything outside the store, nor a backend's temporary files, whose names
+start with a dot.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from twisted.internet.interfaces import IConsumer
+
+_SEGMENT = re.compile(r"[A-Za-z0-9@~!'()*+_-][A-Za-z0-9@.~!'()*+_-]*")
+MAX_KEY_LENGTH = 1024
+
+
+class InvalidKey(ValueError):
+    """A key that no name could have produced."""
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if every segment is safe, else raise InvalidKey."""
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"invalid storage key: {key!r}")
+    for segment in key.split("/"):
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidKey(f"invalid storage key: {key!r}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty, or a key followed by ``/``."""
+    if prefix == "":
+        return prefix
+    if not prefix.endswith("/"):
+        raise InvalidKey(f"a listing prefix ends with '/': {prefix!r}")
+    check_key(prefix[:-1])
+    return prefix
+
+
+class Blob(Protocol):
+    """A stored object opened for streaming."""
+
+    size: int
+
+    async def send_to(self, consumer: IConsumer) -> None:
+        """Write the whole object to ``consumer``, with flow control; close afterwards."""
+
+    def close(self) -> None:
+        """Release the object without sending it."""
+
+
+class Storage(Protocol):
+    """Documents and blobs by key. Every write is atomic: readers see all or nothing."""
+
+    async def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+
+    async def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key``, replacing any object there atomically."""
+
+    async def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` at ``key`` only if nothing is there; False if something was."""
+
+    async def delete(self, key: str) -> bool:
+        """Remove the object; False if there was none."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+
+    async def open(self, key: str) -> Blob | None:
+        """Open the object for streaming, or None when there is none."""
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (``""`` or ending in ``/``), sorted."""

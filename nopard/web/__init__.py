@@ -1,0 +1,1 @@
+"""The HTTP face of nopard: the Klein app and the Twisted site."""

@@ -1,0 +1,235 @@
+"""The npm registry API as Klein routes: parse the request, call the domain, render.
+
+Domain errors become JSON answers through one table (STATUS_OF).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from nopard import names
+from nopard.auth import Accounts, Identity
+from nopard.config import LiveSettings
+from nopard.errors import (
+    AuthenticationRequired,
+    BadCredentials,
+    Conflict,
+    IntegrityMismatch,
+    InvalidInput,
+    NopardError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    VersionExists,
+)
+from nopard.publication import parse_publication
+from nopard.registry import Registry
+from nopard.storage import InvalidKey
+from nopard.web.responses import header, json_response, public_base_url, read_json_body, send_prepared
+
+STATUS_OF: dict[type[NopardError], int] = {
+    InvalidInput: 400,
+    AuthenticationRequired: 401,
+    BadCredentials: 401,
+    PermissionDenied: 403,
+    VersionExists: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    IntegrityMismatch: 400,
+}
+PRIVATE_DOCUMENT_CACHE = "private, no-cache"
+TARBALL_CACHE = "private, max-age=31536000, immutable"
+USER_PREFIX = "org.couchdb.user:"
+
+RunInThread = Callable[..., Awaitable[Any]]
+
+
+class RegistryApp:
+    """The web face of the registry; dependencies are attributes, no global state."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        registry: Registry,
+        accounts: Accounts,
+        run_in_thread: RunInThread,
+        log: Logger,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.accounts = accounts
+        self._run = run_in_thread
+        self.log = log
+
+    def resource(self) -> Any:
+        """The Twisted resource serving this app."""
+        return self.app.resource()
+
+    # Errors ---------------------------------------------------------------
+
+    @app.handle_errors(NopardError)
+    def domain_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        status = next(s for cls, s in STATUS_OF.items() if isinstance(error, cls))
+        if status == 401:
+            scheme = getattr(error, "scheme", "Basic")
+            request.setHeader(b"WWW-Authenticate", f'{scheme} realm="nopard"')
+        return json_response(request, status, {"error": error.message})
+
+    @app.handle_errors(RouteNotFound)
+    def route_not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 404, {"error": "not found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 405, {"error": "method not allowed here"})
+
+    @app.handle_errors(InvalidKey)
+    def invalid_key(self, request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 400, {"error": "invalid name"})
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        self.log.failure("unexpected error on {path}", failure, path=request.uri, event="error")
+        return json_response(request, 500, {"error": "internal error; see the registry's log"})
+
+    # Helpers --------------------------------------------------------------
+
+    async def identify(self, request: IRequest) -> Identity:
+        """Who is asking; the access log learns it too."""
+        identity = await self.accounts.identify(header(request, "authorization"))
+        request.user = identity.user
+        return identity
+
+    def base_url(self, request: IRequest) -> str:
+        """The URL this request reached the registry at."""
+        current = self.settings.current
+        return public_base_url(
+            configured=current.base_url,
+            always_https=current.always_https,
+            secure=request.isSecure(),
+            host=header(request, "host"),
+            forwarded_proto=header(request, "x-forwarded-proto"),
+            forwarded_host=header(request, "x-forwarded-host"),
+            fallback_host=f"{current.hostname}:{current.port}",
+        )
+
+    async def json_body(self, request: IRequest) -> Any:
+        """The request body parsed as JSON, in a thread (it can be large)."""
+        return await self._run(
+            read_json_body,
+            request.content,
+            header(request, "content-encoding"),
+            self.settings.current.max_body_size,
+        )
+
+    # Misc routes ----------------------------------------------------------
+
+    @app.route("/-/ping", methods=["GET"])
+    def ping(self, request: IRequest) -> bytes:
+        return json_response(request, 200, {})
+
+    @app.route("/-/whoami", methods=["GET"])
+    async def whoami(self, request: IRequest) -> bytes:
+        identity = await self.identify(request)
+        if identity.user is None:
+            raise AuthenticationRequired("not logged in")
+        return json_response(request, 200, {"username": identity.user})
+
+    @app.route("/-/user/<userid>", methods=["PUT"])
+    async def login(self, request: IRequest, userid: str) -> bytes:
+        """Legacy (CouchDB-style) login, which also registers while registration is open."""
+        if not userid.startswith(USER_PREFIX):
+            raise NotFound("not found")
+        name = userid[len(USER_PREFIX) :]
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        if body.get("name", name) != name:
+            raise InvalidInput("the body's name does not match the URL's user")
+        token = await self.accounts.login(name, body.get("password"), body.get("email"))
+        request.user = name
+        return json_response(
+            request, 201, {"ok": True, "id": userid, "rev": "1-0", "token": token}
+        )
+
+    @app.route("/-/user/token/<token>", methods=["DELETE"])
+    async def logout(self, request: IRequest, token: str) -> bytes:
+        """Revoke a token (npm logout). Idempotent: a gone token is logged out too."""
+        await self.accounts.logout(unquote(token))
+        return json_response(request, 200, {"ok": True})
+
+    # Packages -------------------------------------------------------------
+
+    @app.route("/<path:ignored>", methods=["GET", "PUT", "DELETE"])
+    async def package(self, request: IRequest, ignored: str) -> bytes | None:
+        """Every package path; which one is parsed from the raw path."""
+        if request.path.startswith(b"/-/"):
+            raise RouteNotFound()
+        target = names.parse_package_path(request.path)
+        method = request.method.decode("ascii")
+        if method == "HEAD":
+            method = "GET"
+        handler = self._package_handlers.get((method, target.kind))
+        if handler is None:
+            raise_unsupported(method, target.kind)
+        return await handler(self, request, target)
+
+    async def get_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        self.accounts.require_read(await self.identify(request))
+        prepared = await self.registry.prepared(target.name, self.base_url(request))
+        return send_prepared(request, prepared, PRIVATE_DOCUMENT_CACHE)
+
+    async def get_version(self, request: IRequest, target: names.PackagePath) -> bytes:
+        self.accounts.require_read(await self.identify(request))
+        manifest = await self.registry.version(target.name, target.argument, self.base_url(request))
+        return json_response(request, 200, manifest)
+
+    async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
+        self.accounts.require_read(await self.identify(request))
+        blob = await self.registry.tarball(target.name, target.argument)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Length", b"%d" % blob.size)
+        request.setHeader(b"Cache-Control", TARBALL_CACHE)
+        if request.method == b"HEAD":
+            blob.close()
+            return b""
+        await blob.send_to(request)
+        return b""
+
+    async def put_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        user = self.accounts.require_write(await self.identify(request))
+        body = await self.json_body(request)
+        if not isinstance(body, dict) or "_attachments" not in body:
+            raise InvalidInput(
+                "only publishing (a body with _attachments) is supported on this route yet"
+            )
+        publication = await self._run(parse_publication, target.name, body)
+        publisher = await self.accounts.profile(user) if user else {"name": "anonymous", "email": ""}
+        document = await self.registry.publish(publication, publisher, check_owner=user is not None)
+        return json_response(
+            request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
+        )
+
+    _package_handlers = {
+        ("GET", "document"): get_document,
+        ("GET", "version"): get_version,
+        ("GET", "tarball"): get_tarball,
+        ("PUT", "document"): put_document,
+    }
+
+
+def raise_unsupported(method: str, kind: str) -> None:
+    """Refuse a package route nopard does not serve (yet) with a clear error."""
+    raise MethodNotAllowed(description=f"{method} on a package {kind} is not supported")

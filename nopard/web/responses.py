@@ -1,0 +1,140 @@
+"""Reading request bodies and writing responses: JSON, prepared documents, errors."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Any
+
+import orjson
+from twisted.web.iweb import IRequest
+
+from nopard.cache import PreparedBody, PreparedDocument
+from nopard.errors import InvalidInput, PayloadTooLarge
+
+ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+
+
+def header(request: IRequest, name: str) -> str | None:
+    """A request header as text (latin-1), or None."""
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def json_response(request: IRequest, status: int, value: Any) -> bytes:
+    """Set status and JSON headers; return the body for Klein to write."""
+    body = orjson.dumps(value)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.setHeader(b"Cache-Control", b"no-store")
+    return body
+
+
+def read_json_body(content: Any, encoding: str | None, max_size: int) -> Any:
+    """Parse a request body as JSON (gunzipping it first when it says so).
+
+    Runs in a thread: it may read and parse up to NOPARD_MAX_BODY_SIZE bytes.
+    """
+    content.seek(0)
+    raw = content.read()
+    if encoding and encoding.strip().lower() == "gzip":
+        raw = _gunzip(raw, max_size)
+    elif encoding and encoding.strip().lower() != "identity":
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
+    if not raw:
+        raise InvalidInput("the request body is empty; JSON was expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput(f"the request body is not valid JSON: {error}") from None
+
+
+def _gunzip(raw: bytes, max_size: int) -> bytes:
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(raw, max_size + 1)
+    except zlib.error:
+        raise InvalidInput("the request body is not valid gzip") from None
+    if len(data) > max_size:
+        raise PayloadTooLarge(f"the decompressed body is larger than {max_size} bytes")
+    return data
+
+
+def wants_abbreviated(accept: str | None) -> bool:
+    """Whether the Accept header asks for the abbreviated document."""
+    return bool(accept) and ABBREVIATED_TYPE in accept.lower()
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether the client takes gzip (and did not refuse it with q=0)."""
+    for part in (accept_encoding or "").lower().split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "*"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison of an If-None-Match header against our ETag."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+def send_prepared(request: IRequest, prepared: PreparedDocument, cache_control: str) -> bytes:
+    """Answer with the form and encoding the request asks for, or 304 when unchanged."""
+    abbreviated = wants_abbreviated(header(request, "accept"))
+    body: PreparedBody = prepared.abbreviated if abbreviated else prepared.full
+    request.setHeader(b"Content-Type", ABBREVIATED_TYPE if abbreviated else "application/json")
+    request.setHeader(b"Vary", b"Accept, Accept-Encoding")
+    request.setHeader(b"Cache-Control", cache_control)
+    request.setHeader(b"ETag", body.etag)
+    if etag_matches(header(request, "if-none-match"), body.etag):
+        request.setResponseCode(304)
+        return b""
+    data = body.identity
+    if accepts_gzip(header(request, "accept-encoding")):
+        data = body.gzipped
+        request.setHeader(b"Content-Encoding", b"gzip")
+    request.setHeader(b"Content-Length", b"%d" % len(data))
+    return data
+
+
+def public_base_url(
+    configured: str,
+    always_https: bool,
+    secure: bool,
+    host: str | None,
+    forwarded_proto: str | None,
+    forwarded_host: str | None,
+    fallback_host: str,
+) -> str:
+    """The URL clients reach this registry at, for tarball URLs.
+
+    NOPARD_BASE_URL wins; else the scheme comes from X-Forwarded-Proto (or the
+    connection) and the host from X-Forwarded-Host, then Host. NOPARD_ALWAYS_HTTPS
+    forces https either way.
+    """
+    if configured:
+        base = configured
+    else:
+        scheme = "https" if secure else "http"
+        proto = (forwarded_proto or "").split(",")[0].strip().lower()
+        if proto in ("http", "https"):
+            scheme = proto
+        chosen = fallback_host
+        for candidate in ((forwarded_host or "").split(",")[0].strip(), (host or "").strip()):
+            if candidate and _HOST.fullmatch(candidate):
+                chosen = candidate
+                break
+        base = f"{scheme}://{chosen}"
+    if always_https and base.startswith("http://"):
+        base = "https://" + base[len("http://") :]
+    return base

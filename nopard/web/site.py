@@ -1,0 +1,122 @@
+"""The HTTP site: a request that enforces the body limit while the body arrives,
+and one access-log line per request.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import orjson
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import server
+
+from nopard.config import LiveSettings
+
+
+class NopardRequest(server.Request):
+    """A request that refuses an oversized body before buffering it.
+
+    The limit is checked against Content-Length as soon as the headers are in,
+    and against the bytes received for chunked bodies; an oversized request
+    gets a 413 JSON answer at once and its connection is closed.
+    """
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.started = channel.site.clock.seconds()
+        self.body_received = 0
+        self.rejected = False
+        self.user: str | None = None  # for the access log
+        self.cache_status: str | None = None
+
+    def _limit(self) -> int:
+        return self.channel.site.settings.current.max_body_size
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse at once a declared length above the limit."""
+        if length is not None and length > self._limit():
+            self._refuse_oversized()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Count what arrives; refuse once it passes the limit."""
+        if self.rejected:
+            return
+        self.body_received += len(data)
+        if self.body_received > self._limit():
+            self._refuse_oversized()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        """Route the request, unless it was already refused."""
+        if not self.rejected:
+            super().process()
+
+    def _refuse_oversized(self) -> None:
+        self.rejected = True
+        self.content = BytesIO()
+        # No "100 Continue" after the refusal: the client must not send the body.
+        self.requestHeaders.removeHeader(b"expect")
+        limit = self._limit()
+        body = orjson.dumps(
+            {"error": f"request body is larger than {limit} bytes (NOPARD_MAX_BODY_SIZE)"}
+        )
+        head = (
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        self.channel.transport.write(head + body)
+        self.channel.site.log_refusal(self, 413, len(body))
+        self.channel.transport.loseConnection()
+
+
+class NopardSite(server.Site):
+    """A Site that logs through twisted.logger, one line per request."""
+
+    requestFactory = NopardRequest
+
+    def __init__(
+        self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger
+    ) -> None:
+        super().__init__(resource)
+        self.settings = settings
+        self.clock = clock
+        self._log = log
+        self.displayTracebacks = False
+
+    def log(self, request: NopardRequest) -> None:
+        """Emit the access line of a finished request."""
+        self._emit(
+            request,
+            request.method.decode("latin-1"),
+            request.uri.decode("latin-1"),
+            request.code,
+            request.sentLength,
+        )
+
+    def log_refusal(self, request: NopardRequest, status: int, length: int) -> None:
+        """Emit the access line of a request refused before it was read whole."""
+        channel = request.channel
+        method = getattr(channel, "_command", b"-") or b"-"
+        path = getattr(channel, "_path", b"-") or b"-"
+        self._emit(request, method.decode("latin-1"), path.decode("latin-1"), status, length)
+
+    def _emit(self, request: NopardRequest, method: str, path: str, status: int, length: int) -> None:
+        address = request.getClientAddress()
+        self._log.info(
+            "{client} {user} {method} {path} {status} {bytes} {duration_ms}ms {cache}",
+            event="access",
+            client=getattr(address, "host", "-"),
+            user=request.user or "-",
+            method=method,
+            path=path,
+            status=status,
+            bytes=length,
+            duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),
+            cache=request.cache_status or "-",
+        )
