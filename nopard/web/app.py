@@ -6,12 +6,13 @@ Domain errors become JSON answers through one table (STATUS_OF).
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -74,7 +75,7 @@ class RegistryApp:
 
     def resource(self) -> Any:
         """The Twisted resource serving this app."""
-        return self.app.resource()
+        return Utf8PathGuard(self.app.resource())
 
     # Errors ---------------------------------------------------------------
 
@@ -228,6 +229,23 @@ class RegistryApp:
         ("GET", "tarball"): get_tarball,
         ("PUT", "document"): put_document,
     }
+
+
+class Utf8PathGuard(Resource):
+    """Answers a path that is not UTF-8 once decoded with a JSON 400 (Klein's is HTML)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return json_response(request, 400, {"error": "the path is not valid UTF-8"})
+        return self._inner.render(request)
 
 
 def raise_unsupported(method: str, kind: str) -> None:

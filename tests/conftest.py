@@ -1,0 +1,37 @@
+"""Fixtures shared by the unit and end-to-end tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.support import NopardServer, Npm
+
+
+@pytest.fixture
+def start_nopard(tmp_path: Path) -> Iterator[Callable[..., NopardServer]]:
+    """Start `twistd -n nopard` processes with given settings; stopped after the test."""
+    servers: list[NopardServer] = []
+
+    def start(env: dict[str, str] | None = None, args: tuple = (), name: str = "nopard") -> NopardServer:
+        server = NopardServer(tmp_path / name, env, args)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def nopard(start_nopard: Callable[..., NopardServer]) -> NopardServer:
+    """A nopard with default settings in a temporary directory."""
+    return start_nopard()
+
+
+@pytest.fixture
+def npm(nopard: NopardServer, tmp_path: Path) -> Npm:
+    """The real npm CLI pointed at ``nopard``."""
+    return Npm(nopard.url, tmp_path / "npm-home")

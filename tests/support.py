@@ -1,0 +1,270 @@
+"""Helpers for end-to-end tests: a real `twistd -n nopard` process, plain HTTP,
+and the real npm CLI with its own configuration and cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pexpect
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def twistd_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a twistd that finds this checkout's nopard and plugin."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOPARD_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra or {})
+    return env
+
+
+def files_under(path: Path) -> list[str]:
+    """Every file below ``path``, relative, sorted: what a rejected request must not change."""
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@dataclass
+class Response:
+    """An HTTP answer, read whole."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+class NopardServer:
+    """`twistd -n nopard` started as a subprocess on a free port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, args: tuple = ()) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.registry = workdir / "registry"
+        self.log_path = workdir / "twistd.log"
+        self._env = {
+            "NOPARD_PORT": str(self.port),
+            "NOPARD_REGISTRY_PATH": str(self.registry),
+            **(env or {}),
+        }
+        self._args = args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The registry URL clients are pointed at (with a trailing slash)."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> "NopardServer":
+        """Start and wait until /-/ping answers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "nopard", *self._args],
+            cwd=self.workdir, env=twistd_env(self._env), stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nopard exited at start:\n{self.log()}")
+            try:
+                if self.request("GET", "/-/ping").status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nopard did not answer within 30 s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, and wait for a clean exit."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | str | dict | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> Response:
+        """One HTTP request to the server; JSON-encodes dict bodies."""
+        headers = dict(headers or {})
+        if isinstance(body, dict):
+            body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            answer = connection.getresponse()
+            return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+        finally:
+            connection.close()
+
+    def login(self, name: str, password: str, email: str | None = "x@example.com") -> Response:
+        """The legacy login/registration PUT npm sends."""
+        body = {"_id": f"org.couchdb.user:{name}", "name": name, "password": password,
+                "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"}
+        if email:
+            body["email"] = email
+        return self.request("PUT", f"/-/user/org.couchdb.user:{name}", body)
+
+    def token(self, name: str, password: str) -> str:
+        """Log in and return the token."""
+        answer = self.login(name, password)
+        assert answer.status == 201, answer.body
+        return answer.json()["token"]
+
+
+def tarball_bytes(name: str, version: str) -> bytes:
+    """Stand-in tarball bytes, distinct per name and version."""
+    return f"tarball of {name}@{version}".encode() * 8
+
+
+def publish_body(
+    name: str, version: str, data: bytes | None = None, tag: str = "latest", **manifest: Any
+) -> dict[str, Any]:
+    """A publish body shaped exactly as npm 11 sends it."""
+    data = tarball_bytes(name, version) if data is None else data
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    filename = f"{name}-{version}.tgz"
+    return {
+        "_id": name,
+        "name": name,
+        "description": manifest.get("description", f"{name} for tests"),
+        "dist-tags": {tag: version},
+        "versions": {
+            version: {
+                "name": name, "version": version, "_id": f"{name}@{version}",
+                "readme": f"# {name}", "_nodeVersion": "20.0.0", "_npmVersion": "11.0.0",
+                **manifest,
+                "dist": {"integrity": integrity, "shasum": hashlib.sha1(data).hexdigest(),
+                         "tarball": f"http://127.0.0.1/{name}/-/{filename}"},
+            }
+        },
+        "access": None,
+        "_attachments": {
+            filename: {"content_type": "application/octet-stream",
+                       "data": base64.b64encode(data).decode(), "length": len(data)}
+        },
+    }
+
+
+def clients_bin() -> Path:
+    """Where scripts/test installed the real clients."""
+    location = os.environ.get("NOPARD_TEST_CLIENTS") or str(REPO / ".cache" / "clients" / "node_modules" / ".bin")
+    path = Path(location)
+    if not (path / "npm").exists():
+        raise RuntimeError(f"npm is not installed in {path}: run the tests with scripts/test")
+    return path
+
+
+@dataclass
+class Npm:
+    """The real npm CLI with its own userconfig, cache and HOME, pointed at a registry."""
+
+    registry: str
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.userconfig = self.home / ".npmrc"
+        if not self.userconfig.exists():
+            self.userconfig.write_text("update-notifier=false\nfund=false\naudit=false\n")
+        (self.home / "globalnpmrc").touch()
+        npm_bin = clients_bin()
+        self.executable = str(npm_bin / "npm")
+        self.env = {
+            "PATH": f"{npm_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HOME": str(self.home),
+            "npm_config_userconfig": str(self.userconfig),
+            "npm_config_globalconfig": str(self.home / "globalnpmrc"),
+            "npm_config_cache": str(self.home / "cache"),
+            "npm_config_registry": self.registry,
+            "npm_config_loglevel": "warn",
+            "NO_COLOR": "1",
+            **self.env,
+        }
+
+    def run(self, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``npm args...``; fail with its output unless it exits 0 (when ``check``)."""
+        result = subprocess.run(
+            [self.executable, *args], cwd=cwd or self.home, env=self.env,
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"npm {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def login(self, command: str, user: str, password: str, email: str = "x@example.com") -> tuple[int, str]:
+        """Answer npm's interactive login/adduser prompts; return (exit status, output)."""
+        child = pexpect.spawn(self.executable, [command], env=self.env, cwd=str(self.home),
+                              encoding="utf-8", timeout=60)
+        answers = {0: user, 1: password, 2: email}
+        while True:
+            index = child.expect([r"[Uu]sername: ", r"[Pp]assword: ", r"[Ee]mail[^:]*: ", pexpect.EOF])
+            if index == 3:
+                break
+            child.sendline(answers[index])
+        output = child.before or ""
+        child.close()
+        return child.exitstatus, output
+
+    def token(self) -> str | None:
+        """The token npm saved for the registry, if any."""
+        for line in self.userconfig.read_text().splitlines():
+            if ":_authToken=" in line:
+                return line.split("=", 1)[1]
+        return None
+
+
+def make_package(directory: Path, name: str, version: str, **extra: Any) -> Path:
+    """Write a small publishable package into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": name, "version": version, "description": f"{name} test package",
+                "main": "index.js", "license": "MIT", **extra}
+    (directory / "package.json").write_text(json.dumps(manifest))
+    (directory / "index.js").write_text(f"module.exports = {json.dumps(name + '@' + version)};\n")
+    (directory / "README.md").write_text(f"# {name}\n\nversion {version}\n")
+    return directory
+
+
