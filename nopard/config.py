@@ -128,7 +128,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("registry_path", "registry", parse_text, "Directory of the registry's data."),
     Setting("loglevel", "info", parse_level, "Lowest level logged: debug, info, warn, error."),
-    Setting("logfile", "", parse_text, "Also write the log to this file (empty: stdout only)."),
+    Setting(
+        "logfile", "", parse_text, "Write nopard's log to this file (empty: twistd's log, stdout with -n)."
+    ),
     Setting("htpasswd", "", parse_text, "htpasswd file of users (empty: <registry_path>/htpasswd)."),
     Setting(
         "max_users",

@@ -1,0 +1,133 @@
+"""The contract every storage backend passes. A backend's test module subclasses
+StorageContract and provides a ``storage`` fixture.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IConsumer
+from zope.interface import implementer
+
+from nopard.storage import InvalidKey
+
+HOSTILE_KEYS = [
+    "", "..", "../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", ".tmp-x", "a/.hidden",
+    "a\\b", "a\x00b", "a/b/", "x" * 2000, "a b", "é",
+]
+
+
+@implementer(IConsumer)
+class CollectingConsumer:
+    """Collects what a blob streams, honouring the producer protocol."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.producer = None
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer = producer
+        if not streaming:
+            reactor.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        if self.producer is not None:
+            self.producer.resumeProducing()
+            reactor.callLater(0, self._pull)
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class StorageContract:
+    """Behaviour shared by every backend."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_missing_key_reads_none(self, storage) -> None:
+        """Reading, opening or checking a key never written gives None/False."""
+        assert await storage.read("packages/none/package.json") is None
+        assert await storage.open("packages/none/package.json") is None
+        assert await storage.exists("packages/none/package.json") is False
+
+    @pytest_twisted.ensureDeferred
+    async def test_write_then_read(self, storage) -> None:
+        """What is written is read back byte for byte."""
+        await storage.write("packages/a/package.json", b'{"name":"a"}')
+        assert await storage.read("packages/a/package.json") == b'{"name":"a"}'
+        assert await storage.exists("packages/a/package.json") is True
+
+    @pytest_twisted.ensureDeferred
+    async def test_write_replaces_whole_object(self, storage) -> None:
+        """A second write replaces the first entirely, even when shorter."""
+        await storage.write("k/doc", b"a long first version")
+        await storage.write("k/doc", b"short")
+        assert await storage.read("k/doc") == b"short"
+
+    @pytest_twisted.ensureDeferred
+    async def test_create_never_replaces(self, storage) -> None:
+        """create() stores only where nothing is, and says whether it did."""
+        assert await storage.create("k/tarball.tgz", b"first") is True
+        assert await storage.create("k/tarball.tgz", b"second") is False
+        assert await storage.read("k/tarball.tgz") == b"first"
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_creates_have_one_winner(self, storage) -> None:
+        """Many concurrent create()s of one key: exactly one succeeds, its bytes stay."""
+        results = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(storage.create("k/race", b"%d" % n)) for n in range(10)]
+        )
+        assert results.count(True) == 1
+        assert await storage.read("k/race") == b"%d" % results.index(True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete(self, storage) -> None:
+        """delete() removes an object and says whether there was one."""
+        await storage.write("k/gone", b"x")
+        assert await storage.delete("k/gone") is True
+        assert await storage.delete("k/gone") is False
+        assert await storage.read("k/gone") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_list_by_prefix(self, storage) -> None:
+        """list() gives every key under a prefix, sorted, and nothing outside it."""
+        for key in ("packages/b/package.json", "packages/a/tarballs/a-1.0.0.tgz",
+                    "packages/@s/n/package.json", "tokens/t.json"):
+            await storage.write(key, b"x")
+        assert await storage.list("packages/") == [
+            "packages/@s/n/package.json", "packages/a/tarballs/a-1.0.0.tgz", "packages/b/package.json",
+        ]
+        assert await storage.list("packages/@s/") == ["packages/@s/n/package.json"]
+        assert await storage.list("nothing/") == []
+
+    @pytest_twisted.ensureDeferred
+    async def test_open_streams_the_bytes(self, storage) -> None:
+        """open() gives the exact size and streams every byte to a consumer."""
+        data = bytes(range(256)) * 1000
+        await storage.write("k/big.tgz", data)
+        blob = await storage.open("k/big.tgz")
+        assert blob.size == len(data)
+        consumer = CollectingConsumer()
+        await blob.send_to(consumer)
+        assert consumer.data == data
+
+    @pytest.mark.parametrize("key", HOSTILE_KEYS)
+    @pytest_twisted.ensureDeferred
+    async def test_hostile_keys_are_refused(self, storage, key) -> None:
+        """Keys that could leave the store or hit temporary files are refused by every operation."""
+        for operation in (storage.read, storage.exists, storage.open, storage.delete):
+            with pytest.raises(InvalidKey):
+                await operation(key)
+        for operation in (storage.write, storage.create):
+            with pytest.raises(InvalidKey):
+                await operation(key, b"x")
+
+    @pytest.mark.parametrize("prefix", ["../", "a", "/", "a/../"])
+    @pytest_twisted.ensureDeferred
+    async def test_hostile_prefixes_are_refused(self, storage, prefix) -> None:
+        """list() refuses prefixes that are not a key followed by '/'."""
+        with pytest.raises(InvalidKey):
+            await storage.list(prefix)
