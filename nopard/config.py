@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
+}
 
 
 def parse_bool(text: str) -> bool:
@@ -78,7 +80,7 @@ def parse_base_url(text: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{text!r} is not an http:// or https:// URL")
-    if parts.query or parts.fragment:
+    if parts.query or parts.fragment or "?" in value or "#" in value:
         raise ValueError(f"{text!r} must not have a query or fragment")
     return value
 

@@ -15,10 +15,11 @@ from nopard.errors import InvalidInput
 MAX_NAME_LENGTH = 214
 _SCOPE = r"@[a-z0-9~-][a-z0-9._~-]*"
 # Old packages may carry uppercase letters and a few more URL-safe marks.
-_BARE_SERVED = r"[A-Za-z0-9~!'()*-][A-Za-z0-9._~!'()*-]*"
-_BARE_NEW = r"[a-z0-9~-][a-z0-9._~-]*"
-_SERVED_NAME = re.compile(rf"(?:{_SCOPE}/)?{_BARE_SERVED}")
-_NEW_NAME = re.compile(rf"(?:{_SCOPE}/)?{_BARE_NEW}")
+_BARE_SERVED = r"[A-Za-z0-9._~!'()*-]+"
+_BARE_NEW = r"[a-z0-9._-]+"
+# The leading "." / "_" / "-" rule applies to the whole name, so "@s/_n" is fine.
+_SERVED_NAME = re.compile(rf"(?:{_SCOPE}/[A-Za-z0-9_~!'()*-]|[A-Za-z0-9~!'()*]){_BARE_SERVED[:-1]}*")
+_NEW_NAME = re.compile(rf"(?:{_SCOPE}/[a-z0-9_-]|[a-z0-9]){_BARE_NEW[:-1]}*")
 _RESERVED = {"node_modules", "favicon.ico"}
 
 _VERSION = re.compile(
@@ -27,7 +28,12 @@ _VERSION = re.compile(
     r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
 )
 _TAG = re.compile(r"[A-Za-z0-9._~-]{1,100}")
-_RANGE_LIKE = re.compile(r"^[\sv=<>~^]*(\d|[xX*]$)|^\s*$|\|\||\s-\s")
+# What semver.validRange would accept: comparators over numbers and x/X/* wildcards.
+_PART = r"[\dxX*]+"
+_RANGE_LIKE = re.compile(
+    rf"^\s*[=v<>~^]*\s*(?:{_PART}(?:\.{_PART}){{2}}(?:-[0-9A-Za-z.-]+)?|{_PART}(?:\.{_PART}){{0,2}})"
+    r"(?:\+[0-9A-Za-z.-]*)?\s*$|\|\||\s-\s|^\s*$"
+)
 
 
 def validate_name(name: str, *, new: bool = False) -> str:
@@ -41,7 +47,7 @@ def validate_name(name: str, *, new: bool = False) -> str:
         raise InvalidInput("package name is missing")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"package name is longer than {MAX_NAME_LENGTH} characters")
-    if not pattern.fullmatch(name) or name in _RESERVED:
+    if not pattern.fullmatch(name) or name.lower() in _RESERVED:
         raise InvalidInput(f"invalid package name: {name!r}")
     return name
 
@@ -60,7 +66,7 @@ def validate_version(version: str) -> str:
 
 def is_version(text: str) -> bool:
     """Whether ``text`` is a strict semver version."""
-    return isinstance(text, str) and bool(_VERSION.fullmatch(text))
+    return isinstance(text, str) and len(text) <= 256 and bool(_VERSION.fullmatch(text))
 
 
 def validate_tag(tag: str) -> str:
@@ -136,7 +142,11 @@ def parse_package_path(path: bytes | str) -> PackagePath:
         raise InvalidInput("path is not valid UTF-8") from None
     if "\\" in decoded or "\x00" in decoded:
         raise InvalidInput("invalid characters in path")
-    segments = decoded.strip("/").split("/")
+    if not decoded.startswith("/") or decoded.startswith("//"):
+        raise InvalidInput("invalid package path")
+    segments = decoded[1:].split("/")
+    if "" in segments:
+        raise InvalidInput("invalid package path: empty segment")
     count = 2 if segments[0].startswith("@") else 1
     if len(segments) < count:
         raise InvalidInput("invalid package name")

@@ -119,9 +119,8 @@ def _copy_latest_fields(document: dict[str, Any]) -> None:
 
 def version_key(version: str) -> tuple:
     """Sort key giving semver precedence (prereleases before their release)."""
-    core, _, rest = version.partition("-")
-    prerelease = rest.split("+", 1)[0] if rest else ""
-    core = core.split("+", 1)[0]
+    without_build = version.split("+", 1)[0]
+    core, _, prerelease = without_build.partition("-")
     numbers = tuple(int(part) for part in core.split("."))
     if not prerelease:
         return numbers + ((1,),)

@@ -13,7 +13,9 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import tempfile
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable
 
 import bcrypt
@@ -23,6 +25,7 @@ from nopard.errors import Conflict, InvalidInput
 
 RunInThread = Callable[..., Awaitable[Any]]
 BCRYPT_ROUNDS = 10
+_VERIFIED_CACHE_SIZE = 1024
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -73,8 +76,13 @@ class HtpasswdFile:
         self.path = path
         self._run = run_in_thread
         self._entries: dict[str, str] = {}
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._write_lock = DeferredLock()
+        # Credentials already checked, so Basic auth on every request does not
+        # cost a bcrypt each; keyed by an HMAC under a per-process secret, and
+        # by the stored hash, so a password change invalidates the entry.
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._secret = secrets.token_bytes(32)
 
     def _reload(self) -> dict[str, str]:
         try:
@@ -82,7 +90,7 @@ class HtpasswdFile:
         except FileNotFoundError:
             self._entries, self._stamp = {}, None
             return self._entries
-        stamp = (status.st_mtime, status.st_size)
+        stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
         if stamp != self._stamp:
             with open(self.path, encoding="utf-8") as file:
                 self._entries = parse_htpasswd(file.read())
@@ -103,7 +111,16 @@ class HtpasswdFile:
             # Spend the same time as a real check, so timing tells no names.
             await self._run(verify_password, password, _DUMMY_HASH)
             return False
-        return await self._run(verify_password, password, hashed)
+        fingerprint = hmac.digest(self._secret, f"{user}\0{password}\0{hashed}".encode(), "sha256")
+        if fingerprint in self._verified:
+            self._verified.move_to_end(fingerprint)
+            return True
+        if not await self._run(verify_password, password, hashed):
+            return False
+        self._verified[fingerprint] = None
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return True
 
     async def add(self, user: str, password: str, max_users: int | None = None) -> None:
         """Add ``user``; Conflict if they exist or ``max_users`` would be exceeded."""

@@ -34,6 +34,7 @@ from nopard.errors import (
 from nopard.publication import parse_publication
 from nopard.registry import Registry
 from nopard.storage import InvalidKey
+from nopard.web.site import redact_path
 from nopard.web.responses import header, json_response, public_base_url, read_json_body, send_prepared
 
 STATUS_OF: dict[type[NopardError], int] = {
@@ -102,7 +103,8 @@ class RegistryApp:
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self.log.failure("unexpected error on {path}", failure, path=request.uri, event="error")
+        path = redact_path(request.uri.decode("latin-1"))
+        self.log.failure("unexpected error on {path}", failure, path=path, event="error")
         return json_response(request, 500, {"error": "internal error; see the registry's log"})
 
     # Helpers --------------------------------------------------------------

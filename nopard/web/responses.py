@@ -68,12 +68,13 @@ def wants_abbreviated(accept: str | None) -> bool:
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether the client takes gzip (and did not refuse it with q=0)."""
+    """Whether the client takes gzip: named with q>0, or covered by a '*' with q>0."""
+    qualities = {}
     for part in (accept_encoding or "").lower().split(","):
         coding, _, params = part.strip().partition(";")
-        if coding.strip() in ("gzip", "*"):
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+        refused = params.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        qualities.setdefault(coding.strip(), not refused)
+    return qualities.get("gzip", qualities.get("*", False))
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

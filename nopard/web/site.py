@@ -4,6 +4,7 @@ and one access-log line per request.
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from typing import Any
 
@@ -13,6 +14,14 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from nopard.config import LiveSettings
+
+
+_SECRET_IN_PATH = re.compile(r"(/-/user/token/)[^/?#]+")
+
+
+def redact_path(path: str) -> str:
+    """The path with any token in it replaced, so logs never carry one."""
+    return _SECRET_IN_PATH.sub(r"\1<redacted>", path)
 
 
 class NopardRequest(server.Request):
@@ -114,7 +123,7 @@ class NopardSite(server.Site):
             client=getattr(address, "host", "-"),
             user=request.user or "-",
             method=method,
-            path=path,
+            path=redact_path(path),
             status=status,
             bytes=length,
             duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),

@@ -196,3 +196,33 @@ async def test_bcrypt_runs_off_the_reactor_thread(tmp_path: Path) -> None:
     assert await users.check("alice", "pw") is True
     assert set(threads) >= {"hash_password", "verify_password"}
     assert threading.current_thread() not in threads.values()
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_basic_checks_cost_one_bcrypt(tmp_path: Path) -> None:
+    """Checking the same right password again does not run bcrypt again; a wrong one always does."""
+    calls = []
+
+    def counting_runner(function, *args):
+        calls.append(function.__name__)
+        return deferToThread(function, *args)
+
+    users = HtpasswdFile(str(tmp_path / "htpasswd"), counting_runner)
+    await users.add("alice", "pw")
+    for _ in range(3):
+        assert await users.check("alice", "pw") is True
+    for _ in range(2):
+        assert await users.check("alice", "nope") is False
+    assert calls.count("verify_password") == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_changed_password_in_file_invalidates_cached_check(tmp_path: Path) -> None:
+    """After an admin changes a user's hash in the file, the old password stops working."""
+    path = tmp_path / "htpasswd"
+    users = HtpasswdFile(str(path), deferToThread)
+    await users.add("alice", "old")
+    assert await users.check("alice", "old") is True
+    path.write_text(f"alice:{hash_password('new')}\n")
+    assert await users.check("alice", "old") is False
+    assert await users.check("alice", "new") is True
