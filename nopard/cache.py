@@ -10,8 +10,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -64,49 +65,99 @@ def prepare(document: dict[str, Any], base_url: str) -> PreparedDocument:
     )
 
 
+@dataclass
+class CachedDocument:
+    """A prepared document and where it came from.
+
+    ``origin`` is ``local``, ``upstream`` or ``merged``; for mirrored documents
+    ``fetched_at`` and ``etag`` say when the upstream last confirmed them.
+    """
+
+    prepared: PreparedDocument
+    origin: str = "local"
+    fetched_at: float | None = None
+    etag: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self.prepared.size
+
+
+class LoadTicket:
+    """Taken before loading a document from storage; void if the name changes meanwhile."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.valid = True
+
+
 class PreparedCache:
-    """Prepared documents by (package name, base URL), bounded by a byte budget."""
+    """Prepared documents by (package name, base URL), bounded by a byte budget (LRU)."""
 
     def __init__(self, max_bytes: Callable[[], int]) -> None:
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str], PreparedDocument] = OrderedDict()
-        self._generations: dict[str, int] = {}
+        self._entries: OrderedDict[tuple[str, str], CachedDocument] = OrderedDict()
+        self._keys_by_name: dict[str, set[tuple[str, str]]] = {}
+        self._loads: dict[str, set[LoadTicket]] = {}
         self.bytes_held = 0
 
-    def generation(self, name: str) -> int:
-        """A number that changes whenever ``name`` is invalidated.
-
-        Read it before loading a document from storage and pass it to put(),
-        so a document loaded before a publish is never cached after it.
-        """
-        return self._generations.get(name, 0)
-
-    def get(self, name: str, base_url: str) -> PreparedDocument | None:
-        """The prepared document, marking it recently used; None on a miss."""
+    def get(self, name: str, base_url: str) -> CachedDocument | None:
+        """The cached document, marking it recently used; None on a miss."""
         entry = self._entries.get((name, base_url))
         if entry is not None:
             self._entries.move_to_end((name, base_url))
         return entry
 
-    def put(self, name: str, base_url: str, prepared: PreparedDocument, generation: int) -> None:
-        """Keep ``prepared`` (loaded at ``generation``), evicting LRU entries to stay in budget."""
-        if generation != self.generation(name):
+    @contextmanager
+    def loading(self, name: str) -> Iterator[LoadTicket]:
+        """Hold a ticket while loading ``name`` from storage; pass it to put().
+
+        invalidate() voids the tickets of loads in flight, so a document read
+        before a change is never cached after it.
+        """
+        ticket = LoadTicket(name)
+        self._loads.setdefault(name, set()).add(ticket)
+        try:
+            yield ticket
+        finally:
+            tickets = self._loads[name]
+            tickets.discard(ticket)
+            if not tickets:
+                del self._loads[name]
+
+    def put(self, name: str, base_url: str, entry: CachedDocument, ticket: LoadTicket) -> None:
+        """Keep ``entry`` unless its ticket was voided; evict LRU entries to stay in budget."""
+        if not ticket.valid:
             return
         self._remove((name, base_url))
-        if prepared.size > self._max_bytes():
+        if entry.size > self._max_bytes():
             return
-        self._entries[(name, base_url)] = prepared
-        self.bytes_held += prepared.size
+        self._entries[(name, base_url)] = entry
+        self._keys_by_name.setdefault(name, set()).add((name, base_url))
+        self.bytes_held += entry.size
         while self.bytes_held > self._max_bytes():
             self._remove(next(iter(self._entries)))
 
     def invalidate(self, name: str) -> None:
-        """Forget every prepared form of package ``name``."""
-        self._generations[name] = self.generation(name) + 1
-        for key in [key for key in self._entries if key[0] == name]:
+        """Forget every prepared form of package ``name`` and void loads in flight."""
+        for ticket in self._loads.get(name, ()):
+            ticket.valid = False
+        for key in list(self._keys_by_name.get(name, ())):
             self._remove(key)
+
+    def touch(self, name: str, fetched_at: float, etag: str | None) -> None:
+        """Record that the upstream confirmed ``name``'s document at ``fetched_at``."""
+        for key in self._keys_by_name.get(name, ()):
+            entry = self._entries[key]
+            entry.fetched_at, entry.etag = fetched_at, etag
 
     def _remove(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.bytes_held -= entry.size
+        if entry is None:
+            return
+        self.bytes_held -= entry.size
+        keys = self._keys_by_name[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self._keys_by_name[key[0]]

@@ -93,6 +93,58 @@ def parse_host(text: str) -> str:
     return value
 
 
+def parse_optional_url(text: str) -> str:
+    """An http(s) URL, or empty."""
+    return parse_base_url(text)
+
+
+def parse_seconds(text: str) -> float:
+    """A duration in seconds, more than zero (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{text!r} must be more than zero seconds")
+    return value
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    """Comma- or space-separated npm scopes such as ``@acme,@acme-internal``."""
+    scopes = tuple(part for part in re.split(r"[\s,]+", text.strip().lower()) if part)
+    for scope in scopes:
+        if not re.fullmatch(r"@[a-z0-9~-][a-z0-9._~-]*", scope):
+            raise ValueError(f"{scope!r} is not a scope like @acme")
+    return scopes
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """Comma- or space-separated package names."""
+    names = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)
+    for name in names:
+        if not re.fullmatch(r"(@[a-z0-9~-][a-z0-9._~-]*/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]*", name):
+            raise ValueError(f"{name!r} is not a package name")
+    return names
+
+
+def parse_scope_map(text: str) -> dict[str, str]:
+    """``@scope=value`` pairs separated by spaces or commas (values may not contain either)."""
+    pairs = {}
+    for part in re.split(r"[\s,]+", text.strip()):
+        if not part:
+            continue
+        scope, separator, value = part.partition("=")
+        if not separator or not value:
+            raise ValueError(f"{part!r} is not @scope=value")
+        pairs[parse_scopes(scope)[0]] = value
+    return pairs
+
+
+def parse_scope_upstreams(text: str) -> dict[str, str]:
+    """``@scope=URL`` pairs: packages of a scope come from another registry."""
+    return {scope: parse_base_url(url) for scope, url in parse_scope_map(text).items()}
+
+
 def parse_text(text: str) -> str:
     """Free text, stripped; may be empty."""
     return text.strip()
@@ -145,6 +197,49 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("always_https", "no", parse_bool, "Tarball URLs use https even behind plain http (yes/no)."),
     Setting("max_body_size", "100mb", parse_size, "Largest request body accepted (e.g. 100mb)."),
     Setting(
+        "forwarder_url",
+        "",
+        parse_optional_url,
+        "Upstream registry to mirror (empty: a private registry only).",
+    ),
+    Setting("auto_forward", "yes", parse_bool, "Fetch names unknown here from the upstream (yes/no)."),
+    Setting("proxy_url", "", parse_optional_url, "HTTP proxy for upstream traffic (empty: none)."),
+    Setting("ignore_cert", "no", parse_bool, "Do not verify the upstream's TLS certificate (yes/no)."),
+    Setting("user_agent", "nopard", parse_text, "User-Agent sent upstream."),
+    Setting("meta_ttl", "300", parse_seconds, "Seconds a mirrored document counts as fresh."),
+    Setting("upstream_timeout", "30", parse_seconds, "Seconds an upstream request may take, at most."),
+    Setting(
+        "stale_deadline",
+        "2",
+        parse_seconds,
+        "Seconds to wait for revalidating a stale document before serving it stale.",
+    ),
+    Setting("not_found_ttl", "60", parse_seconds, "Seconds an upstream 404 is remembered."),
+    Setting(
+        "private_scopes",
+        "",
+        parse_scopes,
+        "Scopes never sent upstream, e.g. @acme,@acme-internal.",
+    ),
+    Setting(
+        "merge_upstream",
+        "",
+        parse_names,
+        "Local packages whose documents also list upstream versions (local wins).",
+    ),
+    Setting(
+        "scope_upstreams",
+        "",
+        parse_scope_upstreams,
+        "Other upstreams per scope: @corp=https://npm.corp.example/ (space-separated).",
+    ),
+    Setting(
+        "scope_tokens",
+        "",
+        parse_scope_map,
+        "Tokens for those upstreams: @corp=TOKEN (space-separated).",
+    ),
+    Setting(
         "memory_cache_size",
         "128mb",
         parse_size,
@@ -169,6 +264,19 @@ class Settings:
     auth_write: bool
     always_https: bool
     max_body_size: int
+    forwarder_url: str
+    auto_forward: bool
+    proxy_url: str
+    ignore_cert: bool
+    user_agent: str
+    meta_ttl: float
+    upstream_timeout: float
+    stale_deadline: float
+    not_found_ttl: float
+    private_scopes: tuple[str, ...]
+    merge_upstream: tuple[str, ...]
+    scope_upstreams: dict[str, str]
+    scope_tokens: dict[str, str]
     memory_cache_size: int
 
     @property
@@ -211,7 +319,29 @@ def load_settings(
         values["htpasswd"] = os.path.abspath(os.path.join(base, values["htpasswd"]))
     if values["logfile"]:
         values["logfile"] = os.path.abspath(os.path.join(base, values["logfile"]))
-    return Settings(**values)
+    settings = Settings(**values)
+    _refuse_self_as_upstream(settings)
+    return settings
+
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "[::1]", "[::]"}
+
+
+def _refuse_self_as_upstream(settings: Settings) -> None:
+    """An upstream that is nopard itself would loop every miss back into nopard."""
+    own = {(host, settings.port) for host in _LOCAL_HOSTS | {settings.hostname}}
+    if settings.base_url:
+        base = urlsplit(settings.base_url)
+        own.add((base.hostname, base.port or (443 if base.scheme == "https" else 80)))
+    upstreams = {"NOPARD_FORWARDER_URL": settings.forwarder_url}
+    upstreams.update({"NOPARD_SCOPE_UPSTREAMS": url for url in settings.scope_upstreams.values()})
+    for variable, url in upstreams.items():
+        if not url:
+            continue
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (parts.hostname, port) in own:
+            raise ConfigError(f"{variable}: {url} is this nopard itself")
 
 
 class LiveSettings:

@@ -47,3 +47,11 @@ class IntegrityMismatch(NopardError):
 
 class PayloadTooLarge(NopardError):
     """The request body is larger than the configured limit."""
+
+
+class UpstreamUnavailable(NopardError):
+    """The upstream did not answer (timeout, refused, 5xx) and nothing cached can stand in."""
+
+
+class UpstreamBadContent(NopardError):
+    """The upstream answered with something nopard refuses to keep (e.g. a corrupt tarball)."""

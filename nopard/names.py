@@ -161,3 +161,18 @@ def parse_package_path(path: bytes | str) -> PackagePath:
     if len(rest) == 2 and rest[0] == "-rev" and rest[1]:
         return PackagePath(name, "revision", rest[1])
     raise InvalidInput("unrecognised package path")
+
+
+def upstream_document_key(name: str) -> str:
+    """Key of the document mirrored from the upstream, as the upstream sent it."""
+    return f"{package_prefix(name)}/upstream/package.json"
+
+
+def upstream_meta_key(name: str) -> str:
+    """Key of what nopard knows about its mirrored copy (ETag, fetch time)."""
+    return f"{package_prefix(name)}/upstream/meta.json"
+
+
+def upstream_tarball_key(name: str, filename: str) -> str:
+    """Key of a tarball fetched from the upstream."""
+    return f"{package_prefix(name)}/upstream/tarballs/{validate_tarball_filename(name, filename)}"

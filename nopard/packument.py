@@ -188,3 +188,29 @@ def resolve_version(document: dict[str, Any], version_or_tag: str) -> dict[str, 
     if version not in versions:
         raise NotFound(f"version not found: {document['name']}@{version_or_tag}")
     return versions[version]
+
+
+def merge_documents(local: dict[str, Any], upstream: dict[str, Any]) -> dict[str, Any]:
+    """One document listing upstream and local versions; local ones win on the same number.
+
+    For packages the configuration lists in NOPARD_MERGE_UPSTREAM (overriding a
+    public package). Local dist-tags win over upstream tags of the same name.
+    """
+    merged = copy.deepcopy(upstream)
+    merged["versions"] = {**upstream.get("versions", {}), **local.get("versions", {})}
+    merged["dist-tags"] = {**upstream.get("dist-tags", {}), **local.get("dist-tags", {})}
+    merged["time"] = {**upstream.get("time", {}), **local.get("time", {})}
+    times = [t for t in (upstream.get("time", {}).get("modified"), local.get("time", {}).get("modified")) if t]
+    if times:
+        merged["time"]["modified"] = max(times)
+    merged["_rev"] = local.get("_rev", merged.get("_rev"))
+    return merged
+
+
+def find_version_by_file(document: dict[str, Any], filename: str) -> dict[str, Any] | None:
+    """The manifest whose dist.tarball ends in ``filename``, if any."""
+    for manifest in document.get("versions", {}).values():
+        tarball = str((manifest.get("dist") or {}).get("tarball", ""))
+        if tarball.rstrip("/").rsplit("/", 1)[-1] == filename:
+            return manifest
+    return None

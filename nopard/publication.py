@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from nopard import names
 from nopard.errors import IntegrityMismatch, InvalidInput
+from nopard.integrity import check_integrity, integrity_matches, integrity_of  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -86,39 +86,3 @@ def verify_attachment(filename: str, attachment: Any, dist: dict[str, Any]) -> b
         )
     check_integrity(data, dist, filename)
     return data
-
-
-def check_integrity(data: bytes, dist: dict[str, Any], what: str) -> None:
-    """Raise IntegrityMismatch unless ``data`` matches dist.integrity and dist.shasum."""
-    shasum = dist.get("shasum")
-    if shasum is not None and hashlib.sha1(data).hexdigest() != str(shasum).lower():
-        raise IntegrityMismatch(f"{what}: sha1 does not match dist.shasum")
-    integrity = dist.get("integrity")
-    if integrity is not None:
-        if not isinstance(integrity, str):
-            raise InvalidInput(f"{what}: dist.integrity must be a string")
-        if not integrity_matches(data, integrity):
-            raise IntegrityMismatch(f"{what}: sha512 does not match dist.integrity")
-
-
-def integrity_matches(data: bytes, integrity: str) -> bool:
-    """Whether ``data`` matches an SRI string; every sha512/sha1 hash in it must agree.
-
-    An SRI string with no hash algorithm nopard knows does not match.
-    """
-    checked = False
-    for entry in integrity.split():
-        algorithm, _, digest = entry.partition("-")
-        digest = digest.split("?", 1)[0]
-        if algorithm not in ("sha512", "sha384", "sha256", "sha1"):
-            continue
-        actual = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
-        if actual != digest:
-            return False
-        checked = True
-    return checked
-
-
-def integrity_of(data: bytes) -> str:
-    """The sha512 SRI string of ``data``, as npm writes it."""
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()

@@ -1,4 +1,4 @@
-"""Packages published here: reading their documents and tarballs, and publishing.
+"""Packages published here: their stored documents, and publishing.
 
 The per-package lock makes a publish a read-merge-write that no concurrent
 publish of the same package can interleave with; the tarball is stored with
@@ -16,10 +16,10 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from nopard import names, packument
-from nopard.cache import PreparedCache, PreparedDocument, prepare
-from nopard.errors import Conflict, NotFound, PermissionDenied
+from nopard.cache import PreparedCache
+from nopard.errors import Conflict, PermissionDenied
 from nopard.publication import Publication
-from nopard.storage import Blob, Storage
+from nopard.storage import Storage
 
 
 class KeyedLocks:
@@ -64,34 +64,6 @@ class Registry:
         """The stored document of ``name``, or None if it was never published here."""
         raw = await self._storage.read(names.local_document_key(name))
         return orjson.loads(raw) if raw is not None else None
-
-    async def prepared(self, name: str, base_url: str) -> PreparedDocument:
-        """The document of ``name`` ready to serve at ``base_url``; NotFound if none."""
-        prepared = self._cache.get(name, base_url)
-        if prepared is not None:
-            return prepared
-        generation = self._cache.generation(name)
-        document = await self.document(name)
-        if document is None:
-            raise NotFound(f"package not found: {name}")
-        prepared = prepare(document, base_url)
-        self._cache.put(name, base_url, prepared, generation)
-        return prepared
-
-    async def version(self, name: str, version_or_tag: str, base_url: str) -> dict[str, Any]:
-        """One version's manifest as served; NotFound if the package or version is unknown."""
-        document = await self.document(name)
-        if document is None:
-            raise NotFound(f"package not found: {name}")
-        served = packument.for_clients(document, base_url)
-        return packument.resolve_version(served, version_or_tag)
-
-    async def tarball(self, name: str, filename: str) -> Blob:
-        """The stored tarball opened for streaming; NotFound if there is none."""
-        blob = await self._storage.open(names.tarball_key(name, filename))
-        if blob is None:
-            raise NotFound(f"tarball not found: {name}/-/{filename}")
-        return blob
 
     async def publish(
         self, publication: Publication, publisher: dict[str, str], check_owner: bool = True

@@ -8,7 +8,21 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from urllib.parse import urlsplit
+
+from treq.client import HTTPClient
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.ssl import CertificateOptions
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    ContentDecoderAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+    ProxyAgent,
+)
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -20,6 +34,8 @@ from nopard.auth.tokens import TokenStore
 from nopard.cache import PreparedCache
 from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.logs import LogService
+from nopard.mirror import Mirror, Upstreams
+from nopard.upstream import Upstream
 from nopard.registry import Registry, iso_time
 from nopard.storage.fs import FilesystemStorage
 from nopard.web.app import RegistryApp
@@ -70,6 +86,37 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class UpstreamPoolService(Service):
+    """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+@implementer(IPolicyForHTTPS)
+class InsecureTLS:
+    """NOPARD_IGNORE_CERT: TLS without certificate checks, for upstreams with private CAs."""
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return CertificateOptions(verify=False)
+
+
+def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -> Any:
+    """The agent upstream requests go through: proxy, TLS policy, gzip decoding."""
+    policy = InsecureTLS() if settings.ignore_cert else BrowserLikePolicyForHTTPS()
+    if settings.proxy_url:
+        proxy = urlsplit(settings.proxy_url)
+        endpoint = HostnameEndpoint(reactor, proxy.hostname, proxy.port or 80)
+        agent: Any = ProxyAgent(endpoint, reactor, pool=pool)
+    else:
+        agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=settings.upstream_timeout)
+    return ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+
+
 class Announcement(Service):
     """Logs once, at start, where nopard serves and from which directory."""
 
@@ -106,6 +153,16 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     storage = FilesystemStorage(settings.registry_path, run_io)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     registry = Registry(storage, cache, reactor)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    UpstreamPoolService(pool).setServiceParent(top)
+    http = HTTPClient(upstream_agent(settings, reactor, pool))
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token))
+    mirror = Mirror(
+        live, storage, registry, upstreams, cache, reactor,
+        spool_dir=os.path.join(settings.registry_path, ".spool"),
+        log=Logger(namespace="nopard.mirror", observer=logs.publisher),
+    )
     accounts = Accounts(
         live,
         HtpasswdFile(settings.htpasswd_path, run_cpu),
@@ -114,7 +171,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         now=lambda: iso_time(reactor.seconds()),
     )
     app = RegistryApp(
-        live, registry, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher)
+        live, registry, mirror, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher)
     )
     site = NopardSite(
         app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher)

@@ -65,6 +65,14 @@ class Storage(Protocol):
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
 
+    async def create_from_file(self, key: str, path: str) -> bool:
+        """Store the content of local file ``path`` at ``key`` only if nothing is there.
+
+        For big objects (tarballs streamed from the upstream): the backend reads
+        the file in chunks or links it, never holding it whole. The caller
+        removes ``path`` afterwards.
+        """
+
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""
 

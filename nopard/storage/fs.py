@@ -9,6 +9,7 @@ worst a ``.tmp-*`` file, never half an object.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any, Awaitable, Callable, BinaryIO
 
@@ -64,6 +65,10 @@ class FilesystemStorage:
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
         return await self._run(_write_file, self.path_of(key), data, False)
+
+    async def create_from_file(self, key: str, path: str) -> bool:
+        """Store local file ``path`` at ``key`` only if nothing is there (hard link or copy)."""
+        return await self._run(_create_from_file, self.path_of(key), path)
 
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""
@@ -122,6 +127,33 @@ def _write_file(path: str, data: bytes, replace: bool) -> bool:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    _fsync_directory(directory)
+    return True
+
+
+def _create_from_file(target: str, source: str) -> bool:
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    with open(source, "rb") as file:
+        os.fsync(file.fileno())
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    except OSError:
+        # Another filesystem (or no hard links): copy into a temp file beside
+        # the target, then link that into place.
+        fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as file:
+                shutil.copyfileobj(file, out, 1024 * 1024)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temporary, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temporary)
     _fsync_directory(directory)
     return True
 

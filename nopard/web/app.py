@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from nopard import names
+from nopard import names, packument
 from nopard.auth import Accounts, Identity
 from nopard.config import LiveSettings
 from nopard.errors import (
@@ -29,9 +29,12 @@ from nopard.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    UpstreamBadContent,
+    UpstreamUnavailable,
     VersionExists,
 )
 from nopard.publication import parse_publication
+from nopard.mirror import Mirror
 from nopard.registry import Registry
 from nopard.storage import InvalidKey
 from nopard.web.site import redact_path
@@ -47,6 +50,8 @@ STATUS_OF: dict[type[NopardError], int] = {
     Conflict: 409,
     PayloadTooLarge: 413,
     IntegrityMismatch: 400,
+    UpstreamBadContent: 502,
+    UpstreamUnavailable: 503,
 }
 PRIVATE_DOCUMENT_CACHE = "private, no-cache"
 TARBALL_CACHE = "private, max-age=31536000, immutable"
@@ -64,12 +69,14 @@ class RegistryApp:
         self,
         settings: LiveSettings,
         registry: Registry,
+        mirror: Mirror,
         accounts: Accounts,
         run_in_thread: RunInThread,
         log: Logger,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        self.mirror = mirror
         self.accounts = accounts
         self._run = run_in_thread
         self.log = log
@@ -173,6 +180,23 @@ class RegistryApp:
         await self.accounts.logout(unquote(token))
         return json_response(request, 200, {"ok": True})
 
+    @app.route("/-/npm/v1/security/advisories/bulk", methods=["POST"])
+    @app.route("/-/npm/v1/security/audits/quick", methods=["POST"])
+    @app.route("/-/npm/v1/security/audits", methods=["POST"])
+    async def audit(self, request: IRequest) -> bytes:
+        """Audits go to the upstream; with it down they fail at once (npm install goes on)."""
+        self.accounts.require_read(await self.identify(request))
+        request.content.seek(0)
+        body = request.content.read()
+        headers = {"Content-Type": header(request, "content-type") or "application/json"}
+        if header(request, "content-encoding"):
+            headers["Content-Encoding"] = header(request, "content-encoding")
+        status, content, content_type = await self.mirror.forward(request.path.decode("ascii"), body, headers)
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", b"%d" % len(content))
+        return content
+
     # Packages -------------------------------------------------------------
 
     @app.route("/<path:ignored>", methods=["GET", "PUT", "DELETE"])
@@ -189,19 +213,34 @@ class RegistryApp:
             raise_unsupported(method, target.kind)
         return await handler(self, request, target)
 
+    def served_as(self, request: IRequest, status: str) -> None:
+        """Tell the client and the access log how the answer was served."""
+        request.cache_status = status
+        request.setHeader(b"X-Nopard-Cache", status)
+
+    def document_cache_control(self, status: str) -> str:
+        """Private documents are revalidated each time; mirrored ones kept for META_TTL."""
+        if status == "LOCAL":
+            return PRIVATE_DOCUMENT_CACHE
+        current = self.settings.current
+        visibility = "private" if current.auth_read else "public"
+        return f"{visibility}, max-age={int(current.meta_ttl)}"
+
     async def get_document(self, request: IRequest, target: names.PackagePath) -> bytes:
         self.accounts.require_read(await self.identify(request))
-        prepared = await self.registry.prepared(target.name, self.base_url(request))
-        return send_prepared(request, prepared, PRIVATE_DOCUMENT_CACHE)
+        prepared, status = await self.mirror.packument(target.name, self.base_url(request))
+        self.served_as(request, status)
+        return send_prepared(request, prepared, self.document_cache_control(status))
 
     async def get_version(self, request: IRequest, target: names.PackagePath) -> bytes:
         self.accounts.require_read(await self.identify(request))
-        manifest = await self.registry.version(target.name, target.argument, self.base_url(request))
-        return json_response(request, 200, manifest)
+        document = await self.mirror.document(target.name, self.base_url(request))
+        return json_response(request, 200, packument.resolve_version(document, target.argument))
 
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
         self.accounts.require_read(await self.identify(request))
-        blob = await self.registry.tarball(target.name, target.argument)
+        blob, status = await self.mirror.tarball(target.name, target.argument)
+        self.served_as(request, status)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % blob.size)
         request.setHeader(b"Cache-Control", TARBALL_CACHE)

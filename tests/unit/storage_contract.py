@@ -84,6 +84,18 @@ class StorageContract:
         assert await storage.read("k/race") == b"%d" % results.index(True)
 
     @pytest_twisted.ensureDeferred
+    async def test_create_from_file(self, storage, tmp_path) -> None:
+        """create_from_file() stores a local file's bytes once, and never replaces them."""
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.write_bytes(b"streamed tarball " * 1000)
+        second.write_bytes(b"other")
+        assert await storage.create_from_file("k/file.tgz", str(first)) is True
+        assert await storage.create_from_file("k/file.tgz", str(second)) is False
+        assert await storage.read("k/file.tgz") == b"streamed tarball " * 1000
+        first.unlink()
+        assert await storage.read("k/file.tgz") == b"streamed tarball " * 1000
+
+    @pytest_twisted.ensureDeferred
     async def test_delete(self, storage) -> None:
         """delete() removes an object and says whether there was one."""
         await storage.write("k/gone", b"x")
@@ -124,6 +136,8 @@ class StorageContract:
         for operation in (storage.write, storage.create):
             with pytest.raises(InvalidKey):
                 await operation(key, b"x")
+        with pytest.raises(InvalidKey):
+            await storage.create_from_file(key, "/dev/null")
 
     @pytest.mark.parametrize("prefix", ["../", "a", "/", "a/../"])
     @pytest_twisted.ensureDeferred

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from nopard.cache import PreparedBody, PreparedCache, PreparedDocument, prepare
+from nopard.cache import CachedDocument, LoadTicket, PreparedBody, PreparedCache, PreparedDocument, prepare
 
 
 def document(name: str = "pkg", description: str = "x") -> dict[str, Any]:
@@ -21,13 +21,13 @@ def document(name: str = "pkg", description: str = "x") -> dict[str, Any]:
     }
 
 
-def entry(size: int) -> PreparedDocument:
-    """A prepared document holding exactly ``size`` bytes (size >= 4)."""
+def entry(size: int) -> CachedDocument:
+    """A cached document holding exactly ``size`` bytes (size >= 4)."""
     half = PreparedBody(b"x" * (size // 2 - 1), b"z", 'W/"e"')
     rest = PreparedBody(b"y" * (size - half.size - 1), b"z", 'W/"f"')
     prepared = PreparedDocument(half, rest, "t1")
     assert prepared.size == size
-    return prepared
+    return CachedDocument(prepared)
 
 
 def test_gzip_form_decompresses_to_identity() -> None:
@@ -85,10 +85,10 @@ def test_prepared_forms_have_different_etags() -> None:
 
 
 def test_put_then_get() -> None:
-    """A document put at the current generation is returned by get for that name and base URL."""
+    """A document put with a valid ticket is returned by get for that name and base URL."""
     cache = PreparedCache(lambda: 1000)
     prepared = entry(100)
-    cache.put("a", "http://h", prepared, cache.generation("a"))
+    cache.put("a", "http://h", prepared, LoadTicket("a"))
     assert cache.get("a", "http://h") is prepared
     assert cache.get("a", "http://other") is None
     assert cache.bytes_held == 100
@@ -98,9 +98,9 @@ def test_least_recently_used_is_evicted_to_stay_in_budget() -> None:
     """Going over budget evicts the entry least recently got or put."""
     cache = PreparedCache(lambda: 300)
     for name in "abc":
-        cache.put(name, "u", entry(100), 0)
+        cache.put(name, "u", entry(100), LoadTicket(name))
     cache.get("a", "u")
-    cache.put("d", "u", entry(100), 0)
+    cache.put("d", "u", entry(100), LoadTicket("d"))
     assert [cache.get(n, "u") is not None for n in "abcd"] == [True, False, True, True]
     assert cache.bytes_held == 300
 
@@ -109,8 +109,8 @@ def test_large_put_evicts_several_entries() -> None:
     """A put larger than the room left evicts as many old entries as needed."""
     cache = PreparedCache(lambda: 300)
     for name in "abc":
-        cache.put(name, "u", entry(100), 0)
-    cache.put("big", "u", entry(250), 0)
+        cache.put(name, "u", entry(100), LoadTicket(name))
+    cache.put("big", "u", entry(250), LoadTicket("big"))
     assert [cache.get(n, "u") is not None for n in ("a", "b", "c", "big")] == [False, False, False, True]
     assert cache.bytes_held == 250
 
@@ -118,8 +118,8 @@ def test_large_put_evicts_several_entries() -> None:
 def test_oversized_entry_is_not_kept() -> None:
     """An entry larger than the whole budget is not cached and evicts nothing."""
     cache = PreparedCache(lambda: 300)
-    cache.put("a", "u", entry(100), 0)
-    cache.put("huge", "u", entry(301), 0)
+    cache.put("a", "u", entry(100), LoadTicket("a"))
+    cache.put("huge", "u", entry(301), LoadTicket("huge"))
     assert cache.get("huge", "u") is None
     assert cache.get("a", "u") is not None
     assert cache.bytes_held == 100
@@ -128,8 +128,8 @@ def test_oversized_entry_is_not_kept() -> None:
 def test_replacing_an_entry_counts_bytes_once() -> None:
     """Putting the same key again replaces the entry and its byte count."""
     cache = PreparedCache(lambda: 1000)
-    cache.put("a", "u", entry(100), 0)
-    cache.put("a", "u", entry(40), 0)
+    cache.put("a", "u", entry(100), LoadTicket("a"))
+    cache.put("a", "u", entry(40), LoadTicket("a"))
     assert cache.bytes_held == 40
 
 
@@ -137,10 +137,10 @@ def test_budget_is_read_on_each_put() -> None:
     """A smaller budget set at runtime is enforced at the next put."""
     budget = [1000]
     cache = PreparedCache(lambda: budget[0])
-    cache.put("a", "u", entry(400), 0)
-    cache.put("b", "u", entry(400), 0)
+    cache.put("a", "u", entry(400), LoadTicket("a"))
+    cache.put("b", "u", entry(400), LoadTicket("b"))
     budget[0] = 500
-    cache.put("c", "u", entry(50), 0)
+    cache.put("c", "u", entry(50), LoadTicket("c"))
     assert (cache.get("a", "u"), cache.bytes_held) == (None, 450)
 
 
@@ -148,36 +148,46 @@ def test_invalidate_drops_every_base_url_of_a_name() -> None:
     """invalidate forgets the name under all base URLs and keeps other names."""
     cache = PreparedCache(lambda: 1000)
     for base in ("http://a", "https://b/npm"):
-        cache.put("pkg", base, entry(100), 0)
-    cache.put("other", "http://a", entry(100), 0)
+        cache.put("pkg", base, entry(100), LoadTicket("pkg"))
+    cache.put("other", "http://a", entry(100), LoadTicket("other"))
     cache.invalidate("pkg")
     assert cache.get("pkg", "http://a") is None and cache.get("pkg", "https://b/npm") is None
     assert cache.get("other", "http://a") is not None
     assert cache.bytes_held == 100
 
 
-def test_invalidate_changes_the_generation() -> None:
-    """Each invalidate gives the name a new generation; other names keep theirs."""
-    cache = PreparedCache(lambda: 1000)
-    before = cache.generation("pkg")
-    cache.invalidate("pkg")
-    assert cache.generation("pkg") != before
-    assert cache.generation("other") == 0
-
-
-def test_put_with_stale_generation_is_ignored() -> None:
+def test_put_after_invalidate_during_load_is_ignored() -> None:
     """A document loaded before an invalidate is not cached after it."""
     cache = PreparedCache(lambda: 1000)
-    loaded_at = cache.generation("pkg")
-    cache.invalidate("pkg")
-    cache.put("pkg", "u", entry(100), loaded_at)
+    with cache.loading("pkg") as ticket:
+        cache.invalidate("pkg")
+        cache.put("pkg", "u", entry(100), ticket)
     assert cache.get("pkg", "u") is None
     assert cache.bytes_held == 0
 
 
-def test_put_with_new_generation_after_invalidate_is_kept() -> None:
+def test_invalidating_another_name_keeps_the_load_valid() -> None:
+    """Only loads of the invalidated name are voided."""
+    cache = PreparedCache(lambda: 1000)
+    with cache.loading("pkg") as ticket:
+        cache.invalidate("other")
+        cache.put("pkg", "u", entry(100), ticket)
+    assert cache.get("pkg", "u") is not None
+
+
+def test_load_after_invalidate_is_kept() -> None:
     """A document loaded after the invalidate is cached."""
     cache = PreparedCache(lambda: 1000)
     cache.invalidate("pkg")
-    cache.put("pkg", "u", entry(100), cache.generation("pkg"))
+    with cache.loading("pkg") as ticket:
+        cache.put("pkg", "u", entry(100), ticket)
     assert cache.get("pkg", "u") is not None
+
+
+def test_touch_updates_freshness_of_every_base_url() -> None:
+    """touch() records the upstream confirmation on all entries of a name."""
+    cache = PreparedCache(lambda: 1000)
+    for base in ("http://a", "http://b"):
+        cache.put("pkg", base, entry(100), LoadTicket("pkg"))
+    cache.touch("pkg", 123.0, '"e2"')
+    assert {(e.fetched_at, e.etag) for e in (cache.get("pkg", "http://a"), cache.get("pkg", "http://b"))} == {(123.0, '"e2"')}

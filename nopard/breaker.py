@@ -1,0 +1,68 @@
+"""The upstream's health: a circuit breaker on an injected clock.
+
+Closed: requests go upstream. After ``threshold`` consecutive failures
+(timeouts, refused connections, 5xx) it opens: nothing goes upstream, so
+stale documents are served at once and missing ones fail fast. Every
+``probe_interval`` seconds one request is let through as a probe; its success
+closes the breaker, its failure keeps it open. At most one probe is in flight.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class Breaker:
+    """Counts consecutive upstream failures and decides whether to try upstream."""
+
+    def __init__(
+        self, now: Callable[[], float], threshold: int = 3, probe_interval: float = 10.0
+    ) -> None:
+        self._now = now
+        self.threshold = threshold
+        self.probe_interval = probe_interval
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probe_in_flight = False
+        self._next_probe = 0.0
+        self.transitions: list[tuple[float, str]] = []  # for logs and tests
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the upstream counts as down."""
+        return self.opened_at is not None
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``probing``."""
+        if self.opened_at is None:
+            return "closed"
+        return "probing" if self._probe_in_flight else "open"
+
+    def allow(self) -> bool:
+        """Whether a request may go upstream now; if open, this caller may become the probe."""
+        if self.opened_at is None:
+            return True
+        if self._probe_in_flight or self._now() < self._next_probe:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def succeeded(self) -> None:
+        """An upstream request got an answer that was not a failure."""
+        self.failures = 0
+        self._probe_in_flight = False
+        if self.opened_at is not None:
+            self.opened_at = None
+            self.transitions.append((self._now(), "closed"))
+
+    def failed(self) -> None:
+        """An upstream request timed out, was refused or got a 5xx."""
+        self.failures += 1
+        self._probe_in_flight = False
+        now = self._now()
+        if self.opened_at is None and self.failures >= self.threshold:
+            self.opened_at = now
+            self.transitions.append((now, "open"))
+        if self.opened_at is not None:
+            self._next_probe = now + self.probe_interval

@@ -1,0 +1,368 @@
+"""The offline-first policy: what to serve for a package name or tarball, and
+when to ask the upstream.
+
+| cached document | upstream healthy              | upstream down (breaker open) |
+|-----------------|-------------------------------|------------------------------|
+| fresh           | HIT: serve, no upstream call  | HIT                          |
+| stale           | revalidate within a deadline; | STALE: serve at once         |
+|                 | on failure serve STALE        |                              |
+| missing         | MISS: fetch, store, serve     | fail fast (404), no wait     |
+
+``decide`` is that table as a pure function of the clock; ``Mirror`` carries
+it out against storage, the prepared cache and the upstreams.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Awaitable, Callable
+
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nopard import names, packument
+from nopard.cache import CachedDocument, PreparedCache, PreparedDocument, prepare
+from nopard.config import LiveSettings
+from nopard.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
+from nopard.integrity import Digests
+from nopard.registry import Registry
+from nopard.storage import Blob, Storage
+from nopard.upstream import Upstream
+
+
+class Action(enum.Enum):
+    """What to do for a mirrored document."""
+
+    SERVE = "HIT"
+    REVALIDATE = "REVALIDATED"
+    SERVE_STALE = "STALE"
+    FETCH = "MISS"
+    FAIL_FAST = "FAIL"
+
+
+def decide(fetched_at: float | None, now: float, ttl: float, upstream_down: bool) -> Action:
+    """The offline-first table: ``fetched_at`` is None when nothing is cached."""
+    if fetched_at is None:
+        return Action.FAIL_FAST if upstream_down else Action.FETCH
+    if now - fetched_at < ttl:
+        return Action.SERVE
+    return Action.SERVE_STALE if upstream_down else Action.REVALIDATE
+
+
+@dataclass(frozen=True)
+class MirrorMeta:
+    """What nopard knows of its copy of an upstream document."""
+
+    fetched_at: float
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class Upstreams:
+    """Which upstream serves a name: a scope's own, the forwarder, or none (private)."""
+
+    def __init__(self, settings: LiveSettings, make: Callable[[str, str | None], Upstream]) -> None:
+        current = settings.current
+        self._settings = settings
+        self.default = make(current.forwarder_url, None) if current.forwarder_url else None
+        self.scoped = {
+            scope: make(url, current.scope_tokens.get(scope))
+            for scope, url in current.scope_upstreams.items()
+        }
+
+    def for_name(self, name: str) -> Upstream | None:
+        """The upstream of ``name``, or None when it must never leave nopard."""
+        scope = name.split("/", 1)[0] if name.startswith("@") else None
+        if scope in self._settings.current.private_scopes:
+            return None
+        return self.scoped.get(scope, self.default) if scope else self.default
+
+    def all(self) -> list[Upstream]:
+        """Every upstream configured."""
+        return [u for u in [self.default, *self.scoped.values()] if u is not None]
+
+
+class SharedFetches:
+    """Concurrent requests for one key share one fetch."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, list[Deferred]] = {}
+
+    async def run(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        """The result of ``fetch()``, run once for all callers waiting on ``key``."""
+        if key in self._waiters:
+            waiter: Deferred = Deferred()
+            self._waiters[key].append(waiter)
+            return await waiter
+        self._waiters[key] = []
+        try:
+            result = await fetch()
+        except Exception as error:
+            for waiter in self._waiters.pop(key):
+                waiter.errback(error)
+            raise
+        for waiter in self._waiters.pop(key):
+            waiter.callback(result)
+        return result
+
+
+class Mirror:
+    """Serves documents and tarballs: local ones, else mirrored ones by the offline-first policy."""
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        storage: Storage,
+        registry: Registry,
+        upstreams: Upstreams,
+        cache: PreparedCache,
+        clock: IReactorTime,
+        spool_dir: str,
+        log: Logger,
+        revalidation_slots: int = 8,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._registry = registry
+        self.upstreams = upstreams
+        self._cache = cache
+        self._clock = clock
+        self._spool_dir = spool_dir
+        self._log = log
+        self._not_found: OrderedDict[str, float] = OrderedDict()
+        self._documents = SharedFetches()
+        self._tarballs = SharedFetches()
+        self._free_slots = revalidation_slots
+
+    # Documents ------------------------------------------------------------
+
+    async def packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
+        """The document of ``name`` prepared for ``base_url``, and how it was served."""
+        cached = self._cache.get(name, base_url)
+        if cached is not None:
+            if cached.origin == "local":
+                return cached.prepared, "LOCAL"
+            upstream = self.upstreams.for_name(name)
+            down = upstream is None or upstream.breaker.is_open
+            if decide(cached.fetched_at, self._clock.seconds(), self._ttl(), down) is Action.SERVE:
+                return cached.prepared, Action.SERVE.value
+        with self._cache.loading(name) as ticket:
+            document, entry_origin, meta, status = await self._load(name)
+            prepared = prepare(document, base_url)
+            entry = CachedDocument(prepared, entry_origin, meta.fetched_at if meta else None,
+                                   meta.etag if meta else None)
+            self._cache.put(name, base_url, entry, ticket)
+        return prepared, status
+
+    async def document(self, name: str, base_url: str) -> dict[str, Any]:
+        """The document of ``name`` as served (for the version route)."""
+        prepared, _ = await self.packument(name, base_url)
+        return orjson.loads(prepared.full.identity)
+
+    def _ttl(self) -> float:
+        return self._settings.current.meta_ttl
+
+    async def _load(self, name: str) -> tuple[dict[str, Any], str, MirrorMeta | None, str]:
+        """(document, origin, mirror meta, cache status) from storage and the upstream."""
+        local = await self._registry.document(name)
+        merging = name in self._settings.current.merge_upstream
+        upstream = self.upstreams.for_name(name)
+        if local is not None and (not merging or upstream is None):
+            return local, "local", None, "LOCAL"
+        if upstream is None:
+            raise NotFound(f"package not found: {name}")
+        try:
+            mirrored, meta, status = await self._mirrored(name, upstream)
+        except (NotFound, UpstreamUnavailable):
+            if local is not None:
+                return local, "local", None, "LOCAL"
+            raise
+        if local is not None:
+            return packument.merge_documents(local, mirrored), "merged", meta, status
+        return mirrored, "upstream", meta, status
+
+    async def _mirrored(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta, str]:
+        """The upstream document of ``name`` by the offline-first table."""
+        meta = await self._read_meta(name)
+        now = self._clock.seconds()
+        action = decide(meta.fetched_at if meta else None, now, self._ttl(), upstream.breaker.is_open)
+        if action is Action.FETCH and not self._settings.current.auto_forward:
+            raise NotFound(f"package not found: {name} (NOPARD_AUTO_FORWARD is off)")
+        if action is Action.FAIL_FAST:
+            raise NotFound(f"{name} is not cached here and the upstream is unreachable")
+        if action is Action.FETCH:
+            self._check_not_found(name, now)
+            document, meta = await self._documents.run(name, lambda: self._fetch(name, upstream))
+            return document, meta, action.value
+        if action is Action.REVALIDATE:
+            revalidated = await self._revalidate(name, upstream, meta)
+            if revalidated is not None:
+                return revalidated[0], revalidated[1], action.value
+            action = Action.SERVE_STALE
+        stored = await self._read_document(name)
+        if stored is None:  # meta without document: a crash between two writes
+            return await self._mirrored_again(name, upstream)
+        return stored, meta, action.value
+
+    async def _mirrored_again(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta, str]:
+        await self._storage.delete(names.upstream_meta_key(name))
+        return await self._mirrored(name, upstream)
+
+    async def _fetch(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta]:
+        fetched = await upstream.document(name)
+        if fetched.status == 404:
+            self._remember_not_found(name)
+            raise NotFound(f"package not found: {name}")
+        return await self._store(name, fetched.body, fetched.etag, fetched.last_modified)
+
+    async def _revalidate(
+        self, name: str, upstream: Upstream, meta: MirrorMeta
+    ) -> tuple[dict[str, Any], MirrorMeta] | None:
+        """A conditional GET within the stale deadline; None means 'serve stale'.
+
+        Only a few revalidations wait at once: when the upstream has just gone
+        silent, the rest are served stale instead of each opening a connection.
+        """
+        if self._free_slots <= 0:
+            return None
+        self._free_slots -= 1
+        try:
+            return await self._documents.run(name, lambda: self._conditional(name, upstream, meta))
+        except (UpstreamUnavailable, UpstreamBadContent, NotFound) as error:
+            self._log.info("serving {name} stale: {reason}", name=name, reason=str(error), event="stale")
+            return None
+        finally:
+            self._free_slots += 1
+
+    async def _conditional(self, name: str, upstream: Upstream, meta: MirrorMeta) -> tuple[dict[str, Any], MirrorMeta]:
+        deadline = self._settings.current.stale_deadline
+        fetched = await upstream.document(name, meta.etag, timeout=deadline)
+        if fetched.status == 304:
+            fresh = MirrorMeta(self._clock.seconds(), meta.etag, meta.last_modified)
+            await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(fresh)))
+            self._cache.touch(name, fresh.fetched_at, fresh.etag)
+            document = await self._read_document(name)
+            if document is None:
+                raise NotFound(f"{name}: mirrored document missing")
+            return document, fresh
+        if fetched.status == 404:
+            raise NotFound(f"{name} is gone upstream")
+        return await self._store(name, fetched.body, fetched.etag, fetched.last_modified)
+
+    async def _store(
+        self, name: str, body: bytes | None, etag: str | None, last_modified: str | None
+    ) -> tuple[dict[str, Any], MirrorMeta]:
+        """Validate and store an upstream document, then its meta (the document first)."""
+        try:
+            document = orjson.loads(body or b"")
+        except orjson.JSONDecodeError:
+            raise UpstreamBadContent(f"the upstream sent invalid JSON for {name}") from None
+        if not isinstance(document, dict) or document.get("name") != name or not isinstance(document.get("versions"), dict):
+            raise UpstreamBadContent(f"the upstream sent a document that is not {name}'s")
+        meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
+        await self._storage.write(names.upstream_document_key(name), orjson.dumps(document))
+        await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(meta)))
+        self._cache.invalidate(name)
+        return document, meta
+
+    async def _read_meta(self, name: str) -> MirrorMeta | None:
+        raw = await self._storage.read(names.upstream_meta_key(name))
+        return MirrorMeta(**orjson.loads(raw)) if raw else None
+
+    async def _read_document(self, name: str) -> dict[str, Any] | None:
+        raw = await self._storage.read(names.upstream_document_key(name))
+        return orjson.loads(raw) if raw else None
+
+    def _check_not_found(self, name: str, now: float) -> None:
+        expires = self._not_found.get(name)
+        if expires is not None:
+            if now < expires:
+                raise NotFound(f"package not found: {name}")
+            del self._not_found[name]
+
+    def _remember_not_found(self, name: str) -> None:
+        self._not_found[name] = self._clock.seconds() + self._settings.current.not_found_ttl
+        self._not_found.move_to_end(name)
+        while len(self._not_found) > 10_000:
+            self._not_found.popitem(last=False)
+
+    # Tarballs -------------------------------------------------------------
+
+    async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
+        """The tarball ``filename`` of ``name``, and how it was served."""
+        key = names.tarball_key(name, filename)
+        local = await self._storage.open(key)
+        if local is not None:
+            return local, "LOCAL"
+        upstream = self.upstreams.for_name(name)
+        merging = name in self._settings.current.merge_upstream
+        if upstream is None or (not merging and await self._registry.document(name) is not None):
+            raise NotFound(f"tarball not found: {name}/-/{filename}")
+        mirrored_key = names.upstream_tarball_key(name, filename)
+        blob = await self._storage.open(mirrored_key)
+        if blob is not None:
+            return blob, Action.SERVE.value
+        if upstream.breaker.is_open:
+            raise NotFound(f"{name}/-/{filename} is not cached here and the upstream is unreachable")
+        await self._tarballs.run(mirrored_key, lambda: self._fetch_tarball(name, filename, upstream))
+        blob = await self._storage.open(mirrored_key)
+        if blob is None:
+            raise NotFound(f"tarball not found: {name}/-/{filename}")
+        return blob, Action.FETCH.value
+
+    async def _fetch_tarball(self, name: str, filename: str, upstream: Upstream) -> None:
+        manifest = await self._manifest_for(name, filename, upstream)
+        dist = manifest.get("dist") or {}
+        digests = Digests(dist)
+        os.makedirs(self._spool_dir, exist_ok=True)
+        spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix=".fetch-", delete=False)
+        try:
+            with spool:
+                def write(chunk: bytes) -> None:
+                    digests.update(chunk)
+                    spool.write(chunk)
+
+                status = await upstream.stream(str(dist.get("tarball")), write)
+            if status == 404:
+                raise NotFound(f"tarball not found upstream: {name}/-/{filename}")
+            if status != 200:
+                raise UpstreamBadContent(f"the upstream answered {status} for {name}/-/{filename}")
+            if not digests.matches(dist):
+                self._log.warn(
+                    "refused {name}/-/{filename}: checksum mismatch ({size} bytes)",
+                    name=name, filename=filename, size=digests.size, event="integrity-mismatch",
+                )
+                raise UpstreamBadContent(
+                    f"the upstream's {name}/-/{filename} does not match its integrity; not stored"
+                )
+            await self._storage.create_from_file(names.upstream_tarball_key(name, filename), spool.name)
+        finally:
+            os.unlink(spool.name)
+
+    async def _manifest_for(self, name: str, filename: str, upstream: Upstream) -> dict[str, Any]:
+        """The upstream manifest naming ``filename``, refreshing a document that lacks it."""
+        document = await self._read_document(name)
+        manifest = packument.find_version_by_file(document, filename) if document else None
+        if manifest is None:
+            document, _meta = await self._documents.run(name, lambda: self._fetch(name, upstream))
+            manifest = packument.find_version_by_file(document, filename)
+        if manifest is None:
+            raise NotFound(f"tarball not found: {name}/-/{filename}")
+        if not str((manifest.get("dist") or {}).get("tarball", "")).startswith(("http://", "https://")):
+            raise UpstreamBadContent(f"the upstream gives no tarball URL for {name}/-/{filename}")
+        return manifest
+
+    # Audit ----------------------------------------------------------------
+
+    async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """Forward an audit request to the default upstream; fails fast when it is down."""
+        upstream = self.upstreams.default
+        if upstream is None:
+            raise NotFound("no upstream is configured for audits")
+        return await upstream.forward("POST", path, body, headers)

@@ -1,0 +1,196 @@
+"""Clients of upstream registries: conditional document GETs, streamed tarballs,
+forwarded audits; each upstream has its own breaker and shares one HTTP client.
+
+The HTTP client (a treq HTTPClient) is given, so tests hand in one bound to a
+fake upstream and the service builds the real one (proxy, TLS policy, pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectingCancelledError, TimeoutError as TwistedTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+
+from nopard.breaker import Breaker
+from nopard.config import LiveSettings
+from nopard.errors import UpstreamUnavailable
+
+DOCUMENT_ACCEPT = "application/json"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An upstream answer to a document request: 200 (body), 304 or 404."""
+
+    status: int
+    body: bytes | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def document_url(base_url: str, name: str) -> str:
+    """The upstream URL of a package document (``@scope%2fname`` for scoped names)."""
+    return f"{base_url.rstrip('/')}/{quote(name, safe='@')}"
+
+
+class Upstream:
+    """One upstream registry, reached through the shared HTTP client."""
+
+    def __init__(
+        self,
+        base_url: str,
+        http: HTTPClient,
+        settings: LiveSettings,
+        clock: IReactorTime,
+        token: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._host = urlsplit(self.base_url).netloc
+        self._http = http
+        self._settings = settings
+        self._clock = clock
+        self._token = token
+        self.breaker = Breaker(clock.seconds)
+        self.requests_made = 0
+
+    def _headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"User-Agent": self._settings.current.user_agent, **(extra or {})}
+        if self._token and urlsplit(url).netloc == self._host:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def _request(self, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
+        """One request through the breaker; raises UpstreamUnavailable on failure."""
+        if not self.breaker.allow():
+            raise UpstreamUnavailable(f"the upstream {self.base_url} is unreachable (breaker open)")
+        self.requests_made += 1
+        try:
+            response = await self._http.request(method, url, timeout=timeout, **kwargs)
+        except (CancelledError, ConnectingCancelledError, TwistedTimeout) as error:
+            self.breaker.failed()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} did not answer in time") from error
+        except Exception as error:  # refused, reset, DNS, TLS: all mean "down" here
+            self.breaker.failed()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} is unreachable: {error}") from error
+        if response.code >= 500:
+            self.breaker.failed()
+            await response.text()  # drain, so the connection can be reused
+            raise UpstreamUnavailable(f"the upstream {self.base_url} answered {response.code}")
+        return response
+
+    async def document(self, name: str, etag: str | None = None, timeout: float | None = None) -> Fetched:
+        """GET the full document of ``name``, conditionally on ``etag``."""
+        url = document_url(self.base_url, name)
+        extra = {"Accept": DOCUMENT_ACCEPT}
+        if etag:
+            extra["If-None-Match"] = etag
+        limit = timeout or self._settings.current.upstream_timeout
+        response = await self._request("GET", url, limit, headers=self._headers(url, extra))
+        try:
+            body = await _with_deadline(treq.content(response), limit, self._clock)
+        except Exception as error:
+            self.breaker.failed()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} broke off: {error}") from error
+        self.breaker.succeeded()
+        if response.code == 304:
+            return Fetched(304, etag=etag)
+        if response.code in (404, 410) or response.code != 200:
+            return Fetched(404)
+        return Fetched(
+            200,
+            body,
+            _header(response.headers, "etag"),
+            _header(response.headers, "last-modified"),
+        )
+
+    async def stream(self, url: str, write: Callable[[bytes], None]) -> int:
+        """GET ``url`` and pass the body to ``write`` as it arrives; returns the HTTP status.
+
+        A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
+        """
+        timeout = self._settings.current.upstream_timeout
+        response = await self._request("GET", url, timeout, headers=self._headers(url))
+        if response.code != 200:
+            await response.text()
+            self.breaker.succeeded()
+            return response.code
+        receiver = _StreamingBody(write, timeout, self._clock)
+        response.deliverBody(receiver)
+        try:
+            await receiver.done
+        except Exception as error:
+            self.breaker.failed()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} broke off a tarball: {error}") from error
+        self.breaker.succeeded()
+        return 200
+
+    async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """Pass a request (an audit) through; returns status, body and content type."""
+        url = self.base_url + path
+        timeout = self._settings.current.upstream_timeout
+        response = await self._request(method, url, timeout, data=body, headers=self._headers(url, headers))
+        content = await _with_deadline(treq.content(response), timeout, self._clock)
+        self.breaker.succeeded()
+        return response.code, content, _header(response.headers, "content-type") or "application/json"
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    values = headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values and isinstance(values[0], bytes) else (values[0] if values else None)
+
+
+async def _with_deadline(deferred: Deferred, seconds: float, clock: IReactorTime) -> Any:
+    """Await ``deferred``, cancelling it after ``seconds``."""
+    timer = clock.callLater(seconds, deferred.cancel)
+    try:
+        return await deferred
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+class _StreamingBody(Protocol):
+    """Receives a response body chunk by chunk, aborting when it stalls."""
+
+    def __init__(self, write: Callable[[bytes], None], idle_timeout: float, clock: IReactorTime) -> None:
+        self._write = write
+        self.done: Deferred = Deferred()
+        self._timer = clock.callLater(idle_timeout, self._stalled)
+        self._idle_timeout = idle_timeout
+        self._failure: Exception | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        if self._timer.active():
+            self._timer.reset(self._idle_timeout)
+        try:
+            self._write(data)
+        except Exception as error:  # e.g. disk full: stop receiving
+            self._failure = error
+            self.transport.stopProducing()
+
+    def _stalled(self) -> None:
+        self._failure = TimeoutError("the body stalled")
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        if self._failure is not None:
+            self.done.errback(self._failure)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
