@@ -33,6 +33,17 @@ class Breaker:
         return self.opened_at is not None
 
     @property
+    def down(self) -> bool:
+        """Whether to treat the upstream as down now: open, and no probe due.
+
+        When a probe is due, the next request that needs the upstream goes and
+        becomes the probe (allow() grants it to exactly one).
+        """
+        if self.opened_at is None:
+            return False
+        return self._probe_in_flight or self._now() < self._next_probe
+
+    @property
     def state(self) -> str:
         """``closed``, ``open`` or ``probing``."""
         if self.opened_at is None:

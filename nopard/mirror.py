@@ -149,7 +149,7 @@ class Mirror:
             if cached.origin == "local":
                 return cached.prepared, "LOCAL"
             upstream = self.upstreams.for_name(name)
-            down = upstream is None or upstream.breaker.is_open
+            down = upstream is None or upstream.breaker.down
             if decide(cached.fetched_at, self._clock.seconds(), self._ttl(), down) is Action.SERVE:
                 return cached.prepared, Action.SERVE.value
         with self._cache.loading(name) as ticket:
@@ -191,7 +191,7 @@ class Mirror:
         """The upstream document of ``name`` by the offline-first table."""
         meta = await self._read_meta(name)
         now = self._clock.seconds()
-        action = decide(meta.fetched_at if meta else None, now, self._ttl(), upstream.breaker.is_open)
+        action = decide(meta.fetched_at if meta else None, now, self._ttl(), upstream.breaker.down)
         if action is Action.FETCH and not self._settings.current.auto_forward:
             raise NotFound(f"package not found: {name} (NOPARD_AUTO_FORWARD is off)")
         if action is Action.FAIL_FAST:
@@ -308,7 +308,7 @@ class Mirror:
         blob = await self._storage.open(mirrored_key)
         if blob is not None:
             return blob, Action.SERVE.value
-        if upstream.breaker.is_open:
+        if upstream.breaker.down:
             raise NotFound(f"{name}/-/{filename} is not cached here and the upstream is unreachable")
         await self._tarballs.run(mirrored_key, lambda: self._fetch_tarball(name, filename, upstream))
         blob = await self._storage.open(mirrored_key)

@@ -11,7 +11,7 @@ from twisted.application.service import IService, MultiService, Service
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.ssl import CertificateOptions
 from twisted.web.client import (
     Agent,
@@ -19,7 +19,6 @@ from twisted.web.client import (
     ContentDecoderAgent,
     GzipDecoder,
     HTTPConnectionPool,
-    ProxyAgent,
 )
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
@@ -35,6 +34,7 @@ from nopard.cache import PreparedCache
 from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.logs import LogService
 from nopard.mirror import Mirror, Upstreams
+from nopard.proxy import ProxyingAgent
 from nopard.upstream import Upstream
 from nopard.registry import Registry, iso_time
 from nopard.storage.fs import FilesystemStorage
@@ -86,6 +86,13 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class QuietConnectionPool(HTTPConnectionPool):
+    """A connection pool whose connections do not log each start and stop."""
+
+    class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined]
+        noisy = False
+
+
 class UpstreamPoolService(Service):
     """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open."""
 
@@ -110,8 +117,7 @@ def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -
     policy = InsecureTLS() if settings.ignore_cert else BrowserLikePolicyForHTTPS()
     if settings.proxy_url:
         proxy = urlsplit(settings.proxy_url)
-        endpoint = HostnameEndpoint(reactor, proxy.hostname, proxy.port or 80)
-        agent: Any = ProxyAgent(endpoint, reactor, pool=pool)
+        agent: Any = ProxyingAgent(reactor, proxy.hostname, proxy.port or 80, policy, pool)
     else:
         agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=settings.upstream_timeout)
     return ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
@@ -153,7 +159,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     storage = FilesystemStorage(settings.registry_path, run_io)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     registry = Registry(storage, cache, reactor)
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = QuietConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     UpstreamPoolService(pool).setServiceParent(top)
     http = HTTPClient(upstream_agent(settings, reactor, pool))

@@ -58,29 +58,29 @@ def test_body_size_counts_both_encodings() -> None:
 
 def test_prepare_full_form_rewrites_tarball_urls() -> None:
     """The full form is the document with dist.tarball under the base URL."""
-    full = orjson.loads(prepare(document("@s/n"), "https://h/npm").full.identity)
-    assert full["versions"]["1.0.0"]["dist"]["tarball"] == "https://h/npm/@s/n/-/n-1.0.0.tgz"
+    full = orjson.loads(prepare(document("@s/n"), "https://h.example/npm").full.identity)
+    assert full["versions"]["1.0.0"]["dist"]["tarball"] == "https://h.example/npm/@s/n/-/n-1.0.0.tgz"
     assert full["description"] == "x"
 
 
 def test_prepare_abbreviated_form() -> None:
     """The abbreviated form has the abbreviated fields and the rewritten tarball URL."""
-    small = orjson.loads(prepare(document(), "http://h").abbreviated.identity)
+    small = orjson.loads(prepare(document(), "http://h.example").abbreviated.identity)
     assert set(small) == {"name", "modified", "dist-tags", "versions", "time"}
     assert small["versions"]["1.0.0"] == {
-        "name": "pkg", "version": "1.0.0", "dist": {"shasum": "ab", "tarball": "http://h/pkg/-/pkg-1.0.0.tgz"}
+        "name": "pkg", "version": "1.0.0", "dist": {"shasum": "ab", "tarball": "http://h.example/pkg/-/pkg-1.0.0.tgz"}
     }
 
 
 def test_prepare_keeps_last_modified() -> None:
     """last_modified is the document's time.modified, or empty without one."""
-    assert prepare(document(), "http://h").last_modified == "t1"
-    assert prepare({"name": "p", "versions": {}}, "http://h").last_modified == ""
+    assert prepare(document(), "http://h.example").last_modified == "t1"
+    assert prepare({"name": "p", "versions": {}}, "http://h.example").last_modified == ""
 
 
 def test_prepared_forms_have_different_etags() -> None:
     """Full and abbreviated forms of one document carry different ETags."""
-    prepared = prepare(document(), "http://h")
+    prepared = prepare(document(), "http://h.example")
     assert prepared.full.etag != prepared.abbreviated.etag
 
 
@@ -88,9 +88,9 @@ def test_put_then_get() -> None:
     """A document put with a valid ticket is returned by get for that name and base URL."""
     cache = PreparedCache(lambda: 1000)
     prepared = entry(100)
-    cache.put("a", "http://h", prepared, LoadTicket("a"))
-    assert cache.get("a", "http://h") is prepared
-    assert cache.get("a", "http://other") is None
+    cache.put("a", "http://h.example", prepared, LoadTicket("a"))
+    assert cache.get("a", "http://h.example") is prepared
+    assert cache.get("a", "http://other.example") is None
     assert cache.bytes_held == 100
 
 
@@ -147,12 +147,12 @@ def test_budget_is_read_on_each_put() -> None:
 def test_invalidate_drops_every_base_url_of_a_name() -> None:
     """invalidate forgets the name under all base URLs and keeps other names."""
     cache = PreparedCache(lambda: 1000)
-    for base in ("http://a", "https://b/npm"):
+    for base in ("http://a.example", "https://b.example/npm"):
         cache.put("pkg", base, entry(100), LoadTicket("pkg"))
-    cache.put("other", "http://a", entry(100), LoadTicket("other"))
+    cache.put("other", "http://a.example", entry(100), LoadTicket("other"))
     cache.invalidate("pkg")
-    assert cache.get("pkg", "http://a") is None and cache.get("pkg", "https://b/npm") is None
-    assert cache.get("other", "http://a") is not None
+    assert cache.get("pkg", "http://a.example") is None and cache.get("pkg", "https://b.example/npm") is None
+    assert cache.get("other", "http://a.example") is not None
     assert cache.bytes_held == 100
 
 
@@ -187,7 +187,7 @@ def test_load_after_invalidate_is_kept() -> None:
 def test_touch_updates_freshness_of_every_base_url() -> None:
     """touch() records the upstream confirmation on all entries of a name."""
     cache = PreparedCache(lambda: 1000)
-    for base in ("http://a", "http://b"):
+    for base in ("http://a.example", "http://b.example"):
         cache.put("pkg", base, entry(100), LoadTicket("pkg"))
     cache.touch("pkg", 123.0, '"e2"')
-    assert {(e.fetched_at, e.etag) for e in (cache.get("pkg", "http://a"), cache.get("pkg", "http://b"))} == {(123.0, '"e2"')}
+    assert {(e.fetched_at, e.etag) for e in (cache.get("pkg", "http://a.example"), cache.get("pkg", "http://b.example"))} == {(123.0, '"e2"')}

@@ -65,7 +65,7 @@ def test_unrelated_environment_is_ignored() -> None:
         ("base_url", "https://npm.example.com/prefix/", "https://npm.example.com/prefix"),
         ("base_url", "  ", ""),
         ("hostname", "::1", "::1"), ("hostname", "0.0.0.0", "0.0.0.0"),
-        ("hostname", "npm.local", "npm.local"),
+        ("hostname", "npm.example", "npm.example"),
     ],
 )
 def test_parsers_read_good_values(name: str, text: str, value: object) -> None:
@@ -81,8 +81,8 @@ def test_parsers_read_good_values(name: str, text: str, value: object) -> None:
         ("max_users", "1.5"), ("max_body_size", "0"), ("max_body_size", "0mb"),
         ("max_body_size", "1.5mb"), ("max_body_size", "10tb"), ("max_body_size", "-5"),
         ("memory_cache_size", "lots"), ("loglevel", "verbose"),
-        ("base_url", "ftp://x"), ("base_url", "npm.example.com"), ("base_url", "http://"),
-        ("base_url", "https://x/?a=1"), ("base_url", "https://x/#top"), ("base_url", "https://x?"),
+        ("base_url", "ftp://x.example"), ("base_url", "npm.example.com"), ("base_url", "http://"),
+        ("base_url", "https://x.example/?a=1"), ("base_url", "https://x.example/#top"), ("base_url", "https://x.example?"),
         ("hostname", ""), ("hostname", "a b"), ("hostname", "host/path"),
     ],
 )
@@ -177,7 +177,7 @@ def test_twistd_options_are_one_per_setting() -> None:
 def test_twistd_options_give_only_what_was_typed() -> None:
     """Options.given maps typed options to their text and every other setting to None."""
     options = Options()
-    options.parseOptions(["--port", "8080", "--base-url", "https://x"])
+    options.parseOptions(["--port", "8080", "--base-url", "https://x.example"])
     given = options.given()
     assert set(given) == {s.name for s in SETTINGS}
-    assert (given["port"], given["base_url"], given["hostname"]) == ("8080", "https://x", None)
+    assert (given["port"], given["base_url"], given["hostname"]) == ("8080", "https://x.example", None)

@@ -26,7 +26,7 @@ def manifest(name: str, version: str, **fields: Any) -> dict[str, Any]:
         "name": name, "version": version, "readme": f"# {name} {version}",
         "readmeFilename": "README.md", "description": f"{name} at {version}",
         "dist": {"shasum": "ab", "integrity": "sha512-x",
-                 "tarball": f"http://elsewhere/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"},
+                 "tarball": f"http://elsewhere.example/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"},
         **fields,
     }
 
@@ -130,7 +130,7 @@ def test_readme_of_a_non_latest_publish_does_not_replace_the_latest_readme() -> 
 
 def test_top_level_fields_come_from_latest() -> None:
     """description, license, keywords... are copied from the latest version; stale ones removed."""
-    document = first(license="MIT", keywords=["a"], homepage="https://a")
+    document = first(license="MIT", keywords=["a"], homepage="https://a.example")
     assert (document["description"], document["license"], document["keywords"]) == (
         "pkg at 1.0.0", "MIT", ["a"]
     )
@@ -229,8 +229,8 @@ def test_abbreviate_without_install_script_has_no_flag() -> None:
 @pytest.mark.parametrize(
     ("name", "base", "url"),
     [
-        ("pkg", "http://h:1", "http://h:1/pkg/-/pkg-1.0.0.tgz"),
-        ("@s/n", "https://h/npm", "https://h/npm/@s/n/-/n-1.0.0.tgz"),
+        ("pkg", "http://h.example:1", "http://h.example:1/pkg/-/pkg-1.0.0.tgz"),
+        ("@s/n", "https://h.example/npm", "https://h.example/npm/@s/n/-/n-1.0.0.tgz"),
     ],
 )
 def test_for_clients_rewrites_tarball_urls(name: str, base: str, url: str) -> None:
@@ -245,14 +245,14 @@ def test_for_clients_replaces_a_foreign_tarball_url() -> None:
     """A tarball stored as another registry's full URL is served from this base."""
     foreign = {"tarball": "https://r.example/pkg/-/pkg-1.0.0.tgz"}
     document = {"name": "pkg", "versions": {"1.0.0": {"dist": foreign}}}
-    served = for_clients(document, "http://me")
-    assert served["versions"]["1.0.0"]["dist"]["tarball"] == "http://me/pkg/-/pkg-1.0.0.tgz"
+    served = for_clients(document, "http://me.example")
+    assert served["versions"]["1.0.0"]["dist"]["tarball"] == "http://me.example/pkg/-/pkg-1.0.0.tgz"
 
 
 def test_for_clients_leaves_the_stored_document_alone() -> None:
     """The stored document keeps its bare tarball file names after serving."""
     document = first()
-    for_clients(document, "http://me")
+    for_clients(document, "http://me.example")
     assert document["versions"]["1.0.0"]["dist"]["tarball"] == "pkg-1.0.0.tgz"
 
 

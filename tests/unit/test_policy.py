@@ -86,3 +86,16 @@ def test_successful_probe_closes_the_breaker() -> None:
     assert breaker.state == "closed"
     assert all(breaker.allow() for _ in range(5))
     assert [state for _, state in breaker.transitions] == ["open", "closed"]
+
+
+def test_down_until_a_probe_is_due() -> None:
+    """An open breaker counts as down until the probe interval passes, then one caller probes."""
+    clock = Clock()
+    breaker = Breaker(clock.seconds, threshold=1, probe_interval=10)
+    assert not breaker.down
+    breaker.failed()
+    assert breaker.down
+    clock.advance(10)
+    assert not breaker.down
+    assert breaker.allow()
+    assert breaker.down

@@ -39,17 +39,17 @@ def test_always_https_upgrades_configured_url() -> None:
 
 def test_always_https_upgrades_derived_url() -> None:
     """always_https turns a URL built from Host into https://."""
-    assert base(always_https=True, host="npm.local:8080") == "https://npm.local:8080"
+    assert base(always_https=True, host="npm.example:8080") == "https://npm.example:8080"
 
 
 def test_host_header_is_used() -> None:
     """Without a configured URL, the Host header and connection scheme make the base."""
-    assert base(host="npm.local:8080") == "http://npm.local:8080"
+    assert base(host="npm.example:8080") == "http://npm.example:8080"
 
 
 def test_secure_connection_gives_https() -> None:
     """A TLS connection gives https with no forwarding header."""
-    assert base(secure=True, host="npm.local") == "https://npm.local"
+    assert base(secure=True, host="npm.example") == "https://npm.example"
 
 
 def test_forwarded_headers_win_over_host() -> None:
@@ -61,12 +61,12 @@ def test_forwarded_headers_win_over_host() -> None:
 
 def test_forwarded_proto_http_downgrades_secure() -> None:
     """X-Forwarded-Proto: http is believed even on a TLS connection."""
-    assert base(secure=True, host="h", proto="http") == "http://h"
+    assert base(secure=True, host="h.example", proto="http") == "http://h.example"
 
 
 def test_unknown_forwarded_proto_is_ignored() -> None:
     """An X-Forwarded-Proto that is not http(s) leaves the connection scheme."""
-    assert base(host="h", proto="javascript") == "http://h"
+    assert base(host="h.example", proto="javascript") == "http://h.example"
 
 
 @pytest.mark.parametrize("host", ["[::1]:5984", "[2001:db8::1]", "a-b.example", "h:65535"])
@@ -87,7 +87,7 @@ def test_hostile_host_falls_back(host: str | None) -> None:
 
 def test_hostile_forwarded_host_falls_back_to_host() -> None:
     """A malformed X-Forwarded-Host is skipped for the Host header."""
-    assert base(host="npm.local", fwd_host="evil.com/x") == "http://npm.local"
+    assert base(host="npm.example", fwd_host="evil.com/x") == "http://npm.example"
 
 
 # Negotiation ------------------------------------------------------------------

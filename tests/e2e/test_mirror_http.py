@@ -1,0 +1,271 @@
+"""The caching proxy over HTTP: a real nopard in front of the fake upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.support import NopardServer, Response, files_under, publish_body
+from tests.upstream import FakeUpstream
+
+ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    """The module's fake upstream, healthy and with zeroed counters."""
+    upstream.fault("none")
+    upstream.reset()
+    return upstream
+
+
+@pytest.fixture
+def mirror(start_nopard: Callable[..., NopardServer], fake: FakeUpstream) -> Callable[..., NopardServer]:
+    """Start a nopard mirroring the fake upstream, with settings for tests."""
+    def start(**settings: str) -> NopardServer:
+        env = {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_STALE_DEADLINE": "0.5",
+               "NOPARD_UPSTREAM_TIMEOUT": "3", "NOPARD_MAX_USERS": "2"}
+        env.update({f"NOPARD_{k.upper()}": v for k, v in settings.items()})
+        return start_nopard(env, name=f"mirror-{len(env)}-{time.monotonic_ns()}")
+    return start
+
+
+def upstream_gets(fake: FakeUpstream, path: str) -> int:
+    return sum(1 for method, p in fake.stats()["requests"] if method == "GET" and p == path)
+
+
+def tarball_path(server: NopardServer, manifest: dict, version: str) -> str:
+    """The path of a version's tarball on nopard, as its document gives it."""
+    return "/" + manifest["versions"][version]["dist"]["tarball"][len(server.url):]
+
+
+def cache_status(answer: Response) -> str:
+    return answer.headers.get("x-nopard-cache", "")
+
+
+def test_miss_then_hit(mirror, fake: FakeUpstream) -> None:
+    """The first read fetches the full document once; later reads, either form, are HITs."""
+    server = mirror()
+    first = server.request("GET", "/debug", headers={"Accept": ABBREVIATED})
+    assert first.status == 200 and cache_status(first) == "MISS"
+    assert first.headers["content-type"] == "application/vnd.npm.install-v1+json"
+    for accept in (ABBREVIATED, "application/json"):
+        again = server.request("GET", "/debug", headers={"Accept": accept})
+        assert cache_status(again) == "HIT"
+    assert upstream_gets(fake, "/debug") == 1
+    assert "debug" in server.request("GET", "/debug").json()["name"]
+
+
+def test_tarball_urls_point_at_nopard(mirror) -> None:
+    """Every dist.tarball of a mirrored document points at nopard, scoped names too."""
+    server = mirror()
+    for name, path in (("debug", "/debug"), ("@types/estree", "/@types%2festree")):
+        document = server.request("GET", path).json()
+        for version in document["versions"].values():
+            assert version["dist"]["tarball"].startswith(f"{server.url}{name}/-/")
+
+
+def test_access_log_says_how_it_was_served(mirror) -> None:
+    """The access line carries the cache status."""
+    server = mirror()
+    server.request("GET", "/semver")
+    server.request("GET", "/semver")
+    time.sleep(0.2)
+    log = server.log()
+    assert "GET /semver 200" in log and log.count(" MISS") >= 1 and " HIT" in log
+
+
+def test_stale_document_is_revalidated(mirror, fake: FakeUpstream) -> None:
+    """With every document stale, each read revalidates with If-None-Match (304) and serves it."""
+    server = mirror(meta_ttl="0.001")
+    server.request("GET", "/debug")
+    answer = server.request("GET", "/debug")
+    assert cache_status(answer) == "REVALIDATED" and answer.status == 200
+    assert upstream_gets(fake, "/debug") == 2
+
+
+def test_changed_upstream_document_is_picked_up(mirror, fake: FakeUpstream) -> None:
+    """A stale document whose upstream changed is replaced by the new one."""
+    server = mirror(meta_ttl="0.001")
+    before = server.request("GET", "/ms").json()
+    fake.change("ms")
+    after = server.request("GET", "/ms").json()
+    assert after["dist-tags"]["latest"] != before["dist-tags"]["latest"]
+    assert set(after["versions"]) > set(before["versions"])
+
+
+def test_blackholed_upstream_serves_stale_then_opens_the_breaker(mirror, fake: FakeUpstream) -> None:
+    """Upstream silent: the first reads wait the short deadline and serve STALE; then no more connections."""
+    server = mirror(meta_ttl="0.001")
+    for path in ("/debug", "/ms", "/semver"):
+        assert server.request("GET", path).status == 200
+    fake.fault("blackhole")
+    fake.reset()
+    statuses = [cache_status(server.request("GET", path)) for path in ("/debug", "/ms", "/semver") * 4]
+    assert set(statuses) == {"STALE"}
+    attempts = fake.stats()["connections"]
+    assert 1 <= attempts <= 3
+    assert server.request("GET", "/debug").status == 200
+    assert fake.stats()["connections"] == attempts
+
+
+def test_missing_document_fails_fast_while_upstream_is_down(mirror, fake: FakeUpstream) -> None:
+    """With the breaker open, a name never fetched gets a clear 404 and no upstream connection."""
+    server = mirror(meta_ttl="0.001")
+    server.request("GET", "/debug")
+    fake.fault("500")
+    for _ in range(3):
+        server.request("GET", "/debug")
+    fake.reset()
+    answer = server.request("GET", "/semver")
+    assert answer.status == 404
+    assert "upstream is unreachable" in answer.json()["error"]
+    assert fake.stats()["connections"] == 0
+
+
+def test_upstream_500_on_a_miss_is_503(mirror, fake: FakeUpstream) -> None:
+    """A name not cached while the upstream answers 500: 503 with a JSON error."""
+    server = mirror()
+    fake.fault("500")
+    answer = server.request("GET", "/debug")
+    assert answer.status == 503 and "500" in answer.json()["error"]
+
+
+def test_upstream_404_is_remembered(mirror, fake: FakeUpstream) -> None:
+    """An upstream 404 is answered 404 and not asked again within NOPARD_NOT_FOUND_TTL."""
+    server = mirror()
+    for _ in range(3):
+        assert server.request("GET", "/no-such-package-here").status == 404
+    assert upstream_gets(fake, "/no-such-package-here") == 1
+
+
+def test_tarball_is_fetched_once_for_concurrent_requests(mirror, fake: FakeUpstream) -> None:
+    """Eight simultaneous requests for one uncached tarball make one upstream fetch."""
+    server = mirror()
+    manifest = server.request("GET", "/semver").json()
+    version = manifest["dist-tags"]["latest"]
+    path = tarball_path(server, manifest, version)
+    answers: list[Response] = []
+    barrier = threading.Barrier(8)
+
+    def fetch() -> None:
+        barrier.wait()
+        answers.append(server.request("GET", path))
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = manifest["versions"][version]["dist"]["shasum"]
+    assert [a.status for a in answers] == [200] * 8
+    assert {hashlib.sha1(a.body).hexdigest() for a in answers} == {expected}
+    assert upstream_gets(fake, path) == 1
+    assert cache_status(server.request("GET", path)) == "HIT"
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated"])
+def test_bad_tarball_is_refused_and_never_stored(mirror, fake: FakeUpstream, fault: str) -> None:
+    """A corrupt or truncated upstream tarball gets an error and leaves nothing stored; a good one later works."""
+    server = mirror()
+    manifest = server.request("GET", "/ms").json()
+    version = manifest["dist-tags"]["latest"]
+    path = tarball_path(server, manifest, version)
+    fake.fault(fault)
+    answer = server.request("GET", path)
+    assert answer.status in (502, 503)
+    assert answer.json()["error"]
+    assert not [f for f in files_under(server.registry) if f.endswith(".tgz")]
+    fake.fault("none")
+    good = server.request("GET", path)
+    assert good.status == 200
+    assert hashlib.sha1(good.body).hexdigest() == manifest["versions"][version]["dist"]["shasum"]
+
+
+def test_private_scopes_never_go_upstream(mirror, fake: FakeUpstream) -> None:
+    """Names under NOPARD_PRIVATE_SCOPES are never asked of the upstream."""
+    server = mirror(private_scopes="@types,@acme")
+    assert server.request("GET", "/@types%2festree").status == 404
+    assert server.request("GET", "/@types/estree/-/estree-1.0.10.tgz").status == 404
+    assert fake.stats()["requests"] == []
+
+
+def test_local_package_is_never_looked_up_upstream(mirror, fake: FakeUpstream) -> None:
+    """A name published here shadows the upstream one entirely: no upstream request, no upstream version."""
+    server = mirror()
+    token = server.token("alice", "pw")
+    assert server.request("PUT", "/debug", publish_body("debug", "99.0.0"), token=token).status == 201
+    document = server.request("GET", "/debug")
+    assert cache_status(document) == "LOCAL"
+    assert list(document.json()["versions"]) == ["99.0.0"]
+    assert server.request("GET", "/debug/-/debug-4.4.3.tgz").status == 404
+    assert upstream_gets(fake, "/debug") == 0
+
+
+def test_merged_package_lists_both_and_local_wins(mirror, fake: FakeUpstream) -> None:
+    """With NOPARD_MERGE_UPSTREAM, the document lists upstream and local versions; local wins a number."""
+    server = mirror(merge_upstream="semver")
+    upstream_document = server.request("GET", "/semver").json()
+    latest = upstream_document["dist-tags"]["latest"]
+    token = server.token("alice", "pw")
+    body = publish_body("semver", "99.0.0")
+    assert server.request("PUT", "/semver", body, token=token).status == 201
+    merged = server.request("GET", "/semver").json()
+    assert set(merged["versions"]) == set(upstream_document["versions"]) | {"99.0.0"}
+    assert merged["dist-tags"]["latest"] == "99.0.0"
+    assert server.request("GET", "/semver/-/semver-99.0.0.tgz").status == 200
+    assert server.request("GET", tarball_path(server, merged, latest)).status == 200
+
+
+def test_audit_is_forwarded_and_fails_fast_when_down(mirror, fake: FakeUpstream) -> None:
+    """Audit POSTs reach the upstream; with the breaker open they get 503 at once."""
+    server = mirror(meta_ttl="0.001")
+    bulk = "/-/npm/v1/security/advisories/bulk"
+    answer = server.request("POST", bulk, json.dumps({"debug": ["4.4.3"]}),
+                            headers={"Content-Type": "application/json"})
+    assert answer.status == 200 and answer.json() == {}
+    fake.fault("500")
+    for _ in range(3):
+        server.request("POST", bulk, "{}", headers={"Content-Type": "application/json"})
+    fake.reset()
+    down = server.request("POST", bulk, "{}", headers={"Content-Type": "application/json"})
+    assert down.status == 503 and down.json()["error"]
+    assert fake.stats()["connections"] == 0
+
+
+def test_auto_forward_off_serves_only_what_is_mirrored(mirror, fake: FakeUpstream) -> None:
+    """NOPARD_AUTO_FORWARD=no: names never mirrored are 404 without asking the upstream."""
+    server = mirror(auto_forward="no")
+    assert server.request("GET", "/debug").status == 404
+    assert fake.stats()["requests"] == []
+
+
+def test_upstream_through_a_proxy(mirror, fake: FakeUpstream, tmp_path) -> None:
+    """NOPARD_PROXY_URL: upstream requests go through the proxy."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    log = tmp_path / "proxy.log"
+    proxy = subprocess.Popen([sys.executable, "-m", "tests.proxy_server", "--log", str(log)],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proxy.stdout.readline().split()[1])
+        server = mirror(proxy_url=f"http://127.0.0.1:{port}")
+        assert server.request("GET", "/semver").status == 200
+        assert f"GET {fake.url}semver" in log.read_text()
+    finally:
+        proxy.terminate()
+        proxy.wait()

@@ -1,0 +1,106 @@
+"""The real npm CLI installing a real dependency tree through nopard: cold, warm, and
+with the upstream silent and every document stale.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support import REPO, NopardServer, Npm
+from tests.upstream import FakeUpstream
+
+TREE = REPO / "tests" / "data" / "projects" / "tree"
+# Connections nopard may open to a silent upstream during a whole install: a few
+# stale revalidations before the breaker opens, and a probe now and then.
+MAX_OFFLINE_CONNECTIONS = 12
+
+
+def installed_versions(project: Path) -> dict[str, str]:
+    lock = json.loads((project / "package-lock.json").read_text())
+    return {path: entry["version"] for path, entry in lock["packages"].items() if path}
+
+
+def new_project(source: Path, target: Path, with_lock: bool) -> Path:
+    target.mkdir(parents=True)
+    shutil.copy(source / "package.json", target / "package.json")
+    if with_lock:
+        shutil.copy(source / "package-lock.json", target / "package-lock.json")
+    return target
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A fake upstream, a nopard mirroring it, and a project installed cold through it."""
+    work = tmp_path_factory.mktemp("mirror-npm")
+    with FakeUpstream() as upstream:
+        server = NopardServer(work / "nopard", {"NOPARD_FORWARDER_URL": upstream.url})
+        server.start()
+        project = new_project(TREE, work / "cold", with_lock=False)
+        started = time.monotonic()
+        Npm(server.url, work / "npm-cold").run("install", "--no-audit", cwd=project)
+        timings = {"cold": time.monotonic() - started}
+        yield {"work": work, "upstream": upstream, "server": server, "project": project, "timings": timings}
+        server.stop()
+
+
+def test_cold_install_goes_through_nopard(world: dict) -> None:
+    """A cold `npm install` of ~200 packages fetches every document and tarball via nopard."""
+    project, server = world["project"], world["server"]
+    versions = installed_versions(project)
+    assert len(versions) > 150
+    lock = json.loads((project / "package-lock.json").read_text())
+    resolved = {entry["resolved"] for path, entry in lock["packages"].items() if path}
+    assert all(url.startswith(server.url) for url in resolved)
+    distinct = {(path.rsplit("node_modules/", 1)[-1], version) for path, version in versions.items()}
+    mirrored = list(server.registry.rglob("upstream/tarballs/*.tgz"))
+    assert len(mirrored) == len(distinct)
+
+
+def test_warm_install_from_an_empty_npm_cache(world: dict) -> None:
+    """`npm ci` with an empty npm cache installs the same tree from nopard without the upstream."""
+    upstream, server = world["upstream"], world["server"]
+    project = new_project(world["project"], world["work"] / "warm", with_lock=True)
+    upstream.reset()
+    started = time.monotonic()
+    Npm(server.url, world["work"] / "npm-warm").run("ci", "--no-audit", cwd=project)
+    world["timings"]["warm"] = time.monotonic() - started
+    assert installed_versions(project) == installed_versions(world["project"])
+    assert upstream.stats()["requests"] == []
+
+
+def test_offline_install_with_every_document_stale(world: dict) -> None:
+    """Upstream accepting connections but never answering, every document stale: `npm ci` and a
+    lockfile-less `npm install` both succeed, opening only a small constant number of connections.
+    """
+    upstream, old = world["upstream"], world["server"]
+    old.stop()
+    # Same registry, same port (the lockfile's tarball URLs name it), and every document stale.
+    server = NopardServer(old.workdir, {"NOPARD_FORWARDER_URL": upstream.url, "NOPARD_META_TTL": "0.001",
+                                        "NOPARD_STALE_DEADLINE": "1", "NOPARD_PORT": str(old.port)})
+    server.port = old.port
+    server.start()
+    try:
+        upstream.fault("blackhole")
+        upstream.reset()
+        project = new_project(world["project"], world["work"] / "offline-ci", with_lock=True)
+        started = time.monotonic()
+        Npm(server.url, world["work"] / "npm-offline").run("ci", "--no-audit", cwd=project)
+        world["timings"]["offline"] = time.monotonic() - started
+        assert installed_versions(project) == installed_versions(world["project"])
+
+        fresh = new_project(world["project"], world["work"] / "offline-install", with_lock=False)
+        Npm(server.url, world["work"] / "npm-offline-2").run("install", "--no-audit", cwd=fresh)
+        assert installed_versions(fresh) == installed_versions(world["project"])
+        attempts = upstream.stats()["connections"]
+        print(f"timings {world['timings']}, upstream connection attempts while offline: {attempts}")
+        assert attempts <= MAX_OFFLINE_CONNECTIONS
+        assert "STALE" in server.log()
+    finally:
+        upstream.fault("none")
+        server.stop()

@@ -1,0 +1,582 @@
+"""A fake upstream npm registry with switchable faults, run as its own process.
+
+    python -m tests.fake_upstream --data tests/data/upstream --port P --control-port C
+
+It serves the packuments and tarballs recorded by scripts/record-fixtures (``{{UPSTREAM}}``
+becomes its own base URL), two synthetic packages for benchmarks (``big-package``: thousands of
+versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes) and empty audit
+answers. A second port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``,
+``POST /change``. It prints ``READY <port> <control-port>`` once both ports listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import email.utils
+import gzip
+import hashlib
+import io
+import json
+import random
+import re
+import sys
+import tarfile
+import urllib.parse
+import zlib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer
+from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                            globalLogBeginner, textFileLogObserver)
+from twisted.protocols import policies
+from twisted.web import resource, server
+from zope.interface import implementer
+
+PLACEHOLDER = b"{{UPSTREAM}}"
+BIG, HUGE = "big-package", "huge-tarball-package"
+MODES = ("none", "refused", "blackhole", "slow", "500", "404", "corrupt", "truncated")
+NAME = re.compile(r"^(@[^/@]+/)?[^/@.][^/]*$")
+CHUNK = 64 * 1024
+# The per-version fields npm's abbreviated ("corgi") documents keep (see PROTOCOL.md, section 2).
+ABBREVIATED = ("name", "version", "deprecated", "dependencies", "acceptDependencies",
+               "optionalDependencies", "devDependencies", "bundleDependencies", "peerDependencies",
+               "peerDependenciesMeta", "bin", "directories", "dist", "engines", "_hasShrinkwrap",
+               "funding", "cpu", "os", "libc")
+EMPTY_AUDIT = {"actions": [], "advisories": {}, "muted": [], "metadata": {
+    "vulnerabilities": {"info": 0, "low": 0, "moderate": 0, "high": 0, "critical": 0},
+    "dependencies": 0, "devDependencies": 0, "optionalDependencies": 0, "totalDependencies": 0}}
+EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """The registry's timestamp format: ISO-8601 in UTC with milliseconds."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(text: str) -> datetime | None:
+    """A registry timestamp as a datetime, or None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def parse_http_date(text: str | None) -> datetime | None:
+    """An HTTP date header as a datetime, or None when absent or malformed."""
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def digests(data: bytes) -> dict[str, str]:
+    """dist.integrity and dist.shasum for some bytes."""
+    return {"integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+            "shasum": hashlib.sha1(data).hexdigest()}
+
+
+def abbreviate(doc: dict, modified: datetime) -> dict:
+    """The abbreviated document npm install asks for, derived from a full one."""
+    versions = {}
+    for version, manifest in doc.get("versions", {}).items():
+        short = {key: manifest[key] for key in ABBREVIATED if key in manifest}
+        scripts = manifest.get("scripts") or {}
+        # npm runs node-gyp for a binding.gyp, which the registry records as gypfile.
+        if any(key in scripts for key in ("preinstall", "install", "postinstall")) or manifest.get("gypfile"):
+            short["hasInstallScript"] = True
+        versions[version] = short
+    return {"name": doc["name"], "modified": iso(modified), "dist-tags": doc.get("dist-tags", {}),
+            "versions": versions}
+
+
+class Body:
+    """Bytes to send as a tarball: a size and a way to produce them in chunks."""
+
+    def __init__(self, size: int, chunks: Callable[[], Iterator[bytes]]) -> None:
+        self.size, self.chunks = size, chunks
+
+    @classmethod
+    def of(cls, data: bytes) -> "Body":
+        """A body held in memory."""
+        return cls(len(data), lambda: (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+
+
+def small_tarball(name: str, version: str) -> bytes:
+    """A valid, deterministic package tarball with a package.json and an index.js."""
+    files = {"package/package.json": json.dumps({"name": name, "version": version, "main": "index.js",
+                                                 "license": "MIT"}).encode(),
+             "package/index.js": f"module.exports = {json.dumps(name + '@' + version)};\n".encode()}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(EPOCH.timestamp())
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def manifest(name: str, version: str, dist: dict, dependencies: dict) -> dict:
+    """A version manifest shaped like the real registry's, for the synthetic packages."""
+    return {"name": name, "version": version, "description": f"{name}, generated by the fake upstream",
+            "main": "index.js", "license": "MIT", "author": {"name": "fake"},
+            "scripts": {"test": "node index.js"}, "dependencies": dependencies,
+            "engines": {"node": ">=18"}, "_id": f"{name}@{version}",
+            "_npmUser": {"name": "fake", "email": "fake@localhost"},
+            "maintainers": [{"name": "fake", "email": "fake@localhost"}],
+            "dist": {**dist, "tarball": f"{{{{UPSTREAM}}}}/{name}/-/{name}-{version}.tgz",
+                     "fileCount": 2, "unpackedSize": 150,
+                     "signatures": [{"keyid": "SHA256:fake", "sig": base64.b64encode(
+                         hashlib.sha256(dist["integrity"].encode()).digest()).decode()}]}}
+
+
+def package_doc(name: str, versions: dict[str, dict], times: dict[str, str]) -> dict:
+    """A full packument around some version manifests."""
+    latest = list(versions)[-1]
+    return {"_id": name, "name": name, "description": versions[latest]["description"],
+            "dist-tags": {"latest": latest}, "versions": versions,
+            "time": {"created": times[list(times)[0]], "modified": times[latest], **times},
+            "maintainers": versions[latest]["maintainers"], "license": "MIT", "readme": f"# {name}\n"}
+
+
+def big_package(count: int, recorded: dict[str, list[str]]) -> tuple[dict, dict[str, bytes]]:
+    """``big-package`` with ``count`` versions, each depending on ~10 recorded packages.
+
+    The dependencies are exact recorded versions, so installing any version works offline.
+    """
+    names = sorted(recorded)
+    versions, times, tarballs = {}, {}, {}
+    for i in range(count):
+        version = f"{i // 100}.{i // 10 % 10}.{i % 10}"
+        chosen = sorted({names[(i * 7 + k * 13) % len(names)] for k in range(10)}) if names else []
+        data = small_tarball(BIG, version)
+        tarballs[f"{BIG}-{version}.tgz"] = data
+        versions[version] = manifest(BIG, version, digests(data), {n: recorded[n][0] for n in chosen})
+        times[version] = iso(EPOCH + timedelta(hours=i))
+    return package_doc(BIG, versions, times), tarballs
+
+
+class HugeTarball:
+    """A valid .tgz of exactly ``size`` bytes, generated while streaming, never held whole.
+
+    Deflate "stored" blocks (5 bytes of framing per block) make the compressed size computable
+    ahead; a gzip comment of the right length absorbs the remainder. The payload is a random
+    block with each copy's first 32 bytes replaced by a sha256 of its index, so chunks differ.
+    """
+
+    BLOCK = 127 * 512  # stored blocks hold at most 65535 bytes; whole tar records keep it simple
+
+    def __init__(self, size: int) -> None:
+        self.package_json = json.dumps({"name": HUGE, "version": "1.0.0", "license": "MIT"}).encode()
+        self.base = random.Random(HUGE).randbytes(self.BLOCK)
+        self.payload = max(0, (size - self.framing(0)) // 512 * 512)
+        while self.payload and self.framing(self.payload) > size:
+            self.payload -= 512
+        self.comment = max(0, size - self.framing(self.payload))
+        self.size = self.framing(self.payload) + self.comment
+        self._digests: dict[str, str] | None = None
+
+    def raw_size(self, payload: int) -> int:
+        """The uncompressed tar size: two headers, package.json's record, the payload, the end."""
+        return 512 * 3 + payload + 1024
+
+    def framing(self, payload: int) -> int:
+        """The compressed size without the comment's padding."""
+        raw = self.raw_size(payload)
+        return 10 + 1 + raw + 5 * -(-raw // self.BLOCK) + 8
+
+    def raw(self) -> Iterator[bytes]:
+        """The uncompressed tar stream, in pieces."""
+        for path, size in (("package/package.json", len(self.package_json)), ("package/blob.bin", self.payload)):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = size, 0o644, int(EPOCH.timestamp())
+            yield info.tobuf(format=tarfile.USTAR_FORMAT)
+            if path.endswith(".json"):
+                yield self.package_json.ljust(512, b"\0")
+        for index in range(-(-self.payload // self.BLOCK)):
+            piece = hashlib.sha256(index.to_bytes(8, "big")).digest() + self.base[32:]
+            yield piece[: self.payload - index * self.BLOCK]
+        yield b"\0" * 1024
+
+    def chunks(self) -> Iterator[bytes]:
+        """The gzip stream: header with comment, stored deflate blocks, trailer."""
+        yield b"\x1f\x8b\x08\x10\0\0\0\0\0\xff" + b" " * self.comment + b"\0"
+        crc, length, pending = 0, 0, b""
+        for piece in self.raw():
+            crc, length = zlib.crc32(piece, crc), length + len(piece)
+            pending += piece
+            while len(pending) > self.BLOCK:  # hold back the last block: it must be marked final
+                yield self.stored(pending[: self.BLOCK], final=False)
+                pending = pending[self.BLOCK:]
+        yield self.stored(pending, final=True)
+        yield crc.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little")
+
+    @staticmethod
+    def stored(data: bytes, final: bool) -> bytes:
+        """One byte-aligned stored deflate block."""
+        return bytes([1 if final else 0]) + len(data).to_bytes(2, "little") \
+            + (len(data) ^ 0xFFFF).to_bytes(2, "little") + data
+
+    def digests(self) -> dict[str, str]:
+        """sha512 and sha1, computed by streaming once (about half a second per 100 MiB)."""
+        if self._digests is None:
+            sha512, sha1 = hashlib.sha512(), hashlib.sha1()
+            for chunk in self.chunks():
+                sha512.update(chunk)
+                sha1.update(chunk)
+            self._digests = {"integrity": "sha512-" + base64.b64encode(sha512.digest()).decode(),
+                             "shasum": sha1.hexdigest()}
+        return self._digests
+
+
+class Registry:
+    """The documents and tarballs served: recorded from disk, synthetic, or changed by tests."""
+
+    def __init__(self, data: Path, big_versions: int, huge: HugeTarball) -> None:
+        self.data, self.big_versions, self.huge = data, big_versions, huge
+        self.base = b""  # the served base URL, known once the port listens
+        self.docs: dict[str, dict] = {}
+        self.big_tarballs: dict[str, bytes] = {}
+        self.served: dict[tuple[str, bool], tuple[bytes, str, str]] = {}
+        self.changes: dict[str, int] = {}
+        index = data / "index.json"
+        self.recorded = json.loads(index.read_text())["packages"] if index.exists() else {}
+
+    def packument(self, name: str) -> dict | None:
+        """The full document for ``name`` (placeholders unreplaced), or None."""
+        if name not in self.docs:
+            if name == BIG:
+                self.docs[BIG], self.big_tarballs = big_package(self.big_versions, self.recorded)
+            elif name == HUGE:
+                version = manifest(HUGE, "1.0.0", self.huge.digests(), {})
+                version["dist"]["unpackedSize"] = self.huge.payload + len(self.huge.package_json)
+                self.docs[HUGE] = package_doc(HUGE, {"1.0.0": version}, {"1.0.0": iso(EPOCH)})
+            else:
+                path = self.data / "packuments" / f"{name}.json"
+                if ".." in name or not path.is_file():
+                    return None
+                self.docs[name] = json.loads(path.read_text(encoding="utf-8"))
+        return self.docs[name]
+
+    def modified(self, doc: dict) -> datetime:
+        """When a document last changed: time.modified, else its newest version, else a fixed date."""
+        times = doc.get("time", {})
+        return parse_time(times.get("modified")) or max(filter(None, map(parse_time, times.values())),
+                                                         default=EPOCH)
+
+    def serve(self, name: str, abbreviated: bool) -> tuple[bytes, str, str] | None:
+        """(body, ETag, Last-Modified) as served, prepared once per document and form."""
+        key = (name, abbreviated)
+        if key not in self.served:
+            doc = self.packument(name)
+            if doc is None:
+                return None
+            modified = self.modified(doc)
+            # Compact, like the real registry's documents.
+            body = json.dumps(abbreviate(doc, modified) if abbreviated else doc, separators=(",", ":")).encode()
+            body = body.replace(PLACEHOLDER, self.base)
+            etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+            self.served[key] = (body, etag, email.utils.format_datetime(modified, usegmt=True))
+        return self.served[key]
+
+    def tarball(self, name: str, filename: str) -> Body | None:
+        """The tarball ``filename`` of ``name``, or None."""
+        if name == BIG:
+            self.packument(BIG)
+            data = self.big_tarballs.get(filename)
+            return Body.of(data) if data is not None else None
+        if name == HUGE:
+            return Body(self.huge.size, self.huge.chunks) if filename == f"{HUGE}-1.0.0.tgz" else None
+        path = self.data / "tarballs" / name / filename
+        if ".." in name or "/" in filename or not path.is_file():
+            return None
+        return Body.of(path.read_bytes())
+
+    def change(self, name: str) -> dict | None:
+        """Publish a new version copied from latest (same tarball), as upstream would; None if unknown."""
+        doc = self.packument(name)
+        if doc is None:
+            return None
+        count = self.changes[name] = self.changes.get(name, 0) + 1
+        latest = doc["dist-tags"]["latest"]
+        major, minor, patch = re.match(r"(\d+)\.(\d+)\.(\d+)", latest).groups()
+        version = f"{major}.{minor}.{int(patch) + 1000 + count}"
+        entry = copy.deepcopy(doc["versions"][latest])
+        entry.update(version=version, _id=f"{name}@{version}")
+        doc["versions"][version] = entry
+        doc["dist-tags"]["latest"] = version
+        # Strictly later than before, so Last-Modified moves even for two changes in one second.
+        now = max(datetime.now(timezone.utc), self.modified(doc) + timedelta(seconds=1))
+        doc.setdefault("time", {}).update({version: iso(now), "modified": iso(now)})
+        self.served.pop((name, True), None)
+        self.served.pop((name, False), None)
+        return {"name": name, "version": version, "modified": iso(now)}
+
+
+@implementer(IPullProducer)
+class BodyProducer:
+    """Writes a Body as the client reads it, flipping bytes (corrupt) or stopping halfway (truncated)."""
+
+    def __init__(self, request: server.Request, body: Body, mode: str) -> None:
+        self.request, self.chunks, self.offset = request, body.chunks(), 0
+        self.truncate = mode == "truncated"
+        self.limit = body.size // 2 if self.truncate else body.size
+        self.flips = {body.size // 3, body.size // 2, body.size * 2 // 3} if mode == "corrupt" else set()
+        request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        """Send the next chunk, or end the response."""
+        if self.request is None:
+            return
+        chunk = next(self.chunks, b"")[: self.limit - self.offset]
+        flips = [p - self.offset for p in self.flips if self.offset <= p < self.offset + len(chunk)]
+        if flips:
+            chunk = bytearray(chunk)
+            for position in flips:
+                chunk[position] ^= 0xFF
+            chunk = bytes(chunk)
+        self.offset += len(chunk)
+        if chunk:
+            self.request.write(chunk)
+        if not chunk or self.offset >= self.limit:
+            request, self.request = self.request, None
+            request.unregisterProducer()
+            if self.truncate:
+                request.channel.transport.loseConnection()  # flushes the half sent, then closes
+            else:
+                request.finish()
+
+    def stopProducing(self) -> None:
+        """The client went away."""
+        self.request = None
+
+
+def respond(request: server.Request, code: int, body: bytes = b"", headers: dict | None = None) -> None:
+    """Finish a request with a complete body (JSON unless headers say otherwise)."""
+    request.setResponseCode(code)
+    for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        request.setHeader(key, value)
+    if code != 304:
+        request.setHeader("Content-Length", str(len(body)))
+        request.write(body)
+    request.finish()
+
+
+def error(request: server.Request, code: int, text: str) -> None:
+    """An error in the registry's shape."""
+    respond(request, code, json.dumps({"error": text}).encode())
+
+
+class RegistryResource(resource.Resource):
+    """The registry port: every path, with the current fault applied."""
+
+    isLeaf = True
+
+    def __init__(self, upstream: "UpstreamServer") -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    def render(self, request: server.Request) -> int:
+        """Record the request, apply the fault, then answer."""
+        path = urllib.parse.unquote(request.path.decode("latin-1"))
+        upstream = self.upstream
+        upstream.requests.append([request.method.decode(), path])
+        fault = upstream.fault if any(path.startswith(p) for p in upstream.paths or [""]) else {"mode": "none"}
+        mode = fault["mode"]
+        if mode == "blackhole":
+            upstream.held.append(request)
+        elif mode == "slow":
+            call = upstream.reactor.callLater(float(fault.get("delay", 1)), self.answer, request, path, mode)
+            request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
+        elif mode in ("500", "404"):
+            error(request, int(mode), f"fault injected: {mode}")
+        else:
+            self.answer(request, path, mode)
+        return server.NOT_DONE_YET
+
+    def answer(self, request: server.Request, path: str, mode: str) -> None:
+        """Route a request; ``mode`` may still corrupt or truncate a tarball."""
+        name = path[1:]
+        method = request.method
+        if name.startswith("-/npm/v1/security/") and method == b"POST":
+            return self.audit(request, name)
+        if "/-/" in name and method in (b"GET", b"HEAD"):
+            name, filename = name.split("/-/", 1)
+            body = self.upstream.registry.tarball(name, filename) if NAME.match(name) else None
+            if body is None:
+                return error(request, 404, "Not found")
+            request.setHeader("Content-Type", "application/octet-stream")
+            request.setHeader("Content-Length", str(body.size))
+            if method == b"HEAD":
+                return request.finish()
+            BodyProducer(request, body, mode)
+            return None
+        if method not in (b"GET", b"HEAD"):
+            return error(request, 405, "Method not allowed")
+        accept = request.getHeader("accept") or ""
+        abbreviated = "application/vnd.npm.install-v1+json" in accept
+        served = self.upstream.registry.serve(name, abbreviated) if NAME.match(name) else None
+        if served is None:
+            return error(request, 404, "Not found")
+        body, etag, modified = served
+        headers = {"ETag": etag, "Last-Modified": modified, "Vary": "Accept",
+                   "Cache-Control": "public, max-age=300",
+                   "Content-Type": "application/vnd.npm.install-v1+json" if abbreviated else "application/json"}
+        if self.not_modified(request, etag, modified):
+            return respond(request, 304, headers=headers)
+        return respond(request, 200, body, headers)  # for HEAD, twisted sends the headers only
+
+    @staticmethod
+    def not_modified(request: server.Request, etag: str, modified: str) -> bool:
+        """If-None-Match decides when sent (RFC 9110); otherwise If-Modified-Since."""
+        if_none_match = request.getHeader("if-none-match")
+        if if_none_match is not None:
+            tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+            return etag in tags or "*" in tags
+        since = parse_http_date(request.getHeader("if-modified-since"))
+        return since is not None and since >= parse_http_date(modified)
+
+    def audit(self, request: server.Request, name: str) -> None:
+        """Empty audit answers: nothing is ever vulnerable here."""
+        raw = request.content.read()
+        try:
+            if request.getHeader("content-encoding") == "gzip":
+                raw = gzip.decompress(raw)
+            json.loads(raw or b"{}")
+        except (OSError, ValueError):
+            return error(request, 400, "invalid audit body")
+        if name == "-/npm/v1/security/advisories/bulk":
+            return respond(request, 200, b"{}")
+        if name in ("-/npm/v1/security/audits/quick", "-/npm/v1/security/audits"):
+            return respond(request, 200, json.dumps(EMPTY_AUDIT).encode())
+        return error(request, 404, "Not found")
+
+
+class CountingFactory(policies.WrappingFactory):
+    """The registry's Site, wrapped to count accepted connections; ``protocols`` holds the open ones."""
+
+    def __init__(self, upstream: "UpstreamServer") -> None:
+        super().__init__(server.Site(RegistryResource(upstream)))
+        self.upstream = upstream
+
+    def buildProtocol(self, addr):
+        """Count every accepted TCP connection."""
+        self.upstream.connections += 1
+        return super().buildProtocol(addr)
+
+
+class UpstreamServer:
+    """The registry port's state: the fault in force, the counters, the listening port."""
+
+    def __init__(self, registry: Registry, reactor, interface: str = "127.0.0.1") -> None:
+        self.registry, self.reactor, self.interface = registry, reactor, interface
+        self.fault: dict = {"mode": "none"}
+        self.paths: list[str] = []
+        self.connections, self.requests = 0, []
+        self.held: list[server.Request] = []
+        self.factory = CountingFactory(self)
+        self.listening = None
+        self.port = 0
+
+    def listen(self, port: int) -> int:
+        """Listen on ``port`` (0: any free one) and remember which, to come back to it."""
+        self.listening = self.reactor.listenTCP(port, self.factory, interface=self.interface)
+        self.port = self.listening.getHost().port
+        self.registry.base = f"http://{self.interface}:{self.port}".encode()
+        return self.port
+
+    def set_fault(self, spec: dict) -> defer.Deferred:
+        """Switch faults; fires once the port is closed (refused) or listening again."""
+        mode = spec.get("mode")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        self.fault, self.paths = spec, list(spec.get("paths") or [])
+        # Requests a blackhole held would otherwise hang forever: drop their connections.
+        for request in self.held:
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+        self.held = []
+        if mode == "refused" and self.listening is not None:
+            listening, self.listening = self.listening, None
+            # A server that is down drops its kept-alive connections too.
+            for connection in list(self.factory.protocols):
+                connection.transport.abortConnection()
+            return listening.stopListening()
+        if mode != "refused" and self.listening is None:
+            self.listen(self.port)
+        return defer.succeed(None)
+
+
+class ControlResource(resource.Resource):
+    """The control port: stats, reset, fault, change."""
+
+    isLeaf = True
+
+    def __init__(self, upstream: UpstreamServer) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    def render(self, request: server.Request) -> bytes | int:
+        """Run one command; errors are 400/404 JSON."""
+        request.setHeader("Content-Type", "application/json")
+        upstream, command = self.upstream, (request.method, request.path)
+        try:
+            body = json.loads(request.content.read() or b"{}")
+            if command == (b"GET", b"/stats"):
+                return json.dumps({"connections": upstream.connections, "requests": upstream.requests,
+                                   "fault": upstream.fault}).encode()
+            if command == (b"POST", b"/reset"):
+                upstream.connections, upstream.requests = 0, []
+                return b"{}"
+            if command == (b"POST", b"/fault"):
+                done = upstream.set_fault(body)
+                done.addCallback(lambda _: (request.write(b"{}"), request.finish()))
+                return server.NOT_DONE_YET
+            if command == (b"POST", b"/change"):
+                changed = upstream.registry.change(body.get("name", ""))
+                if changed is None:
+                    request.setResponseCode(404)
+                    return b'{"error":"Not found"}'
+                return json.dumps(changed).encode()
+        except (ValueError, TypeError, AttributeError) as problem:
+            request.setResponseCode(400)
+            return json.dumps({"error": str(problem)}).encode()
+        request.setResponseCode(404)
+        return b'{"error":"Not found"}'
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, listen on both ports, print READY, run until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).parent / "data" / "upstream")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument("--big-versions", type=int, default=2000)
+    parser.add_argument("--huge-size", type=int, default=100 * 1024 * 1024)
+    parser.add_argument("--huge", action="store_true", help="hash the huge tarball at start, not on first use")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+
+    # Warnings and tracebacks go to stderr; stdout carries only the READY line.
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(LogLevel.warn)])],
+        redirectStandardIO=False)
+    huge = HugeTarball(args.huge_size)
+    if args.huge:
+        huge.digests()
+    upstream = UpstreamServer(Registry(args.data, args.big_versions, huge), reactor)
+    port = upstream.listen(args.port)
+    control = reactor.listenTCP(args.control_port, server.Site(ControlResource(upstream)), interface="127.0.0.1")
+    print(f"READY {port} {control.getHost().port}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
