@@ -120,7 +120,8 @@ class Upstream:
         A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
         """
         timeout = self._settings.current.upstream_timeout
-        response = await self._request("GET", url, timeout, headers=self._headers(url))
+        # unbuffered: treq would otherwise keep the whole body in memory.
+        response = await self._request("GET", url, timeout, headers=self._headers(url), unbuffered=True)
         if response.code != 200:
             await response.text()
             self.breaker.succeeded()

@@ -387,6 +387,9 @@ class RegistryResource(resource.Resource):
         path = urllib.parse.unquote(request.path.decode("latin-1"))
         upstream = self.upstream
         upstream.requests.append([request.method.decode(), path])
+        authorization = request.getHeader("authorization")
+        if authorization:
+            upstream.authorizations.append([path, authorization])
         fault = upstream.fault if any(path.startswith(p) for p in upstream.paths or [""]) else {"mode": "none"}
         mode = fault["mode"]
         if mode == "blackhole":
@@ -479,6 +482,7 @@ class UpstreamServer:
         self.fault: dict = {"mode": "none"}
         self.paths: list[str] = []
         self.connections, self.requests = 0, []
+        self.authorizations: list[list[str]] = []
         self.held: list[server.Request] = []
         self.factory = CountingFactory(self)
         self.listening = None
@@ -530,9 +534,9 @@ class ControlResource(resource.Resource):
             body = json.loads(request.content.read() or b"{}")
             if command == (b"GET", b"/stats"):
                 return json.dumps({"connections": upstream.connections, "requests": upstream.requests,
-                                   "fault": upstream.fault}).encode()
+                                   "authorizations": upstream.authorizations, "fault": upstream.fault}).encode()
             if command == (b"POST", b"/reset"):
-                upstream.connections, upstream.requests = 0, []
+                upstream.connections, upstream.requests, upstream.authorizations = 0, [], []
                 return b"{}"
             if command == (b"POST", b"/fault"):
                 done = upstream.set_fault(body)

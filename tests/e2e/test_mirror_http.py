@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import threading
 import time
@@ -269,3 +270,43 @@ def test_upstream_through_a_proxy(mirror, fake: FakeUpstream, tmp_path) -> None:
     finally:
         proxy.terminate()
         proxy.wait()
+
+
+def test_scope_upstream_with_its_own_token(mirror, fake: FakeUpstream) -> None:
+    """A scope configured with its own upstream and token is fetched there, with the token; others are not."""
+    with FakeUpstream() as corporate:
+        server = mirror(scope_upstreams=f"@types={corporate.url}", scope_tokens="@types=corp-secret")
+        assert server.request("GET", "/@types%2festree").status == 200
+        assert server.request("GET", "/debug").status == 200
+        assert corporate.stats()["authorizations"] == [["/@types/estree", "Bearer corp-secret"]]
+        assert [p for _, p in corporate.stats()["requests"]] == ["/@types/estree"]
+        assert "/@types/estree" not in [p for _, p in fake.stats()["requests"]]
+        assert fake.stats()["authorizations"] == []
+
+
+def test_huge_tarball_is_streamed_with_bounded_memory(start_nopard, tmp_path) -> None:
+    """A 100 MB upstream tarball is verified and served while nopard's memory stays far below its size."""
+    with FakeUpstream(extra_args=("--huge-size", str(100 * 1024 * 1024))) as upstream:
+        server = start_nopard({"NOPARD_FORWARDER_URL": upstream.url}, name="huge")
+        document = server.request("GET", "/huge-tarball-package").json()
+        dist = document["versions"]["1.0.0"]["dist"]
+        before_kb = peak_memory_kb(server)
+
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        connection.request("GET", "/" + dist["tarball"][len(server.url):])
+        answer = connection.getresponse()
+        assert answer.status == 200
+        digest, size = hashlib.sha1(), 0
+        while chunk := answer.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        connection.close()
+        assert size == 100 * 1024 * 1024 and digest.hexdigest() == dist["shasum"]
+        grown_kb = peak_memory_kb(server) - before_kb
+        assert grown_kb < 20 * 1024, f"nopard's peak memory grew by {grown_kb} kB"
+
+
+def peak_memory_kb(server: NopardServer) -> int:
+    """The nopard process's peak resident memory so far (VmHWM)."""
+    with open(f"/proc/{server.process.pid}/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
