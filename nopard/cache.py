@@ -102,6 +102,10 @@ class PreparedCache:
         self._loads: dict[str, set[LoadTicket]] = {}
         self.bytes_held = 0
 
+    def stats(self) -> dict[str, int]:
+        """Entries and bytes held, and the budget."""
+        return {"entries": len(self._entries), "bytes": self.bytes_held, "limit": self._max_bytes()}
+
     def get(self, name: str, base_url: str) -> CachedDocument | None:
         """The cached document, marking it recently used; None on a miss."""
         entry = self._entries.get((name, base_url))
@@ -139,10 +143,14 @@ class PreparedCache:
         while self.bytes_held > self._max_bytes():
             self._remove(next(iter(self._entries)))
 
-    def invalidate(self, name: str) -> None:
-        """Forget every prepared form of package ``name`` and void loads in flight."""
+    def invalidate(self, name: str, keep: LoadTicket | None = None) -> None:
+        """Forget every prepared form of package ``name`` and void loads in flight.
+
+        ``keep``: the ticket of the load that made the change, which stays valid.
+        """
         for ticket in self._loads.get(name, ()):
-            ticket.valid = False
+            if ticket is not keep:
+                ticket.valid = False
         for key in list(self._keys_by_name.get(name, ())):
             self._remove(key)
 

@@ -154,6 +154,9 @@ class Mirror:
                 return cached.prepared, Action.SERVE.value
         with self._cache.loading(name) as ticket:
             document, entry_origin, meta, status = await self._load(name)
+            if status in (Action.FETCH.value, Action.REVALIDATE.value):
+                # Forms prepared for other base URLs may hold the older document.
+                self._cache.invalidate(name, keep=ticket)
             prepared = prepare(document, base_url)
             entry = CachedDocument(prepared, entry_origin, meta.fetched_at if meta else None,
                                    meta.etag if meta else None)
@@ -268,7 +271,6 @@ class Mirror:
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
         await self._storage.write(names.upstream_document_key(name), orjson.dumps(document))
         await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(meta)))
-        self._cache.invalidate(name)
         return document, meta
 
     async def _read_meta(self, name: str) -> MirrorMeta | None:
@@ -351,12 +353,24 @@ class Mirror:
         manifest = packument.find_version_by_file(document, filename) if document else None
         if manifest is None:
             document, _meta = await self._documents.run(name, lambda: self._fetch(name, upstream))
+            self._cache.invalidate(name)
             manifest = packument.find_version_by_file(document, filename)
         if manifest is None:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         if not str((manifest.get("dist") or {}).get("tarball", "")).startswith(("http://", "https://")):
             raise UpstreamBadContent(f"the upstream gives no tarball URL for {name}/-/{filename}")
         return manifest
+
+    def status(self) -> dict[str, Any]:
+        """What an operator wants at a glance: upstream health and cache use."""
+        return {
+            "cache": self._cache.stats(),
+            "upstreams": [
+                {"url": u.base_url, "state": u.breaker.state, "consecutive_failures": u.breaker.failures,
+                 "requests": u.requests_made}
+                for u in self.upstreams.all()
+            ],
+        }
 
     # Audit ----------------------------------------------------------------
 

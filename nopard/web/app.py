@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from nopard import names, packument
+from nopard import __version__, names, packument
 from nopard.auth import Accounts, Identity
 from nopard.config import LiveSettings
 from nopard.errors import (
@@ -149,6 +149,12 @@ class RegistryApp:
     @app.route("/-/ping", methods=["GET"])
     def ping(self, request: IRequest) -> bytes:
         return json_response(request, 200, {})
+
+    @app.route("/-/nopard/status", methods=["GET"])
+    async def status(self, request: IRequest) -> bytes:
+        """Upstream health and cache use, for operators and monitoring."""
+        self.accounts.require_read(await self.identify(request))
+        return json_response(request, 200, {"nopard": __version__, **self.mirror.status()})
 
     @app.route("/-/whoami", methods=["GET"])
     async def whoami(self, request: IRequest) -> bytes:

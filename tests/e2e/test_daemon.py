@@ -116,3 +116,13 @@ def test_sigterm_stops_cleanly_without_temp_files(nopard: NopardServer) -> None:
     assert "Server Shut Down." in nopard.log()
     assert not [p for p in nopard.registry.rglob(".*")]
     assert json.loads((nopard.registry / "packages" / "pkg" / "package.json").read_text())["name"] == "pkg"
+
+
+def test_refuses_itself_as_upstream(tmp_path: Path) -> None:
+    """An upstream URL that is nopard's own address stops start-up with one line."""
+    result = twistd("-n", "--pidfile=", "nopard", "--port", "4873", cwd=tmp_path,
+                    env={"NOPARD_FORWARDER_URL": "http://localhost:4873/"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "nopard: NOPARD_FORWARDER_URL: http://localhost:4873 is this nopard itself"
+    ]

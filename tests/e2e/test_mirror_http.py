@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.support import NopardServer, Response, files_under, publish_body
+from tests.support import REPO, NopardServer, Response, files_under, publish_body
 from tests.upstream import FakeUpstream
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
@@ -310,3 +310,31 @@ def peak_memory_kb(server: NopardServer) -> int:
     """The nopard process's peak resident memory so far (VmHWM)."""
     with open(f"/proc/{server.process.pid}/status") as status:
         return int(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+
+def test_status_shows_upstream_health_and_cache_use(mirror, fake: FakeUpstream) -> None:
+    """GET /-/nopard/status tells whether the upstream counts as down and what the cache holds."""
+    server = mirror(meta_ttl="0.001")
+    server.request("GET", "/debug")
+    healthy = server.request("GET", "/-/nopard/status").json()
+    assert healthy["upstreams"] == [{"url": fake.url.rstrip("/"), "state": "closed",
+                                     "consecutive_failures": 0, "requests": 1}]
+    fake.fault("500")
+    for _ in range(3):
+        server.request("GET", "/debug")
+    down = server.request("GET", "/-/nopard/status").json()
+    assert down["upstreams"][0]["state"] == "open"
+    assert down["cache"]["entries"] == 1
+
+
+def test_memory_held_stays_within_the_setting(mirror, fake: FakeUpstream) -> None:
+    """Reading every recorded package with a 64 kB budget: prepared documents never exceed it."""
+    server = mirror(memory_cache_size="64kb")
+    index = json.loads((REPO / "tests" / "data" / "upstream" / "index.json").read_text())
+    most_entries = 0
+    for name in index["packages"]:
+        assert server.request("GET", "/" + name.replace("/", "%2f")).status == 200
+        cache = server.request("GET", "/-/nopard/status").json()["cache"]
+        assert cache["bytes"] <= cache["limit"] == 64 * 1024
+        most_entries = max(most_entries, cache["entries"])
+    assert 0 < most_entries < len(index["packages"])

@@ -191,3 +191,11 @@ def test_touch_updates_freshness_of_every_base_url() -> None:
         cache.put("pkg", base, entry(100), LoadTicket("pkg"))
     cache.touch("pkg", 123.0, '"e2"')
     assert {(e.fetched_at, e.etag) for e in (cache.get("pkg", "http://a.example"), cache.get("pkg", "http://b.example"))} == {(123.0, '"e2"')}
+
+
+def test_invalidate_keeps_the_changing_load_valid() -> None:
+    """The load that stored a new document may cache it; other loads of the name may not."""
+    cache = PreparedCache(lambda: 1000)
+    with cache.loading("pkg") as changer, cache.loading("pkg") as other:
+        cache.invalidate("pkg", keep=changer)
+        assert changer.valid and not other.valid

@@ -1,0 +1,117 @@
+"""The facts about the machine and the plain-text summary scripts/bench prints."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+
+from bench.wrk import PERCENTILES
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's machine type."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (what nproc prints), not the host's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_facts(versions: dict[str, str]) -> dict[str, str]:
+    """nproc, CPU, OS, date, and the tool versions handed in."""
+    import twisted
+
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "nproc": str(usable_cpus()), "cpu": cpu_model(),
+            "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "twisted": twisted.__version__, **versions}
+
+
+def size(count: float) -> str:
+    """A byte count with a binary prefix, three significant figures."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
+        count /= 1024
+    return f"{count:.3g} GiB"
+
+
+def millis(value: float | None) -> str:
+    """A latency in ms, with a precision that suits its size."""
+    if value is None:
+        return "-"
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def table(headers: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """Aligned text lines: the first ``left`` columns left-aligned, numbers right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(cell).ljust(width) if i < left else str(cell).rjust(width)
+                         for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    """``numerator / denominator`` as ``1.03x``, or ``-`` when either is missing."""
+    if not numerator or not denominator:
+        return "-"
+    return f"{numerator / denominator:.2f}x"
+
+
+def summary(results: dict) -> str:
+    """The whole summary: machine, settings, HTTP throughput, npm timings and ratios."""
+    machine, settings = results["machine"], results["settings"]
+    out = [f"nopard benchmark, {machine['date']}", ""]
+    facts = [["machine", f"{machine['nproc']} CPUs ({machine['cpu']}), {machine['os']}"],
+             ["software", f"Python {machine['python']}, Twisted {machine['twisted']}, "
+                          f"node {machine.get('node', '?')}, npm {machine.get('npm', '?')}, "
+                          f"wrk {machine.get('wrk', '?')}"]]
+    facts += [[key, value] for key, value in settings.items()]
+    width = max(len(key) for key, _ in facts)
+    out += [f"{key.ljust(width)}  {value}" for key, value in facts]
+
+    if results.get("http"):
+        out += ["", "HTTP: wrk against a warm nopard (body = one response's payload as sent)"]
+        rows = []
+        for run in results["http"]:
+            measured = run["wrk"]
+            errors = measured["non_2xx_3xx"] + measured["socket_errors"]
+            rows.append([run["label"], size(run["body_bytes"]), f"{measured['requests_per_sec']:,.0f}",
+                         f"{size(measured['transfer_per_sec'])}/s",
+                         *(millis(measured["latency_ms"].get(p)) for p in PERCENTILES), str(errors)])
+        out += table(["target", "body", "req/s", "transfer", *(f"p{p}" for p in PERCENTILES), "errors"], rows)
+        if results.get("nopard_peak_rss"):
+            out.append(f"nopard's peak RSS after these runs: {size(results['nopard_peak_rss'])}")
+
+    npm = results.get("npm")
+    if npm:
+        out += ["", f"npm: {npm['project']} ({npm['packages']} packages), empty npm cache on every run"]
+        rows = [[run["label"], f"{run['seconds']:.2f} s", str(run["upstream_connections"]),
+                 str(run["upstream_requests"]), str(run.get("stale_answers", "-"))] for run in npm["runs"]]
+        out += table(["run", "time", "upstream conns", "upstream reqs", "STALE answers"], rows)
+        seconds = {run["key"]: run["seconds"] for run in npm["runs"]}
+        out += ["", "ratios (offline / warm; 1.00x = no slower without the upstream)"]
+        out += table(["", "ratio"], [
+            ["npm ci, offline / warm", ratio(seconds.get("ci_offline"), seconds.get("ci_warm"))],
+            ["npm install (no lockfile), offline / warm",
+             ratio(seconds.get("install_offline"), seconds.get("install_warm"))],
+            ["npm install cold / npm ci warm", ratio(seconds.get("install_cold"), seconds.get("ci_warm"))],
+        ])
+        offline = sum(run["upstream_connections"] for run in npm["runs"] if run["key"].endswith("_offline"))
+        out.append(f"connections the blackholed upstream accepted during the offline runs: {offline}")
+    return "\n".join(out)
