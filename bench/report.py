@@ -100,18 +100,23 @@ def summary(results: dict) -> str:
 
     npm = results.get("npm")
     if npm:
-        out += ["", f"npm: {npm['project']} ({npm['packages']} packages), empty npm cache on every run"]
-        rows = [[run["label"], f"{run['seconds']:.2f} s", str(run["upstream_connections"]),
-                 str(run["upstream_requests"]), str(run.get("stale_answers", "-"))] for run in npm["runs"]]
-        out += table(["run", "time", "upstream conns", "upstream reqs", "STALE answers"], rows)
+        out += ["", f"npm: {npm['project']} ({npm['packages']} packages), new project and empty npm cache "
+                    f"on every run; time = median of {npm['repeat']} (min-max)"]
+        rows = [[run["label"], f"{run['seconds']:.2f} s",
+                 f"{run['min_seconds']:.2f}-{run['max_seconds']:.2f}" if len(run["samples"]) > 1 else "",
+                 str(run["upstream_connections"]), str(run["upstream_requests"]),
+                 str(run.get("stale_answers", "-"))] for run in npm["runs"]]
+        out += table(["run", "time", "min-max", "upstream conns", "upstream reqs", "STALE answers"], rows)
+        out.append("(upstream conns/reqs/STALE answers: the most seen in one run)")
         seconds = {run["key"]: run["seconds"] for run in npm["runs"]}
-        out += ["", "ratios (offline / warm; 1.00x = no slower without the upstream)"]
-        out += table(["", "ratio"], [
-            ["npm ci, offline / warm", ratio(seconds.get("ci_offline"), seconds.get("ci_warm"))],
-            ["npm install (no lockfile), offline / warm",
-             ratio(seconds.get("install_offline"), seconds.get("install_warm"))],
-            ["npm install cold / npm ci warm", ratio(seconds.get("install_cold"), seconds.get("ci_warm"))],
-        ])
-        offline = sum(run["upstream_connections"] for run in npm["runs"] if run["key"].endswith("_offline"))
-        out.append(f"connections the blackholed upstream accepted during the offline runs: {offline}")
+        pairs = [("npm ci: offline / warm", "ci_offline", "ci_warm"),
+                 ("npm install (no lockfile): offline / warm", "install_offline", "install_warm"),
+                 ("npm install cold / npm ci warm", "install_cold", "ci_warm")]
+        width = max(len(label) for label, _, _ in pairs)
+        out += ["", "ratios (1.00x: offline is as fast as warm)"]
+        out += [f"  {label.ljust(width)}  {ratio(seconds.get(a), seconds.get(b))}" for label, a, b in pairs]
+        offline = [run for run in npm["runs"] if run["key"].endswith("_offline")]
+        total = sum(run["upstream_connections_total"] for run in offline)
+        count = sum(len(run["samples"]) for run in offline)
+        out.append(f"connections the blackholed upstream accepted: {total} over all {count} offline runs")
     return "\n".join(out)

@@ -338,3 +338,23 @@ def test_memory_held_stays_within_the_setting(mirror, fake: FakeUpstream) -> Non
         assert cache["bytes"] <= cache["limit"] == 64 * 1024
         most_entries = max(most_entries, cache["entries"])
     assert 0 < most_entries < len(index["packages"])
+
+
+def test_slow_upstream_serves_stale_after_the_deadline(mirror, fake: FakeUpstream) -> None:
+    """An upstream slower than NOPARD_STALE_DEADLINE: the stale document is served when the deadline passes."""
+    server = mirror(meta_ttl="0.001", stale_deadline="0.3")
+    server.request("GET", "/semver")
+    fake.fault("slow", delay=5)
+    started = time.monotonic()
+    answer = server.request("GET", "/semver")
+    waited = time.monotonic() - started
+    assert cache_status(answer) == "STALE" and answer.status == 200
+    assert waited < 4, "nopard waited for the slow upstream instead of serving stale"
+
+
+def test_quick_audit_is_forwarded(mirror) -> None:
+    """pnpm's and yarn 1's audit route reaches the upstream and returns its report."""
+    server = mirror()
+    answer = server.request("POST", "/-/npm/v1/security/audits/quick", json.dumps({"name": "x", "requires": {}}),
+                            headers={"Content-Type": "application/json"})
+    assert answer.status == 200 and "advisories" in answer.json()

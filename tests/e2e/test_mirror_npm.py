@@ -74,6 +74,12 @@ def test_warm_install_from_an_empty_npm_cache(world: dict) -> None:
     assert upstream.stats()["requests"] == []
 
 
+def test_npm_audit_goes_through_nopard(world: dict) -> None:
+    """`npm audit` through nopard reaches the upstream's audit endpoint and reports no problems."""
+    result = Npm(world["server"].url, world["work"] / "npm-audit").run("audit", "--json", cwd=world["project"])
+    assert json.loads(result.stdout)["metadata"]["vulnerabilities"]["total"] == 0
+
+
 def test_offline_install_with_every_document_stale(world: dict) -> None:
     """Upstream accepting connections but never answering, every document stale: `npm ci` and a
     lockfile-less `npm install` both succeed, opening only a small constant number of connections.
@@ -95,12 +101,14 @@ def test_offline_install_with_every_document_stale(world: dict) -> None:
         assert installed_versions(project) == installed_versions(world["project"])
 
         fresh = new_project(world["project"], world["work"] / "offline-install", with_lock=False)
-        Npm(server.url, world["work"] / "npm-offline-2").run("install", "--no-audit", cwd=fresh)
+        # With the audit on: it fails fast (503) and npm installs anyway.
+        Npm(server.url, world["work"] / "npm-offline-2").run("install", "--audit", cwd=fresh)
         assert installed_versions(fresh) == installed_versions(world["project"])
         attempts = upstream.stats()["connections"]
         print(f"timings {world['timings']}, upstream connection attempts while offline: {attempts}")
         assert attempts <= MAX_OFFLINE_CONNECTIONS
         assert "STALE" in server.log()
+        assert "POST /-/npm/v1/security/advisories/bulk 503" in server.log()
     finally:
         upstream.fault("none")
         server.stop()
