@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 
+from bench import say
+
 # wrk prints sizes with binary prefixes and durations with these units.
 SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
 TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -35,7 +37,7 @@ def as_root(command: list[str]) -> list[str]:
     return command if os.geteuid() == 0 else ["sudo", *command]
 
 
-def ensure_wrk(say) -> str:
+def ensure_wrk() -> str:
     """The path of wrk, installing it with apt-get when missing.
 
     ``apt-get update`` runs only when the plain install fails: it is slow, and the package

@@ -145,6 +145,29 @@ def parse_scope_upstreams(text: str) -> dict[str, str]:
     return {scope: parse_base_url(url) for scope, url in parse_scope_map(text).items()}
 
 
+def parse_backfill(text: str) -> str:
+    """none | tags | recent:N | all."""
+    value = text.strip().lower()
+    if value in ("none", "tags", "all") or re.fullmatch(r"recent:[1-9]\d*", value):
+        return value
+    raise ValueError(f"{text!r} is not none, tags, recent:N or all")
+
+
+def parse_interval(text: str) -> float:
+    """Seconds between runs; 0 turns the schedule off."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return parse_seconds(text)
+
+
+def parse_positive(text: str) -> int:
+    """A whole number, one or more."""
+    value = parse_count(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be 1 or more")
+    return value
+
+
 def parse_text(text: str) -> str:
     """Free text, stripped; may be empty."""
     return text.strip()
@@ -216,6 +239,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("not_found_ttl", "60", parse_seconds, "Seconds an upstream 404 is remembered."),
     Setting(
+        "probe_interval",
+        "10",
+        parse_seconds,
+        "While the upstream counts as down, seconds between two probes of it.",
+    ),
+    Setting(
         "private_scopes",
         "",
         parse_scopes,
@@ -238,6 +267,20 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         parse_scope_map,
         "Tokens for those upstreams: @corp=TOKEN (space-separated).",
+    ),
+    Setting(
+        "sync_interval",
+        "300",
+        parse_interval,
+        "Seconds between sync runs (refresh, then backfill); 0 turns the schedule off.",
+    ),
+    Setting("sync_concurrency", "8", parse_positive, "Packages a sync job works on at once."),
+    Setting("sync_rate", "600", parse_positive, "Upstream requests per minute sync jobs may make, at most."),
+    Setting(
+        "backfill",
+        "tags",
+        parse_backfill,
+        "Tarballs the sync fetches ahead: none, tags (dist-tag targets), recent:N, all.",
     ),
     Setting(
         "memory_cache_size",
@@ -273,10 +316,15 @@ class Settings:
     upstream_timeout: float
     stale_deadline: float
     not_found_ttl: float
+    probe_interval: float
     private_scopes: tuple[str, ...]
     merge_upstream: tuple[str, ...]
     scope_upstreams: dict[str, str]
     scope_tokens: dict[str, str]
+    sync_interval: float
+    sync_concurrency: int
+    sync_rate: int
+    backfill: str
     memory_cache_size: int
 
     @property

@@ -243,8 +243,10 @@ class Mirror:
         finally:
             self._free_slots += 1
 
-    async def _conditional(self, name: str, upstream: Upstream, meta: MirrorMeta) -> tuple[dict[str, Any], MirrorMeta]:
-        deadline = self._settings.current.stale_deadline
+    async def _conditional(
+        self, name: str, upstream: Upstream, meta: MirrorMeta, timeout: float | None = None
+    ) -> tuple[dict[str, Any], MirrorMeta]:
+        deadline = timeout or self._settings.current.stale_deadline
         fetched = await upstream.document(name, meta.etag, timeout=deadline)
         if fetched.status == 304:
             fresh = MirrorMeta(self._clock.seconds(), meta.etag, meta.last_modified)
@@ -318,7 +320,7 @@ class Mirror:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         return blob, Action.FETCH.value
 
-    async def _fetch_tarball(self, name: str, filename: str, upstream: Upstream) -> None:
+    async def _fetch_tarball(self, name: str, filename: str, upstream: Upstream) -> int:
         manifest = await self._manifest_for(name, filename, upstream)
         dist = manifest.get("dist") or {}
         digests = Digests(dist)
@@ -346,6 +348,7 @@ class Mirror:
             await self._storage.create_from_file(names.upstream_tarball_key(name, filename), spool.name)
         finally:
             os.unlink(spool.name)
+        return digests.size
 
     async def _manifest_for(self, name: str, filename: str, upstream: Upstream) -> dict[str, Any]:
         """The upstream manifest naming ``filename``, refreshing a document that lacks it."""
@@ -360,6 +363,65 @@ class Mirror:
         if not str((manifest.get("dist") or {}).get("tarball", "")).startswith(("http://", "https://")):
             raise UpstreamBadContent(f"the upstream gives no tarball URL for {name}/-/{filename}")
         return manifest
+
+    # For the sync worker -------------------------------------------------
+
+    async def mirrored_names(self) -> list[str]:
+        """Every package nopard holds an upstream document of."""
+        suffix = "/upstream/meta.json"
+        keys = await self._storage.list("packages/")
+        return [key[len("packages/") : -len(suffix)] for key in keys if key.endswith(suffix)]
+
+    async def meta(self, name: str) -> MirrorMeta | None:
+        """When nopard last confirmed its copy of ``name``'s upstream document."""
+        return await self._read_meta(name)
+
+    async def stored_document(self, name: str) -> dict[str, Any] | None:
+        """nopard's copy of ``name``'s upstream document, as the upstream sent it."""
+        return await self._read_document(name)
+
+    async def refresh(self, name: str) -> bool:
+        """Revalidate ``name`` with the upstream now (full timeout); True if it changed.
+
+        Fetches the document when nopard has none yet. Raises UpstreamUnavailable
+        or NotFound like a client request would.
+        """
+        upstream = self.upstreams.for_name(name)
+        if upstream is None:
+            raise NotFound(f"{name} is private: never sent upstream")
+        meta = await self._read_meta(name)
+        if meta is None:
+            await self._documents.run(name, lambda: self._fetch(name, upstream))
+            changed = True
+        else:
+            timeout = self._settings.current.upstream_timeout
+            _, fresh = await self._documents.run(name, lambda: self._conditional(name, upstream, meta, timeout))
+            changed = fresh.etag != meta.etag or fresh.etag is None
+        if changed:
+            self._cache.invalidate(name)
+        return changed
+
+    async def has_tarball(self, name: str, filename: str) -> bool:
+        """Whether the upstream tarball ``filename`` of ``name`` is stored."""
+        return await self._storage.exists(names.upstream_tarball_key(name, filename))
+
+    async def follows_upstream(self, name: str) -> bool:
+        """Whether ``name`` is served from the upstream (not private, not shadowed by a local package)."""
+        if self.upstreams.for_name(name) is None:
+            return False
+        if name in self._settings.current.merge_upstream:
+            return True
+        return await self._registry.document(name) is None
+
+    async def ensure_tarball(self, name: str, filename: str) -> int:
+        """Fetch and store an upstream tarball unless stored; the bytes fetched now (0: was there)."""
+        upstream = self.upstreams.for_name(name)
+        if upstream is None:
+            raise NotFound(f"{name} is private: never sent upstream")
+        key = names.upstream_tarball_key(name, filename)
+        if await self._storage.exists(key):
+            return 0
+        return await self._tarballs.run(key, lambda: self._fetch_tarball(name, filename, upstream))
 
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,8 @@ from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_se
 from nopard.logs import LogService
 from nopard.mirror import Mirror, Upstreams
 from nopard.proxy import ProxyingAgent
+from nopard.schedule import SyncService
+from nopard.sync import SyncJobs
 from nopard.upstream import Upstream
 from nopard.registry import Registry, iso_time
 from nopard.storage.fs import FilesystemStorage
@@ -169,6 +172,11 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         spool_dir=os.path.join(settings.registry_path, ".spool"),
         log=Logger(namespace="nopard.mirror", observer=logs.publisher),
     )
+    sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
+    # The same machine and port after a crash is the same owner: it takes its own lock back.
+    owner = f"{socket.gethostname()}:{settings.port}"
+    sync = SyncService(SyncJobs(live, mirror, storage, reactor, sync_log, owner), live, reactor, sync_log)
+    sync.setServiceParent(top)
     accounts = Accounts(
         live,
         HtpasswdFile(settings.htpasswd_path, run_cpu),
@@ -177,7 +185,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         now=lambda: iso_time(reactor.seconds()),
     )
     app = RegistryApp(
-        live, registry, mirror, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher)
+        live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher)
     )
     site = NopardSite(
         app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher)

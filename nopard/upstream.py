@@ -8,6 +8,7 @@ fake upstream and the service builds the real one (proxy, TLS policy, pool).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
@@ -61,8 +62,9 @@ class Upstream:
         self._settings = settings
         self._clock = clock
         self._token = token
-        self.breaker = Breaker(clock.seconds)
+        self.breaker = Breaker(clock.seconds, probe_interval=settings.current.probe_interval)
         self.requests_made = 0
+        self.paused_until = 0.0  # set by a 429 with Retry-After
 
     def _headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"User-Agent": self._settings.current.user_agent, **(extra or {})}
@@ -83,6 +85,11 @@ class Upstream:
         except Exception as error:  # refused, reset, DNS, TLS: all mean "down" here
             self.breaker.failed()
             raise UpstreamUnavailable(f"the upstream {self.base_url} is unreachable: {error}") from error
+        if response.code == 429:
+            delay = retry_after_seconds(_header(response.headers, "retry-after"), self._clock.seconds())
+            self.paused_until = max(self.paused_until, self._clock.seconds() + delay)
+            await response.text()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} asks to slow down for {delay:.0f} s")
         if response.code >= 500:
             self.breaker.failed()
             await response.text()  # drain, so the connection can be reused
@@ -144,6 +151,20 @@ class Upstream:
         content = await _with_deadline(treq.content(response), timeout, self._clock)
         self.breaker.succeeded()
         return response.code, content, _header(response.headers, "content-type") or "application/json"
+
+
+def retry_after_seconds(value: str | None, now: float, default: float = 60.0) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), capped at an hour."""
+    if not value:
+        return default
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        moment = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return default
+    return min(max(moment - now, 0.0), 3600.0)
 
 
 def _header(headers: Headers, name: str) -> str | None:

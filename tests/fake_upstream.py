@@ -6,14 +6,14 @@ It serves the packuments and tarballs recorded by scripts/record-fixtures (``{{U
 becomes its own base URL), two synthetic packages for benchmarks (``big-package``: thousands of
 versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes) and empty audit
 answers. A second port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``,
-``POST /change``. It prints ``READY <port> <control-port>`` once both ports listen.
+``POST /change`` and ``POST /restore`` (see tests/fake_publish.py). It prints
+``READY <port> <control-port>`` once both ports listen.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import copy
 import email.utils
 import gzip
 import hashlib
@@ -36,6 +36,8 @@ from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredic
 from twisted.protocols import policies
 from twisted.web import resource, server
 from zope.interface import implementer
+
+from tests.fake_publish import Changes, digests, sources
 
 PLACEHOLDER = b"{{UPSTREAM}}"
 BIG, HUGE = "big-package", "huge-tarball-package"
@@ -74,12 +76,6 @@ def parse_http_date(text: str | None) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def digests(data: bytes) -> dict[str, str]:
-    """dist.integrity and dist.shasum for some bytes."""
-    return {"integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
-            "shasum": hashlib.sha1(data).hexdigest()}
 
 
 def abbreviate(doc: dict, modified: datetime) -> dict:
@@ -244,7 +240,7 @@ class Registry:
         self.docs: dict[str, dict] = {}
         self.big_tarballs: dict[str, bytes] = {}
         self.served: dict[tuple[str, bool], tuple[bytes, str, str]] = {}
-        self.changes: dict[str, int] = {}
+        self.changes = Changes()
         index = data / "index.json"
         self.recorded = json.loads(index.read_text())["packages"] if index.exists() else {}
 
@@ -287,6 +283,9 @@ class Registry:
 
     def tarball(self, name: str, filename: str) -> Body | None:
         """The tarball ``filename`` of ``name``, or None."""
+        published = self.changes.tarball(name, filename)
+        if published is not None:
+            return Body.of(published)
         if name == BIG:
             self.packument(BIG)
             data = self.big_tarballs.get(filename)
@@ -299,24 +298,36 @@ class Registry:
         return Body.of(path.read_bytes())
 
     def change(self, name: str) -> dict | None:
-        """Publish a new version copied from latest (same tarball), as upstream would; None if unknown."""
+        """Publish a new latest version with a tarball of its own, as upstream would; None if unknown."""
         doc = self.packument(name)
         if doc is None:
             return None
-        count = self.changes[name] = self.changes.get(name, 0) + 1
-        latest = doc["dist-tags"]["latest"]
-        major, minor, patch = re.match(r"(\d+)\.(\d+)\.(\d+)", latest).groups()
-        version = f"{major}.{minor}.{int(patch) + 1000 + count}"
-        entry = copy.deepcopy(doc["versions"][latest])
-        entry.update(version=version, _id=f"{name}@{version}")
-        doc["versions"][version] = entry
-        doc["dist-tags"]["latest"] = version
+        for source, filename in sources(doc):
+            body = self.tarball(name, filename)
+            if body is not None:
+                break
+        else:
+            raise ValueError(f"no tarball of {name} is served to make a new version from")
         # Strictly later than before, so Last-Modified moves even for two changes in one second.
         now = max(datetime.now(timezone.utc), self.modified(doc) + timedelta(seconds=1))
-        doc.setdefault("time", {}).update({version: iso(now), "modified": iso(now)})
-        self.served.pop((name, True), None)
-        self.served.pop((name, False), None)
-        return {"name": name, "version": version, "modified": iso(now)}
+        changed = self.changes.publish(name, doc, source, b"".join(body.chunks()), iso(now))
+        self.forget(name)
+        return changed
+
+    def restore(self, name: str) -> dict | None:
+        """Drop every change made to ``name``, back to its recorded document; None if unknown."""
+        if self.packument(name) is None:
+            return None
+        original = self.changes.restore(name)
+        if original is not None:
+            self.docs[name] = original
+            self.forget(name)
+        return {"name": name, "latest": self.docs[name]["dist-tags"]["latest"]}
+
+    def forget(self, name: str) -> None:
+        """Drop the prepared bodies of a document that changed."""
+        for abbreviated in (True, False):
+            self.served.pop((name, abbreviated), None)
 
 
 @implementer(IPullProducer)
@@ -518,7 +529,7 @@ class UpstreamServer:
 
 
 class ControlResource(resource.Resource):
-    """The control port: stats, reset, fault, change."""
+    """The control port: stats, reset, fault, change, restore."""
 
     isLeaf = True
 
@@ -535,19 +546,20 @@ class ControlResource(resource.Resource):
             if command == (b"GET", b"/stats"):
                 return json.dumps({"connections": upstream.connections, "requests": upstream.requests,
                                    "authorizations": upstream.authorizations, "fault": upstream.fault}).encode()
-            if command == (b"POST", b"/reset"):
+            if command == (b"POST", b"/reset"):  # zeroes the counters only: changes stay
                 upstream.connections, upstream.requests, upstream.authorizations = 0, [], []
                 return b"{}"
             if command == (b"POST", b"/fault"):
                 done = upstream.set_fault(body)
                 done.addCallback(lambda _: (request.write(b"{}"), request.finish()))
                 return server.NOT_DONE_YET
-            if command == (b"POST", b"/change"):
-                changed = upstream.registry.change(body.get("name", ""))
-                if changed is None:
+            if command in ((b"POST", b"/change"), (b"POST", b"/restore")):
+                registry = upstream.registry
+                answer = (registry.change if command[1] == b"/change" else registry.restore)(body.get("name", ""))
+                if answer is None:
                     request.setResponseCode(404)
                     return b'{"error":"Not found"}'
-                return json.dumps(changed).encode()
+                return json.dumps(answer).encode()
         except (ValueError, TypeError, AttributeError) as problem:
             request.setResponseCode(400)
             return json.dumps({"error": str(problem)}).encode()

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 class FakeUpstream:
     """`python -m tests.fake_upstream` as a subprocess on free ports; started on creation.
 
-    ``url`` is the registry base URL to hand to nopard; ``fault``, ``stats``, ``reset`` and
-    ``change`` talk to its control port. Usable as a context manager that stops it.
+    ``url`` is the registry base URL to hand to nopard; ``fault``, ``stats``, ``reset``, ``change``
+    and ``restore`` talk to its control port. Usable as a context manager that stops it.
     """
 
     def __init__(self, data_dir: Path = REPO / "tests" / "data" / "upstream", extra_args: tuple = ()) -> None:
@@ -83,12 +83,25 @@ class FakeUpstream:
         return self.control("GET", "/stats")
 
     def reset(self) -> None:
-        """Zero the connection count and forget the requests seen."""
+        """Zero the connection count and forget the requests seen.
+
+        Changes stay: a test that called ``change`` cleans up with ``restore``.
+        """
         self.control("POST", "/reset")
 
     def change(self, name: str) -> dict:
-        """Publish a new latest version of ``name`` upstream; returns {"name", "version", "modified"}."""
+        """Publish a new latest version of ``name`` upstream, with a tarball no client has fetched.
+
+        The version is the latest's patch + 1 (or higher, if taken); its tarball is the latest's
+        with package.json's version rewritten, served from memory. The document's latest tag,
+        time, ETag and Last-Modified move. Returns {"name", "version", "tarball" (the path on the
+        fake), "shasum", "integrity", "modified" (the new time.modified)}.
+        """
         return self.control("POST", "/change", {"name": name})
+
+    def restore(self, name: str) -> dict:
+        """Drop every change made to ``name``, serving its recorded document again; {"name", "latest"}."""
+        return self.control("POST", "/restore", {"name": name})
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""

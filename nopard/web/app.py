@@ -36,6 +36,7 @@ from nopard.errors import (
 from nopard.publication import parse_publication
 from nopard.mirror import Mirror
 from nopard.registry import Registry
+from nopard.schedule import JOBS, SyncService
 from nopard.storage import InvalidKey
 from nopard.web.site import redact_path
 from nopard.web.responses import header, json_response, public_base_url, read_json_body, send_prepared
@@ -70,6 +71,7 @@ class RegistryApp:
         settings: LiveSettings,
         registry: Registry,
         mirror: Mirror,
+        sync: SyncService,
         accounts: Accounts,
         run_in_thread: RunInThread,
         log: Logger,
@@ -77,6 +79,7 @@ class RegistryApp:
         self.settings = settings
         self.registry = registry
         self.mirror = mirror
+        self.sync = sync
         self.accounts = accounts
         self._run = run_in_thread
         self.log = log
@@ -155,6 +158,45 @@ class RegistryApp:
         """Upstream health and cache use, for operators and monitoring."""
         self.accounts.require_read(await self.identify(request))
         return json_response(request, 200, {"nopard": __version__, **self.mirror.status()})
+
+    @app.route("/-/nopard/sync", methods=["GET"])
+    async def sync_status(self, request: IRequest) -> bytes:
+        """Each sync job's last run and the next one."""
+        self.accounts.require_read(await self.identify(request))
+        return json_response(request, 200, self.sync.status())
+
+    async def require_operator(self, request: IRequest) -> None:
+        """Admin actions: from this machine (nopard-admin), or by a logged-in user."""
+        address = getattr(request.getClientAddress(), "host", "")
+        local = address in ("127.0.0.1", "::1") and not header(request, "x-forwarded-for")
+        identity = await self.identify(request)
+        if not local and identity.user is None:
+            raise AuthenticationRequired("log in, or run nopard-admin on the registry's machine")
+
+    @app.route("/-/nopard/sync", methods=["POST"])
+    async def sync_now(self, request: IRequest) -> bytes:
+        """Run the sync jobs now and answer their reports (nopard-admin sync --now)."""
+        await self.require_operator(request)
+        has_body = request.content.seek(0, 2) > 0
+        body = await self.json_body(request) if has_body else {}
+        job = body.get("job") if isinstance(body, dict) else None
+        if job not in (None, *JOBS):
+            raise InvalidInput(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+        reports = await self.sync.run_now(job)
+        return json_response(request, 200, {"reports": [r.__dict__ for r in reports]})
+
+    @app.route("/-/nopard/prefetch", methods=["POST"])
+    async def prefetch(self, request: IRequest) -> bytes:
+        """Fetch the documents and tarballs of the given name/version pairs (nopard-admin prefetch)."""
+        await self.require_operator(request)
+        body = await self.json_body(request)
+        packages = body.get("packages") if isinstance(body, dict) else None
+        if not isinstance(packages, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in packages
+        ):
+            raise InvalidInput('the body must be {"packages": [["name", "version"], ...]}')
+        report = await self.sync.jobs.prefetch([(name, version) for name, version in packages])
+        return json_response(request, 200, report.__dict__)
 
     @app.route("/-/whoami", methods=["GET"])
     async def whoami(self, request: IRequest) -> bytes:

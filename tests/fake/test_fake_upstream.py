@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import io
 import json
+import re
 import socket
 import tarfile
 import time
@@ -15,6 +16,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.fake_publish import next_version, repack
+from tests.fake_upstream import small_tarball
 from tests.upstream import FakeUpstream
 
 CORGI = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
@@ -211,17 +214,100 @@ def test_none_restores_normal_service(upstream: FakeUpstream) -> None:
     assert get(upstream, "/ms/-/ms-2.1.3.tgz")[2] == good
 
 
-def test_change_publishes_a_new_latest(upstream: FakeUpstream) -> None:
-    """change adds a new latest version (installable from the old tarball) and changes the ETag."""
-    _, before_headers, before = get(upstream, "/semver")
-    changed = upstream.change("semver")
+@pytest.fixture
+def changed(upstream: FakeUpstream) -> Iterator[list[str]]:
+    """Names a test changes upstream; restored afterwards, as the module's other tests expect them."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        upstream.restore(name)
+
+
+def unpacked_version(data: bytes) -> str:
+    """The version in a tarball's package.json, wherever its root folder is."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        path = next(m.name for m in tar if m.name.count("/") == 1 and m.name.endswith("/package.json"))
+        return json.load(tar.extractfile(path))["version"]
+
+
+def test_change_publishes_a_new_version_with_its_own_tarball(upstream: FakeUpstream, changed: list[str]) -> None:
+    """change adds patch + 1 as latest, with a new tarball served at its URL that says the new version."""
+    before_headers = get(upstream, "/semver")[1]
+    changed.append("semver")
+    published = upstream.change("semver")
     _, headers, body = get(upstream, "/semver")
     doc = json.loads(body)
-    assert changed["version"] == "7.8.1007" and doc["dist-tags"]["latest"] == "7.8.1007"
-    assert headers["etag"] != before_headers["etag"] and doc["time"]["modified"] == changed["modified"]
+    assert published["version"] == doc["dist-tags"]["latest"] == "7.8.7" and "7.8.6" in doc["versions"]
+    assert headers["etag"] != before_headers["etag"] and headers["last-modified"] != before_headers["last-modified"]
     assert get(upstream, "/semver", {"If-None-Match": before_headers["etag"]})[0] == 200
-    assert get(upstream, path_of(doc["versions"]["7.8.1007"]["dist"]["tarball"], upstream))[0] == 200
-    assert len(json.loads(before)["versions"]) + 1 == len(doc["versions"])
+    assert doc["time"]["modified"] == doc["time"]["7.8.7"] == published["modified"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", published["modified"])
+    manifest = doc["versions"]["7.8.7"]
+    assert manifest["_id"] == "semver@7.8.7" and manifest["name"] == "semver"
+    dist = manifest["dist"]
+    assert published["tarball"] == path_of(dist["tarball"], upstream) == "/semver/-/semver-7.8.7.tgz"
+    status, tarball_headers, data = get(upstream, published["tarball"])
+    assert status == 200 and int(tarball_headers["content-length"]) == len(data)
+    assert data != get(upstream, "/semver/-/semver-7.8.6.tgz")[2]
+    assert integrity(data) == dist["integrity"] == published["integrity"]
+    assert hashlib.sha1(data).hexdigest() == dist["shasum"] == published["shasum"]
+    assert unpacked_version(data) == "7.8.7"
+    status, head_headers, empty = get(upstream, published["tarball"], method="HEAD")
+    assert (status, empty, int(head_headers["content-length"])) == (200, b"", len(data))
+    abbreviated = json.loads(get(upstream, "/semver", {"Accept": CORGI})[2])
+    assert abbreviated["dist-tags"]["latest"] == "7.8.7" and abbreviated["versions"]["7.8.7"]["dist"] == dist
+
+
+def test_changes_stack_and_restore_brings_back_the_recorded_document(upstream: FakeUpstream,
+                                                                      changed: list[str]) -> None:
+    """A second change goes one patch higher from the first; restore drops both, reset does not."""
+    _, before_headers, before = get(upstream, "/debug")
+    changed.append("debug")
+    first, second = upstream.change("debug"), upstream.change("debug")
+    assert second["version"].split(".")[:2] == first["version"].split(".")[:2]
+    assert int(second["version"].split(".")[2]) == int(first["version"].split(".")[2]) + 1
+    assert second["modified"] > first["modified"] and second["shasum"] != first["shasum"]
+    assert unpacked_version(get(upstream, second["tarball"])[2]) == second["version"]
+    upstream.reset()
+    assert json.loads(get(upstream, "/debug")[2])["dist-tags"]["latest"] == second["version"]
+    assert upstream.restore("debug") == {"name": "debug", "latest": json.loads(before)["dist-tags"]["latest"]}
+    _, headers, body = get(upstream, "/debug")
+    assert body == before and headers["etag"] == before_headers["etag"]
+    assert headers["last-modified"] == before_headers["last-modified"]
+    assert get(upstream, first["tarball"])[0] == get(upstream, second["tarball"])[0] == 404
+    assert upstream.restore("debug")["latest"] == json.loads(before)["dist-tags"]["latest"]  # a no-op now
+
+
+@pytest.mark.parametrize("name", ["@babel/parser", "cookie", "busboy", "big-package"])
+def test_change_works_for_any_package(upstream: FakeUpstream, changed: list[str], name: str) -> None:
+    """Scoped names, a latest whose tarball was not recorded, a tarball whose root is not package/,
+    and the synthetic package: each gets a served tarball that verifies and says its version."""
+    changed.append(name)
+    published = upstream.change(name)
+    doc = json.loads(get(upstream, "/" + name)[2])
+    dist = doc["versions"][published["version"]]["dist"]
+    assert path_of(dist["tarball"], upstream) == published["tarball"]
+    assert published["tarball"] == f"/{name}/-/{name.split('/')[-1]}-{published['version']}.tgz"
+    assert "signatures" not in dist and "attestations" not in dist
+    data = get(upstream, published["tarball"])[2]
+    assert integrity(data) == dist["integrity"] and hashlib.sha1(data).hexdigest() == dist["shasum"]
+    assert unpacked_version(data) == published["version"]
+
+
+def test_change_and_restore_of_an_unknown_name_are_404(upstream: FakeUpstream) -> None:
+    """The control port answers 404 for a name the fake does not serve."""
+    for command in (upstream.change, upstream.restore):
+        with pytest.raises(RuntimeError, match="404"):
+            command("no-such-package-here")
+
+
+def test_next_version_skips_taken_ones_and_repack_is_deterministic() -> None:
+    """The new version is above latest even when the next patch exists; packing twice gives the same bytes."""
+    doc = {"dist-tags": {"latest": "1.2.3-beta.1"}, "versions": {"1.2.4": {}, "1.2.5": {}}}
+    assert next_version(doc) == "1.2.6"
+    original = small_tarball("demo", "1.0.0")
+    first, second = repack(original, "1.0.1"), repack(original, "1.0.1")
+    assert first == second and first[1] == 2 and unpacked_version(first[0]) == "1.0.1"
 
 
 def test_big_package_is_big_and_its_tarballs_verify(upstream: FakeUpstream) -> None:

@@ -1,0 +1,96 @@
+"""Runs the sync jobs on a schedule: APScheduler's TwistedScheduler, inside the twistd service.
+
+Jobs are coroutines run on the reactor thread (ReactorExecutor), not in a
+thread pool: they only wait on Deferreds, and a thread blocked on one would
+hang the reactor's shutdown.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor, run_coroutine_job
+from apscheduler.schedulers.twisted import TwistedScheduler
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+
+from nopard.config import LiveSettings
+from nopard.sync import JobReport, SyncJobs
+
+JOBS = ("refresh", "backfill")
+
+
+class ReactorExecutor(BaseExecutor):
+    """Runs coroutine jobs on the reactor thread, each as a Deferred."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: set[Deferred] = set()
+
+    def _do_submit_job(self, job: Any, run_times: Any) -> None:
+        running = Deferred.fromCoroutine(run_coroutine_job(job, job._jobstore_alias, run_times, self._logger.name))
+        self.running.add(running)
+
+        def done(result: Any) -> None:
+            self.running.discard(running)
+            if isinstance(result, list):
+                self._run_job_success(job.id, result)
+            else:
+                self._run_job_error(job.id, result.value, result.getTracebackObject())
+
+        running.addBoth(done)
+
+    def cancel_all(self) -> None:
+        """Stop every running job at its next wait (used at shutdown)."""
+        for running in list(self.running):
+            running.cancel()
+
+
+class SyncService(Service):
+    """Starts the schedule with nopard and stops it (and any running job) with it."""
+
+    def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: Any, log: Logger) -> None:
+        self.jobs = jobs
+        self._settings = settings
+        self._log = log
+        self._executor = ReactorExecutor()
+        self.scheduler = TwistedScheduler(reactor=reactor, timezone=timezone.utc,
+                                          executors={"default": self._executor})
+
+    def startService(self) -> None:
+        super().startService()
+        interval = self._settings.current.sync_interval
+        if interval > 0:
+            first = datetime.now(timezone.utc) + timedelta(seconds=min(interval, 60))
+            self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync",
+                                   max_instances=1, coalesce=True, next_run_time=first)
+        self.scheduler.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._executor.cancel_all()
+        self.scheduler.shutdown(wait=False)
+
+    async def _cycle(self) -> None:
+        """One scheduled run: refresh, then backfill (which needs the fresh documents)."""
+        for job in JOBS:
+            try:
+                await self.jobs.run(job)
+            except CancelledError:
+                raise
+            except Exception:
+                self._log.failure("sync {job} crashed", job=job, event="sync-error")
+
+    async def run_now(self, only: str | None = None) -> list[JobReport]:
+        """Run the jobs at once (``only`` one of them), for nopard-admin sync --now."""
+        return [await self.jobs.run(job) for job in JOBS if only in (None, job)]
+
+    def status(self) -> dict[str, Any]:
+        """Each job's last report, and when the schedule runs next."""
+        scheduled = self.scheduler.get_job("sync") if self.scheduler.running else None
+        next_run = scheduled.next_run_time.isoformat() if scheduled and scheduled.next_run_time else None
+        reports = {job: (self.jobs.reports[job].__dict__ if job in self.jobs.reports else None)
+                   for job in (*JOBS, "prefetch")}
+        return {"interval": self._settings.current.sync_interval, "next_run": next_run, "jobs": reports}

@@ -1,0 +1,318 @@
+"""The sync worker: keeps mirrored packages fresh and complete before anyone asks.
+
+Jobs (each idempotent; a killed run leaves nothing half-written, and the next
+run simply continues):
+
+- ``refresh``: revalidates every mirrored document that is stale, or will be
+  before the next run.
+- ``backfill``: fetches the tarballs NOPARD_BACKFILL selects that are missing.
+- ``prefetch``: fetches the documents and tarballs a lockfile names (on demand).
+
+Manners: at most NOPARD_SYNC_CONCURRENCY packages at once, at most
+NOPARD_SYNC_RATE upstream requests a minute, a 429's Retry-After is honoured,
+and while the upstream counts as down the job waits instead of failing.
+A lock in the store keeps two instances from running the same job at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+import orjson
+from twisted.internet import task
+from twisted.internet.defer import gatherResults, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nopard import names, packument
+from nopard.config import LiveSettings
+from nopard.errors import NopardError, UpstreamUnavailable
+from nopard.mirror import Mirror
+from nopard.registry import iso_time
+from nopard.storage import Storage
+from nopard.upstream import Upstream
+
+MAX_FAILURES_KEPT = 50
+LOCK_SECONDS = 120.0  # a lock not renewed for this long belongs to a dead instance
+
+
+def backfill_versions(document: dict[str, Any], policy: str) -> list[str]:
+    """The versions whose tarballs NOPARD_BACKFILL wants kept, newest first."""
+    versions = sorted(document.get("versions", {}), key=packument.version_key, reverse=True)
+    if policy == "none":
+        return []
+    if policy == "all":
+        return versions
+    if policy.startswith("recent:"):
+        return versions[: int(policy.split(":", 1)[1])]
+    tagged = set(document.get("dist-tags", {}).values())
+    return [v for v in versions if v in tagged]
+
+
+def tarball_file(manifest: dict[str, Any]) -> str | None:
+    """The tarball file name a manifest's dist.tarball ends in."""
+    tarball = str((manifest.get("dist") or {}).get("tarball", ""))
+    return tarball.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+@dataclass
+class JobReport:
+    """What one run of a job did."""
+
+    job: str
+    started: str | None = None
+    ended: str | None = None
+    running: bool = False
+    checked: int = 0
+    changed: int = 0
+    tarballs: int = 0
+    bytes: int = 0
+    failure_count: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    skipped: str | None = None
+    paused_since: float | None = None
+
+    def fail(self, package: str, reason: str) -> None:
+        """Count one failure; the first MAX_FAILURES_KEPT are kept with their reasons."""
+        self.failure_count += 1
+        if len(self.failures) < MAX_FAILURES_KEPT:
+            self.failures.append({"package": package, "reason": reason})
+
+    def summary(self) -> str:
+        """One line for the log and the admin command."""
+        return (
+            f"{self.job}: checked {self.checked}, changed {self.changed}, "
+            f"tarballs {self.tarballs} ({self.bytes} bytes), failures {self.failure_count}"
+        )
+
+
+class UpstreamGone(Exception):
+    """The upstream stayed down for longer than a run may wait."""
+
+
+class RateLimit:
+    """At most ``per_minute`` acquisitions a minute, spread evenly (a token bucket)."""
+
+    def __init__(self, clock: IReactorTime, per_minute: Callable[[], int]) -> None:
+        self._clock = clock
+        self._per_minute = per_minute
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        """Wait for the next free slot."""
+        now = self._clock.seconds()
+        slot = max(now, self._next)
+        self._next = slot + 60.0 / self._per_minute()
+        if slot > now:
+            await task.deferLater(self._clock, slot - now, lambda: None)
+
+
+async def for_each(items: Iterable[Any], workers: int, work: Callable[[Any], Awaitable[None]]) -> None:
+    """Run ``work`` over ``items``, ``workers`` at a time."""
+    iterator = iter(items)
+
+    async def worker() -> None:
+        for item in iterator:
+            await work(item)
+
+    await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True)
+
+
+class StoreLock:
+    """A lock object in the store, so one instance at a time runs a job."""
+
+    def __init__(self, storage: Storage, clock: IReactorTime, owner: str) -> None:
+        self._storage = storage
+        self._clock = clock
+        self.owner = owner
+
+    async def acquire(self, job: str) -> bool:
+        """Take the lock of ``job``, or take over one whose holder stopped renewing it."""
+        key = f"sync/{job}.lock"
+        record = orjson.dumps({"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS})
+        if await self._storage.create(key, record):
+            return True
+        raw = await self._storage.read(key)
+        held = orjson.loads(raw) if raw else None
+        if held and held.get("owner") != self.owner and held.get("expires", 0) > self._clock.seconds():
+            return False
+        await self._storage.write(key, record)
+        return True
+
+    async def renew(self, job: str) -> None:
+        """Push the lock's expiry forward while a long run goes on."""
+        record = {"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS}
+        await self._storage.write(f"sync/{job}.lock", orjson.dumps(record))
+
+    async def release(self, job: str) -> None:
+        """Let others run the job."""
+        key = f"sync/{job}.lock"
+        raw = await self._storage.read(key)
+        if raw and orjson.loads(raw).get("owner") == self.owner:
+            await self._storage.delete(key)
+
+
+class SyncJobs:
+    """The jobs, their last reports, and the manners they keep."""
+
+    def __init__(
+        self, settings: LiveSettings, mirror: Mirror, storage: Storage, clock: IReactorTime,
+        log: Logger, owner: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._mirror = mirror
+        self._clock = clock
+        self._log = log
+        self._lock = StoreLock(storage, clock, owner or str(uuid.uuid4()))
+        self._rate = RateLimit(clock, lambda: settings.current.sync_rate)
+        self.reports: dict[str, JobReport] = {}
+        self._renewed_at: dict[str, float] = {}
+
+    async def run(self, job: str) -> JobReport:
+        """Run ``refresh`` or ``backfill`` once, unless another instance is running it."""
+        report = JobReport(job, started=iso_time(self._clock.seconds()), running=True)
+        if not await self._lock.acquire(job):
+            report.running, report.skipped = False, "another nopard instance is running it"
+            self._log.info("sync {job} skipped: {reason}", job=job, reason=report.skipped, event="sync-skipped")
+            return report
+        self.reports[job] = report
+        self._renewed_at[job] = self._clock.seconds()
+        self._log.info("sync {job} started", job=job, event="sync-started")
+        try:
+            names_ = await self._mirror.mirrored_names()
+            work = self._refresh_one if job == "refresh" else self._backfill_one
+            await for_each(names_, self._settings.current.sync_concurrency, lambda name: work(name, report))
+        except UpstreamGone as gone:
+            report.fail("*", f"{gone}; run abandoned, the next one continues")
+        finally:
+            report.running, report.ended = False, iso_time(self._clock.seconds())
+            await self._lock.release(job)
+            self._log.info("sync {summary}", summary=report.summary(), event="sync-finished", **asdict(report))
+        return report
+
+    async def prefetch(self, packages: list[tuple[str, str]]) -> JobReport:
+        """Fetch the document and tarball of each (name, version), e.g. from a lockfile."""
+        report = JobReport("prefetch", started=iso_time(self._clock.seconds()), running=True)
+        self.reports["prefetch"] = report
+        try:
+            await for_each(packages, self._settings.current.sync_concurrency,
+                           lambda item: self._prefetch_one(item[0], item[1], report))
+        finally:
+            report.running, report.ended = False, iso_time(self._clock.seconds())
+            self._log.info("sync {summary}", summary=report.summary(), event="prefetch-finished")
+        return report
+
+    async def _refresh_one(self, name: str, report: JobReport) -> None:
+        if not await self._mirror.follows_upstream(name):
+            return
+        report.checked += 1
+        meta = await self._mirror.meta(name)
+        current = self._settings.current
+        # Stale now, or before the next run: refresh it now.
+        due = self._clock.seconds() + current.sync_interval - current.meta_ttl
+        if meta is not None and meta.fetched_at > due:
+            return
+        await self._politely(name, name, report, self._refresh_document, name, report)
+
+    async def _refresh_document(self, name: str, report: JobReport) -> None:
+        if await self._mirror.refresh(name):
+            report.changed += 1
+
+    async def _backfill_one(self, name: str, report: JobReport) -> None:
+        if not await self._mirror.follows_upstream(name):
+            return
+        report.checked += 1
+        document = await self._mirror.stored_document(name)
+        if document is None:
+            return
+        for version in backfill_versions(document, self._settings.current.backfill):
+            await self._fetch_version(name, document, version, report)
+
+    async def _prefetch_one(self, name: str, version: str, report: JobReport) -> None:
+        report.checked += 1
+        try:
+            names.validate_name(name)
+        except NopardError as error:
+            report.fail(f"{name}@{version}", error.message)
+            return
+        document = await self._mirror.stored_document(name)
+        if document is None or version not in document.get("versions", {}):
+            await self._politely(name, name, report, self._refresh_document, name, report)
+            document = await self._mirror.stored_document(name)
+        if document is None:
+            return
+        if version not in document.get("versions", {}):
+            report.fail(f"{name}@{version}", "no such version upstream")
+            return
+        await self._fetch_version(name, document, version, report)
+
+    async def _fetch_version(self, name: str, document: dict[str, Any], version: str, report: JobReport) -> None:
+        filename = tarball_file(document["versions"][version])
+        if filename is None or await self._mirror.has_tarball(name, filename):
+            return
+        await self._politely(name, f"{name}@{version}", report, self._fetch_tarball, name, filename, report)
+
+    async def _fetch_tarball(self, name: str, filename: str, report: JobReport) -> None:
+        fetched = await self._mirror.ensure_tarball(name, filename)
+        if fetched:
+            report.tarballs += 1
+            report.bytes += fetched
+
+    async def _politely(
+        self, name: str, what: str, report: JobReport, action: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Do one upstream action for package ``name`` within the job's manners.
+
+        While the upstream counts as down the action waits and is tried again
+        (as the breaker's probe), so an outage pauses the job instead of
+        failing every package. A failure is recorded in the report (as
+        ``what``), never raised.
+        """
+        upstream = self._mirror.upstreams.for_name(name)
+        if upstream is None:
+            return
+        while True:
+            await self._wait_until_usable(upstream, report)
+            await self._rate.acquire()
+            await self._renew_lock(report.job)
+            try:
+                await action(*args)
+                return
+            except UpstreamUnavailable as error:
+                if not (upstream.breaker.is_open or upstream.paused_until > self._clock.seconds()):
+                    report.fail(what, error.message)
+                    return
+            except NopardError as error:
+                report.fail(what, error.message)
+                return
+            except Exception as error:  # one bad package must not end the run
+                self._log.failure("sync {what} failed", what=what, event="sync-error")
+                report.fail(what, f"{type(error).__name__}: {error}")
+                return
+
+    async def _wait_until_usable(self, upstream: Upstream, report: JobReport) -> None:
+        """Pause while the upstream counts as down or asked us to slow down.
+
+        A pause longer than a sync interval (at least ten minutes) abandons the
+        run: the next run continues where this one stopped.
+        """
+        while True:
+            now = self._clock.seconds()
+            if upstream.paused_until <= now and not upstream.breaker.down:
+                return
+            if report.paused_since is None:
+                report.paused_since = now
+            patience = max(self._settings.current.sync_interval, 600.0)
+            if now - report.paused_since > patience:
+                raise UpstreamGone(f"the upstream has been unreachable for {patience:.0f} s")
+            wait = upstream.paused_until - now if upstream.paused_until > now else 0.5
+            await task.deferLater(self._clock, wait, lambda: None)
+            report.paused_since = None if not upstream.breaker.is_open else report.paused_since
+
+    async def _renew_lock(self, job: str) -> None:
+        now = self._clock.seconds()
+        if job in ("refresh", "backfill") and now - self._renewed_at.get(job, now) > LOCK_SECONDS / 4:
+            self._renewed_at[job] = now
+            await self._lock.renew(job)

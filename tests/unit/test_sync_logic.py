@@ -1,0 +1,101 @@
+"""The sync worker's pure parts and manners, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+
+from nopard.storage.fs import FilesystemStorage
+from nopard.sync import JobReport, RateLimit, StoreLock, backfill_versions, for_each, tarball_file
+from nopard.upstream import retry_after_seconds
+
+DOCUMENT = {
+    "dist-tags": {"latest": "2.0.0", "next": "3.0.0-beta.1"},
+    "versions": {v: {"dist": {"tarball": f"http://u/p/-/p-{v}.tgz"}}
+                 for v in ("1.0.0", "1.1.0", "2.0.0", "3.0.0-beta.1", "1.10.0")},
+}
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("none", []),
+    ("tags", ["3.0.0-beta.1", "2.0.0"]),
+    ("recent:2", ["3.0.0-beta.1", "2.0.0"]),
+    ("recent:3", ["3.0.0-beta.1", "2.0.0", "1.10.0"]),
+    ("all", ["3.0.0-beta.1", "2.0.0", "1.10.0", "1.1.0", "1.0.0"]),
+])
+def test_backfill_policies_choose_versions(policy, expected) -> None:
+    """NOPARD_BACKFILL's policies pick versions by semver order, newest first."""
+    assert backfill_versions(DOCUMENT, policy) == expected
+
+
+def test_tarball_file_is_the_url_basename() -> None:
+    """The file a manifest's tarball URL names; None without one."""
+    assert tarball_file(DOCUMENT["versions"]["1.0.0"]) == "p-1.0.0.tgz"
+    assert tarball_file({"dist": {}}) is None
+
+
+def test_rate_limit_spreads_requests_over_the_minute() -> None:
+    """At 60 a minute, the fourth acquisition waits until three seconds have passed."""
+    clock = Clock()
+    limit = RateLimit(clock, lambda: 60)
+    done = [defer.Deferred.fromCoroutine(limit.acquire()) for _ in range(4)]
+    assert [d.called for d in done] == [True, False, False, False]
+    clock.advance(1)
+    assert [d.called for d in done] == [True, True, False, False]
+    clock.advance(2)
+    assert all(d.called for d in done)
+
+
+@pytest_twisted.ensureDeferred
+async def test_for_each_keeps_to_its_workers() -> None:
+    """for_each never runs more than its number of workers at once, and does every item."""
+    running, most, seen = [0], [0], []
+
+    async def work(item: int) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await deferToThread(lambda: None)
+        seen.append(item)
+        running[0] -= 1
+
+    await for_each(range(20), 3, work)
+    assert sorted(seen) == list(range(20)) and most[0] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_lock_excludes_a_second_owner_until_it_expires(tmp_path) -> None:
+    """A job lock held by one instance refuses another, until its holder stops renewing it."""
+    clock = Clock()
+    storage = FilesystemStorage(str(tmp_path), deferToThread)
+    first, second = StoreLock(storage, clock, "first"), StoreLock(storage, clock, "second")
+    assert await first.acquire("refresh") is True
+    assert await second.acquire("refresh") is False
+    assert await second.acquire("backfill") is True
+    clock.advance(601)
+    assert await second.acquire("refresh") is True
+    await first.release("refresh")  # not first's any more: stays
+    assert await first.acquire("refresh") is False
+    await second.release("refresh")
+    assert await first.acquire("refresh") is True
+
+
+@pytest.mark.parametrize("header, seconds", [
+    ("120", 120.0), (None, 60.0), ("soon", 60.0), ("999999", 3600.0),
+    ("Sun, 22 Nov 2026 00:01:40 GMT", 100.0),
+])
+def test_retry_after_header(header, seconds) -> None:
+    """Retry-After in seconds or as an HTTP date; a missing or odd one means a minute; at most an hour."""
+    now = 1795305600.0  # Sun, 22 Nov 2026 00:00:00 GMT
+    assert retry_after_seconds(header, now) == seconds
+
+
+def test_report_keeps_a_bounded_list_of_failures() -> None:
+    """A run with a thousand failures keeps fifty with reasons and counts them all."""
+    report = JobReport("refresh")
+    for n in range(1000):
+        report.fail(f"p{n}", "down")
+    assert len(report.failures) == 50
+    assert report.summary() == "refresh: checked 0, changed 0, tarballs 0 (0 bytes), failures 1000"
