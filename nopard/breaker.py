@@ -22,6 +22,7 @@ class Breaker:
         self.threshold = threshold
         self.probe_interval = probe_interval
         self.failures = 0
+        self.last_success_at: float | None = None
         self.opened_at: float | None = None
         self._probe_in_flight = False
         self._next_probe = 0.0
@@ -59,9 +60,18 @@ class Breaker:
         self._probe_in_flight = True
         return True
 
+    def trusted(self, window: float) -> bool:
+        """Whether the upstream answered within ``window`` seconds, with no failure since.
+
+        Only then is a client kept waiting on it; otherwise it may be just going dark.
+        """
+        recent = self.last_success_at is not None and self._now() - self.last_success_at < window
+        return recent and self.failures == 0
+
     def succeeded(self) -> None:
         """An upstream request got an answer that was not a failure."""
         self.failures = 0
+        self.last_success_at = self._now()
         self._probe_in_flight = False
         if self.opened_at is not None:
             self.opened_at = None

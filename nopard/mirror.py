@@ -36,6 +36,10 @@ from nopard.storage import Blob, Storage
 from nopard.upstream import Upstream
 
 
+# Seconds since the upstream's last answer during which clients wait on a revalidation.
+TRUST_WINDOW = 60.0
+
+
 class Action(enum.Enum):
     """What to do for a mirrored document."""
 
@@ -139,6 +143,7 @@ class Mirror:
         self._documents = SharedFetches()
         self._tarballs = SharedFetches()
         self._free_slots = revalidation_slots
+        self._background: set[Upstream] = set()
 
     # Documents ------------------------------------------------------------
 
@@ -201,7 +206,7 @@ class Mirror:
             raise NotFound(f"{name} is not cached here and the upstream is unreachable")
         if action is Action.FETCH:
             self._check_not_found(name, now)
-            document, meta = await self._documents.run(name, lambda: self._fetch(name, upstream))
+            document, meta = await self._fetch_missing(name, upstream)
             return document, meta, action.value
         if action is Action.REVALIDATE:
             revalidated = await self._revalidate(name, upstream, meta)
@@ -217,8 +222,27 @@ class Mirror:
         await self._storage.delete(names.upstream_meta_key(name))
         return await self._mirrored(name, upstream)
 
-    async def _fetch(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta]:
-        fetched = await upstream.document(name)
+    async def _fetch_missing(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta]:
+        """Fetch a document nopard does not have.
+
+        While the upstream has not failed, it gets NOPARD_UPSTREAM_TIMEOUT and a
+        failure is a 503 (clients retry). Once it has failed, it gets the short
+        NOPARD_STALE_DEADLINE to start answering, and a failure is a 404 at
+        once: an install that can do without the package (an optional one)
+        goes on instead of retrying for a minute.
+        """
+        if upstream.breaker.failures == 0:
+            return await self._documents.run(name, lambda: self._fetch(name, upstream))
+        deadline = self._settings.current.stale_deadline
+        try:
+            return await self._documents.run(name, lambda: self._fetch(name, upstream, deadline))
+        except UpstreamUnavailable as error:
+            raise NotFound(f"{name} is not cached here and the upstream is unreachable ({error.message})") from None
+
+    async def _fetch(
+        self, name: str, upstream: Upstream, timeout: float | None = None
+    ) -> tuple[dict[str, Any], MirrorMeta]:
+        fetched = await upstream.document(name, timeout=timeout)
         if fetched.status == 404:
             self._remember_not_found(name)
             raise NotFound(f"package not found: {name}")
@@ -229,9 +253,34 @@ class Mirror:
     ) -> tuple[dict[str, Any], MirrorMeta] | None:
         """A conditional GET within the stale deadline; None means 'serve stale'.
 
-        Only a few revalidations wait at once: when the upstream has just gone
-        silent, the rest are served stale instead of each opening a connection.
+        A client waits on it only while the upstream is trusted (it answered
+        lately and has not failed since). Otherwise the stale copy is served at
+        once and one revalidation at a time runs in the background: when the
+        upstream has just gone silent, an install waits on it at most once.
         """
+        if not upstream.breaker.trusted(TRUST_WINDOW):
+            self._revalidate_in_background(name, upstream, meta)
+            return None
+        return await self._revalidate_waiting(name, upstream, meta)
+
+    def _revalidate_in_background(self, name: str, upstream: Upstream, meta: MirrorMeta) -> None:
+        if upstream in self._background:
+            return
+        self._background.add(upstream)
+
+        async def revalidate() -> None:
+            try:
+                if await self._revalidate_waiting(name, upstream, meta) is not None:
+                    self._cache.invalidate(name)
+            finally:
+                self._background.discard(upstream)
+
+        Deferred.fromCoroutine(revalidate())
+
+    async def _revalidate_waiting(
+        self, name: str, upstream: Upstream, meta: MirrorMeta
+    ) -> tuple[dict[str, Any], MirrorMeta] | None:
+        """The conditional GET itself; only a few wait at once, the rest serve stale."""
         if self._free_slots <= 0:
             return None
         self._free_slots -= 1

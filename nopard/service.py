@@ -166,7 +166,8 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     pool.maxPersistentPerHost = 16
     UpstreamPoolService(pool).setServiceParent(top)
     http = HTTPClient(upstream_agent(settings, reactor, pool))
-    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token))
+    upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log))
     mirror = Mirror(
         live, storage, registry, upstreams, cache, reactor,
         spool_dir=os.path.join(settings.registry_path, ".spool"),

@@ -9,7 +9,8 @@ run simply continues):
 - ``prefetch``: fetches the documents and tarballs a lockfile names (on demand).
 
 Manners: at most NOPARD_SYNC_CONCURRENCY packages at once, at most
-NOPARD_SYNC_RATE upstream requests a minute, a 429's Retry-After is honoured,
+NOPARD_SYNC_RATE upstream requests a minute for the scheduled jobs (prefetch,
+asked for by an operator, is limited by concurrency only), a 429's Retry-After is honoured,
 and while the upstream counts as down the job waits instead of failing.
 A lock in the store keeps two instances from running the same job at once.
 """
@@ -275,7 +276,8 @@ class SyncJobs:
             return
         while True:
             await self._wait_until_usable(upstream, report)
-            await self._rate.acquire()
+            if report.job != "prefetch":  # an operator asked for it now: only concurrency limits it
+                await self._rate.acquire()
             await self._renew_lock(report.job)
             try:
                 await action(*args)

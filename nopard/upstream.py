@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, TimeoutError as TwistedTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -55,6 +56,7 @@ class Upstream:
         settings: LiveSettings,
         clock: IReactorTime,
         token: str | None = None,
+        log: Logger | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._host = urlsplit(self.base_url).netloc
@@ -65,6 +67,22 @@ class Upstream:
         self.breaker = Breaker(clock.seconds, probe_interval=settings.current.probe_interval)
         self.requests_made = 0
         self.paused_until = 0.0  # set by a 429 with Retry-After
+        self._log = log or Logger()
+
+    def _failed(self) -> None:
+        was_open = self.breaker.is_open
+        self.breaker.failed()
+        if self.breaker.is_open and not was_open:
+            self._log.warn(
+                "upstream {url} is down after {failures} failures: serving from nopard's copies",
+                url=self.base_url, failures=self.breaker.failures, event="upstream-down",
+            )
+
+    def _succeeded(self) -> None:
+        was_open = self.breaker.is_open
+        self.breaker.succeeded()
+        if was_open:
+            self._log.warn("upstream {url} is back", url=self.base_url, event="upstream-up")
 
     def _headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"User-Agent": self._settings.current.user_agent, **(extra or {})}
@@ -79,37 +97,38 @@ class Upstream:
         self.requests_made += 1
         try:
             response = await self._http.request(method, url, timeout=timeout, **kwargs)
-        except (CancelledError, ConnectingCancelledError, TwistedTimeout) as error:
-            self.breaker.failed()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} did not answer in time") from error
-        except Exception as error:  # refused, reset, DNS, TLS: all mean "down" here
-            self.breaker.failed()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} is unreachable: {error}") from error
+        except Exception as error:  # timeouts, refused, reset, DNS, TLS: all mean "down" here
+            self._failed()
+            raise UpstreamUnavailable(f"the upstream {self.base_url} {_describe(error)}") from error
         if response.code == 429:
             delay = retry_after_seconds(_header(response.headers, "retry-after"), self._clock.seconds())
             self.paused_until = max(self.paused_until, self._clock.seconds() + delay)
             await response.text()
             raise UpstreamUnavailable(f"the upstream {self.base_url} asks to slow down for {delay:.0f} s")
         if response.code >= 500:
-            self.breaker.failed()
+            self._failed()
             await response.text()  # drain, so the connection can be reused
             raise UpstreamUnavailable(f"the upstream {self.base_url} answered {response.code}")
         return response
 
     async def document(self, name: str, etag: str | None = None, timeout: float | None = None) -> Fetched:
-        """GET the full document of ``name``, conditionally on ``etag``."""
+        """GET the full document of ``name``, conditionally on ``etag``.
+
+        ``timeout`` bounds the wait for the answer to begin (default
+        NOPARD_UPSTREAM_TIMEOUT); the body, once started, may take that long.
+        """
         url = document_url(self.base_url, name)
         extra = {"Accept": DOCUMENT_ACCEPT}
         if etag:
             extra["If-None-Match"] = etag
-        limit = timeout or self._settings.current.upstream_timeout
-        response = await self._request("GET", url, limit, headers=self._headers(url, extra))
+        full = self._settings.current.upstream_timeout
+        response = await self._request("GET", url, timeout or full, headers=self._headers(url, extra))
         try:
-            body = await _with_deadline(treq.content(response), limit, self._clock)
+            body = await _with_deadline(treq.content(response), full, self._clock)
         except Exception as error:
-            self.breaker.failed()
+            self._failed()
             raise UpstreamUnavailable(f"the upstream {self.base_url} broke off: {error}") from error
-        self.breaker.succeeded()
+        self._succeeded()
         if response.code == 304:
             return Fetched(304, etag=etag)
         if response.code in (404, 410) or response.code != 200:
@@ -131,16 +150,16 @@ class Upstream:
         response = await self._request("GET", url, timeout, headers=self._headers(url), unbuffered=True)
         if response.code != 200:
             await response.text()
-            self.breaker.succeeded()
+            self._succeeded()
             return response.code
         receiver = _StreamingBody(write, timeout, self._clock)
         response.deliverBody(receiver)
         try:
             await receiver.done
         except Exception as error:
-            self.breaker.failed()
+            self._failed()
             raise UpstreamUnavailable(f"the upstream {self.base_url} broke off a tarball: {error}") from error
-        self.breaker.succeeded()
+        self._succeeded()
         return 200
 
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
@@ -149,7 +168,7 @@ class Upstream:
         timeout = self._settings.current.upstream_timeout
         response = await self._request(method, url, timeout, data=body, headers=self._headers(url, headers))
         content = await _with_deadline(treq.content(response), timeout, self._clock)
-        self.breaker.succeeded()
+        self._succeeded()
         return response.code, content, _header(response.headers, "content-type") or "application/json"
 
 
@@ -165,6 +184,14 @@ def retry_after_seconds(value: str | None, now: float, default: float = 60.0) ->
     except (TypeError, ValueError, IndexError):
         return default
     return min(max(moment - now, 0.0), 3600.0)
+
+
+def _describe(error: Exception) -> str:
+    """Words for why a request failed, without Twisted's failure reprs."""
+    reasons = [f.value for f in getattr(error, "reasons", [])] or [error]
+    if any(isinstance(r, (CancelledError, ConnectingCancelledError, TwistedTimeout)) for r in reasons):
+        return "did not answer in time"
+    return "is unreachable: " + "; ".join(str(r) or type(r).__name__ for r in reasons)
 
 
 def _header(headers: Headers, name: str) -> str | None:

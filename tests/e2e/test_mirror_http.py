@@ -107,18 +107,45 @@ def test_changed_upstream_document_is_picked_up(mirror, fake: FakeUpstream) -> N
 
 
 def test_blackholed_upstream_serves_stale_then_opens_the_breaker(mirror, fake: FakeUpstream) -> None:
-    """Upstream silent: the first reads wait the short deadline and serve STALE; then no more connections."""
+    """Upstream silent: one read waits the short deadline, the others are served STALE at once while one
+    background revalidation at a time finds out; the breaker opens and connections stop."""
     server = mirror(meta_ttl="0.001")
     for path in ("/debug", "/ms", "/semver"):
         assert server.request("GET", path).status == 200
     fake.fault("blackhole")
     fake.reset()
-    statuses = [cache_status(server.request("GET", path)) for path in ("/debug", "/ms", "/semver") * 4]
-    assert set(statuses) == {"STALE"}
+    timings = []
+    for _ in range(100):
+        started = time.monotonic()
+        assert cache_status(server.request("GET", "/debug")) == "STALE"
+        timings.append(time.monotonic() - started)
+        if server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] == "open":
+            break
+        time.sleep(0.1)
+    assert sum(1 for t in timings if t >= 0.5) == 1  # only the first read waited
     attempts = fake.stats()["connections"]
     assert 1 <= attempts <= 3
-    assert server.request("GET", "/debug").status == 200
+    for path in ("/debug", "/ms", "/semver") * 3:
+        assert cache_status(server.request("GET", path)) == "STALE"
     assert fake.stats()["connections"] == attempts
+
+
+def test_stale_reads_do_not_wait_on_an_upstream_not_heard_from(mirror, fake: FakeUpstream, start_nopard) -> None:
+    """After a restart with the upstream silent, stale documents are served at once (no deadline wait)."""
+    first = mirror(meta_ttl="0.001", stale_deadline="3")
+    first.request("GET", "/debug")
+    first.stop()
+    fake.fault("blackhole")
+    again = NopardServer(first.workdir, {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_META_TTL": "0.001",
+                                         "NOPARD_STALE_DEADLINE": "3", "NOPARD_PORT": str(first.port)})
+    again.port = first.port
+    again.start()
+    try:
+        started = time.monotonic()
+        answer = again.request("GET", "/debug")
+        assert cache_status(answer) == "STALE" and time.monotonic() - started < 2
+    finally:
+        again.stop()
 
 
 def test_missing_document_fails_fast_while_upstream_is_down(mirror, fake: FakeUpstream) -> None:
@@ -325,6 +352,8 @@ def test_status_shows_upstream_health_and_cache_use(mirror, fake: FakeUpstream) 
     down = server.request("GET", "/-/nopard/status").json()
     assert down["upstreams"][0]["state"] == "open"
     assert down["cache"]["entries"] == 1
+    time.sleep(0.2)
+    assert f"upstream {fake.url.rstrip('/')} is down after 3 failures: serving from nopard's copies" in server.log()
 
 
 def test_memory_held_stays_within_the_setting(mirror, fake: FakeUpstream) -> None:
@@ -358,3 +387,17 @@ def test_quick_audit_is_forwarded(mirror) -> None:
     answer = server.request("POST", "/-/npm/v1/security/audits/quick", json.dumps({"name": "x", "requires": {}}),
                             headers={"Content-Type": "application/json"})
     assert answer.status == 200 and "advisories" in answer.json()
+
+
+def test_miss_after_upstream_failures_is_a_quick_404(mirror, fake: FakeUpstream) -> None:
+    """Once the upstream has failed, a name never fetched gets 404 within the short deadline, not a
+    503 after the full timeout (npm would retry a 503 for a minute, even for an optional package)."""
+    server = mirror(stale_deadline="0.5", upstream_timeout="20")
+    server.request("GET", "/debug")
+    fake.fault("500")
+    assert server.request("GET", "/ms").status == 503  # the first failure: clients may retry
+    fake.fault("blackhole")
+    started = time.monotonic()
+    answer = server.request("GET", "/semver")
+    assert answer.status == 404 and "upstream is unreachable" in answer.json()["error"]
+    assert time.monotonic() - started < 5
