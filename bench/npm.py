@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 from bench import say
-from tests.support import NopardServer, Npm
+from tests.support import NopardServer, Npm, locked_versions, new_project
 from tests.upstream import FakeUpstream
-
-
-def new_project(source: Path, target: Path, with_lock: bool) -> Path:
-    """A copy of a project's package.json (and its lockfile, when asked) in a new directory."""
-    target.mkdir(parents=True)
-    shutil.copy(source / "package.json", target / "package.json")
-    if with_lock:
-        shutil.copy(source / "package-lock.json", target / "package-lock.json")
-    return target
-
-
-def locked_versions(project: Path) -> dict[str, str]:
-    """Install path -> version, from a project's lockfile."""
-    lock = json.loads((project / "package-lock.json").read_text())
-    return {path: entry["version"] for path, entry in lock["packages"].items() if path}
 
 
 def stale_answers(server: NopardServer) -> int:

@@ -98,6 +98,9 @@ def summary(results: dict) -> str:
         if results.get("nopard_peak_rss"):
             out.append(f"nopard's peak RSS after these runs: {size(results['nopard_peak_rss'])}")
 
+    if results.get("sync"):
+        out += sync_summary(results["sync"])
+
     npm = results.get("npm")
     if npm:
         out += ["", f"npm: {npm['project']} ({npm['packages']} packages), new project and empty npm cache "
@@ -120,3 +123,40 @@ def summary(results: dict) -> str:
         count = sum(len(run["samples"]) for run in offline)
         out.append(f"connections the blackholed upstream accepted: {total} over all {count} offline runs")
     return "\n".join(out)
+
+
+def sync_summary(section: dict) -> list[str]:
+    """The sync section: cached reads idle and during a sync, and what the sync did."""
+    out = ["", f"sync: wrk {section['wrk']} on {section['target']} (abbreviated, a warm document), "
+               f"idle and while a sync of {section['packages']} mirrored packages runs"]
+    rows = []
+    for key, label in (("idle", "idle"), ("during", "during sync")):
+        run = section[key]
+        measured = run["wrk"]
+        cpu = run.get("nopard_cpu_percent")
+        rows.append([label, f"{measured['requests_per_sec']:,.0f}",
+                     *(millis(measured["latency_ms"].get(p)) for p in ("50", "90", "99")),
+                     str(measured["non_2xx_3xx"] + measured["socket_errors"]),
+                     "-" if cpu is None else f"{cpu}%",
+                     " ".join(f"{status} {count}" for status, count in sorted(run["cache_statuses"].items())) or "-"])
+    out += table(["reads", "req/s", "p50", "p90", "p99", "errors", "nopard CPU", "answers"], rows)
+    idle, during = section["idle"]["wrk"], section["during"]["wrk"]
+    out.append(f"p99 during sync / idle: {ratio(during['latency_ms'].get('99'), idle['latency_ms'].get('99'))}, "
+               f"p50: {ratio(during['latency_ms'].get('50'), idle['latency_ms'].get('50'))}, "
+               f"req/s: {ratio(during['requests_per_sec'], idle['requests_per_sec'])}")
+    sync = section["sync"]
+    jobs = "; ".join(f"{job['job']} {job['seconds']} s: checked {job['checked']}, changed {job['changed']}, "
+                     f"tarballs {job['tarballs']} ({size(job['bytes'] or 0)}), failures {job['failure_count']}"
+                     for job in sync["jobs"])
+    out.append(f"the sync (POST /-/nopard/sync): {sync['seconds']:.1f} s; {jobs}")
+    upstream = sync["upstream_requests"]
+    out.append(f"upstream requests during the sync: {upstream['documents']} documents, {upstream['tarballs']} tarballs")
+    if sync["finished_before_wrk"]:
+        out.append(f"NOTE: the sync finished before wrk did: only {sync['overlap_seconds']:.1f} s of the "
+                   f"{sync['wrk_seconds']:.1f} s run overlapped it (raise --sync-packages or lower --duration)")
+    else:
+        out.append(f"wrk ran entirely during the sync, which went on {sync['after_wrk_seconds']:.1f} s after wrk ended")
+    populate = section["populate"]
+    out.append(f"populating beforehand: {populate['documents']} documents in {populate['seconds']:.1f} s "
+               f"with {populate['clients']} concurrent clients")
+    return out

@@ -91,13 +91,20 @@ def parse(output: str) -> WrkResult:
 
 
 def run(wrk: str, url: str, headers: dict[str, str], threads: int, connections: int,
-        duration: float) -> tuple[WrkResult, str]:
-    """Run wrk against ``url`` once; the parsed result and wrk's own report."""
+        duration: float, timeout: float | None = None) -> tuple[WrkResult, str]:
+    """Run wrk against ``url`` once; the parsed result and wrk's own report.
+
+    ``timeout`` is wrk's --timeout (its default is 2 s): slower answers count as socket
+    errors and are left out of the latencies.
+    """
     command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    if timeout is not None:
+        command += ["--timeout", f"{timeout:g}s"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     # wrk stops by itself after -d; the timeout only guards against a wedged run.
-    result = subprocess.run([*command, url], capture_output=True, text=True, timeout=duration + 60)
+    result = subprocess.run([*command, url], capture_output=True, text=True,
+                            timeout=duration + (timeout or 0) + 60)
     if result.returncode != 0 or "Requests/sec" not in result.stdout:
         raise RuntimeError(f"wrk failed ({result.returncode}) on {url}:\n{result.stdout}{result.stderr}")
     return parse(result.stdout), result.stdout

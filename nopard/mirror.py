@@ -25,6 +25,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nopard import names, packument
 from nopard.cache import CachedDocument, PreparedCache, PreparedDocument, prepare
@@ -66,6 +67,24 @@ class MirrorMeta:
     fetched_at: float
     etag: str | None = None
     last_modified: str | None = None
+
+
+async def _within(deferred: Deferred, seconds: float, clock: IReactorTime) -> Any:
+    """Await ``deferred`` for at most ``seconds`` without cancelling it (TimeoutError after).
+
+    Whatever it ends with later is consumed, so a late failure is not reported as unhandled.
+    """
+    waiter: Deferred = Deferred()
+    timer = clock.callLater(seconds, lambda: waiter.called or waiter.errback(TimeoutError()))
+
+    def settle(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if not waiter.called:
+            waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
+
+    deferred.addBoth(settle)
+    return await waiter
 
 
 class Upstreams:
@@ -225,19 +244,21 @@ class Mirror:
     async def _fetch_missing(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta]:
         """Fetch a document nopard does not have.
 
-        While the upstream has not failed, it gets NOPARD_UPSTREAM_TIMEOUT and a
-        failure is a 503 (clients retry). Once it has failed, it gets the short
-        NOPARD_STALE_DEADLINE to start answering, and a failure is a 404 at
-        once: an install that can do without the package (an optional one)
-        goes on instead of retrying for a minute.
+        A trusted upstream (answered lately, no failure since) gets
+        NOPARD_UPSTREAM_TIMEOUT, and a failure is a 503 (clients retry).
+        Otherwise the client waits only NOPARD_STALE_DEADLINE and then gets a
+        404, so an install that can do without the package (an optional one)
+        goes on instead of retrying for a minute; the fetch itself goes on in
+        the background and stores the document if the upstream answers late.
         """
-        if upstream.breaker.failures == 0:
-            return await self._documents.run(name, lambda: self._fetch(name, upstream))
-        deadline = self._settings.current.stale_deadline
+        fetching = Deferred.fromCoroutine(self._documents.run(name, lambda: self._fetch(name, upstream)))
+        if upstream.breaker.trusted(TRUST_WINDOW):
+            return await fetching
         try:
-            return await self._documents.run(name, lambda: self._fetch(name, upstream, deadline))
-        except UpstreamUnavailable as error:
-            raise NotFound(f"{name} is not cached here and the upstream is unreachable ({error.message})") from None
+            return await _within(fetching, self._settings.current.stale_deadline, self._clock)
+        except (UpstreamUnavailable, TimeoutError) as error:
+            reason = getattr(error, "message", "no answer in time")
+            raise NotFound(f"{name} is not cached here and the upstream is unreachable ({reason})") from None
 
     async def _fetch(
         self, name: str, upstream: Upstream, timeout: float | None = None

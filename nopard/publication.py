@@ -13,7 +13,7 @@ from typing import Any
 
 from nopard import names
 from nopard.errors import IntegrityMismatch, InvalidInput
-from nopard.integrity import check_integrity, integrity_matches, integrity_of  # noqa: F401
+from nopard.integrity import check_integrity
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
     python -m tests.fake_upstream --data tests/data/upstream --port P --control-port C
 
 It serves the packuments and tarballs recorded by scripts/record-fixtures (``{{UPSTREAM}}``
-becomes its own base URL), two synthetic packages for benchmarks (``big-package``: thousands of
-versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes) and empty audit
-answers. A second port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``,
-``POST /change`` and ``POST /restore`` (see tests/fake_publish.py). It prints
-``READY <port> <control-port>`` once both ports listen.
+becomes its own base URL), synthetic packages for benchmarks (``big-package``: thousands of
+versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes; with
+``--synthetic N``, N small ones from tests/fake_synthetic.py) and empty audit answers. A second
+port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``, ``POST /change`` and
+``POST /restore`` (see tests/fake_publish.py). It prints ``READY <port> <control-port>`` once
+both ports listen.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from tests.fake_publish import Changes, digests, sources
+from tests.fake_synthetic import Synthetic
 
 PLACEHOLDER = b"{{UPSTREAM}}"
 BIG, HUGE = "big-package", "huge-tarball-package"
@@ -234,8 +236,8 @@ class HugeTarball:
 class Registry:
     """The documents and tarballs served: recorded from disk, synthetic, or changed by tests."""
 
-    def __init__(self, data: Path, big_versions: int, huge: HugeTarball) -> None:
-        self.data, self.big_versions, self.huge = data, big_versions, huge
+    def __init__(self, data: Path, big_versions: int, huge: HugeTarball, synthetic: int = 0) -> None:
+        self.data, self.big_versions, self.huge, self.synthetic = data, big_versions, huge, Synthetic(synthetic)
         self.base = b""  # the served base URL, known once the port listens
         self.docs: dict[str, dict] = {}
         self.big_tarballs: dict[str, bytes] = {}
@@ -253,6 +255,8 @@ class Registry:
                 version = manifest(HUGE, "1.0.0", self.huge.digests(), {})
                 version["dist"]["unpackedSize"] = self.huge.payload + len(self.huge.package_json)
                 self.docs[HUGE] = package_doc(HUGE, {"1.0.0": version}, {"1.0.0": iso(EPOCH)})
+            elif self.synthetic.index(name) is not None:
+                self.docs[name] = self.synthetic.packument(name)
             else:
                 path = self.data / "packuments" / f"{name}.json"
                 if ".." in name or not path.is_file():
@@ -283,7 +287,7 @@ class Registry:
 
     def tarball(self, name: str, filename: str) -> Body | None:
         """The tarball ``filename`` of ``name``, or None."""
-        published = self.changes.tarball(name, filename)
+        published = self.changes.tarball(name, filename) or self.synthetic.tarball(name, filename)
         if published is not None:
             return Body.of(published)
         if name == BIG:
@@ -576,6 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big-versions", type=int, default=2000)
     parser.add_argument("--huge-size", type=int, default=100 * 1024 * 1024)
     parser.add_argument("--huge", action="store_true", help="hash the huge tarball at start, not on first use")
+    parser.add_argument("--synthetic", type=int, default=0, help="serve synthetic-00000... (N small packages)")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -587,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     huge = HugeTarball(args.huge_size)
     if args.huge:
         huge.digests()
-    upstream = UpstreamServer(Registry(args.data, args.big_versions, huge), reactor)
+    upstream = UpstreamServer(Registry(args.data, args.big_versions, huge, args.synthetic), reactor)
     port = upstream.listen(args.port)
     control = reactor.listenTCP(args.control_port, server.Site(ControlResource(upstream)), interface="127.0.0.1")
     print(f"READY {port} {control.getHost().port}", flush=True)

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -268,3 +269,18 @@ def make_package(directory: Path, name: str, version: str, **extra: Any) -> Path
     return directory
 
 
+
+
+def new_project(source: Path, target: Path, with_lock: bool) -> Path:
+    """A copy of a project's package.json (and its lockfile, when asked) in a new directory."""
+    target.mkdir(parents=True)
+    shutil.copy(source / "package.json", target / "package.json")
+    if with_lock:
+        shutil.copy(source / "package-lock.json", target / "package-lock.json")
+    return target
+
+
+def locked_versions(project: Path) -> dict[str, str]:
+    """Install path -> version, from a project's package-lock.json."""
+    lock = json.loads((project / "package-lock.json").read_text())
+    return {path: entry["version"] for path, entry in lock["packages"].items() if path}

@@ -163,11 +163,22 @@ def test_missing_document_fails_fast_while_upstream_is_down(mirror, fake: FakeUp
 
 
 def test_upstream_500_on_a_miss_is_503(mirror, fake: FakeUpstream) -> None:
-    """A name not cached while the upstream answers 500: 503 with a JSON error."""
+    """A name not cached while a trusted upstream answers 500: 503 with a JSON error (clients retry)."""
     server = mirror()
+    assert server.request("GET", "/debug").status == 200
     fake.fault("500")
-    answer = server.request("GET", "/debug")
+    answer = server.request("GET", "/ms")
     assert answer.status == 503 and "500" in answer.json()["error"]
+
+
+def test_miss_on_an_upstream_never_heard_from_fails_fast(mirror, fake: FakeUpstream) -> None:
+    """Just started and the upstream silent: a miss is a 404 after the short deadline, not the full timeout."""
+    fake.fault("blackhole")
+    server = mirror(stale_deadline="0.5", upstream_timeout="20")
+    started = time.monotonic()
+    answer = server.request("GET", "/debug")
+    assert answer.status == 404 and "upstream is unreachable" in answer.json()["error"]
+    assert time.monotonic() - started < 5
 
 
 def test_upstream_404_is_remembered(mirror, fake: FakeUpstream) -> None:
@@ -401,3 +412,38 @@ def test_miss_after_upstream_failures_is_a_quick_404(mirror, fake: FakeUpstream)
     answer = server.request("GET", "/semver")
     assert answer.status == 404 and "upstream is unreachable" in answer.json()["error"]
     assert time.monotonic() - started < 5
+
+
+def test_refused_connections_open_the_breaker(mirror, fake: FakeUpstream) -> None:
+    """Upstream refusing connections: stale documents are served and the breaker opens."""
+    server = mirror(meta_ttl="0.001")
+    server.request("GET", "/ms")
+    fake.fault("refused")
+    try:
+        states = []
+        for _ in range(50):
+            assert cache_status(server.request("GET", "/ms")) == "STALE"
+            states.append(server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"])
+            if states[-1] == "open":
+                break
+            time.sleep(0.05)
+        assert states[-1] == "open"
+        assert server.request("GET", "/never-fetched").status == 404
+    finally:
+        fake.fault("none")
+
+
+def test_late_answer_to_a_miss_is_kept(mirror, fake: FakeUpstream) -> None:
+    """An upstream not yet trusted that answers after the deadline: the client got a 404, but the
+    document fetched in the background is stored and served next time without asking again."""
+    fake.fault("slow", delay=1)
+    server = mirror(stale_deadline="0.3")
+    assert server.request("GET", "/semver").status == 404
+    fake.fault("none")
+    for _ in range(40):
+        time.sleep(0.1)
+        if (server.registry / "packages" / "semver" / "upstream" / "meta.json").exists():
+            break
+    answer = server.request("GET", "/semver")
+    assert answer.status == 200 and cache_status(answer) == "HIT"
+    assert upstream_gets(fake, "/semver") == 1

@@ -5,33 +5,18 @@ with the upstream silent and every document stale.
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support import REPO, NopardServer, Npm
+from tests.support import REPO, NopardServer, Npm, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
 TREE = REPO / "tests" / "data" / "projects" / "tree"
 # Connections nopard may open to a silent upstream during a whole install: a few
 # stale revalidations before the breaker opens, and a probe now and then.
 MAX_OFFLINE_CONNECTIONS = 12
-
-
-def installed_versions(project: Path) -> dict[str, str]:
-    lock = json.loads((project / "package-lock.json").read_text())
-    return {path: entry["version"] for path, entry in lock["packages"].items() if path}
-
-
-def new_project(source: Path, target: Path, with_lock: bool) -> Path:
-    target.mkdir(parents=True)
-    shutil.copy(source / "package.json", target / "package.json")
-    if with_lock:
-        shutil.copy(source / "package-lock.json", target / "package-lock.json")
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def test_cold_install_goes_through_nopard(world: dict) -> None:
     """A cold `npm install` of ~200 packages fetches every document and tarball via nopard."""
     project, server = world["project"], world["server"]
-    versions = installed_versions(project)
+    versions = locked_versions(project)
     assert len(versions) > 150
     lock = json.loads((project / "package-lock.json").read_text())
     resolved = {entry["resolved"] for path, entry in lock["packages"].items() if path}
@@ -70,7 +55,7 @@ def test_warm_install_from_an_empty_npm_cache(world: dict) -> None:
     started = time.monotonic()
     Npm(server.url, world["work"] / "npm-warm").run("ci", "--no-audit", cwd=project)
     world["timings"]["warm"] = time.monotonic() - started
-    assert installed_versions(project) == installed_versions(world["project"])
+    assert locked_versions(project) == locked_versions(world["project"])
     assert upstream.stats()["requests"] == []
 
 
@@ -98,12 +83,12 @@ def test_offline_install_with_every_document_stale(world: dict) -> None:
         started = time.monotonic()
         Npm(server.url, world["work"] / "npm-offline").run("ci", "--no-audit", cwd=project)
         world["timings"]["offline"] = time.monotonic() - started
-        assert installed_versions(project) == installed_versions(world["project"])
+        assert locked_versions(project) == locked_versions(world["project"])
 
         fresh = new_project(world["project"], world["work"] / "offline-install", with_lock=False)
         # With the audit on: it fails fast (503) and npm installs anyway.
         Npm(server.url, world["work"] / "npm-offline-2").run("install", "--audit", cwd=fresh)
-        assert installed_versions(fresh) == installed_versions(world["project"])
+        assert locked_versions(fresh) == locked_versions(world["project"])
         attempts = upstream.stats()["connections"]
         print(f"timings {world['timings']}, upstream connection attempts while offline: {attempts}")
         assert attempts <= MAX_OFFLINE_CONNECTIONS

@@ -26,7 +26,7 @@ CORGI = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
     """One fake upstream for the module, with a small big-package to keep start-up quick."""
-    with FakeUpstream(extra_args=("--big-versions", "600")) as fake:
+    with FakeUpstream(extra_args=("--big-versions", "600", "--synthetic", "12")) as fake:
         yield fake
 
 
@@ -333,3 +333,38 @@ def test_huge_tarball_is_streamed_at_the_exact_size() -> None:
     assert integrity(data) == dist["integrity"]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert {member.name for member in tar} == {"package/package.json", "package/blob.bin"}
+
+
+def test_synthetic_packages_are_served_and_their_tarballs_verify(upstream: FakeUpstream) -> None:
+    """--synthetic 12 serves synthetic-00000 to synthetic-00011: three versions, latest 2.0.0,
+    revalidated with 304s, tarballs that match their integrity and unpack to their version."""
+    status, headers, body = get(upstream, "/synthetic-00011")
+    doc = json.loads(body)
+    assert status == 200 and doc["name"] == "synthetic-00011" and b"{{UPSTREAM}}" not in body
+    assert list(doc["versions"]) == ["1.0.0", "1.1.0", "2.0.0"] and doc["dist-tags"] == {"latest": "2.0.0"}
+    assert get(upstream, "/synthetic-00011")[2] == body  # generated once, deterministic
+    status, _, empty = get(upstream, "/synthetic-00011", {"If-None-Match": headers["etag"]})
+    assert (status, empty) == (304, b"")
+    assert get(upstream, "/synthetic-00011", {"If-Modified-Since": headers["last-modified"]})[0] == 304
+    status, headers, short = get(upstream, "/synthetic-00011", {"Accept": CORGI})
+    assert status == 200 and headers["content-type"] == "application/vnd.npm.install-v1+json"
+    assert json.loads(short)["versions"]["2.0.0"]["dist"] == doc["versions"]["2.0.0"]["dist"]
+    for version, manifest in doc["versions"].items():
+        dist = manifest["dist"]
+        assert path_of(dist["tarball"], upstream) == f"/synthetic-00011/-/synthetic-00011-{version}.tgz"
+        status, headers, data = get(upstream, path_of(dist["tarball"], upstream))
+        assert status == 200 and int(headers["content-length"]) == len(data)
+        assert integrity(data) == dist["integrity"] and hashlib.sha1(data).hexdigest() == dist["shasum"]
+        assert data[4:8] == b"\0\0\0\0"  # gzip mtime 0
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            assert tar.getnames() == ["package/package.json"]
+        assert unpacked_version(data) == version
+    assert get(upstream, "/synthetic-00000")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/synthetic-00012", "/synthetic-0001", "/synthetic-000001",
+                                  "/synthetic-00012/-/synthetic-00012-2.0.0.tgz",
+                                  "/synthetic-00003/-/synthetic-00003-3.0.0.tgz"])
+def test_unknown_synthetic_names_and_tarballs_are_404(upstream: FakeUpstream, path: str) -> None:
+    """An index past --synthetic, a different zero-padding, or a version not generated: 404."""
+    assert get(upstream, path)[0] == 404

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from nopard.errors import IntegrityMismatch, InvalidInput
-from nopard.publication import integrity_matches, integrity_of, parse_publication
+from nopard.integrity import integrity_matches, integrity_of
+from nopard.publication import parse_publication
 
 DATA = b"\x1f\x8b pretend this is a tarball"
 
