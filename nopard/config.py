@@ -168,6 +168,14 @@ def parse_positive(text: str) -> int:
     return value
 
 
+def parse_log_format(text: str) -> str:
+    """text or json."""
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"{text!r} is not text or json")
+    return value
+
+
 def parse_text(text: str) -> str:
     """Free text, stripped; may be empty."""
     return text.strip()
@@ -205,9 +213,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("registry_path", "registry", parse_text, "Directory of the registry's data."),
     Setting("loglevel", "info", parse_level, "Lowest level logged: debug, info, warn, error."),
+    Setting("log_format", "text", parse_log_format, "Log lines as text or json (one object a line)."),
+    Setting("log_max_size", "10mb", parse_size, "NOPARD_LOGFILE rotates when it reaches this size."),
+    Setting("log_backups", "5", parse_count, "Rotated logfiles kept (logfile.1 ... logfile.N)."),
     Setting(
         "logfile", "", parse_text, "Write nopard's log to this file (empty: twistd's log, stdout with -n)."
     ),
+    Setting("run_path", "", parse_text, "Directory of the PID file when daemonized (empty: twistd's default)."),
+    Setting("runas_user", "", parse_text, "User to drop privileges to once the port is bound (empty: stay)."),
+    Setting("home", "", parse_text, "Working directory of the daemon (empty: where it is started)."),
     Setting("htpasswd", "", parse_text, "htpasswd file of users (empty: <registry_path>/htpasswd)."),
     Setting(
         "max_users",
@@ -300,7 +314,13 @@ class Settings:
     base_url: str
     registry_path: str
     loglevel: str
+    log_format: str
+    log_max_size: int
+    log_backups: int
     logfile: str
+    run_path: str
+    runas_user: str
+    home: str
     htpasswd: str
     max_users: int
     auth_read: bool
@@ -360,6 +380,11 @@ def load_settings(
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
     base = cwd or os.getcwd()
+    if values["home"]:
+        values["home"] = os.path.abspath(os.path.join(base, values["home"]))
+        base = values["home"]  # relative paths are the daemon's, which works in NOPARD_HOME
+    if values["run_path"]:
+        values["run_path"] = os.path.abspath(os.path.join(base, values["run_path"]))
     if not values["registry_path"]:
         raise ConfigError("NOPARD_REGISTRY_PATH: must not be empty")
     values["registry_path"] = os.path.abspath(os.path.join(base, values["registry_path"]))
