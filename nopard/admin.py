@@ -1,24 +1,50 @@
 """nopard-admin: operator commands, run on the registry's machine.
 
-Commands talk to the running nopard over HTTP (it does the work with its own
-upstream client, caches and locks):
+These talk to the running nopard over HTTP (it does the work with its own
+upstream client, caches and locks; --registry URL, default from
+NOPARD_HOSTNAME/NOPARD_PORT):
 
-  nopard-admin sync                 each sync job's last run and the next one
-  nopard-admin sync --now [--job J] run refresh and backfill (or job J) now; print the summary
-  nopard-admin prefetch FILE...     fetch what lockfiles name, so they install offline
+  nopard-admin sync                  each sync job's last run and the next one
+  nopard-admin sync --now [--job J]  run refresh and backfill (or job J) now; print the summary
+  nopard-admin prefetch FILE...      fetch what lockfiles name, so they install offline
 
-Exit status: 0 all well, 1 something failed (listed), 2 usage or connection error.
+These work on the registry directory itself, with nopard running or not
+(NOPARD_REGISTRY_PATH and NOPARD_HTPASSWD as the daemon reads them, or
+--registry-path DIR); every write is atomic:
+
+  nopard-admin user add NAME [--email E] [--password-stdin]   add a user (password asked twice)
+  nopard-admin user passwd NAME [--password-stdin]            set a user's password
+  nopard-admin user remove NAME                               remove a user and revoke their tokens
+  nopard-admin user list                                      users, emails, token counts
+  nopard-admin token list [--user NAME]                       tokens: key, user, created, read-only
+  nopard-admin token revoke KEY                               revoke the token with that key
+  nopard-admin fsck                  verify every stored tarball; quarantine mismatches; report
+                                     orphans, missing tarballs, leftover temp files, bad documents
+  nopard-admin gc [--dry-run]        remove what fsck counts as garbage (orphans, temp files,
+                                     the quarantine)
+  nopard-admin import FROM [--htpasswd FILE]
+                                     import a nopard export, a Verdaccio/sinopia storage folder
+                                     or a nopar registry: packages, tarballs, tags, users
+  nopard-admin export TO             write local packages and users to a new folder, for import
+
+Exit status: 0 all well; 1 something failed or was found (listed); 2 usage
+error, nopard unreachable, or a registry, user, token or folder that is not there.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Sequence
+
+import orjson
 
 
 def default_registry(environ: dict[str, str] = os.environ) -> str:  # type: ignore[assignment]
@@ -99,13 +125,244 @@ def prefetch(options: argparse.Namespace) -> int:
     return 0 if print_report(report) else 1
 
 
+# Commands on the registry directory ------------------------------------------------------
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def registry_settings(options: argparse.Namespace, must_exist: bool = True) -> Any:
+    """The daemon's settings (environment), with --registry-path applied; the directory checked."""
+    from nopard.config import ConfigError, load_settings
+
+    given = {"registry_path": options.registry_path} if options.registry_path else {}
+    try:
+        settings = load_settings(given, os.environ)
+    except ConfigError as error:
+        raise AdminError(str(error)) from None
+    if must_exist and not os.path.isdir(settings.registry_path):
+        raise AdminError(f"registry directory {settings.registry_path} does not exist "
+                         "(set NOPARD_REGISTRY_PATH or --registry-path)")
+    return settings
+
+
+def htpasswd_entries(path: str) -> dict[str, str]:
+    """User -> hash, as the htpasswd file says now."""
+    from nopard.auth.htpasswd import parse_htpasswd
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            return parse_htpasswd(file.read())
+    except FileNotFoundError:
+        return {}
+
+
+def read_password(options: argparse.Namespace) -> str:
+    """The new password: one line of stdin with --password-stdin, else asked twice on the terminal."""
+    from nopard.auth import MAX_PASSWORD_LENGTH
+
+    if options.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise AdminError("no terminal to ask for the password on: use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise AdminError("the two passwords differ")
+    if not password:
+        raise AdminError("the password is empty")
+    if len(password.encode()) > MAX_PASSWORD_LENGTH:
+        raise AdminError(f"passwords are at most {MAX_PASSWORD_LENGTH} bytes")
+    return password
+
+
+def known_user(settings: Any, name: str) -> str:
+    """``name`` if the htpasswd file has them, else AdminError."""
+    from nopard.auth.htpasswd import validate_user_name
+
+    validate_user_name(name)
+    if name not in htpasswd_entries(settings.htpasswd_path):
+        raise AdminError(f"no user {name} in {settings.htpasswd_path} (nopard-admin user list shows them)")
+    return name
+
+
+def user_add(options: argparse.Namespace) -> int:
+    """Add a user to the htpasswd file, with a profile like registration writes."""
+    from nopard.auth.htpasswd import hash_password, replace_entry, validate_user_name
+    from nopard.maintenance import open_storage, run_now
+    from nopard.registry import iso_time
+
+    settings = registry_settings(options)
+    name = validate_user_name(options.name)
+    if options.email is not None and not _EMAIL.fullmatch(options.email):
+        raise AdminError(f"invalid email address: {options.email!r}")
+    if name in htpasswd_entries(settings.htpasswd_path):
+        raise AdminError(f"user {name} already exists (nopard-admin user passwd {name} sets a new password)")
+    replace_entry(settings.htpasswd_path, name, hash_password(read_password(options)))
+    profile = {"name": name, "email": options.email or "", "created": iso_time(time.time())}
+    run_now(open_storage(settings.registry_path).write(f"users/{name}.json", orjson.dumps(profile)))
+    print(f"added user {name}")
+    return 0
+
+
+def user_passwd(options: argparse.Namespace) -> int:
+    """Set a user's password."""
+    from nopard.auth.htpasswd import hash_password, replace_entry
+
+    settings = registry_settings(options)
+    name = known_user(settings, options.name)
+    replace_entry(settings.htpasswd_path, name, hash_password(read_password(options)))
+    print(f"changed the password of {name}")
+    return 0
+
+
+def user_remove(options: argparse.Namespace) -> int:
+    """Remove a user, their profile and every token of theirs."""
+    from nopard.auth.htpasswd import replace_entry
+    from nopard.auth.tokens import TokenStore
+    from nopard.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    name = known_user(settings, options.name)
+    storage = open_storage(settings.registry_path)
+    replace_entry(settings.htpasswd_path, name, None)
+    revoked = run_now(TokenStore(storage).revoke_user(name))
+    run_now(storage.delete(f"users/{name}.json"))
+    print(f"removed user {name} ({revoked} tokens revoked)")
+    return 0
+
+
+def user_list(options: argparse.Namespace) -> int:
+    """Every user, with email, creation time and number of tokens."""
+    from nopard.auth.tokens import TokenStore
+    from nopard.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    storage = open_storage(settings.registry_path)
+    users = sorted(htpasswd_entries(settings.htpasswd_path))
+    if not users:
+        print(f"no users in {settings.htpasswd_path}")
+        return 0
+    tokens: dict[str, int] = {}
+    for record in run_now(TokenStore(storage).records()):
+        tokens[record.user] = tokens.get(record.user, 0) + 1
+    width = max(len(user) for user in users)
+    for user in users:
+        raw = run_now(storage.read(f"users/{user}.json"))
+        try:
+            profile = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            profile = {}
+        print(f"{user:<{width}}  {profile.get('email') or '-'}  created {profile.get('created') or '-'}  "
+              f"{tokens.get(user, 0)} tokens")
+    return 0
+
+
+def token_list(options: argparse.Namespace) -> int:
+    """Every token's record: key, user, created, read-only (never the token itself)."""
+    from nopard.auth.tokens import TokenStore
+    from nopard.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    records = run_now(TokenStore(open_storage(settings.registry_path)).records(options.user))
+    if not records:
+        print("no tokens" + (f" of {options.user}" if options.user else ""))
+        return 0
+    width = max(len(record.user) for record in records)
+    for record in records:
+        access = "read-only" if record.readonly else "read-write"
+        print(f"{record.key}  {record.user:<{width}}  {record.created}  {access}")
+    return 0
+
+
+def token_revoke(options: argparse.Namespace) -> int:
+    """Revoke the token whose record has KEY."""
+    from nopard.auth.tokens import TokenStore
+    from nopard.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    record = run_now(TokenStore(open_storage(settings.registry_path)).revoke_key(options.key))
+    if record is None:
+        raise AdminError(f"no token has key {options.key} (nopard-admin token list shows them)")
+    print(f"revoked token {record.key} of {record.user}")
+    return 0
+
+
+def fsck(options: argparse.Namespace) -> int:
+    """Check the registry; exit 1 when anything was found."""
+    from nopard.maintenance import scan
+
+    settings = registry_settings(options)
+    report = scan(settings.registry_path, settings.htpasswd_path)
+    for finding in report.findings:
+        print(finding.line())
+    print(report.summary())
+    return 1 if report.findings else 0
+
+
+def gc(options: argparse.Namespace) -> int:
+    """Remove what fsck counts as garbage."""
+    from nopard.maintenance import collect, scan
+
+    settings = registry_settings(options)
+    report = scan(settings.registry_path, settings.htpasswd_path, quarantine=not options.dry_run)
+    removed = collect(settings.registry_path, report, dry_run=options.dry_run)
+    verb = "would remove" if options.dry_run else "removed"
+    for finding in removed:
+        print(f"{verb} {finding.path} ({finding.kind}, {finding.size} bytes)")
+    size = sum(finding.size for finding in removed)
+    left = [finding for finding in report.findings if not finding.garbage]
+    print(f"gc: {verb} {len(removed)} files ({size} bytes)"
+          + (f"; {len(left)} problems gc cannot fix (nopard-admin fsck lists them)" if left else ""))
+    return 0
+
+
+def import_registry(options: argparse.Namespace) -> int:
+    """Import another registry's packages and users."""
+    from nopard.maintenance import open_storage, run_now
+    from nopard.transfer import SourceError, detect_source, import_source
+
+    settings = registry_settings(options, must_exist=False)
+    try:
+        source = detect_source(options.source, options.htpasswd)
+    except SourceError as error:
+        raise AdminError(str(error)) from None
+    if not os.path.isdir(settings.registry_path):
+        os.makedirs(settings.registry_path)
+        print(f"created registry directory {settings.registry_path}")
+    storage = open_storage(settings.registry_path)
+    report = run_now(import_source(source, storage, settings.htpasswd_path, print))
+    print(f"import: packages {report.local} local, {report.mirrored} mirrored, {report.unchanged} unchanged; "
+          f"versions {report.versions}; users {report.users}; "
+          + (f"{report.problems} things left out (listed)" if report.problems else "nothing left out"))
+    return 1 if report.problems else 0
+
+
+def export_registry(options: argparse.Namespace) -> int:
+    """Write the registry's local packages and users to a new folder."""
+    from nopard.maintenance import open_storage, run_now
+    from nopard.transfer import SourceError, check_export_target, export_registry as export
+
+    settings = registry_settings(options)
+    try:
+        check_export_target(options.target)
+    except SourceError as error:
+        raise AdminError(str(error)) from None
+    os.makedirs(options.target, exist_ok=True)
+    storage, target = open_storage(settings.registry_path), open_storage(options.target)
+    report = run_now(export(storage, settings.htpasswd_path, target, print))
+    print(f"export: packages {report.local}, tarballs {report.versions}, users {report.users} to "
+          f"{os.path.abspath(options.target)}"
+          + (f"; {report.problems} things left out (listed)" if report.problems else ""))
+    return 1 if report.problems else 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     top = argparse.ArgumentParser(prog="nopard-admin", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--registry", default=default_registry(),
                      help="the nopard to talk to (default: from NOPARD_HOSTNAME/NOPARD_PORT: %(default)s)")
-    commands = top.add_subparsers(dest="command", required=True)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sync_command = commands.add_parser("sync", help="show or run the sync jobs")
     sync_command.add_argument("--now", action="store_true", help="run now and print the summary")
     sync_command.add_argument("--job", choices=("refresh", "backfill"), help="only this job")
@@ -114,16 +371,87 @@ def parser() -> argparse.ArgumentParser:
     prefetch_command.add_argument("files", nargs="+", metavar="FILE",
                                   help="package-lock.json, npm-shrinkwrap.json, yarn.lock or pnpm-lock.yaml")
     prefetch_command.set_defaults(run=prefetch)
+
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument("--registry-path", metavar="DIR",
+                       help="the registry directory (default: NOPARD_REGISTRY_PATH, else ./registry)")
+
+    def leaf(group: Any, name: str, run: Any, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        command = group.add_parser(name, parents=[local], help=help, description=description or help)
+        command.set_defaults(run=run)
+        return command
+
+    user = commands.add_parser("user", help="add, change, remove and list users (the htpasswd file)",
+                               description="Users: the htpasswd file (NOPARD_HTPASSWD, else "
+                               "<registry>/htpasswd) and their users/<name>.json profiles.")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = leaf(user_commands, "add", user_add, "add a user")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--email", help="their email address (npm shows it as the maintainer's)")
+    passwd = leaf(user_commands, "passwd", user_passwd, "set a user's password")
+    passwd.add_argument("name", metavar="NAME")
+    for command in (add, passwd):
+        command.add_argument("--password-stdin", action="store_true",
+                             help="read the password from the first line of stdin instead of asking twice")
+    remove = leaf(user_commands, "remove", user_remove, "remove a user and revoke their tokens")
+    remove.add_argument("name", metavar="NAME")
+    leaf(user_commands, "list", user_list, "list users, their emails and token counts")
+
+    token = commands.add_parser("token", help="list and revoke login tokens",
+                                description="Tokens npm got at login, stored as tokens/<sha256>.json "
+                                "records; the token itself is never stored or shown.")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tokens = leaf(token_commands, "list", token_list, "list tokens: key, user, created, read-only")
+    tokens.add_argument("--user", metavar="NAME", help="only this user's tokens")
+    revoke = leaf(token_commands, "revoke", token_revoke, "revoke a token by its key")
+    revoke.add_argument("key", metavar="KEY", help="the key `token list` shows")
+
+    leaf(commands, "fsck", fsck, "verify stored tarballs and report problems (exit 1 if any)",
+         "Verify every stored tarball against the checksums of the version naming it; move a mismatch "
+         "to <registry>/.quarantine/; report orphan tarballs, local documents naming missing tarballs, "
+         "leftover temporary files and unreadable documents. One line per finding, then a summary. "
+         "Exit status 0: all well; 1: something was found.")
+    collect = leaf(commands, "gc", gc, "remove orphan tarballs, leftover temp files and the quarantine",
+                   "Remove what fsck counts as garbage: orphan tarballs, leftover temporary files, "
+                   "corrupt tarballs and the quarantine. Prints what it removed.")
+    collect.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    importing = leaf(commands, "import", import_registry, "import another registry's packages and users",
+                     "Import a nopard export or registry, a Verdaccio/sinopia storage folder (or config "
+                     "folder holding storage/) or a nopar registry folder: packages with every version "
+                     "whose tarball verifies, dist-tags, times, maintainers, readmes, and htpasswd users. "
+                     "Importing twice changes nothing. Exit status 0: all imported; 1: something was "
+                     "left out (listed); 2: FROM is no registry.")
+    importing.add_argument("source", metavar="FROM", help="the folder to import")
+    importing.add_argument("--htpasswd", metavar="FILE",
+                           help="the users' htpasswd file (default: FROM/htpasswd, or next to a "
+                           "Verdaccio storage folder)")
+    exporting = leaf(commands, "export", export_registry, "write local packages and users to a new folder",
+                     "Write the registry's local packages (documents and tarballs) and users (htpasswd "
+                     "and profiles) to TO, in nopard's layout, for `nopard-admin import TO` elsewhere. "
+                     "Tokens and mirrored packages are not exported.")
+    exporting.add_argument("target", metavar="TO", help="a new or empty folder")
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of nopard-admin."""
+    from nopard.errors import NopardError
+
     options = parser().parse_args(argv)
     try:
         return options.run(options)
     except AdminError as error:
         print(f"nopard-admin: {error}", file=sys.stderr)
+        return 2
+    except NopardError as error:
+        print(f"nopard-admin: {error.message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"nopard-admin: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nopard-admin: interrupted", file=sys.stderr)
         return 2
 
 

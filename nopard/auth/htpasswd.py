@@ -136,9 +136,40 @@ class HtpasswdFile:
             self._reload()
 
 
+def replace_entry(path: str, user: str, hashed: str | None) -> bool:
+    """Set ``user``'s hash in place (None: remove their line), keeping every other line; atomic.
+
+    For nopard-admin. Returns False when that changes nothing.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    entry = None if hashed is None else f"{user}:{hashed}"
+    changed: list[str] = []
+    for line in lines:
+        if _line_user(line) != user:
+            changed.append(line)
+        elif entry is not None:
+            changed.append(entry)
+            entry = None
+    if entry is not None:
+        changed.append(entry)
+    if changed == lines:
+        return False
+    _write_atomically(path, "".join(line + "\n" for line in changed))
+    return True
+
+
+def _line_user(line: str) -> str | None:
+    line = line.strip()
+    if not line or line.startswith("#") or ":" not in line:
+        return None
+    return line.partition(":")[0]
+
+
 def _append_atomically(path: str, line: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     try:
         with open(path, encoding="utf-8") as file:
             content = file.read()
@@ -146,10 +177,16 @@ def _append_atomically(path: str, line: str) -> None:
         content = ""
     if content and not content.endswith("\n"):
         content += "\n"
+    _write_atomically(path, content + line)
+
+
+def _write_atomically(path: str, content: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=".htpasswd-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(content + line)
+            file.write(content)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, 0o600)

@@ -66,3 +66,35 @@ class TokenStore:
         if not looks_like_token(token):
             return False
         return await self._storage.delete(self._key(token))
+
+    async def records(self, user: str | None = None) -> list[TokenRecord]:
+        """The records of every live token (of ``user``, when given), oldest first."""
+        found = [record for _key, record in await self._stored() if user is None or record.user == user]
+        return sorted(found, key=lambda record: (record.created, record.key))
+
+    async def revoke_key(self, key: str) -> TokenRecord | None:
+        """Revoke the token whose record has ``key`` (not the token: its public id); None if none has."""
+        for storage_key, record in await self._stored():
+            if record.key == key:
+                await self._storage.delete(storage_key)
+                return record
+        return None
+
+    async def revoke_user(self, user: str) -> int:
+        """Revoke every token of ``user``; how many there were."""
+        revoked = 0
+        for storage_key, record in await self._stored():
+            if record.user == user and await self._storage.delete(storage_key):
+                revoked += 1
+        return revoked
+
+    async def _stored(self) -> list[tuple[str, TokenRecord]]:
+        """(storage key, record) of every readable token record; a damaged file is skipped."""
+        stored = []
+        for storage_key in await self._storage.list("tokens/"):
+            raw = await self._storage.read(storage_key)
+            try:
+                stored.append((storage_key, TokenRecord(**orjson.loads(raw or b""))))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+        return stored

@@ -1,0 +1,606 @@
+"""Moving packages and users between registries: ``nopard-admin import`` and ``export``.
+
+``import FROM`` reads three layouts, told apart by what FROM holds:
+
+- nopard's own (an export, or another nopard's registry directory):
+  ``packages/<name>/package.json`` with ``packages/<name>/tarballs/``,
+  ``htpasswd`` and ``users/<name>.json``; ``nopard-export.json`` marks an export.
+- Verdaccio or sinopia storage: ``<storage>/<name>/package.json`` (scoped:
+  ``<storage>/@scope/<name>/package.json``), its tarballs beside it, and the
+  users' ``htpasswd`` in the storage folder or its parent (next to
+  config.yaml). A Verdaccio config folder holding ``storage/`` works too.
+- nopar: ``<registry>/registry.json`` and ``<registry>/<name>/<name>.json``
+  (scoped: ``@scope/<name>/<name>.json``), its tarballs beside it. nopar
+  keeps no users.
+
+A package published there becomes a local package here: every version whose
+tarball is present and matches its recorded checksums, with its dist-tags,
+times, maintainers and readme; other versions are skipped and reported. A
+package the old registry only cached from its upstream (Verdaccio: listed in
+``_uplinks`` with every tarball in ``_distfiles``; nopar: ``_proxied``) goes
+to nopard's mirror area instead, marked stale, so nopard serves it offline
+and revalidates it against its own upstream, rather than freezing a public
+package as a private one. Users come from the htpasswd file: bcrypt and
+{SHA} lines as they are; other hash types are reported and left out.
+
+Everything is written through the Storage interface (atomic) and only where
+something is missing, so importing twice changes nothing. ``export TO``
+writes a registry's local packages and users in nopard's layout, which
+``import`` reads back; tokens are not exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import orjson
+
+from nopard import names, packument
+from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_name
+from nopard.errors import InvalidInput
+from nopard.integrity import Digests, integrity_of
+from nopard.maintenance import has_checksums, named_tarballs, parse_document, tarball_file
+from nopard.registry import iso_time
+from nopard.storage import Storage
+
+EXPORT_MARKER = "nopard-export.json"
+# Fields other registries keep in their documents, never served by nopard.
+FOREIGN_FIELDS = frozenset({
+    "_attachments", "_distfiles", "_uplinks", "_proxied", "_mtime", "_local",
+    "_inversed-dist-tags", "_highest-version", "_fwd-dists",
+})
+_SUPPORTED_HASHES = ("$2y$", "$2a$", "$2b$", "{SHA}")
+
+Say = Callable[[str], None]
+
+
+class SourceError(ValueError):
+    """FROM or TO cannot be used; the message says why."""
+
+
+@dataclass
+class SourcePackage:
+    """A package as another registry stored it."""
+
+    name: str
+    document: dict[str, Any]
+    directory: str  # where its tarballs lie
+    cached: bool = False  # only a copy of an upstream's package
+    upstream_urls: dict[str, str] = field(default_factory=dict)  # tarball file -> upstream URL
+
+
+@dataclass
+class Source:
+    """What ``import`` found in FROM."""
+
+    layout: str  # nopard, verdaccio or nopar
+    root: str
+    packages: list[SourcePackage]
+    unreadable: list[str]
+    htpasswd: str | None = None
+    profiles: str | None = None  # directory of users/<name>.json (nopard layout)
+
+
+@dataclass
+class TransferReport:
+    """Counts for the summary line, and whether anything was left out."""
+
+    local: int = 0
+    mirrored: int = 0
+    unchanged: int = 0
+    versions: int = 0
+    users: int = 0
+    problems: int = 0
+
+
+# Reading FROM -----------------------------------------------------------------
+
+
+def detect_source(path: str, htpasswd: str | None = None) -> Source:
+    """Recognise the registry layout in ``path``; SourceError when there is none."""
+    if not os.path.isdir(path):
+        raise SourceError(f"{path} is not a directory")
+    root = os.path.abspath(path)
+    if os.path.isdir(os.path.join(root, "storage")) and any(
+        os.path.isfile(os.path.join(root, config)) for config in ("config.yaml", "config.yml")
+    ):
+        root = os.path.join(root, "storage")  # a Verdaccio config folder
+    if htpasswd is not None and not os.path.isfile(htpasswd):
+        raise SourceError(f"--htpasswd {htpasswd}: no such file")
+    if _is_nopard(root):
+        return _read_nopard(root, htpasswd)
+    if os.path.isfile(os.path.join(root, "registry.json")):
+        return _read_nopar(root, htpasswd)
+    if any(os.path.isfile(os.path.join(root, db)) for db in (".verdaccio-db.json", ".sinopia-db.json")) or any(
+        os.path.isfile(os.path.join(directory, "package.json")) for _name, directory in _package_dirs(root)
+    ):
+        return _read_verdaccio(root, htpasswd)
+    if any(os.path.isfile(_nopar_document(name, directory)) for name, directory in _package_dirs(root)):
+        return _read_nopar(root, htpasswd)
+    raise SourceError(
+        f"{path} holds no registry nopard can import: no nopard packages/ folder, "
+        "no Verdaccio/sinopia <name>/package.json, no nopar registry.json or <name>/<name>.json"
+    )
+
+
+def _is_nopard(root: str) -> bool:
+    if os.path.isfile(os.path.join(root, EXPORT_MARKER)):
+        return True
+    packages = os.path.join(root, "packages")
+    if not os.path.isdir(packages) or os.path.exists(os.path.join(packages, "package.json")):
+        return False
+    return any(
+        os.path.isfile(os.path.join(directory, "package.json")) or os.path.isdir(os.path.join(directory, "upstream"))
+        for _name, directory in _package_dirs(packages)
+    )
+
+
+def _package_dirs(root: str) -> Iterator[tuple[str, str]]:
+    """(name as the folders spell it, folder) of every package folder, scoped ones one level down."""
+    for entry in _subdirectories(root):
+        if entry.startswith("@"):
+            for name in _subdirectories(os.path.join(root, entry)):
+                yield f"{entry}/{name}", os.path.join(root, entry, name)
+        else:
+            yield entry, os.path.join(root, entry)
+
+
+def _nopar_document(name: str, directory: str) -> str:
+    return os.path.join(directory, names.unscoped(name) + ".json")
+
+
+def _load(path: str, folder_name: str, source: Source) -> tuple[str, dict[str, Any]] | None:
+    """(name, document) from a document file, or None (recorded as unreadable)."""
+    try:
+        with open(path, "rb") as file:
+            document = parse_document(file.read())
+    except OSError as error:
+        source.unreadable.append(f"{path}: {error.strerror}")
+        return None
+    if document is None:
+        source.unreadable.append(f"{path}: not a package document")
+        return None
+    name = document.get("name") or folder_name
+    try:
+        names.validate_name(name)
+    except InvalidInput as error:
+        source.unreadable.append(f"{path}: {error.message}")
+        return None
+    return name, document
+
+
+def _read_nopard(root: str, htpasswd: str | None) -> Source:
+    source = Source("nopard", root, [], [], htpasswd or _first_file(os.path.join(root, "htpasswd")),
+                    os.path.join(root, "users"))
+    for folder_name, directory in _package_dirs(os.path.join(root, "packages")):
+        document_path = os.path.join(directory, "package.json")
+        if os.path.isfile(document_path) and (loaded := _load(document_path, folder_name, source)):
+            source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, "tarballs")))
+    return source
+
+
+def _read_verdaccio(root: str, htpasswd: str | None) -> Source:
+    found = htpasswd or _first_file(os.path.join(root, "htpasswd"), os.path.join(os.path.dirname(root), "htpasswd"))
+    source = Source("verdaccio", root, [], [], found)
+    for folder_name, directory in _package_dirs(root):
+        document_path = os.path.join(directory, "package.json")
+        if not os.path.isfile(document_path) or not (loaded := _load(document_path, folder_name, source)):
+            continue
+        name, document = loaded
+        distfiles = document.get("_distfiles") if isinstance(document.get("_distfiles"), dict) else {}
+        urls = {f: d["url"] for f, d in distfiles.items() if isinstance(d, dict) and isinstance(d.get("url"), str)}
+        files = [tarball_file(m.get("dist")) for m in document["versions"].values() if isinstance(m, dict)]
+        cached = bool(document.get("_uplinks")) and bool(files) and all(f in distfiles for f in files)
+        source.packages.append(SourcePackage(name, document, directory, cached, urls))
+    return source
+
+
+def _read_nopar(root: str, htpasswd: str | None) -> Source:
+    source = Source("nopar", root, [], [], htpasswd)
+    for folder_name, directory in _package_dirs(root):
+        document_path = _nopar_document(folder_name, directory)
+        if not os.path.isfile(document_path) or not (loaded := _load(document_path, folder_name, source)):
+            continue
+        name, document = loaded
+        urls = {}
+        attachments = document.get("_attachments") if isinstance(document.get("_attachments"), dict) else {}
+        for filename, attachment in attachments.items():
+            if isinstance(attachment, dict) and isinstance(attachment.get("forwardUrl"), str):
+                urls[filename] = attachment["forwardUrl"]
+        forwarded = document.get("_fwd-dists")  # nopar before 0.2
+        if isinstance(forwarded, dict):
+            urls.update({f: u for f, u in forwarded.items() if isinstance(u, str)})
+        cached = document.get("_proxied") is True or isinstance(forwarded, dict)
+        source.packages.append(SourcePackage(name, document, directory, cached, urls))
+    return source
+
+
+def _subdirectories(directory: str) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _first_file(*paths: str) -> str | None:
+    return next((path for path in paths if os.path.isfile(path)), None)
+
+
+# Pure parts -------------------------------------------------------------------
+
+
+def bytes_match(data: bytes, dist: dict[str, Any]) -> bool:
+    """Whether ``data`` matches dist.integrity (else dist.shasum), as the mirror checks downloads."""
+    digests = Digests(dist)
+    digests.update(data)
+    return digests.matches(dist)
+
+
+def choose_versions(
+    name: str, document: dict[str, Any], find: Callable[[str, dict[str, Any]], bytes | None]
+) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
+    """The versions worth importing, with their tarball bytes, and (version, reason) of the others.
+
+    ``find(version, dist)`` returns the version's tarball bytes, or None when it is not there.
+    """
+    kept, skipped = {}, []
+    for version, manifest in (document.get("versions") or {}).items():
+        dist = manifest.get("dist") if isinstance(manifest, dict) else None
+        if not names.is_version(version) or not isinstance(dist, dict):
+            skipped.append((version, "not a valid version entry"))
+            continue
+        data = find(version, dist)
+        if data is None:
+            skipped.append((version, "its tarball is missing"))
+        elif has_checksums(dist) and not bytes_match(data, dist):
+            skipped.append((version, "its tarball does not match its checksums"))
+        else:
+            kept[version] = data
+    return kept, skipped
+
+
+def newest(versions: Any) -> str:
+    """The highest version, preferring releases over prereleases."""
+    ordered = sorted(versions, key=packument.version_key)
+    releases = [v for v in ordered if "-" not in v.split("+", 1)[0]]
+    return (releases or ordered)[-1]
+
+
+def local_document(
+    name: str, raw: dict[str, Any], kept: dict[str, bytes], keep_rev: bool = False
+) -> dict[str, Any]:
+    """The local document of ``name`` holding the ``kept`` versions of another registry's document.
+
+    Other registries' private fields are dropped (and ``_rev`` unless
+    ``keep_rev``: a nopard document keeps its own); field order is kept, so a
+    nopard document with every version kept comes out unchanged.
+    """
+    document = {
+        key: copy.deepcopy(value) for key, value in raw.items()
+        if key not in FOREIGN_FIELDS and (keep_rev or key != "_rev")
+    }
+    document["_id"] = name
+    document["name"] = name
+    versions = {
+        version: _stored_manifest(name, version, manifest, kept[version])
+        for version, manifest in raw["versions"].items() if version in kept
+    }
+    document["versions"] = versions
+    raw_tags = raw.get("dist-tags") if isinstance(raw.get("dist-tags"), dict) else {}
+    tags = {tag: version for tag, version in raw_tags.items() if version in versions}
+    if "latest" not in tags:
+        tags["latest"] = newest(versions)
+    document["dist-tags"] = tags
+    raw_times = raw.get("time") if isinstance(raw.get("time"), dict) else {}
+    document["time"] = {k: v for k, v in raw_times.items() if k in ("created", "modified") or k in versions}
+    if not document.get("maintainers"):
+        document["maintainers"] = _maintainers_of(raw["versions"], versions)
+    if not document.get("readme"):
+        latest = raw["versions"].get(tags["latest"], {})
+        if isinstance(latest.get("readme"), str) and latest["readme"]:
+            document["readme"] = latest["readme"]
+            document["readmeFilename"] = latest.get("readmeFilename") or "README.md"
+    return document
+
+
+def _stored_manifest(name: str, version: str, manifest: dict[str, Any], data: bytes) -> dict[str, Any]:
+    stored = {k: copy.deepcopy(v) for k, v in manifest.items() if k not in ("readme", "readmeFilename")}
+    dist = dict(stored["dist"])
+    dist["tarball"] = names.tarball_filename(name, version)
+    if not has_checksums(dist):
+        dist["shasum"] = hashlib.sha1(data).hexdigest()
+        dist["integrity"] = integrity_of(data)
+    stored["dist"] = dist
+    stored.setdefault("_id", f"{name}@{version}")
+    return stored
+
+
+def _maintainers_of(raw_versions: dict[str, Any], kept: dict[str, Any]) -> list[dict[str, str]]:
+    """Who may publish next: the versions' maintainers, else their publishers."""
+    found: list[dict[str, str]] = []
+    for version in sorted(kept, key=packument.version_key, reverse=True):
+        manifest = raw_versions[version]
+        for person in manifest.get("maintainers") or [manifest.get("_npmUser")]:
+            if isinstance(person, dict) and isinstance(person.get("name"), str) and \
+                    person["name"] not in [p["name"] for p in found]:
+                found.append({"name": person["name"], "email": str(person.get("email") or "")})
+    return found
+
+
+def merge_for_import(existing: dict[str, Any] | None, imported: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` with what ``imported`` adds: new versions, tags and times; what is here wins."""
+    if existing is None:
+        return imported
+    merged = copy.deepcopy(existing)
+    for key, value in imported.items():
+        if key not in merged:
+            merged[key] = copy.deepcopy(value)
+        elif key in ("versions", "dist-tags", "time") and isinstance(merged[key], dict):
+            for inner, inner_value in value.items():
+                merged[key].setdefault(inner, copy.deepcopy(inner_value))
+    return merged
+
+
+def mirrored_document(raw: dict[str, Any], upstream_urls: dict[str, str]) -> dict[str, Any]:
+    """A cached document as its upstream sent it: private fields gone, tarball URLs the upstream's."""
+    document = {k: copy.deepcopy(v) for k, v in raw.items() if k not in FOREIGN_FIELDS and k != "_rev"}
+    for manifest in document.get("versions", {}).values():
+        dist = manifest.get("dist") if isinstance(manifest, dict) else None
+        filename = tarball_file(dist)
+        if filename in upstream_urls:
+            dist["tarball"] = upstream_urls[filename]
+    return document
+
+
+def password_hash_kind(hashed: str) -> str | None:
+    """None for a hash nopard checks (bcrypt, {SHA}); else the name of its kind."""
+    if hashed.startswith(_SUPPORTED_HASHES):
+        return None
+    if hashed.startswith("$apr1$"):
+        return "Apache MD5 ($apr1$)"
+    if hashed.startswith(("$5$", "$6$")):
+        return "SHA-crypt"
+    if len(hashed) == 13:
+        return "crypt"
+    return "unknown"
+
+
+def without_rev(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A document without its ``_rev``, for comparing contents."""
+    return None if document is None else {k: v for k, v in document.items() if k != "_rev"}
+
+
+# Import -----------------------------------------------------------------------
+
+
+def _tarball_finder(package: SourcePackage) -> Callable[[str, dict[str, Any]], bytes | None]:
+    def find(version: str, dist: dict[str, Any]) -> bytes | None:
+        candidates = [tarball_file(dist), names.tarball_filename(package.name, version)]
+        for filename in candidates:
+            if filename and not filename.startswith(".") and "/" not in filename:
+                path = os.path.join(package.directory, filename)
+                if os.path.isfile(path):
+                    with open(path, "rb") as file:
+                        return file.read()
+        return None
+    return find
+
+
+async def import_source(source: Source, storage: Storage, htpasswd_path: str, say: Say) -> TransferReport:
+    """Import every package and user of ``source`` into ``storage``; print what happens with ``say``."""
+    report = TransferReport()
+    say(f"importing a {source.layout} registry from {source.root}")
+    for problem in source.unreadable:
+        say(f"unreadable {problem}")
+        report.problems += 1
+    for package in source.packages:
+        if package.cached:
+            await _import_mirrored(package, storage, say, report)
+        else:
+            await _import_local(package, storage, source.layout == "nopard", say, report)
+    await _import_users(source, storage, htpasswd_path, say, report)
+    return report
+
+
+async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool, say: Say,
+                        report: TransferReport) -> None:
+    name = package.name
+    kept, skipped = choose_versions(name, package.document, _tarball_finder(package))
+    for version, reason in skipped:
+        say(f"skipped {name}@{version}: {reason}")
+        report.problems += 1
+    if not kept:
+        say(f"skipped {name}: no version with a tarball that verifies")
+        return
+    raw = await storage.read(names.local_document_key(name))
+    existing = parse_document(raw) if raw is not None else None
+    if raw is not None and existing is None:
+        say(f"skipped {name}: the document here is unreadable (see nopard-admin fsck)")
+        report.problems += 1
+        return
+    imported = local_document(name, package.document, kept, keep_rev)
+    here = (existing or {}).get("versions", {})
+    for version in list(imported["versions"]):
+        if version in here:
+            if _checksums(here[version]) != _checksums(imported["versions"][version]):
+                say(f"kept {name}@{version} as it is here: the imported one has other contents")
+                report.problems += 1
+            continue
+        data = kept[version]
+        key = names.tarball_key(name, names.tarball_filename(name, version))
+        if not await storage.create(key, data) and await storage.read(key) != data:
+            say(f"skipped {name}@{version}: a different tarball is already stored here")
+            report.problems += 1
+            del imported["versions"][version]
+            imported["time"].pop(version, None)
+    if not imported["versions"]:
+        return
+    imported["dist-tags"] = {t: v for t, v in imported["dist-tags"].items() if v in imported["versions"]}
+    imported["dist-tags"].setdefault("latest", newest(imported["versions"]))
+    merged = merge_for_import(existing, imported)
+    if without_rev(merged) == without_rev(existing):
+        say(f"unchanged {name}")
+        report.unchanged += 1
+        return
+    if existing is not None or not isinstance(merged.get("_rev"), str):
+        merged["_rev"] = packument.next_revision(existing or {}, orjson.dumps(without_rev(merged)))
+    await storage.write(names.local_document_key(name), orjson.dumps(merged))
+    added = sorted(set(merged["versions"]) - set(here), key=packument.version_key)
+    say(f"imported {name}: {len(added)} versions ({', '.join(added)})")
+    report.local += 1
+    report.versions += len(added)
+
+
+def _checksums(manifest: Any) -> tuple[Any, Any]:
+    dist = manifest.get("dist") if isinstance(manifest, dict) else None
+    dist = dist if isinstance(dist, dict) else {}
+    return dist.get("integrity"), dist.get("shasum")
+
+
+async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, report: TransferReport) -> None:
+    name = package.name
+    if await storage.exists(names.local_document_key(name)):
+        say(f"skipped {name}: cached from an upstream, and published here")
+        return
+    if await storage.exists(names.upstream_document_key(name)):
+        say(f"unchanged {name} (mirrored here already)")
+        report.unchanged += 1
+        return
+    kept, skipped = choose_versions(name, package.document, _tarball_finder(package))
+    for version, reason in skipped:
+        if "missing" not in reason:  # a cache holds only what someone installed: missing is normal
+            say(f"skipped {name}@{version}: {reason}")
+            report.problems += 1
+    document = mirrored_document(package.document, package.upstream_urls)
+    stored = 0
+    for version, data in kept.items():
+        filename = tarball_file(document["versions"][version]["dist"])
+        try:
+            key = names.upstream_tarball_key(name, filename or "")
+        except InvalidInput:
+            continue
+        await storage.create(key, data)
+        stored += 1
+    if not stored:
+        say(f"skipped {name}: cached from an upstream, with no tarball stored")
+        return
+    await storage.write(names.upstream_document_key(name), orjson.dumps(document))
+    # fetched_at 0: stale at once, so nopard revalidates it with its own upstream when it can.
+    meta = {"fetched_at": 0.0, "etag": None, "last_modified": None}
+    await storage.write(names.upstream_meta_key(name), orjson.dumps(meta))
+    say(f"mirrored {name}: {stored} of {len(document.get('versions', {}))} tarballs (cached from an upstream)")
+    report.mirrored += 1
+    report.versions += stored
+
+
+async def _import_users(source: Source, storage: Storage, htpasswd_path: str, say: Say,
+                        report: TransferReport) -> None:
+    if source.htpasswd is None:
+        if source.layout != "nopar":
+            say("no htpasswd file found: no users imported (--htpasswd FILE names one)")
+        return
+    with open(source.htpasswd, encoding="utf-8") as file:
+        entries = parse_htpasswd(file.read())
+    try:
+        with open(htpasswd_path, encoding="utf-8") as file:
+            here = parse_htpasswd(file.read())
+    except FileNotFoundError:
+        here = {}
+    for user, hashed in entries.items():
+        try:
+            validate_user_name(user)
+        except InvalidInput:
+            say(f"skipped user {user!r}: not a valid user name here")
+            report.problems += 1
+            continue
+        kind = password_hash_kind(hashed)
+        if kind is not None:
+            say(f"skipped user {user}: nopard cannot check a {kind} password hash "
+                f"(add them with nopard-admin user add {user})")
+            report.problems += 1
+            continue
+        if user in here:
+            if here[user] != hashed:
+                say(f"kept user {user} as they are here (another password was imported)")
+            continue
+        replace_entry(htpasswd_path, user, hashed)
+        await storage.create(f"users/{user}.json", _profile(source, user))
+        say(f"imported user {user}")
+        report.users += 1
+
+
+def _profile(source: Source, user: str) -> bytes:
+    if source.profiles:
+        path = os.path.join(source.profiles, f"{user}.json")
+        try:
+            with open(path, "rb") as file:
+                profile = orjson.loads(file.read())
+            if isinstance(profile, dict) and profile.get("name") == user:
+                return orjson.dumps(profile)
+        except (OSError, orjson.JSONDecodeError):
+            pass
+    return orjson.dumps({"name": user, "email": "", "created": iso_time(time.time())})
+
+
+# Export -----------------------------------------------------------------------
+
+
+async def export_registry(storage: Storage, htpasswd_path: str, target: Storage, say: Say) -> TransferReport:
+    """Copy every local package (document and tarballs) and every user of ``storage`` to ``target``."""
+    report = TransferReport()
+    for key in await storage.list("packages/"):
+        if not key.endswith("/package.json") or "/upstream/" in key:
+            continue
+        name = key[len("packages/"):-len("/package.json")]
+        raw = await storage.read(key)
+        document = parse_document(raw) if raw is not None else None
+        if document is None:
+            say(f"unreadable {key}: not exported (see nopard-admin fsck)")
+            report.problems += 1
+            continue
+        copied = 0
+        for filename, (version, dist) in sorted(named_tarballs(document).items()):
+            try:
+                names.validate_tarball_filename(name, filename)
+            except InvalidInput:
+                say(f"skipped {name}@{version}: {filename!r} is not a tarball name of {name}")
+                report.problems += 1
+                continue
+            data = await storage.read(names.tarball_key(name, filename))
+            if data is None or (has_checksums(dist) and not bytes_match(data, dist)):
+                state = "missing" if data is None else "corrupt"
+                say(f"skipped {name}@{version}: its tarball is {state} (see nopard-admin fsck)")
+                report.problems += 1
+                continue
+            await target.write(names.tarball_key(name, filename), data)
+            copied += 1
+        await target.write(key, raw)
+        say(f"exported {name}: {copied} versions")
+        report.local += 1
+        report.versions += copied
+    if os.path.isfile(htpasswd_path):
+        with open(htpasswd_path, "rb") as file:
+            content = file.read()
+        await target.write("htpasswd", content)
+        report.users = len(parse_htpasswd(content.decode("utf-8", "replace")))
+    for key in await storage.list("users/"):
+        data = await storage.read(key)
+        if data is not None:
+            await target.write(key, data)
+    say(f"exported {report.users} users (tokens are not exported)")
+    marker = {"format": "nopard-export", "version": 1, "exported": iso_time(time.time()),
+              "packages": report.local, "users": report.users}
+    await target.write(EXPORT_MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    return report
+
+
+def check_export_target(path: str) -> None:
+    """SourceError unless ``path`` is absent or an empty directory."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise SourceError(f"{path} exists and is not an empty directory: export into a new one")
