@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench import say
+from bench import access_answer, say
 from tests.support import NopardServer, Npm, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
 
 def stale_answers(server: NopardServer) -> int:
-    """Access-log lines so far that end in STALE (the log is kept across restarts)."""
-    return sum(1 for line in server.log().splitlines() if line.rstrip().endswith(" STALE"))
+    """Access-log lines so far that say STALE (the log is kept across restarts)."""
+    answers = filter(None, map(access_answer, server.log().splitlines()))
+    return sum(1 for _, _, cache in answers if cache == "STALE")
 
 
 class NpmRuns:

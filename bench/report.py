@@ -133,13 +133,16 @@ def sync_summary(section: dict) -> list[str]:
     for key, label in (("idle", "idle"), ("during", "during sync")):
         run = section[key]
         measured = run["wrk"]
-        cpu = run.get("nopard_cpu_percent")
+        cpus = [run.get("nopard_cpu_percent"), run.get("upstream_cpu_percent")]
         rows.append([label, f"{measured['requests_per_sec']:,.0f}",
                      *(millis(measured["latency_ms"].get(p)) for p in ("50", "90", "99")),
                      str(measured["non_2xx_3xx"] + measured["socket_errors"]),
-                     "-" if cpu is None else f"{cpu}%",
+                     *("-" if cpu is None else f"{cpu}%" for cpu in cpus),
                      " ".join(f"{status} {count}" for status, count in sorted(run["cache_statuses"].items())) or "-"])
-    out += table(["reads", "req/s", "p50", "p90", "p99", "errors", "nopard CPU", "answers"], rows)
+    out += table(["reads", "req/s", "p50", "p90", "p99", "errors", "nopard CPU", "upstream CPU", "answers"], rows)
+    warnings = section["idle"].get("log_warnings", 0) + section["during"].get("log_warnings", 0)
+    if warnings:
+        out.append(f"NOTE: nopard logged {warnings} warnings or errors during these runs (see its log, --keep)")
     idle, during = section["idle"]["wrk"], section["during"]["wrk"]
     out.append(f"p99 during sync / idle: {ratio(during['latency_ms'].get('99'), idle['latency_ms'].get('99'))}, "
                f"p50: {ratio(during['latency_ms'].get('50'), idle['latency_ms'].get('50'))}, "

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from bench import say, wrk
+from bench import access_answer, report, say, wrk
 from tests.fake_synthetic import Synthetic
 from tests.support import NopardServer
 from tests.upstream import FakeUpstream
@@ -35,9 +36,15 @@ WRK_THREADS, WRK_CONNECTIONS, WRK_TIMEOUT = 1, 8, 30.0
 CLIENTS = 16  # concurrent requests while populating
 MARGIN = 5.0  # seconds a document stays fresh beyond one wrk run
 SYNC_TIMEOUT = 3600.0  # the POST answers once both jobs have finished
-SETTINGS = {"NOPARD_SYNC_INTERVAL": "0", "NOPARD_SYNC_RATE": "1000000", "NOPARD_BACKFILL": "tags"}
+# Warnings and errors, in the README's text lines or in key=value / JSON ones.
+PROBLEM = re.compile(r'#(?:warn|error|critical)\]|\b(?:WARN|ERROR|CRITICAL) |"level":\s*"(?:warn|error|critical)"')
 
 Start = Callable[..., NopardServer]  # (stack, workdir, upstream, **env) -> a started nopard
+
+
+def settings(args) -> dict[str, str]:
+    """nopard's sync settings: no schedule (the bench starts the sync), tags backfilled."""
+    return {"NOPARD_SYNC_INTERVAL": "0", "NOPARD_SYNC_RATE": str(args.sync_rate), "NOPARD_BACKFILL": "tags"}
 
 
 def meta_ttl(duration: float) -> float:
@@ -47,7 +54,7 @@ def meta_ttl(duration: float) -> float:
 
 def describe(args) -> str:
     """The section's settings, for the summary's header."""
-    env = " ".join(f"{key}={value}" for key, value in SETTINGS.items())
+    env = " ".join(f"{key}={value}" for key, value in settings(args).items())
     return (f"fake upstream --synthetic {args.sync_packages}; nopard {env} "
             f"NOPARD_META_TTL={meta_ttl(args.duration):g}; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
             f"-d{args.duration:g}s --timeout {WRK_TIMEOUT:g}s on {TARGET} (abbreviated)")
@@ -146,10 +153,10 @@ class SyncRequest(threading.Thread):
         return json.loads(self.body)["reports"]
 
 
-def job_seconds(report: dict) -> float | None:
+def job_seconds(job: dict) -> float | None:
     """How long one job ran, from its report's start and end."""
     try:
-        started, ended = (datetime.fromisoformat(report[key].replace("Z", "+00:00")) for key in ("started", "ended"))
+        started, ended = (datetime.fromisoformat(job[key].replace("Z", "+00:00")) for key in ("started", "ended"))
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return round((ended - started).total_seconds(), 2)
@@ -167,20 +174,28 @@ def log_size(server: NopardServer) -> int:
     return server.log_path.stat().st_size if server.log_path.exists() else 0
 
 
-def read_run(wrk_path: str, server: NopardServer, duration: float, label: str) -> dict:
-    """wrk on TARGET once, with nopard's CPU use and the cache statuses of its answers."""
-    offset, cpu_before, started = log_size(server), cpu_seconds(server.process.pid), time.monotonic()
+def read_run(wrk_path: str, server: NopardServer, upstream: FakeUpstream, duration: float, label: str) -> dict:
+    """wrk on TARGET once, with nopard's and the fake upstream's CPU use (the machine's CPUs are
+    shared by wrk, nopard and the fake upstream) and the cache statuses of nopard's answers."""
+    pids = {"nopard": server.process.pid, "upstream": upstream.process.pid}
+    offset, started = log_size(server), time.monotonic()
+    cpu_before = {key: cpu_seconds(pid) for key, pid in pids.items()}
     say(f"wrk {TARGET} (abbreviated), {label} ({duration:g} s)")
     measured, _ = wrk.run(wrk_path, server.url.rstrip("/") + TARGET, ACCEPT, WRK_THREADS, WRK_CONNECTIONS,
                           duration, timeout=WRK_TIMEOUT)
-    wall, cpu_after = time.monotonic() - started, cpu_seconds(server.process.pid)
+    wall = time.monotonic() - started
+    cpu_after = {key: cpu_seconds(pid) for key, pid in pids.items()}
+    cpu = {key: None if cpu_before[key] is None or cpu_after[key] is None
+           else round(100 * (cpu_after[key] - cpu_before[key]) / wall) for key in pids}
     lines = log_since(server, offset)
-    statuses = Counter(line.split()[-1] for line in lines if f" GET {TARGET} " in line and "nopard.access" in line)
+    answers = filter(None, map(access_answer, lines))
+    statuses = Counter(cache for method, path, cache in answers if (method, path) == ("GET", TARGET))
     run = {"label": label, "wrk": measured.as_dict(), "cache_statuses": dict(statuses),
-           "nopard_cpu_percent": round(100 * (cpu_after - cpu_before) / wall) if cpu_after is not None else None,
-           "log_warnings": sum(1 for line in lines if "#warn]" in line or "#error]" in line or "#critical]" in line)}
-    say(f"  {measured.requests_per_sec:,.0f} req/s, p50 {measured.latency_ms.get('50')} ms, "
-        f"p99 {measured.latency_ms.get('99')} ms, nopard CPU {run['nopard_cpu_percent']}%")
+           **{f"{key}_cpu_percent": percent for key, percent in cpu.items()},
+           "log_warnings": sum(1 for line in lines if PROBLEM.search(line))}
+    say(f"  {measured.requests_per_sec:,.0f} req/s, p50 {report.millis(measured.latency_ms.get('50'))}, "
+        f"p99 {report.millis(measured.latency_ms.get('99'))}, CPU: nopard {cpu['nopard']}%, "
+        f"fake upstream {cpu['upstream']}%")
     return run
 
 
@@ -193,14 +208,14 @@ def sync_phase(args, wrk_path: str, work: Path, results: dict, start: Start) -> 
     say(f"sync: starting a fake upstream with {count} synthetic packages and a fresh nopard")
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(FakeUpstream(extra_args=("--synthetic", str(count))))
-        server = start(stack, work / "sync-nopard", upstream, NOPARD_META_TTL=f"{ttl:g}", **SETTINGS)
+        server = start(stack, work / "sync-nopard", upstream, NOPARD_META_TTL=f"{ttl:g}", **settings(args))
         say(f"sync: populating nopard with {count} documents ({CLIENTS} clients)")
         section["populate"] = populate(server.port, Synthetic(count).names())
         say(f"  {section['populate']['seconds']:.1f} s")
 
         make_fresh(server)
         confirmed = time.monotonic()
-        section["idle"] = read_run(wrk_path, server, args.duration, "idle")
+        section["idle"] = read_run(wrk_path, server, upstream, args.duration, "idle")
 
         # Every document, the measured one included, stale; then only the measured one fresh.
         wait = confirmed + ttl + 0.5 - time.monotonic()
@@ -213,20 +228,20 @@ def sync_phase(args, wrk_path: str, work: Path, results: dict, start: Start) -> 
         sync.start()
         sync.sent.wait(30)
         wrk_started = time.monotonic()
-        section["during"] = read_run(wrk_path, server, args.duration, "during a sync")
+        section["during"] = read_run(wrk_path, server, upstream, args.duration, "during a sync")
         wrk_ended = time.monotonic()
         if sync.is_alive():
             say("sync: still running after wrk; waiting for it")
         sync.join(SYNC_TIMEOUT)
         if sync.is_alive():
             raise RuntimeError(f"the sync did not finish within {SYNC_TIMEOUT:g} s")
-        reports = sync.reports()
+        jobs = sync.reports()
         requests = upstream.stats()["requests"]
         section["sync"] = {
             "seconds": round(sync.ended - sync.started, 2),
-            "jobs": [{**{key: report.get(key) for key in ("job", "checked", "changed", "tarballs", "bytes",
-                                                          "failure_count", "failures", "skipped")},
-                      "seconds": job_seconds(report)} for report in reports],
+            "jobs": [{**{key: job.get(key) for key in ("job", "checked", "changed", "tarballs", "bytes",
+                                                       "failure_count", "failures", "skipped")},
+                      "seconds": job_seconds(job)} for job in jobs],
             "upstream_requests": {"documents": sum(1 for _, path in requests if "/-/" not in path),
                                   "tarballs": sum(1 for _, path in requests if "/-/" in path)},
             # Seconds of the wrk run with the sync still going (wrk started after the POST).

@@ -1,25 +1,66 @@
-"""nopard's log: its events pass a live level filter, then go to stdout
-(through twistd's log) or to NOPARD_LOGFILE.
+"""nopard's log: its events pass a live level filter, are formatted as one line
+each (text or json), scrubbed of secrets, and written to NOPARD_LOGFILE (which
+rotates by size and is reopened on SIGUSR1), to stdout when twistd logs there,
+or else into twistd's own log.
+
+A text line is ``<time> <LEVEL> <event> key=value ...``, then ``msg="..."``
+for events whose fields do not already say everything; a json line is one
+object with time, level, event, namespace, the fields and the message.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any
+import json
+import os
+import re
+import signal
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any, Callable
 
+import orjson
 from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
-    ILogObserver,
     LogLevel,
     LogPublisher,
     PredicateResult,
+    formatEvent,
     globalLogPublisher,
-    textFileLogObserver,
 )
+from twisted.python.logfile import LogFile
 
+from nopard.auth.tokens import TOKEN_PREFIX
 from nopard.config import LiveSettings
 
 _RANK = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
+
+# Events whose fields are the whole story: their text lines carry no msg="...".
+TERSE_EVENTS = frozenset({"access"})
+# Fields whose values are never written, whatever they hold.
+SECRET_FIELDS = frozenset({"password", "token", "authorization", "auth", "secret", "_authtoken"})
+REDACTED = "<redacted>"
+# Keys Twisted's legacy log bridge adds to events; not fields of an event of Twisted's own.
+_TWISTED_KEYS = frozenset({"message", "system", "time", "isError", "format", "why", "failure", "printed"})
+
+# Anything that looks like a credential, wherever it appears in a line
+# (messages, tracebacks, exception texts): the last line of defence.
+_SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(/-/user/token/)[^/?#\s\"'\\]+"), r"\1" + REDACTED),
+    (re.compile(r"\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1\2" + REDACTED),
+    (re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{8,}"), TOKEN_PREFIX + REDACTED),
+    (re.compile(r"(_authToken\s*=\s*)\S+", re.IGNORECASE), r"\1" + REDACTED),
+    (re.compile(r"((?:\\?[\"'])(?:password|token|_authToken)(?:\\?[\"'])\s*:\s*)(\\?[\"'])(?:(?!\2).)*\2",
+                re.IGNORECASE), r"\1\2" + REDACTED + r"\2"),
+    (re.compile(r"\b(https?://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential-looking part replaced by <redacted>."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class LevelPredicate:
@@ -34,33 +75,250 @@ class LevelPredicate:
         return PredicateResult.yes if _RANK.get(level.name, 1) >= wanted else PredicateResult.no
 
 
+# Formatting --------------------------------------------------------------
+
+
+def event_time(event: dict[str, Any]) -> str:
+    """The event's time in UTC, ISO 8601 with milliseconds: 2026-11-21T21:40:26.123Z."""
+    moment = datetime.fromtimestamp(event.get("log_time") or 0.0, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def event_name(event: dict[str, Any]) -> str:
+    """The event's stable name (its ``event`` key); ``log`` for Twisted's and twistd's own lines."""
+    name = event.get("event")
+    if isinstance(name, str) and name:
+        return name
+    return "log"
+
+
+def event_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's own fields, in the order given, secrets replaced."""
+    ours = "event" in event
+    return {
+        key: REDACTED if key.lower() in SECRET_FIELDS else value
+        for key, value in event.items()
+        if not key.startswith("log_") and key != "event" and (ours or key not in _TWISTED_KEYS)
+    }
+
+
+def _message(event: dict[str, Any]) -> str:
+    return formatEvent(event) if event.get("log_format") else ""
+
+
+def _traceback(event: dict[str, Any]) -> str | None:
+    failure = event.get("log_failure")
+    if failure is None:
+        return None
+    try:
+        return failure.getTraceback().rstrip("\n")
+    except Exception:  # a failure that cannot render itself must not break logging
+        return f"{failure!r}"
+
+
+_PLAIN = re.compile(r"[^\s\"=\\]+")
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON of anything a field may hold (unknown objects as their str())."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _level(event: dict[str, Any]) -> str:
+    return getattr(event.get("log_level"), "name", "info")
+
+
+def text_value(value: Any) -> str:
+    """A field value for a text line: bare when it can be, quoted (JSON-style) otherwise."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        text = _dumps(value)
+        if not re.search(r"\s", text):
+            return text  # compact JSON: one token already
+    else:
+        text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return _dumps(text)
+
+
+def format_text(event: dict[str, Any], with_time: bool = True) -> str:
+    """One text line (a traceback, if any, on the indented lines after it), newline-terminated."""
+    level = _level(event).upper()
+    name = event_name(event)
+    parts = [event_time(event)] if with_time else []
+    parts += [level, name]
+    parts += [f"{key}={text_value(value)}" for key, value in event_fields(event).items()]
+    message = _message(event)
+    if message and name not in TERSE_EVENTS:
+        parts.append(f"msg={text_value(message)}")
+    line = " ".join(parts)
+    traceback = _traceback(event)
+    if traceback:
+        line += "\n" + "\n".join("\t" + row for row in traceback.splitlines())
+    return redact(line) + "\n"
+
+
+def format_json(event: dict[str, Any]) -> str:
+    """One JSON object: time, level, event, namespace, the fields, message (and traceback)."""
+    record: dict[str, Any] = {
+        "time": event_time(event),
+        "level": _level(event),
+        "event": event_name(event),
+        "namespace": event.get("log_namespace", "-"),
+    }
+    for key, value in event_fields(event).items():
+        record.setdefault(key, value)
+    record["message"] = _message(event)
+    traceback = _traceback(event)
+    if traceback:
+        record["traceback"] = traceback
+    return redact(_dumps(record)) + "\n"
+
+
+FORMATTERS: dict[str, Callable[[dict[str, Any]], str]] = {"text": format_text, "json": format_json}
+
+
+# Where lines go -------------------------------------------------------------
+
+
+class SizeRotatedLogFile(LogFile):
+    """twisted's LogFile, opened for appending, keeping ``backups`` old files.
+
+    Appending (O_APPEND) and sizing by fstat, because twistd's own lines may be
+    appended to the same file by another writer (nopard.daemon): neither may
+    overwrite the other, and the file's real size decides the rotation.
+    """
+
+    def __init__(self, path: str, max_size: int, backups: int) -> None:
+        directory, name = os.path.split(os.path.abspath(path))
+        super().__init__(name, directory, rotateLength=max_size, maxRotatedFiles=max(backups, 1))
+        self.backups = backups
+
+    def _openFile(self) -> None:
+        self.closed = False
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._file = os.fdopen(fd, "ab", 0)
+        self.size = os.fstat(fd).st_size
+
+    def shouldRotate(self) -> bool:
+        """Whether the file, as it is on disk, reached the size limit."""
+        return os.fstat(self._file.fileno()).st_size >= self.rotateLength
+
+    def write(self, data: str) -> None:  # type: ignore[override]
+        super().write(data.encode("utf-8"))
+
+    def rotate(self) -> None:
+        """Rotate; with no backups wanted, the rotated file is removed at once."""
+        super().rotate()
+        if self.backups == 0 and os.path.exists(self.path + ".1"):
+            os.remove(self.path + ".1")
+
+
+def twistd_log_stream(options: Any) -> IO[str] | None:
+    """stdout when twistd itself logs to stdout (``twistd -n`` without --logfile), else None.
+
+    ``options`` are nopard's twistd options; their parent holds twistd's own.
+    """
+    twistd = getattr(options, "parent", None)
+    if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+        return None
+    logfile = twistd.get("logfile")
+    if logfile == "-" or (twistd.get("nodaemon") and not logfile):
+        return sys.__stdout__
+    return None
+
+
 class LogService(Service):
-    """Routes nopard's events: to NOPARD_LOGFILE when set, else to twistd's log."""
+    """Routes nopard's events: to NOPARD_LOGFILE when set, else to ``stream`` (stdout)
+    when given, else into twistd's log. Installs the SIGUSR1 handler that reopens the logfile.
+    """
 
-    def __init__(self, settings: LiveSettings) -> None:
+    def __init__(self, settings: LiveSettings, stream: IO[str] | None = None, reactor: Any = None) -> None:
         self._settings = settings
+        self._stream = stream
+        self._reactor = reactor
         self.publisher = LogPublisher()
-        self._destination: ILogObserver = globalLogPublisher
-        self._file: IO[str] | None = None
-        self.publisher.addObserver(
-            FilteringLogObserver(self._forward, [LevelPredicate(settings)])
-        )
+        self._file: SizeRotatedLogFile | None = None
+        self._previous_sigusr1: Any = None
+        self.publisher.addObserver(FilteringLogObserver(self._write, [LevelPredicate(settings)]))
 
-    def _forward(self, event: dict[str, Any]) -> None:
-        self._destination(event)
+    def _write(self, event: dict[str, Any]) -> None:
+        if self._file is None and self._stream is None:
+            self._to_twistd(event)
+            return
+        try:
+            line = FORMATTERS[self._settings.current.log_format](event)
+        except Exception as error:  # a field that cannot be shown must not lose the event
+            line = format_text({"log_level": event.get("log_level"), "log_time": event.get("log_time"),
+                                "event": "log-format-error", "error": repr(error),
+                                "log_format": "{original}", "original": repr(event.get("log_format"))})
+        if self._file is not None:
+            self._file.write(line)
+        else:
+            self._stream.write(line)
+            self._stream.flush()
+
+    def _to_twistd(self, event: dict[str, Any]) -> None:
+        """Into twistd's log, which adds its own time and system before the line."""
+        if self._settings.current.log_format == "json":
+            line = format_json(event)
+        else:
+            line = format_text(event, with_time=False)
+        escaped = line.rstrip("\n").replace("{", "{{").replace("}", "}}")
+        globalLogPublisher({
+            "log_format": escaped,
+            "log_level": event.get("log_level", LogLevel.info),
+            "log_namespace": event.get("log_namespace", "nopard"),
+            "log_time": event.get("log_time"),
+            "log_source": None,
+        })
+
+    def reopen(self) -> None:
+        """Reopen NOPARD_LOGFILE (after logrotate moved it away)."""
+        if self._file is not None:
+            self._file.reopen()
 
     def startService(self) -> None:
-        """Open NOPARD_LOGFILE, when set."""
+        """Open NOPARD_LOGFILE, when set, and reopen it on SIGUSR1."""
         super().startService()
-        path = self._settings.current.logfile
-        if path:
-            self._file = open(path, "a", encoding="utf-8", buffering=1)
-            self._destination = textFileLogObserver(self._file)
+        current = self._settings.current
+        if current.logfile:
+            self._file = SizeRotatedLogFile(current.logfile, current.log_max_size, current.log_backups)
+            self._install_sigusr1()
 
     def stopService(self) -> None:
-        """Close the logfile; later events go to twistd's log."""
+        """Close the logfile; later events go to stdout or twistd's log."""
         super().stopService()
         if self._file is not None:
-            self._destination = globalLogPublisher
-            self._file.close()
-            self._file = None
+            self._restore_sigusr1()
+            logfile, self._file = self._file, None
+            logfile.close()
+
+    def _install_sigusr1(self) -> None:
+        if self._reactor is None or not hasattr(signal, "SIGUSR1"):
+            return
+        previous = signal.getsignal(signal.SIGUSR1)
+
+        def on_sigusr1(number: int, frame: Any) -> None:
+            # The handler runs between two bytecodes, maybe inside a write: the
+            # reopen itself runs from the reactor loop, as twistd's own handler does.
+            self._reactor.callFromThread(self.reopen)
+            if callable(previous):
+                previous(number, frame)
+
+        self._previous_sigusr1 = previous
+        signal.signal(signal.SIGUSR1, on_sigusr1)
+
+    def _restore_sigusr1(self) -> None:
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None

@@ -39,6 +39,8 @@ from nopard.upstream import Upstream
 
 # Seconds since the upstream's last answer during which clients wait on a revalidation.
 TRUST_WINDOW = 60.0
+# Seconds a request may go unanswered before an untrusted upstream counts as silent.
+SILENT_ENOUGH = 0.5
 
 
 class Action(enum.Enum):
@@ -254,8 +256,10 @@ class Mirror:
         fetching = Deferred.fromCoroutine(self._documents.run(name, lambda: self._fetch(name, upstream)))
         if upstream.breaker.trusted(TRUST_WINDOW):
             return await fetching
+        # Already silent on another request for a while: no point waiting on this one too.
+        patience = 0.0 if upstream.silent_for() > SILENT_ENOUGH else self._settings.current.stale_deadline
         try:
-            return await _within(fetching, self._settings.current.stale_deadline, self._clock)
+            return await _within(fetching, patience, self._clock)
         except (UpstreamUnavailable, TimeoutError) as error:
             reason = getattr(error, "message", "no answer in time")
             raise NotFound(f"{name} is not cached here and the upstream is unreachable ({reason})") from None

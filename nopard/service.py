@@ -33,7 +33,9 @@ from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.tokens import TokenStore
 from nopard.cache import PreparedCache
 from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
-from nopard.logs import LogService
+from nopard.daemon import prepare as prepare_daemon
+from nopard.logs import LogService, twistd_log_stream
+from nopard.metrics import Metrics, StoreProbe, StoreSize
 from nopard.mirror import Mirror, Upstreams
 from nopard.proxy import ProxyingAgent
 from nopard.schedule import SyncService
@@ -64,6 +66,9 @@ def makeService(options: Options) -> IService:
 
     try:
         settings = load_settings(options.given(), os.environ)
+        # PID file, run-as user, logfile and home become twistd's options (nopard/daemon.py).
+        daemon = prepare_daemon(settings, options)
+        settings = daemon.settings
         os.makedirs(settings.registry_path, exist_ok=True)
     except ConfigError as error:
         raise SystemExit(f"nopard: {error}") from None
@@ -71,7 +76,7 @@ def makeService(options: Options) -> IService:
         raise SystemExit(
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
-    return build_service(settings, reactor)
+    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options)), reactor)
 
 
 class ThreadPoolService(Service):
@@ -145,12 +150,17 @@ class Announcement(Service):
         )
 
 
-def build_service(settings: Settings, reactor: Any) -> MultiService:
-    """Wire every component of nopard into one service tree."""
+def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> MultiService:
+    """Wire every component of nopard into one service tree.
+
+    ``log_stream``: where nopard's lines go without NOPARD_LOGFILE (stdout
+    under ``twistd -n``); None sends them into twistd's log.
+    """
     live = LiveSettings(settings)
     top = MultiService()
-    logs = LogService(live)
+    logs = LogService(live, log_stream, reactor)
     logs.setServiceParent(top)
+    metrics = Metrics(reactor)
 
     io_pool = ThreadPool(minthreads=1, maxthreads=8, name="nopard-io")
     cpu_pool = ThreadPool(minthreads=1, maxthreads=2, name="nopard-cpu")
@@ -167,7 +177,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     UpstreamPoolService(pool).setServiceParent(top)
     http = HTTPClient(upstream_agent(settings, reactor, pool))
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
-    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log))
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     mirror = Mirror(
         live, storage, registry, upstreams, cache, reactor,
         spool_dir=os.path.join(settings.registry_path, ".spool"),
@@ -176,7 +186,11 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.
     owner = f"{socket.gethostname()}:{settings.port}"
-    sync = SyncService(SyncJobs(live, mirror, storage, reactor, sync_log, owner), live, reactor, sync_log)
+    metrics.live.upstreams = upstreams.all
+    metrics.live.cache = cache
+    metrics.live.store = StoreSize(settings.registry_path, run_io, reactor)
+    jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
+    sync = SyncService(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)
     accounts = Accounts(
         live,
@@ -186,10 +200,11 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         now=lambda: iso_time(reactor.seconds()),
     )
     app = RegistryApp(
-        live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher)
+        live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
+        metrics=metrics, health=StoreProbe(storage, reactor),
     )
     site = NopardSite(
-        app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher)
+        app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher), metrics
     )
     endpoint_type = TCP6ServerEndpoint if ":" in settings.hostname else TCP4ServerEndpoint
     endpoint = endpoint_type(reactor, settings.port, interface=settings.hostname)

@@ -160,9 +160,10 @@ class SyncJobs:
 
     def __init__(
         self, settings: LiveSettings, mirror: Mirror, storage: Storage, clock: IReactorTime,
-        log: Logger, owner: str | None = None,
+        log: Logger, owner: str | None = None, metrics: Any = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics  # gets each finished (or skipped) JobReport
         self._mirror = mirror
         self._clock = clock
         self._log = log
@@ -177,6 +178,7 @@ class SyncJobs:
         if not await self._lock.acquire(job):
             report.running, report.skipped = False, "another nopard instance is running it"
             self._log.info("sync {job} skipped: {reason}", job=job, reason=report.skipped, event="sync-skipped")
+            self._count(report)
             return report
         self.reports[job] = report
         self._renewed_at[job] = self._clock.seconds()
@@ -191,7 +193,12 @@ class SyncJobs:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             await self._lock.release(job)
             self._log.info("sync {summary}", summary=report.summary(), event="sync-finished", **asdict(report))
+            self._count(report)
         return report
+
+    def _count(self, report: JobReport) -> None:
+        if self._metrics is not None:
+            self._metrics.sync_finished(report)
 
     async def prefetch(self, packages: list[tuple[str, str]]) -> JobReport:
         """Fetch the document and tarball of each (name, version), e.g. from a lockfile."""
@@ -203,6 +210,7 @@ class SyncJobs:
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             self._log.info("sync {summary}", summary=report.summary(), event="prefetch-finished")
+            self._count(report)
         return report
 
     async def _refresh_one(self, name: str, report: JobReport) -> None:

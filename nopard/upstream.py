@@ -7,9 +7,10 @@ fake upstream and the service builds the real one (proxy, TLS policy, pool).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 import treq
@@ -27,6 +28,7 @@ from twisted.web.http_headers import Headers
 from nopard.breaker import Breaker
 from nopard.config import LiveSettings
 from nopard.errors import UpstreamUnavailable
+from nopard.metrics import add_upstream_wait
 
 DOCUMENT_ACCEPT = "application/json"
 
@@ -57,6 +59,7 @@ class Upstream:
         clock: IReactorTime,
         token: str | None = None,
         log: Logger | None = None,
+        metrics: Any = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._host = urlsplit(self.base_url).netloc
@@ -67,7 +70,38 @@ class Upstream:
         self.breaker = Breaker(clock.seconds, probe_interval=settings.current.probe_interval)
         self.requests_made = 0
         self.paused_until = 0.0  # set by a 429 with Retry-After
+        self._awaiting: dict[object, float] = {}  # requests sent, no answer yet -> when sent
+        self.last_answer_at: float | None = None
         self._log = log or Logger()
+        self._metrics = metrics
+
+    @contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        """Record an upstream call's time: for metrics, and for the request waiting on it."""
+        started = self._clock.seconds()
+        try:
+            yield
+        except Exception as error:
+            reason = getattr(error, "reason", "error")
+            if reason != "breaker_open":  # nothing was sent
+                self._observe(kind, started, reason)
+            raise
+        self._observe(kind, started, None)
+
+    def _observe(self, kind: str, started: float, error: str | None) -> None:
+        seconds = self._clock.seconds() - started
+        add_upstream_wait(seconds)
+        if self._metrics is not None:
+            self._metrics.upstream_call(self.base_url, kind, seconds, error)
+
+    def silent_for(self) -> float:
+        """How long the upstream has left a request unanswered (0 if it answered since)."""
+        if not self._awaiting:
+            return 0.0
+        oldest = min(self._awaiting.values())
+        if self.last_answer_at is not None and self.last_answer_at >= oldest:
+            return 0.0
+        return self._clock.seconds() - oldest
 
     def _failed(self) -> None:
         was_open = self.breaker.is_open
@@ -93,22 +127,29 @@ class Upstream:
     async def _request(self, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
         """One request through the breaker; raises UpstreamUnavailable on failure."""
         if not self.breaker.allow():
-            raise UpstreamUnavailable(f"the upstream {self.base_url} is unreachable (breaker open)")
+            raise _unavailable(f"the upstream {self.base_url} is unreachable (breaker open)", "breaker_open")
         self.requests_made += 1
+        waiting = object()
+        self._awaiting[waiting] = self._clock.seconds()
         try:
             response = await self._http.request(method, url, timeout=timeout, **kwargs)
         except Exception as error:  # timeouts, refused, reset, DNS, TLS: all mean "down" here
+            del self._awaiting[waiting]
             self._failed()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} {_describe(error)}") from error
+            words = _describe(error)
+            reason = "timeout" if words == _NO_ANSWER else "unreachable"
+            raise _unavailable(f"the upstream {self.base_url} {words}", reason) from error
+        del self._awaiting[waiting]
+        self.last_answer_at = self._clock.seconds()
         if response.code == 429:
             delay = retry_after_seconds(_header(response.headers, "retry-after"), self._clock.seconds())
             self.paused_until = max(self.paused_until, self._clock.seconds() + delay)
             await response.text()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} asks to slow down for {delay:.0f} s")
+            raise _unavailable(f"the upstream {self.base_url} asks to slow down for {delay:.0f} s", "rate_limited")
         if response.code >= 500:
             self._failed()
             await response.text()  # drain, so the connection can be reused
-            raise UpstreamUnavailable(f"the upstream {self.base_url} answered {response.code}")
+            raise _unavailable(f"the upstream {self.base_url} answered {response.code}", "http_5xx")
         return response
 
     async def document(self, name: str, etag: str | None = None, timeout: float | None = None) -> Fetched:
@@ -122,12 +163,13 @@ class Upstream:
         if etag:
             extra["If-None-Match"] = etag
         full = self._settings.current.upstream_timeout
-        response = await self._request("GET", url, timeout or full, headers=self._headers(url, extra))
-        try:
-            body = await _with_deadline(treq.content(response), full, self._clock)
-        except Exception as error:
-            self._failed()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} broke off: {error}") from error
+        with self._timed("document"):
+            response = await self._request("GET", url, timeout or full, headers=self._headers(url, extra))
+            try:
+                body = await _with_deadline(treq.content(response), full, self._clock)
+            except Exception as error:
+                self._failed()
+                raise _unavailable(f"the upstream {self.base_url} broke off: {error}", "broken") from error
         self._succeeded()
         if response.code == 304:
             return Fetched(304, etag=etag)
@@ -146,19 +188,20 @@ class Upstream:
         A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
         """
         timeout = self._settings.current.upstream_timeout
-        # unbuffered: treq would otherwise keep the whole body in memory.
-        response = await self._request("GET", url, timeout, headers=self._headers(url), unbuffered=True)
-        if response.code != 200:
-            await response.text()
-            self._succeeded()
-            return response.code
-        receiver = _StreamingBody(write, timeout, self._clock)
-        response.deliverBody(receiver)
-        try:
-            await receiver.done
-        except Exception as error:
-            self._failed()
-            raise UpstreamUnavailable(f"the upstream {self.base_url} broke off a tarball: {error}") from error
+        with self._timed("tarball"):
+            # unbuffered: treq would otherwise keep the whole body in memory.
+            response = await self._request("GET", url, timeout, headers=self._headers(url), unbuffered=True)
+            if response.code != 200:
+                await response.text()
+                self._succeeded()
+                return response.code
+            receiver = _StreamingBody(write, timeout, self._clock)
+            response.deliverBody(receiver)
+            try:
+                await receiver.done
+            except Exception as error:
+                self._failed()
+                raise _unavailable(f"the upstream {self.base_url} broke off a tarball: {error}", "broken") from error
         self._succeeded()
         return 200
 
@@ -166,8 +209,9 @@ class Upstream:
         """Pass a request (an audit) through; returns status, body and content type."""
         url = self.base_url + path
         timeout = self._settings.current.upstream_timeout
-        response = await self._request(method, url, timeout, data=body, headers=self._headers(url, headers))
-        content = await _with_deadline(treq.content(response), timeout, self._clock)
+        with self._timed("forward"):
+            response = await self._request(method, url, timeout, data=body, headers=self._headers(url, headers))
+            content = await _with_deadline(treq.content(response), timeout, self._clock)
         self._succeeded()
         return response.code, content, _header(response.headers, "content-type") or "application/json"
 
@@ -186,11 +230,21 @@ def retry_after_seconds(value: str | None, now: float, default: float = 60.0) ->
     return min(max(moment - now, 0.0), 3600.0)
 
 
+_NO_ANSWER = "did not answer in time"
+
+
+def _unavailable(message: str, reason: str) -> UpstreamUnavailable:
+    """An UpstreamUnavailable carrying ``reason``, the metrics' word for the failure."""
+    error = UpstreamUnavailable(message)
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
 def _describe(error: Exception) -> str:
     """Words for why a request failed, without Twisted's failure reprs."""
     reasons = [f.value for f in getattr(error, "reasons", [])] or [error]
     if any(isinstance(r, (CancelledError, ConnectingCancelledError, TwistedTimeout)) for r in reasons):
-        return "did not answer in time"
+        return _NO_ANSWER
     return "is unreachable: " + "; ".join(str(r) or type(r).__name__ for r in reasons)
 
 

@@ -75,8 +75,12 @@ class RegistryApp:
         accounts: Accounts,
         run_in_thread: RunInThread,
         log: Logger,
+        metrics: Any = None,
+        health: Any = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics  # nopard.metrics.Metrics: GET /-/metrics
+        self.health = health  # nopard.metrics.StoreProbe: GET /-/nopard/health
         self.registry = registry
         self.mirror = mirror
         self.sync = sync
@@ -158,6 +162,27 @@ class RegistryApp:
         """Upstream health and cache use, for operators and monitoring."""
         self.accounts.require_read(await self.identify(request))
         return json_response(request, 200, {"nopard": __version__, **self.mirror.status()})
+
+    @app.route("/-/nopard/health", methods=["GET"])
+    async def health_check(self, request: IRequest) -> bytes:
+        """200 while nopard can serve (its store works), 503 otherwise: for load balancers and watchdogs."""
+        error = await self.health.check() if self.health is not None else None
+        upstreams = [{"url": u["url"], "state": u["state"]} for u in self.mirror.status()["upstreams"]]
+        if error is not None:
+            return json_response(request, 503, {"status": "unavailable", "error": error, "upstreams": upstreams})
+        return json_response(request, 200, {"status": "ok", "nopard": __version__, "upstreams": upstreams})
+
+    @app.route("/-/metrics", methods=["GET"])
+    async def metrics_exposition(self, request: IRequest) -> bytes:
+        """The metrics in Prometheus' text format (OpenMetrics when asked for)."""
+        self.accounts.require_read(await self.identify(request))
+        if self.metrics is None:
+            raise NotFound("metrics are not enabled")
+        body, content_type = await self.metrics.exposition(header(request, "accept"))
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
 
     @app.route("/-/nopard/sync", methods=["GET"])
     async def sync_status(self, request: IRequest) -> bytes:

@@ -1,5 +1,5 @@
 """The HTTP site: a request that enforces the body limit while the body arrives,
-and one access-log line per request.
+and one access-log line (and the request metrics) per request.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from nopard.config import LiveSettings
+from nopard.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 
 
 _SECRET_IN_PATH = re.compile(r"(/-/user/token/)[^/?#]+")
@@ -39,6 +40,13 @@ class NopardRequest(server.Request):
         self.rejected = False
         self.user: str | None = None  # for the access log
         self.cache_status: str | None = None
+        self.upstream_wait = UpstreamWait()
+
+    def __repr__(self) -> str:
+        # Twisted's repr shows the URI, which may carry a token (logout).
+        uri = getattr(self, "uri", None)
+        shown = redact_path(uri.decode("latin-1")) if isinstance(uri, bytes) else "-"
+        return f"<{type(self).__name__} at 0x{id(self):x} method={getattr(self, 'method', None)!r} uri={shown}>"
 
     def _limit(self) -> int:
         return self.channel.site.settings.current.max_body_size
@@ -61,9 +69,18 @@ class NopardRequest(server.Request):
         super().handleContentChunk(data)
 
     def process(self) -> None:
-        """Route the request, unless it was already refused."""
-        if not self.rejected:
+        """Route the request, unless it was already refused.
+
+        Upstream calls made for it (in coroutines started from here, which copy
+        this context) add their time to ``upstream_wait``.
+        """
+        if self.rejected:
+            return
+        token = request_upstream_wait.set(self.upstream_wait)
+        try:
             super().process()
+        finally:
+            request_upstream_wait.reset(token)
 
     def _refuse_oversized(self) -> None:
         self.rejected = True
@@ -90,12 +107,14 @@ class NopardSite(server.Site):
     requestFactory = NopardRequest
 
     def __init__(
-        self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger
+        self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(resource)
         self.settings = settings
         self.clock = clock
         self._log = log
+        self._metrics = metrics
         self.displayTracebacks = False
 
     def log(self, request: NopardRequest) -> None:
@@ -117,8 +136,9 @@ class NopardSite(server.Site):
 
     def _emit(self, request: NopardRequest, method: str, path: str, status: int, length: int) -> None:
         address = request.getClientAddress()
+        seconds = self.clock.seconds() - request.started
         self._log.info(
-            "{client} {user} {method} {path} {status} {bytes} {duration_ms}ms {cache}",
+            "{client} {user} {method} {path} {status} {bytes} {ms}ms {cache}",
             event="access",
             client=getattr(address, "host", "-"),
             user=request.user or "-",
@@ -126,6 +146,11 @@ class NopardSite(server.Site):
             path=redact_path(path),
             status=status,
             bytes=length,
-            duration_ms=round((self.clock.seconds() - request.started) * 1000, 1),
+            ms=round(seconds * 1000, 1),
             cache=request.cache_status or "-",
+            upstream_ms=request.upstream_wait.ms,
         )
+        if self._metrics is not None:
+            accept = request.getHeader("accept")
+            route = route_of(method, path, accept)
+            self._metrics.request_finished(route, method, status, seconds, request.cache_status)

@@ -76,7 +76,7 @@ def test_logout_revokes_and_is_idempotent(nopard: NopardServer) -> None:
         answer = nopard.request("DELETE", f"/-/user/token/{token}", token=token)
         assert answer.status == 200 and answer.json() == {"ok": True}
     assert nopard.request("GET", "/-/whoami", token=token).status == 401
-    assert "DELETE /-/user/token/<redacted> 200" in nopard.log()
+    assert "method=DELETE path=/-/user/token/<redacted> status=200" in nopard.log()
     assert token not in nopard.log()
 
 

@@ -84,14 +84,15 @@ def test_options_set_port_and_registry(tmp_path: Path) -> None:
 
 
 def test_access_log_line_per_request(nopard: NopardServer) -> None:
-    """Each request logs client, user, method, path, status, bytes and duration."""
+    """Each request logs client, user, method, path, status, bytes, duration and cache status."""
     token = nopard.token("alice", "pw")
     nopard.request("GET", "/-/whoami", token=token)
     nopard.request("GET", "/missing-package")
     time.sleep(0.2)
-    lines = [line for line in nopard.log().splitlines() if "[nopard.access#info]" in line]
-    assert any(" 127.0.0.1 alice GET /-/whoami 200 20 " in line for line in lines)
-    assert any(" 127.0.0.1 - GET /missing-package 404 " in line and line.endswith("ms -") for line in lines)
+    lines = [line for line in nopard.log().splitlines() if " INFO access " in line]
+    assert any(" client=127.0.0.1 user=alice method=GET path=/-/whoami status=200 bytes=20 " in line for line in lines)
+    assert any(" client=127.0.0.1 user=- method=GET path=/missing-package status=404 " in line
+               and line.endswith(" cache=- upstream_ms=-") for line in lines)
 
 
 def test_logfile_and_loglevel(start_nopard: Callable[..., NopardServer], tmp_path: Path) -> None:
@@ -102,9 +103,9 @@ def test_logfile_and_loglevel(start_nopard: Callable[..., NopardServer], tmp_pat
     quiet = start_nopard({"NOPARD_LOGFILE": str(tmp_path / "quiet.log"), "NOPARD_LOGLEVEL": "warn"}, name="quiet")
     quiet.request("GET", "/-/ping")
     time.sleep(0.2)
-    assert "GET /-/ping 200" in logfile.read_text()
-    assert "GET /-/ping 200" not in server.log()
-    assert "GET /-/ping" not in (tmp_path / "quiet.log").read_text()
+    assert "method=GET path=/-/ping status=200" in logfile.read_text()
+    assert "path=/-/ping" not in server.log()
+    assert "path=/-/ping" not in (tmp_path / "quiet.log").read_text()
 
 
 def test_sigterm_stops_cleanly_without_temp_files(nopard: NopardServer) -> None:

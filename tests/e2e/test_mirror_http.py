@@ -84,7 +84,7 @@ def test_access_log_says_how_it_was_served(mirror) -> None:
     server.request("GET", "/semver")
     time.sleep(0.2)
     log = server.log()
-    assert "GET /semver 200" in log and log.count(" MISS") >= 1 and " HIT" in log
+    assert "path=/semver status=200" in log and log.count("cache=MISS") >= 1 and "cache=HIT" in log
 
 
 def test_stale_document_is_revalidated(mirror, fake: FakeUpstream) -> None:
@@ -447,3 +447,24 @@ def test_late_answer_to_a_miss_is_kept(mirror, fake: FakeUpstream) -> None:
     answer = server.request("GET", "/semver")
     assert answer.status == 200 and cache_status(answer) == "HIT"
     assert upstream_gets(fake, "/semver") == 1
+
+
+def test_miss_fails_at_once_while_the_upstream_sits_on_a_request(mirror, fake: FakeUpstream) -> None:
+    """After a restart with the upstream silent, once a background revalidation has gone unanswered
+    for a moment, a name never fetched is a 404 at once (no second deadline wait)."""
+    first = mirror(meta_ttl="0.001", stale_deadline="3")
+    first.request("GET", "/debug")
+    first.stop()
+    fake.fault("blackhole")
+    again = NopardServer(first.workdir, {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_META_TTL": "0.001",
+                                         "NOPARD_STALE_DEADLINE": "3", "NOPARD_PORT": str(first.port)})
+    again.port = first.port
+    again.start()
+    try:
+        assert cache_status(again.request("GET", "/debug")) == "STALE"  # starts a background revalidation
+        time.sleep(0.8)
+        started = time.monotonic()
+        assert again.request("GET", "/semver").status == 404
+        assert time.monotonic() - started < 1
+    finally:
+        again.stop()

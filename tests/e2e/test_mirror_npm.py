@@ -93,7 +93,7 @@ def test_offline_install_with_every_document_stale(world: dict) -> None:
         print(f"timings {world['timings']}, upstream connection attempts while offline: {attempts}")
         assert attempts <= MAX_OFFLINE_CONNECTIONS
         assert "STALE" in server.log()
-        assert "POST /-/npm/v1/security/advisories/bulk 503" in server.log()
+        assert "method=POST path=/-/npm/v1/security/advisories/bulk status=503" in server.log()
     finally:
         upstream.fault("none")
         server.stop()

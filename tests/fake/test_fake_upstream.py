@@ -278,10 +278,10 @@ def test_changes_stack_and_restore_brings_back_the_recorded_document(upstream: F
     assert upstream.restore("debug")["latest"] == json.loads(before)["dist-tags"]["latest"]  # a no-op now
 
 
-@pytest.mark.parametrize("name", ["@babel/parser", "cookie", "busboy", "big-package"])
+@pytest.mark.parametrize("name", ["@babel/parser", "cookie", "busboy", "big-package", "synthetic-00001"])
 def test_change_works_for_any_package(upstream: FakeUpstream, changed: list[str], name: str) -> None:
     """Scoped names, a latest whose tarball was not recorded, a tarball whose root is not package/,
-    and the synthetic package: each gets a served tarball that verifies and says its version."""
+    and the synthetic packages: each gets a served tarball that verifies and says its version."""
     changed.append(name)
     published = upstream.change(name)
     doc = json.loads(get(upstream, "/" + name)[2])

@@ -1,0 +1,341 @@
+"""What operators measure: Prometheus metrics (GET /-/metrics), the store
+health probe (GET /-/nopard/health), and the time a request spent waiting on
+upstreams (the access line's upstream_ms).
+
+Everything lives in one CollectorRegistry built by the service, never in
+prometheus_client's global one. Counters are updated where things happen (the
+site, the upstream client, the sync jobs); breaker states, memory use and
+store size are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextvars import ContextVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+
+from nopard import __version__, names
+
+RunInThread = Callable[..., Awaitable[Any]]
+
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BREAKER_STATES = ("closed", "open", "probing")
+ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
+
+
+# The time one request waits on upstreams ---------------------------------
+
+
+class UpstreamWait:
+    """The time one HTTP request spent waiting on upstream calls (their sum)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def add(self, seconds: float) -> None:
+        """Count one upstream call that took ``seconds``."""
+        self.seconds += seconds
+        self.calls += 1
+
+    @property
+    def ms(self) -> float | None:
+        """Milliseconds waited, rounded; None when the request made no upstream call."""
+        return round(self.seconds * 1000, 1) if self.calls else None
+
+
+# Set by the site around a request's processing; the coroutines a route starts
+# copy the context, so upstream calls made on its behalf find its UpstreamWait.
+request_upstream_wait: ContextVar[UpstreamWait | None] = ContextVar("nopard_request_upstream_wait", default=None)
+
+
+def add_upstream_wait(seconds: float) -> None:
+    """Charge an upstream call's time to the request it was made for, if any."""
+    wait = request_upstream_wait.get()
+    if wait is not None:
+        wait.add(seconds)
+
+
+# Routes ----------------------------------------------------------------------
+
+_FIXED_ROUTES = {
+    "/-/ping": "ping",
+    "/-/whoami": "whoami",
+    "/-/metrics": "metrics",
+    "/-/nopard/health": "health",
+    "/-/nopard/status": "status",
+    "/-/nopard/sync": "sync",
+    "/-/nopard/prefetch": "prefetch",
+}
+_PREFIX_ROUTES = (
+    ("/-/user/token/", "logout"),
+    ("/-/user/", "login"),
+    ("/-/npm/v1/security/", "audit"),
+    ("/-/", "other"),
+)
+
+
+def route_of(method: str, path: str, accept: str | None = None) -> str:
+    """The route template a request matched, as a metric label (never the raw path).
+
+    document, abbreviated, version, tarball, publish, login, logout, audit,
+    whoami, ping, status, sync, prefetch, health, metrics; ``other`` for the rest.
+    """
+    path = path.split("?", 1)[0]
+    if path in _FIXED_ROUTES:
+        return _FIXED_ROUTES[path]
+    for prefix, route in _PREFIX_ROUTES:
+        if path.startswith(prefix):
+            return route
+    try:
+        target = names.parse_package_path(path)
+    except Exception:
+        return "other"
+    if target.kind != "document":
+        return target.kind
+    if method == "PUT":
+        return "publish"
+    if method in ("GET", "HEAD") and ABBREVIATED_TYPE in (accept or ""):
+        return "abbreviated"
+    return "document"
+
+
+def upstream_label(url: str) -> str:
+    """An upstream's URL as a label: without any user:password@."""
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{separator}{rest}"
+
+
+# Metrics -------------------------------------------------------------------------
+
+
+class Metrics:
+    """nopard's metrics in their own registry; the web site, upstreams and sync jobs update them."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        Info("nopard", "nopard's version.", registry=registry).info({"version": __version__})
+        self.requests = Counter(
+            "nopard_http_requests", "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"], registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "nopard_http_request_duration_seconds", "Time to answer HTTP requests, by route.",
+            ["route"], registry=registry,
+        )
+        self.cache = Counter(
+            "nopard_cache_responses", "Documents and tarballs served, by how: "
+            "LOCAL, HIT, MISS, STALE, REVALIDATED.", ["kind", "status"], registry=registry,
+        )
+        self.upstream_seconds = Histogram(
+            "nopard_upstream_request_duration_seconds",
+            "Time upstream requests took (failed ones too), by upstream and kind (document, tarball, forward).",
+            ["upstream", "kind"], buckets=UPSTREAM_BUCKETS, registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "nopard_upstream_errors", "Failed upstream requests, by upstream and reason "
+            "(timeout, unreachable, http_5xx, rate_limited, broken).", ["upstream", "reason"], registry=registry,
+        )
+        self.sync_runs = Counter(
+            "nopard_sync_runs", "Sync job runs, by job and result (finished, skipped).",
+            ["job", "result"], registry=registry,
+        )
+        self.sync_checked = Counter(
+            "nopard_sync_packages_checked", "Packages the sync jobs looked at.", ["job"], registry=registry
+        )
+        self.sync_changed = Counter(
+            "nopard_sync_packages_changed", "Documents the sync jobs found changed upstream.", ["job"],
+            registry=registry,
+        )
+        self.sync_tarballs = Counter(
+            "nopard_sync_tarballs_fetched", "Tarballs the sync jobs fetched.", ["job"], registry=registry
+        )
+        self.sync_bytes = Counter(
+            "nopard_sync_fetched_bytes", "Tarball bytes the sync jobs fetched.", ["job"], registry=registry
+        )
+        self.sync_failures = Counter(
+            "nopard_sync_failures", "Packages a sync job failed on.", ["job"], registry=registry
+        )
+        self.sync_last_end = Gauge(
+            "nopard_sync_last_run_end_timestamp_seconds", "When each job's last run ended (Unix time).",
+            ["job"], registry=registry,
+        )
+        self.live = LiveCollector()
+        registry.register(self.live)
+
+    def request_finished(
+        self, route: str, method: str, status: int, seconds: float, cache_status: str | None
+    ) -> None:
+        """Count one answered request, and how its document or tarball was served."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+        if cache_status:
+            kind = "tarball" if route == "tarball" else "document"
+            self.cache.labels(kind, cache_status).inc()
+
+    def upstream_call(self, upstream: str, kind: str, seconds: float, error: str | None) -> None:
+        """Count one upstream request (``error``: why it failed, None when it did not)."""
+        label = upstream_label(upstream)
+        self.upstream_seconds.labels(label, kind).observe(seconds)
+        if error:
+            self.upstream_errors.labels(label, error).inc()
+
+    def sync_finished(self, report: Any) -> None:
+        """Add a finished run's JobReport to the sync counters."""
+        job = report.job
+        if report.skipped:
+            self.sync_runs.labels(job, "skipped").inc()
+            return
+        self.sync_runs.labels(job, "finished").inc()
+        self.sync_checked.labels(job).inc(report.checked)
+        self.sync_changed.labels(job).inc(report.changed)
+        self.sync_tarballs.labels(job).inc(report.tarballs)
+        self.sync_bytes.labels(job).inc(report.bytes)
+        self.sync_failures.labels(job).inc(report.failure_count)
+        self.sync_last_end.labels(job).set(self._clock.seconds())
+
+    async def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The metrics in the format ``accept`` asks for (Prometheus text 0.0.4 by default)."""
+        if self.live.store is not None:
+            await self.live.store.refresh()
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+
+class LiveCollector:
+    """Values read at scrape time: breaker states, prepared-document memory, store size."""
+
+    def __init__(self) -> None:
+        self.upstreams: Callable[[], Iterable[Any]] = list
+        self.cache: Any = None
+        self.store: StoreSize | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges, from the components' current state."""
+        state = GaugeMetricFamily(
+            "nopard_upstream_breaker_state",
+            "1 for the state each upstream's breaker is in: closed (healthy), open (down: serving "
+            "nopard's copies), probing.", labels=["upstream", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "nopard_upstream_consecutive_failures", "Upstream failures since its last success.",
+            labels=["upstream"],
+        )
+        for upstream in self.upstreams():
+            label = upstream_label(upstream.base_url)
+            for name in BREAKER_STATES:
+                state.add_metric([label, name], 1.0 if upstream.breaker.state == name else 0.0)
+            failures.add_metric([label], upstream.breaker.failures)
+        yield state
+        yield failures
+        if self.cache is not None:
+            stats = self.cache.stats()
+            yield GaugeMetricFamily("nopard_memory_cache_bytes", "Memory held by prepared documents.",
+                                    value=stats["bytes"])
+            yield GaugeMetricFamily("nopard_memory_cache_entries", "Prepared documents held in memory.",
+                                    value=stats["entries"])
+        if self.store is not None and self.store.bytes is not None:
+            yield GaugeMetricFamily("nopard_store_bytes", "Bytes stored under NOPARD_REGISTRY_PATH "
+                                    "(a walk at most every minute).", value=self.store.bytes)
+            yield GaugeMetricFamily("nopard_store_files", "Files stored under NOPARD_REGISTRY_PATH.",
+                                    value=self.store.files)
+
+
+class StoreSize:
+    """Bytes and files under the store's directory, from a walk in a thread, at most every ``max_age`` s."""
+
+    def __init__(self, root: str, run_in_thread: RunInThread, clock: IReactorTime, max_age: float = 60.0) -> None:
+        self._root = root
+        self._run = run_in_thread
+        self._clock = clock
+        self._max_age = max_age
+        self.bytes: int | None = None
+        self.files: int | None = None
+        self._scanned_at: float | None = None
+        self._waiters: list[Deferred] | None = None  # not None while a walk runs
+
+    async def refresh(self) -> None:
+        """Start a walk if the figures are older than ``max_age``; wait for it only when there are none."""
+        now = self._clock.seconds()
+        if self._waiters is None and (self._scanned_at is None or now - self._scanned_at >= self._max_age):
+            self._waiters = []
+            self._scanned_at = now
+            Deferred.fromCoroutine(self._walk())
+        if self.bytes is None and self._waiters is not None:
+            waiter: Deferred = Deferred()
+            self._waiters.append(waiter)
+            await waiter
+
+    async def _walk(self) -> None:
+        try:
+            self.bytes, self.files = await self._run(directory_size, self._root)
+        except Exception:  # an unreadable store shows in /-/nopard/health; keep the last figures
+            pass
+        finally:
+            waiters, self._waiters = self._waiters or [], None
+            for waiter in waiters:
+                waiter.callback(None)
+
+
+def directory_size(root: str) -> tuple[int, int]:
+    """(bytes, files) under ``root``, not following symlinks."""
+    total, count = 0, 0
+    pending = [root]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                    count += 1
+            except OSError:
+                continue  # removed while we walked
+    return total, count
+
+
+# Health ----------------------------------------------------------------------------
+
+
+class StoreProbe:
+    """Whether the store works: a small write, read back and delete, under a deadline."""
+
+    def __init__(self, storage: Any, clock: IReactorTime, timeout: float = 5.0) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._timeout = timeout
+
+    async def check(self) -> str | None:
+        """None when the store works, else why it does not."""
+        try:
+            await Deferred.fromCoroutine(self._probe()).addTimeout(self._timeout, self._clock)
+        except Exception as error:
+            if isinstance(error, DeferredTimeout):
+                return f"the store did not answer within {self._timeout:g} s"
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    async def _probe(self) -> None:
+        key = f"health/probe-{uuid.uuid4().hex}"
+        data = b"nopard health probe\n"
+        await self._storage.write(key, data)
+        try:
+            if await self._storage.read(key) != data:
+                raise OSError("the probe read back other bytes than it wrote")
+        finally:
+            await self._storage.delete(key)
