@@ -596,7 +596,7 @@ def test_import_of_a_nopar_registry(registry: Path) -> None:
     assert list(greeter["versions"]) == ["1.0.0", "1.1.0"]
     assert not {"_proxied", "_mtime", "_attachments"} & set(greeter)
     upstream = json.loads((registry / "packages" / "ms" / "upstream" / "package.json").read_text())
-    assert upstream["versions"]["2.1.3"]["dist"]["tarball"] == "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz"
+    assert upstream["versions"]["2.1.3"]["dist"]["tarball"] == "https://registry.example/ms/-/ms-2.1.3.tgz"
     assert admin(registry, "fsck").returncode == 0
 
 

@@ -298,9 +298,9 @@ def test_mirrored_document_gets_the_upstream_urls_back() -> None:
     """A cached document's tarball URLs become the upstream's again; private fields go."""
     raw = {"name": "ms", "_rev": "7-x", "_distfiles": {}, "versions": {
         "1.0.0": {"dist": {"tarball": "http://localhost:4873/ms/-/ms-1.0.0.tgz"}}}}
-    document = mirrored_document(raw, {"ms-1.0.0.tgz": "https://registry.npmjs.org/ms/-/ms-1.0.0.tgz"})
+    document = mirrored_document(raw, {"ms-1.0.0.tgz": "https://registry.example/ms/-/ms-1.0.0.tgz"})
     assert document == {"name": "ms", "versions": {
-        "1.0.0": {"dist": {"tarball": "https://registry.npmjs.org/ms/-/ms-1.0.0.tgz"}}}}
+        "1.0.0": {"dist": {"tarball": "https://registry.example/ms/-/ms-1.0.0.tgz"}}}}
 
 
 def test_password_hash_kinds() -> None:
@@ -331,7 +331,7 @@ def test_detects_a_nopar_registry() -> None:
     assert source.layout == "nopar" and source.htpasswd is None
     assert {p.name: p.cached for p in source.packages} == {"@acme/strings": False, "greeter": False, "ms": True}
     ms = next(p for p in source.packages if p.name == "ms")
-    assert ms.upstream_urls["ms-2.1.3.tgz"] == "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz"
+    assert ms.upstream_urls["ms-2.1.3.tgz"] == "https://registry.example/ms/-/ms-2.1.3.tgz"
 
 
 def test_detects_a_nopard_export_even_when_empty(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from nopard.upstream import retry_after_seconds
 
 DOCUMENT = {
     "dist-tags": {"latest": "2.0.0", "next": "3.0.0-beta.1"},
-    "versions": {v: {"dist": {"tarball": f"http://u/p/-/p-{v}.tgz"}}
+    "versions": {v: {"dist": {"tarball": f"http://u.example/p/-/p-{v}.tgz"}}
                  for v in ("1.0.0", "1.1.0", "2.0.0", "3.0.0-beta.1", "1.10.0")},
 }
 

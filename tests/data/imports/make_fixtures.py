@@ -79,9 +79,9 @@ def verdaccio() -> None:
     (top / "config.yaml").parent.mkdir(parents=True)
     (top / "config.yaml").write_text(
         "storage: ./storage\nauth:\n  htpasswd:\n    file: ./htpasswd\n"
-        "uplinks:\n  npmjs:\n    url: https://registry.npmjs.org/\n"
+        "uplinks:\n  upstream:\n    url: https://registry.example/\n"
         "packages:\n  '@acme/*':\n    access: $authenticated\n    publish: $authenticated\n"
-        "  '**':\n    access: $all\n    publish: $authenticated\n    proxy: npmjs\n"
+        "  '**':\n    access: $all\n    publish: $authenticated\n    proxy: upstream\n"
     )
     line = subprocess.run(["htpasswd", "-nbB", "alice", "wonderland"], capture_output=True, text=True,
                           check=True).stdout.strip()
@@ -105,13 +105,13 @@ def verdaccio() -> None:
             document["time"][version] = WHEN
             document["_attachments"][filename] = {"shasum": hashlib.sha1(data).hexdigest(), "version": version}
         write_json(folder / "package.json", document)
-    cached = ms_document("https://registry.npmjs.org")
+    cached = ms_document("https://registry.example")
     cached["_distfiles"] = {
-        f"ms-{v}.tgz": {"url": f"https://registry.npmjs.org/ms/-/ms-{v}.tgz",
-                        "sha": cached["versions"][v]["dist"]["shasum"], "registry": "npmjs"}
+        f"ms-{v}.tgz": {"url": f"https://registry.example/ms/-/ms-{v}.tgz",
+                        "sha": cached["versions"][v]["dist"]["shasum"], "registry": "upstream"}
         for v in cached["versions"]
     }
-    cached.update({"_uplinks": {"npmjs": {"etag": '"5c9f0e1a2b3d"', "fetched": 1740822000000}},
+    cached.update({"_uplinks": {"upstream": {"etag": '"5c9f0e1a2b3d"', "fetched": 1740822000000}},
                    "_attachments": {"ms-2.1.3.tgz": {"shasum": cached["versions"]["2.1.3"]["dist"]["shasum"]}},
                    "_rev": "7-a1b2c3d4e5f60718", "users": {}})
     write_json(storage / "ms" / "package.json", cached)
@@ -144,7 +144,7 @@ def nopar() -> None:
         write_json(folder / f"{name.rsplit('/', 1)[-1]}.json", document)
     cached = ms_document("http://localhost:5984")
     cached.update({"_rev": 1, "_proxied": True, "_mtime": "2025-03-01T10:00:00.000Z", "_attachments": {
-        f"ms-{v}.tgz": {"cached": v == "2.1.3", "forwardUrl": f"https://registry.npmjs.org/ms/-/ms-{v}.tgz"}
+        f"ms-{v}.tgz": {"cached": v == "2.1.3", "forwardUrl": f"https://registry.example/ms/-/ms-{v}.tgz"}
         for v in cached["versions"]
     }})
     write_json(top / "ms" / "ms.json", cached)
