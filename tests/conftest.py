@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.support import NopardServer, Npm
+from tests.upstream import FakeUpstream
 
 
 @pytest.fixture
@@ -35,3 +36,17 @@ def nopard(start_nopard: Callable[..., NopardServer]) -> NopardServer:
 def npm(nopard: NopardServer, tmp_path: Path) -> Npm:
     """The real npm CLI pointed at ``nopard``."""
     return Npm(nopard.url, tmp_path / "npm-home")
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """One fake upstream registry process for the whole run."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake upstream, healthy, with zeroed counters; put back to normal after the test."""
+    yield upstream.healthy()
+    upstream.healthy()

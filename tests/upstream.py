@@ -24,6 +24,7 @@ class FakeUpstream:
     """
 
     def __init__(self, data_dir: Path = REPO / "tests" / "data" / "upstream", extra_args: tuple = ()) -> None:
+        self.changed: set[str] = set()
         # stderr goes to a file: a pipe nobody reads could fill up and freeze the server.
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -97,11 +98,21 @@ class FakeUpstream:
         time, ETag and Last-Modified move. Returns {"name", "version", "tarball" (the path on the
         fake), "shasum", "integrity", "modified" (the new time.modified)}.
         """
+        self.changed.add(name)
         return self.control("POST", "/change", {"name": name})
 
     def restore(self, name: str) -> dict:
         """Drop every change made to ``name``, serving its recorded document again; {"name", "latest"}."""
+        self.changed.discard(name)
         return self.control("POST", "/restore", {"name": name})
+
+    def healthy(self) -> "FakeUpstream":
+        """Back to normal for the next test: no fault, zeroed counters, every change undone."""
+        self.fault("none")
+        self.reset()
+        for name in list(self.changed):
+            self.restore(name)
+        return self
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""

@@ -7,7 +7,7 @@ import http.client
 import json
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -15,20 +15,6 @@ from tests.support import REPO, NopardServer, Response, files_under, publish_bod
 from tests.upstream import FakeUpstream
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> FakeUpstream:
-    """The module's fake upstream, healthy and with zeroed counters."""
-    upstream.fault("none")
-    upstream.reset()
-    return upstream
 
 
 @pytest.fixture

@@ -9,28 +9,12 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
 from tests.support import BIN, REPO, NopardServer, Npm, files_under
 from tests.upstream import FakeUpstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
-    upstream.fault("none")
-    upstream.reset()
-    yield upstream
-    upstream.fault("none")
-    for name in ("debug", "ms", "semver"):
-        upstream.restore(name)
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
-import pytest
+
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor, task
@@ -22,20 +21,6 @@ from nopard.storage.fs import FilesystemStorage
 from nopard.sync import SyncJobs
 from nopard.upstream import Upstream
 from tests.upstream import FakeUpstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
-    upstream.fault("none")
-    upstream.reset()
-    yield upstream
-    upstream.restore("ms")
 
 
 def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str) -> tuple[Mirror, SyncJobs]:
