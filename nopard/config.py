@@ -181,6 +181,30 @@ def parse_text(text: str) -> str:
     return text.strip()
 
 
+def parse_storage(text: str) -> str:
+    """fs or s3."""
+    value = text.strip().lower()
+    if value not in ("fs", "s3"):
+        raise ValueError(f"{text!r} is not fs or s3")
+    return value
+
+
+def parse_bucket(text: str) -> str:
+    """An S3 bucket name (3-63 lowercase letters, digits, dots, hyphens), or empty."""
+    value = text.strip()
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError(f"{text!r} is not an S3 bucket name")
+    return value
+
+
+def parse_s3_prefix(text: str) -> str:
+    """Key prefix segments such as ``npm/registry`` (no leading or trailing slash needed)."""
+    value = text.strip().strip("/")
+    if value and not all(re.fullmatch(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*", part) for part in value.split("/")):
+        raise ValueError(f"{text!r} is not a key prefix like npm/registry")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its attribute name, default text, parser and help line."""
@@ -212,6 +236,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Host and X-Forwarded-Proto/X-Forwarded-Host.",
     ),
     Setting("registry_path", "registry", parse_text, "Directory of the registry's data."),
+    Setting("storage", "fs", parse_storage, "Where data is stored: fs (NOPARD_REGISTRY_PATH) or s3."),
+    Setting(
+        "s3_bucket",
+        "",
+        parse_bucket,
+        "S3 bucket of the data, with NOPARD_STORAGE=s3 (AWS_* variables configure boto3).",
+    ),
+    Setting("s3_prefix", "", parse_s3_prefix, "Object key prefix in the bucket, e.g. npm/registry (empty: none)."),
     Setting("loglevel", "info", parse_level, "Lowest level logged: debug, info, warn, error."),
     Setting("log_format", "text", parse_log_format, "Log lines as text or json (one object a line)."),
     Setting("log_max_size", "10mb", parse_size, "NOPARD_LOGFILE rotates when it reaches this size."),
@@ -313,6 +345,9 @@ class Settings:
     port: int
     base_url: str
     registry_path: str
+    storage: str
+    s3_bucket: str
+    s3_prefix: str
     loglevel: str
     log_format: str
     log_max_size: int
@@ -392,6 +427,8 @@ def load_settings(
         values["htpasswd"] = os.path.abspath(os.path.join(base, values["htpasswd"]))
     if values["logfile"]:
         values["logfile"] = os.path.abspath(os.path.join(base, values["logfile"]))
+    if values["storage"] == "s3" and not values["s3_bucket"]:
+        raise ConfigError("NOPARD_S3_BUCKET: must be set when NOPARD_STORAGE is s3")
     settings = Settings(**values)
     _refuse_self_as_upstream(settings)
     return settings

@@ -150,6 +150,19 @@ class Announcement(Service):
         )
 
 
+def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiService) -> Any:
+    """The storage backend NOPARD_STORAGE names; S3 gets its own bounded pool for boto3 calls."""
+    if settings.storage != "s3":
+        return FilesystemStorage(settings.registry_path, run_io)
+    from nopard.storage.s3 import S3Storage, s3_client
+
+    s3_pool = ThreadPool(minthreads=1, maxthreads=16, name="nopard-s3")
+    ThreadPoolService(s3_pool).setServiceParent(top)
+    # One connection per thread, so no boto3 call waits for a connection.
+    client = s3_client(max_connections=s3_pool.max)
+    return S3Storage(client, settings.s3_bucket, settings.s3_prefix, partial(deferToThreadPool, reactor, s3_pool))
+
+
 def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> MultiService:
     """Wire every component of nopard into one service tree.
 
@@ -169,7 +182,7 @@ def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> M
     run_io = partial(deferToThreadPool, reactor, io_pool)
     run_cpu = partial(deferToThreadPool, reactor, cpu_pool)
 
-    storage = FilesystemStorage(settings.registry_path, run_io)
+    storage = open_storage(settings, reactor, run_io, top)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     registry = Registry(storage, cache, reactor)
     pool = QuietConnectionPool(reactor, persistent=True)
@@ -188,7 +201,8 @@ def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> M
     owner = f"{socket.gethostname()}:{settings.port}"
     metrics.live.upstreams = upstreams.all
     metrics.live.cache = cache
-    metrics.live.store = StoreSize(settings.registry_path, run_io, reactor)
+    # The store's size is a walk of the directory: nothing to walk when the data is in S3.
+    metrics.live.store = StoreSize(settings.registry_path, run_io, reactor) if settings.storage == "fs" else None
     jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
     sync = SyncService(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)

@@ -1,0 +1,273 @@
+"""The S3 storage backend: one object per key, ``<prefix>/<key>`` in a bucket.
+
+The key layout is the filesystem backend's (README, Storage layout). Every
+boto3 call is blocking, so each runs through ``run_in_thread`` (a bounded
+thread pool), never on the reactor.
+
+- ``write`` is one PutObject, which S3 applies atomically: readers see the
+  old object or the new one.
+- ``create`` and ``create_from_file`` are conditional writes
+  (``If-None-Match: *`` on PutObject or CompleteMultipartUpload): the server
+  refuses them with 412 when an object exists, so create-if-absent holds
+  across processes and machines.
+- Big objects are streamed: files are uploaded from disk (one streamed
+  PutObject, or a multipart upload holding one part at a time), and ``open``
+  hands out a producer that reads the next chunk of GetObject's body in the
+  thread pool only when the consumer wants more.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+from botocore.exceptions import ClientError
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
+
+from nopard.storage import check_key, check_prefix
+
+RunInThread = Callable[..., Awaitable[Any]]
+
+CHUNK_SIZE = 256 * 1024
+# Files up to this size go up in one streamed PutObject; bigger ones in parts.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_EXISTS = ("PreconditionFailed", "412")
+# S3 answers 409 when two conditional writes of one key overlap: try again.
+_CONFLICT = ("ConditionalRequestConflict", "409")
+_CONFLICT_RETRIES = 8
+
+
+class ProducerStopped(Exception):
+    """The consumer asked the blob to stop before the object was sent."""
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+@implementer(IPushProducer)
+class S3Blob:
+    """An object's GetObject body, streamed to a consumer chunk by chunk with flow control."""
+
+    def __init__(self, body: Any, size: int, run_in_thread: RunInThread, chunk_size: int = CHUNK_SIZE) -> None:
+        self._body = body
+        self.size = size
+        self._run = run_in_thread
+        self._chunk_size = chunk_size
+        self._paused = False
+        self._stopped = False
+        self._resumed: defer.Deferred[None] | None = None
+
+    async def send_to(self, consumer: IConsumer) -> None:
+        """Write the whole object to ``consumer``, pausing when it is full; close afterwards."""
+        consumer.registerProducer(self, True)
+        try:
+            while True:
+                while self._paused and not self._stopped:
+                    self._resumed = defer.Deferred()
+                    await self._resumed
+                if self._stopped:
+                    raise ProducerStopped("the consumer asked us to stop producing")
+                chunk = await self._run(self._body.read, self._chunk_size)
+                if not chunk or self._stopped:
+                    break
+                consumer.write(chunk)
+        finally:
+            consumer.unregisterProducer()
+            await self._run(self._body.close)
+        if self._stopped:
+            raise ProducerStopped("the consumer asked us to stop producing")
+
+    def close(self) -> None:
+        """Release the object without sending it (drops its connection)."""
+        self._body.close()
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._resumed = self._resumed, None
+        if waiting is not None:
+            waiting.callback(None)
+
+
+class S3Storage:
+    """Storage in an S3 bucket (or any S3-compatible server) under an optional prefix."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, run_in_thread: RunInThread,
+                 multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._run = run_in_thread
+        self._multipart_threshold = multipart_threshold
+        self._part_size = part_size
+
+    def object_key(self, key: str) -> str:
+        """The object key that holds ``key``: ``<prefix>/<key>``."""
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+        return await self._run(self._read, self.object_key(key))
+
+    async def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key``, replacing any object there atomically (one PutObject)."""
+        name = self.object_key(key)
+        await self._run(lambda: self._client.put_object(Bucket=self.bucket, Key=name, Body=data))
+
+    async def create(self, key: str, data: bytes) -> bool:
+        """Store ``data`` at ``key`` only if nothing is there; False if something was."""
+        name = self.object_key(key)
+        return await self._run(self._conditional, lambda: self._client.put_object(
+            Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*"))
+
+    async def create_from_file(self, key: str, path: str) -> bool:
+        """Upload local file ``path`` to ``key`` only if nothing is there, streamed from disk."""
+        return await self._run(self._create_from_file, self.object_key(key), path)
+
+    async def delete(self, key: str) -> bool:
+        """Remove the object; False if there was none."""
+        return await self._run(self._delete, self.object_key(key))
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+        return await self._run(self._exists, self.object_key(key))
+
+    async def open(self, key: str) -> S3Blob | None:
+        """Open the object for streaming, or None when there is none."""
+        answer = await self._run(self._get, self.object_key(key))
+        if answer is None:
+            return None
+        return S3Blob(answer["Body"], answer["ContentLength"], self._run)
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, relative to the store's prefix, sorted."""
+        check_prefix(prefix)
+        return await self._run(self._list, prefix)
+
+    # Blocking parts, run in the thread pool -----------------------------------
+
+    def _get(self, name: str) -> dict | None:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=name)
+        except ClientError as error:
+            if _code(error) in _MISSING:
+                return None
+            raise
+
+    def _read(self, name: str) -> bytes | None:
+        answer = self._get(name)
+        if answer is None:
+            return None
+        with answer["Body"] as body:
+            return body.read()
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as error:
+            if _code(error) in _MISSING:
+                return False
+            raise
+        return True
+
+    def _delete(self, name: str) -> bool:
+        # DeleteObject succeeds on a missing key, so look first; a concurrent
+        # delete of one key can make both callers say True, which is harmless.
+        if not self._exists(name):
+            return False
+        self._client.delete_object(Bucket=self.bucket, Key=name)
+        return True
+
+    def _conditional(self, put: Callable[[], Any]) -> bool:
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                put()
+            except ClientError as error:
+                code = _code(error)
+                if code in _EXISTS:
+                    return False
+                if code in _CONFLICT and attempt + 1 < _CONFLICT_RETRIES:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise
+            return True
+        raise AssertionError("unreachable")
+
+    def _create_from_file(self, name: str, path: str) -> bool:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > self._multipart_threshold:
+                return self._multipart_upload(name, file)
+
+            def put() -> None:
+                # botocore streams a file body from disk; it is never read whole.
+                file.seek(0)  # a retry after a 409 sends the file again
+                self._client.put_object(Bucket=self.bucket, Key=name, Body=file, IfNoneMatch="*")
+
+            return self._conditional(put)
+
+    def _multipart_upload(self, name: str, file: Any) -> bool:
+        """A multipart upload holding one part in memory; completed only if the key is free."""
+        upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
+        try:
+            parts = []
+            while chunk := file.read(self._part_size):
+                number = len(parts) + 1
+                answer = self._client.upload_part(
+                    Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=chunk)
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                del chunk
+            created = self._conditional(lambda: self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload,
+                MultipartUpload={"Parts": parts}, IfNoneMatch="*"))
+        except BaseException:
+            self._abort(name, upload)
+            raise
+        if not created:
+            self._abort(name, upload)
+        return created
+
+    def _abort(self, name: str, upload: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
+        except ClientError:
+            pass  # a refused complete may already have ended it; the bucket's lifecycle rule cleans up
+
+    def _list(self, prefix: str) -> list[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        keys = []
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base + prefix)
+        for page in pages:
+            for item in page.get("Contents", ()):
+                key = item["Key"][len(base):]
+                try:
+                    keys.append(check_key(key))
+                except ValueError:
+                    continue  # an object no key could name (put there by something else)
+        return sorted(keys)
+
+
+def s3_client(max_connections: int) -> Any:
+    """A boto3 S3 client configured the standard way (AWS_* variables, AWS_ENDPOINT_URL, ~/.aws)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client("s3", config=Config(max_pool_connections=max_connections))

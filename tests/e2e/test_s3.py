@@ -1,0 +1,66 @@
+"""A real `twistd -n nopard` storing its data in S3 (moto's standalone server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.s3_server import MotoServer
+from tests.support import NopardServer, files_under, publish_body, tarball_bytes
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+def test_publish_and_read_back_through_s3(
+    start_nopard: Callable[..., NopardServer], moto_server: MotoServer
+) -> None:
+    """Login, publish and reads all go to the bucket; locally there is only the htpasswd file."""
+    bucket = moto_server.new_bucket()
+    server = start_nopard({
+        "NOPARD_STORAGE": "s3", "NOPARD_S3_BUCKET": bucket, "NOPARD_S3_PREFIX": "npm/main",
+        **moto_server.env(),
+    })
+    token = server.token("alice", "pw-alice")
+    answer = server.request("PUT", "/pkg", publish_body("pkg", "1.0.0"), token=token)
+    assert answer.status in (200, 201), answer.body
+
+    document = server.request("GET", "/pkg")
+    assert document.status == 200, document.body
+    assert document.json()["dist-tags"]["latest"] == "1.0.0"
+    tarball_url = document.json()["versions"]["1.0.0"]["dist"]["tarball"]
+    assert tarball_url.endswith("/pkg/-/pkg-1.0.0.tgz")
+    tarball = server.request("GET", "/pkg/-/pkg-1.0.0.tgz")
+    assert tarball.status == 200
+    assert tarball.body == tarball_bytes("pkg", "1.0.0")
+    assert tarball.headers["content-length"] == str(len(tarball.body))
+    assert server.request("GET", "/pkg/-/pkg-9.9.9.tgz").status == 404
+
+    objects = sorted(item["Key"] for item in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"])
+    assert "npm/main/packages/pkg/package.json" in objects
+    assert "npm/main/packages/pkg/tarballs/pkg-1.0.0.tgz" in objects
+    assert "npm/main/users/alice.json" in objects
+    assert any(key.startswith("npm/main/tokens/") for key in objects)
+    assert all(key.startswith("npm/main/") for key in objects)
+    # Only what must be local: the htpasswd file (users' passwords) and the
+    # (empty) spool directory where upstream downloads are verified.
+    assert files_under(server.registry) == ["htpasswd"]
+    assert {path.name for path in server.registry.iterdir()} <= {"htpasswd", ".spool"}
+
+    # After a restart everything is still served, from the bucket.
+    server.stop()
+    server.start()
+    assert server.request("GET", "/pkg").json()["dist-tags"]["latest"] == "1.0.0"
+    assert server.request("GET", "/pkg/-/pkg-1.0.0.tgz").body == tarball_bytes("pkg", "1.0.0")
+
+
+def test_s3_without_a_bucket_stops_start_up(tmp_path: Path) -> None:
+    """NOPARD_STORAGE=s3 without NOPARD_S3_BUCKET: nopard refuses to start, naming the setting."""
+    server = NopardServer(tmp_path / "nopard", {"NOPARD_STORAGE": "s3"})
+    with pytest.raises(RuntimeError, match="NOPARD_S3_BUCKET"):
+        server.start()

@@ -1,0 +1,90 @@
+"""moto's standalone S3 server, started as a subprocess on a free 127.0.0.1 port.
+
+A real S3 API over HTTP (not an in-process mock), so the S3 backend is tested
+through botocore's whole stack, and a twistd process can use it too.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+from tests.support import free_port
+
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class MotoServer:
+    """``python -m moto.server`` on a free port; a context manager that stops it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The URL to give AWS_ENDPOINT_URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Variables that point boto3 at this server, with its dummy credentials."""
+        return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def start(self) -> "MotoServer":
+        """Start the server and wait until it answers."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("moto server exited at start (is moto[server] installed?)")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/moto-api/")
+                connection.getresponse().read()
+                connection.close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto server did not answer within 30 s")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def client(self) -> Any:
+        """A boto3 client for this server (for tests to look into the bucket)."""
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1",
+        ).client("s3", endpoint_url=self.endpoint)
+
+    def new_bucket(self) -> str:
+        """Create a fresh, empty bucket and return its name."""
+        name = f"nopard-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def __enter__(self) -> "MotoServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
