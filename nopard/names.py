@@ -121,8 +121,9 @@ class PackagePath:
     """What a package URL path names.
 
     ``kind`` is ``document`` (``/<pkg>``), ``version`` (``/<pkg>/<v-or-tag>``),
-    ``tarball`` (``/<pkg>/-/<file>``) or ``revision`` (``/<pkg>/-rev/<rev>``);
-    ``argument`` is the version, file or revision.
+    ``tarball`` (``/<pkg>/-/<file>``), ``revision`` (``/<pkg>/-rev/<rev>``) or
+    ``tarball-revision`` (``/<pkg>/-/<file>/-rev/<rev>``); ``argument`` is the
+    version, file or revision (the file, for ``tarball-revision``).
     """
 
     name: str
@@ -136,6 +137,43 @@ def parse_package_path(path: bytes | str) -> PackagePath:
     Every spelling clients use is accepted: ``/@s%2fn``, ``/@s%2Fn``,
     ``/@s/n``, ``/%40s%2fn``. Raises InvalidInput for anything else.
     """
+    name, rest = _split_package_path(path)
+    if not rest:
+        return PackagePath(name, "document")
+    if len(rest) == 1 and rest[0]:
+        return PackagePath(name, "version", rest[0])
+    if len(rest) == 2 and rest[0] == "-":
+        return PackagePath(name, "tarball", validate_tarball_filename(name, rest[1]))
+    if len(rest) == 2 and rest[0] == "-rev" and rest[1]:
+        return PackagePath(name, "revision", rest[1])
+    if len(rest) == 4 and rest[0] == "-" and rest[2] == "-rev":
+        # npm unpublish's last step: DELETE /<pkg>/-/<file>/-rev/<rev>
+        return PackagePath(name, "tarball-revision", validate_tarball_filename(name, rest[1]))
+    raise InvalidInput("unrecognised package path")
+
+
+PACKAGE_ACTIONS = ("dist-tags", "collaborators", "visibility")
+
+
+def parse_package_action(path: bytes | str) -> PackagePath:
+    """Parse ``/-/package/<pkg>/<action>[/<tag>]`` (still percent-encoded).
+
+    ``kind`` is the action (``dist-tags``, ``collaborators``, ``visibility``);
+    ``argument`` the dist-tag, if any.
+    """
+    prefix = b"/-/package/" if isinstance(path, bytes) else "/-/package/"
+    if not path.startswith(prefix):
+        raise InvalidInput("invalid package path")
+    name, rest = _split_package_path(path[len(prefix) - 1 :])
+    if not rest or rest[0] not in PACKAGE_ACTIONS or len(rest) > 2:
+        raise InvalidInput("unrecognised package path")
+    if len(rest) == 2 and rest[0] != "dist-tags":
+        raise InvalidInput("unrecognised package path")
+    return PackagePath(name, rest[0], rest[1] if len(rest) == 2 else None)
+
+
+def _split_package_path(path: bytes | str) -> tuple[str, list[str]]:
+    """The validated package name at the start of a path, and the segments after it."""
     try:
         decoded = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
@@ -150,17 +188,12 @@ def parse_package_path(path: bytes | str) -> PackagePath:
     count = 2 if segments[0].startswith("@") else 1
     if len(segments) < count:
         raise InvalidInput("invalid package name")
-    name = validate_name("/".join(segments[:count]))
-    rest = segments[count:]
-    if not rest:
-        return PackagePath(name, "document")
-    if len(rest) == 1 and rest[0]:
-        return PackagePath(name, "version", rest[0])
-    if len(rest) == 2 and rest[0] == "-":
-        return PackagePath(name, "tarball", validate_tarball_filename(name, rest[1]))
-    if len(rest) == 2 and rest[0] == "-rev" and rest[1]:
-        return PackagePath(name, "revision", rest[1])
-    raise InvalidInput("unrecognised package path")
+    return validate_name("/".join(segments[:count])), segments[count:]
+
+
+def unpublished_key(name: str) -> str:
+    """Key of the record of a whole package's unpublishing (its versions never come back)."""
+    return f"{package_prefix(name)}/unpublished.json"
 
 
 def upstream_document_key(name: str) -> str:

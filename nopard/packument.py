@@ -50,10 +50,12 @@ def merge_publication(
     publication: Publication,
     publisher: dict[str, str],
     now: str,
+    retired: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The document after ``publication`` by ``publisher`` ({name, email}) at ``now``.
 
-    Raises VersionExists if any published version is already in the document.
+    Raises VersionExists if any published version is already in the document,
+    or was unpublished (``retired``, plus the document's own record).
     """
     name = publication.name
     merged = copy.deepcopy(document) if document else new_document(name)
@@ -62,6 +64,9 @@ def merge_publication(
         raise VersionExists(
             "cannot publish over the previously published versions: " + ", ".join(existing)
         )
+    gone = sorted(set(publication.versions) & (set(retired) | retired_versions(document)))
+    if gone:
+        raise VersionExists("cannot publish versions that were unpublished: " + ", ".join(gone))
     if not merged["maintainers"]:
         merged["maintainers"] = [dict(publisher)]
     times = merged.setdefault("time", {})
@@ -214,3 +219,146 @@ def find_version_by_file(document: dict[str, Any], filename: str) -> dict[str, A
         if tarball.rstrip("/").rsplit("/", 1)[-1] == filename:
             return manifest
     return None
+
+
+# Changes to published documents -------------------------------------------
+# Each takes the stored document and returns a changed deep copy; the caller
+# bumps ``_rev`` and ``time.modified``. Bad input raises before anything changes.
+
+_STAR_KEYS = {"_id", "_rev", "users"}
+_OWNER_KEYS = {"_id", "_rev", "maintainers"}
+_TIME_KEYS = ("created", "modified", "unpublished")
+
+
+def change_kind(body: Any) -> str:
+    """What a PUT without attachments means: ``star``, ``owners`` or ``versions``.
+
+    ``versions`` is a whole document sent back (deprecate, or the removal step
+    of a one-version unpublish). Raises InvalidInput for anything else.
+    """
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    keys = set(body)
+    if "users" in keys and keys <= _STAR_KEYS:
+        return "star"
+    if "maintainers" in keys and keys <= _OWNER_KEYS:
+        return "owners"
+    if isinstance(body.get("versions"), dict):
+        return "versions"
+    raise InvalidInput("unrecognised change: send a publish, a star, an owner change or the document")
+
+
+def set_dist_tag(document: dict[str, Any], tag: Any, version: Any) -> dict[str, Any]:
+    """``tag`` pointed at ``version``, which must exist; range-like tags are refused."""
+    names.validate_tag(tag)
+    if not isinstance(version, str) or version not in document.get("versions", {}):
+        raise InvalidInput(f"version {version!r} of {document['name']} does not exist")
+    changed = copy.deepcopy(document)
+    changed.setdefault("dist-tags", {})[tag] = version
+    _copy_latest_fields(changed)
+    return changed
+
+
+def remove_dist_tag(document: dict[str, Any], tag: str) -> dict[str, Any]:
+    """The document without ``tag``; ``latest`` cannot be removed."""
+    if tag == "latest":
+        raise InvalidInput("the latest tag cannot be removed")
+    if tag not in document.get("dist-tags", {}):
+        raise NotFound(f"{document['name']} has no dist-tag {tag!r}")
+    changed = copy.deepcopy(document)
+    del changed["dist-tags"][tag]
+    return changed
+
+
+def set_star(document: dict[str, Any], user: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Star or unstar for ``user`` as ``body["users"]`` says; other users' entries never change."""
+    users = body.get("users")
+    if not isinstance(users, dict):
+        raise InvalidInput("users must be an object")
+    changed = copy.deepcopy(document)
+    stars = changed.setdefault("users", {})
+    if users.get(user):
+        stars[user] = True
+    else:
+        stars.pop(user, None)
+    return changed
+
+
+def set_maintainers(document: dict[str, Any], maintainers: list[dict[str, str]]) -> dict[str, Any]:
+    """The document with its maintainers replaced; at least one must remain."""
+    if not maintainers:
+        raise InvalidInput("a package needs at least one maintainer")
+    changed = copy.deepcopy(document)
+    changed["maintainers"] = copy.deepcopy(maintainers)
+    return changed
+
+
+def maintainer_names(body: dict[str, Any]) -> list[str]:
+    """The user names of an owner-change body's ``maintainers`` ([{name, email}])."""
+    maintainers = body.get("maintainers")
+    if not isinstance(maintainers, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"] for m in maintainers
+    ):
+        raise InvalidInput('maintainers must be a list of {"name": ..., "email": ...}')
+    if not maintainers:
+        raise InvalidInput("an owner change (a PUT without _attachments) must keep at least one maintainer")
+    return list(dict.fromkeys(m["name"] for m in maintainers))
+
+
+def apply_document(document: dict[str, Any], body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A document sent back: its versions' ``deprecated`` fields, and versions it dropped.
+
+    Returns the changed document and the removed versions. Nothing else in
+    ``body`` is taken; versions the body names that are not stored here are
+    ignored (a merged document lists upstream ones). Dropping every version is
+    refused: a whole package is unpublished with DELETE.
+    """
+    sent = body["versions"]
+    removed = [v for v in document.get("versions", {}) if v not in sent]
+    if removed and len(removed) == len(document["versions"]):
+        raise InvalidInput("a change cannot remove every version: unpublish the package instead")
+    changed = copy.deepcopy(document)
+    for version, manifest in changed["versions"].items():
+        if version in sent:
+            _set_deprecated(manifest, sent[version], version)
+    return (_remove_versions(changed, removed) if removed else changed), removed
+
+
+def _set_deprecated(manifest: dict[str, Any], sent: Any, version: str) -> None:
+    if not isinstance(sent, dict):
+        raise InvalidInput(f"version {version} must be an object")
+    message = sent.get("deprecated", "")
+    if not isinstance(message, str):
+        raise InvalidInput(f"deprecated of version {version} must be a string")
+    if message:
+        manifest["deprecated"] = message
+    else:
+        manifest.pop("deprecated", None)
+
+
+def _remove_versions(document: dict[str, Any], removed: list[str]) -> dict[str, Any]:
+    """Drop versions, the tags naming them, and reset ``latest``; their times stay as a record."""
+    for version in removed:
+        del document["versions"][version]
+    tags = document["dist-tags"]
+    for tag in [t for t, v in tags.items() if v in removed]:
+        del tags[tag]
+    if "latest" not in tags:
+        releases = [v for v in document["versions"] if "-" not in v] or list(document["versions"])
+        tags["latest"] = max(releases, key=version_key)
+    _copy_latest_fields(document)
+    return document
+
+
+def retired_versions(document: dict[str, Any] | None) -> set[str]:
+    """Versions once published and since unpublished: they can never be published again."""
+    if not document:
+        return set()
+    times = document.get("time", {})
+    return {v for v in times if v not in _TIME_KEYS and v not in document.get("versions", {})}
+
+
+def starred_by(document: dict[str, Any], user: str) -> bool:
+    """Whether ``user`` starred the package."""
+    users = document.get("users")
+    return isinstance(users, dict) and bool(users.get(user))

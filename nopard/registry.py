@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from twisted.internet.defer import DeferredLock
@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from nopard import names, packument
 from nopard.cache import PreparedCache
-from nopard.errors import Conflict, PermissionDenied
+from nopard.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.publication import Publication
 from nopard.storage import Storage
 
@@ -84,7 +84,8 @@ class Registry:
             if not owned:
                 raise PermissionDenied(f"{publisher['name']} is not a maintainer of {name}")
             now = iso_time(self._clock.seconds())
-            merged = packument.merge_publication(document, publication, publisher, now)
+            retired = packument.retired_versions(await self._unpublished(name))
+            merged = packument.merge_publication(document, publication, publisher, now, retired)
             for version, data in publication.tarballs.items():
                 await self._store_tarball(name, names.tarball_filename(name, version), data)
             body = orjson.dumps(merged)
@@ -92,6 +93,88 @@ class Registry:
             await self._storage.write(names.local_document_key(name), orjson.dumps(merged))
             self._cache.invalidate(name)
             return merged
+
+    async def change(
+        self, name: str, user: str | None, revision: str | None,
+        apply: Callable[[dict[str, Any]], dict[str, Any]], maintainer: bool = True,
+    ) -> dict[str, Any]:
+        """Store ``apply(document)`` with a new ``_rev``; return it.
+
+        ``user`` must maintain the package when ``maintainer`` (None: anonymous
+        writes allowed); ``revision``, when given, must be the stored one.
+        Raises NotFound when the package was not published here.
+        """
+        async with self._locks.hold(name):
+            document = await self._writable(name, user, revision, maintainer)
+            changed = apply(document)
+            await self._store_document(name, changed)
+            return changed
+
+    async def unpublish_versions(
+        self, name: str, user: str | None, revision: str | None, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Apply a document sent back (deprecations, removed versions); removed tarballs go too."""
+        async with self._locks.hold(name):
+            document = await self._writable(name, user, revision, True)
+            changed, removed = packument.apply_document(document, body)
+            await self._store_document(name, changed)
+            for version in removed:
+                await self._storage.delete(names.tarball_key(name, names.tarball_filename(name, version)))
+            return changed
+
+    async def remove_tarball(self, name: str, user: str | None, filename: str) -> None:
+        """Delete the tarball of a version already removed from the document (npm unpublish's last step)."""
+        async with self._locks.hold(name):
+            document = await self._writable(name, user, None, True)
+            if packument.find_version_by_file(document, filename) is not None:
+                raise InvalidInput(f"{filename} belongs to a published version: unpublish the version first")
+            await self._storage.delete(names.tarball_key(name, filename))
+
+    async def unpublish(self, name: str, user: str | None, revision: str | None) -> None:
+        """Remove a whole package: record its versions, then the document, then its tarballs."""
+        async with self._locks.hold(name):
+            document = await self._writable(name, user, revision, True)
+            record = await self._unpublished(name) or {"name": name, "time": {}}
+            record["time"].update(document.get("time", {}))
+            now = iso_time(self._clock.seconds())
+            record["time"]["unpublished"] = {"time": now, "versions": list(document["versions"])}
+            await self._storage.write(names.unpublished_key(name), orjson.dumps(record))
+            await self._storage.delete(names.local_document_key(name))
+            self._cache.invalidate(name)
+            prefix = names.package_prefix(name) + "/tarballs/"
+            for key in await self._storage.list(prefix):
+                await self._storage.delete(key)
+
+    async def local_names(self) -> list[str]:
+        """The names of every package published here."""
+        keys = await self._storage.list("packages/")
+        return [
+            key[len("packages/") : -len("/package.json")]
+            for key in keys
+            if key.endswith("/package.json") and "/upstream/" not in key
+        ]
+
+    async def _writable(
+        self, name: str, user: str | None, revision: str | None, maintainer: bool
+    ) -> dict[str, Any]:
+        document = await self.document(name)
+        if document is None:
+            raise NotFound(f"{name} is not published on this registry (mirrored packages cannot be changed)")
+        if maintainer and user is not None and not _maintains(document, user):
+            raise PermissionDenied(f"{user} is not a maintainer of {name}")
+        if revision not in (None, "undefined") and revision != document.get("_rev"):
+            raise Conflict(f"revision {revision} of {name} is not the current one; fetch it again")
+        return document
+
+    async def _store_document(self, name: str, document: dict[str, Any]) -> None:
+        document.setdefault("time", {})["modified"] = iso_time(self._clock.seconds())
+        document["_rev"] = packument.next_revision(document, orjson.dumps(document))
+        await self._storage.write(names.local_document_key(name), orjson.dumps(document))
+        self._cache.invalidate(name)
+
+    async def _unpublished(self, name: str) -> dict[str, Any] | None:
+        raw = await self._storage.read(names.unpublished_key(name))
+        return orjson.loads(raw) if raw is not None else None
 
     async def _store_tarball(self, name: str, filename: str, data: bytes) -> None:
         key = names.tarball_key(name, filename)

@@ -5,6 +5,7 @@ Domain errors become JSON answers through one table (STATUS_OF).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -270,6 +271,67 @@ class RegistryApp:
         request.setHeader(b"Content-Length", b"%d" % len(content))
         return content
 
+    @app.route("/-/user/<userid>", methods=["GET"])
+    async def user_profile(self, request: IRequest, userid: str) -> bytes:
+        """``{name, email}`` of a registered user (npm owner add checks the user exists)."""
+        identity = await self.identify(request)
+        if identity.user is None:
+            raise AuthenticationRequired("log in to look up users")
+        name = userid[len(USER_PREFIX) :] if userid.startswith(USER_PREFIX) else None
+        if name is None or name not in self.accounts.users:
+            raise NotFound("no such user")
+        return json_response(request, 200, await self.accounts.profile(name))
+
+    @app.route("/-/_view/starredByUser", methods=["GET"])
+    async def starred_by_user(self, request: IRequest) -> bytes:
+        """The packages a user starred (npm stars): ``?key="<user>"``."""
+        self.accounts.require_read(await self.identify(request))
+        key = (request.args.get(b"key") or [b""])[0].decode("utf-8", "replace")
+        user = key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
+        rows = []
+        for name in await self.registry.local_names():
+            document = await self.registry.document(name)
+            if document is not None and packument.starred_by(document, user):
+                rows.append({"value": name})
+        return json_response(request, 200, {"rows": rows})
+
+    @app.route("/-/package/<path:ignored>", methods=["GET", "PUT", "DELETE"])
+    async def package_action(self, request: IRequest, ignored: str) -> bytes:
+        """dist-tags, collaborators and visibility of a package."""
+        target = names.parse_package_action(request.path)
+        method = request.method.decode("ascii")
+        if method != "GET" and target.kind != "dist-tags":
+            raise_unsupported(method, target.kind)
+        if method == "GET":
+            return await self.package_facts(request, target)
+        if target.argument is None:
+            raise_unsupported(method, "dist-tags list")
+        user = self.accounts.require_write(await self.identify(request))
+        tag = target.argument
+        if method == "PUT":
+            version = await self.json_body(request)  # a JSON string: "1.2.3"
+            change = partial(packument.set_dist_tag, tag=tag, version=version)
+        else:
+            change = partial(packument.remove_dist_tag, tag=tag)
+        await self.registry.change(target.name, user, None, change)
+        return json_response(request, 200, {"ok": True})
+
+    async def package_facts(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """GET dist-tags (any package served), collaborators and visibility (local ones)."""
+        self.accounts.require_read(await self.identify(request))
+        if target.kind == "dist-tags":
+            if target.argument is not None:
+                raise_unsupported("GET", "dist-tag")
+            document = await self.mirror.document(target.name, self.base_url(request))
+            return json_response(request, 200, document.get("dist-tags", {}))
+        document = await self.registry.document(target.name)
+        if document is None:
+            raise NotFound(f"{target.name} is not published on this registry")
+        if target.kind == "visibility":
+            return json_response(request, 200, {"public": False})
+        names_ = [m["name"] for m in document.get("maintainers", []) if isinstance(m, dict) and "name" in m]
+        return json_response(request, 200, {n: "read-write" for n in names_})
+
     # Packages -------------------------------------------------------------
 
     @app.route("/<path:ignored>", methods=["GET", "PUT", "DELETE"])
@@ -324,12 +386,27 @@ class RegistryApp:
         return b""
 
     async def put_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """Publish (a body with _attachments), else star, owner change or a document sent back."""
         user = self.accounts.require_write(await self.identify(request))
         body = await self.json_body(request)
-        if not isinstance(body, dict) or "_attachments" not in body:
-            raise InvalidInput(
-                "only publishing (a body with _attachments) is supported on this route yet"
-            )
+        if isinstance(body, dict) and "_attachments" in body:
+            return await self.publish(request, target, user, body)
+        kind = packument.change_kind(body)
+        revision = target.argument if target.kind == "revision" else None
+        if kind == "star":
+            document = await self.star(target.name, user, revision, body)
+        elif kind == "owners":
+            document = await self.change_owners(target.name, user, revision, body)
+        else:
+            document = await self.registry.unpublish_versions(target.name, user, revision, body)
+        return json_response(
+            request, 200, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
+        )
+
+    async def publish(
+        self, request: IRequest, target: names.PackagePath, user: str | None, body: dict
+    ) -> bytes:
+        """Store a new version (npm publish)."""
         publication = await self._run(parse_publication, target.name, body)
         publisher = await self.accounts.profile(user) if user else {"name": "anonymous", "email": ""}
         document = await self.registry.publish(publication, publisher, check_owner=user is not None)
@@ -337,11 +414,44 @@ class RegistryApp:
             request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
         )
 
+    async def star(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+        """Star or unstar for the caller only; any reader who is logged in may."""
+        if user is None:
+            raise AuthenticationRequired("log in to star packages")
+        return await self.registry.change(
+            name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False
+        )
+
+    async def change_owners(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+        """Replace the maintainers (npm owner add/rm); each must be a registered user."""
+        unknown = [n for n in packument.maintainer_names(body) if n not in self.accounts.users]
+        if unknown:
+            raise InvalidInput(f"no such user: {', '.join(unknown)}")
+        profiles = [await self.accounts.profile(n) for n in packument.maintainer_names(body)]
+        return await self.registry.change(
+            name, user, revision, lambda d: packument.set_maintainers(d, profiles)
+        )
+
+    async def delete_revision(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """Unpublish a whole package (npm unpublish --force)."""
+        user = self.accounts.require_write(await self.identify(request))
+        await self.registry.unpublish(target.name, user, target.argument)
+        return json_response(request, 200, {"ok": True, "success": True})
+
+    async def delete_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """The last step of a one-version unpublish: the removed version's tarball."""
+        user = self.accounts.require_write(await self.identify(request))
+        await self.registry.remove_tarball(target.name, user, target.argument)
+        return json_response(request, 200, {"ok": True, "success": True})
+
     _package_handlers = {
         ("GET", "document"): get_document,
         ("GET", "version"): get_version,
         ("GET", "tarball"): get_tarball,
         ("PUT", "document"): put_document,
+        ("PUT", "revision"): put_document,
+        ("DELETE", "revision"): delete_revision,
+        ("DELETE", "tarball-revision"): delete_tarball,
     }
 
 

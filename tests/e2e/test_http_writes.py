@@ -138,10 +138,10 @@ class TestRejectedWritesChangeNothing:
             reply = _read_all(sock)
         assert reply.startswith(b"HTTP/1.1 413")
 
-    def test_put_that_is_not_a_publish(self, server: NopardServer, token: str) -> None:
-        """A PUT without attachments is refused with a clear error (not read as a deletion)."""
+    def test_owner_change_that_drops_every_maintainer(self, server: NopardServer, token: str) -> None:
+        """A PUT of an empty maintainers list is refused with a clear error (never read as a deletion)."""
         answer = server.request("PUT", "/pkg", {"_id": "pkg", "_rev": "1-x", "maintainers": []}, token=token)
-        assert_refused(answer, 400, "_attachments")
+        assert_refused(answer, 400, "at least one maintainer")
 
 
 def _read_all(sock: socket.socket) -> bytes:
