@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from tests.support import REPO, NopardServer, Response, files_under, publish_body
+from tests.support import until_upstream_down, REPO, NopardServer, Response, files_under, publish_body
 from tests.upstream import FakeUpstream
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
@@ -139,8 +139,7 @@ def test_missing_document_fails_fast_while_upstream_is_down(mirror, fake: FakeUp
     server = mirror(meta_ttl="0.001")
     server.request("GET", "/debug")
     fake.fault("500")
-    for _ in range(3):
-        server.request("GET", "/debug")
+    until_upstream_down(server, "/debug")
     fake.reset()
     answer = server.request("GET", "/semver")
     assert answer.status == 404
@@ -344,8 +343,7 @@ def test_status_shows_upstream_health_and_cache_use(mirror, fake: FakeUpstream) 
     assert healthy["upstreams"] == [{"url": fake.url.rstrip("/"), "state": "closed",
                                      "consecutive_failures": 0, "requests": 1}]
     fake.fault("500")
-    for _ in range(3):
-        server.request("GET", "/debug")
+    until_upstream_down(server, "/debug")
     down = server.request("GET", "/-/nopard/status").json()
     assert down["upstreams"][0]["state"] == "open"
     assert down["cache"]["entries"] == 1

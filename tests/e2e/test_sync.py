@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from tests.support import BIN, REPO, NopardServer, Npm, files_under
+from tests.support import until_upstream_down, BIN, REPO, NopardServer, Npm, files_under
 from tests.upstream import FakeUpstream
 
 
@@ -106,8 +106,7 @@ def test_jobs_wait_while_the_upstream_is_down_and_resume(syncing, fake: FakeUpst
     for name in ("debug", "ms", "semver"):
         server.request("GET", f"/{name}")
     fake.fault("500")
-    for _ in range(3):
-        server.request("GET", "/debug")
+    until_upstream_down(server, "/debug")
     fake.reset()
     result: list = []
     worker = threading.Thread(target=lambda: result.append(run_sync(server, "refresh")))
