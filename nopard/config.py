@@ -263,6 +263,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("auth_read", "no", parse_bool, "Reads need a logged-in user (yes/no)."),
     Setting("auth_write", "yes", parse_bool, "Writes need a logged-in user (yes/no)."),
+    Setting(
+        "login_attempts",
+        "10",
+        parse_positive,
+        "Failed password checks per account, and per client address, within NOPARD_LOGIN_WINDOW "
+        "before further tries get 429.",
+    ),
+    Setting(
+        "login_window",
+        "300",
+        parse_seconds,
+        "Seconds failed password checks are counted for (a sliding window).",
+    ),
     Setting("always_https", "no", parse_bool, "Tarball URLs use https even behind plain http (yes/no)."),
     Setting("max_body_size", "100mb", parse_size, "Largest request body accepted (e.g. 100mb)."),
     Setting(
@@ -334,6 +347,12 @@ SETTINGS: tuple[Setting, ...] = (
         parse_size,
         "Memory held by prepared package documents, at most.",
     ),
+    Setting(
+        "config",
+        "",
+        parse_text,
+        "TOML file of access rules: admins, groups, per-package access/publish/unpublish/proxy (empty: none).",
+    ),
 )
 
 
@@ -360,6 +379,8 @@ class Settings:
     max_users: int
     auth_read: bool
     auth_write: bool
+    login_attempts: int
+    login_window: float
     always_https: bool
     max_body_size: int
     forwarder_url: str
@@ -381,6 +402,7 @@ class Settings:
     sync_rate: int
     backfill: str
     memory_cache_size: int
+    config: str = ""
 
     @property
     def htpasswd_path(self) -> str:
@@ -427,6 +449,8 @@ def load_settings(
         values["htpasswd"] = os.path.abspath(os.path.join(base, values["htpasswd"]))
     if values["logfile"]:
         values["logfile"] = os.path.abspath(os.path.join(base, values["logfile"]))
+    if values.get("config"):
+        values["config"] = os.path.abspath(os.path.join(base, values["config"]))
     if values["storage"] == "s3" and not values["s3_bucket"]:
         raise ConfigError("NOPARD_S3_BUCKET: must be set when NOPARD_STORAGE is s3")
     settings = Settings(**values)

@@ -55,3 +55,11 @@ class UpstreamUnavailable(NopardError):
 
 class UpstreamBadContent(NopardError):
     """The upstream answered with something nopard refuses to keep (e.g. a corrupt tarball)."""
+
+
+class TooManyAttempts(NopardError):
+    """Too many failed password checks lately (brute force); try again in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

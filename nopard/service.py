@@ -28,9 +28,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from nopard.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.tokens import TokenStore
+from nopard.auth.limits import LoginLimiter
+from nopard.auth.weblogin import WebLogins
 from nopard.cache import PreparedCache
 from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.daemon import prepare as prepare_daemon
@@ -39,6 +42,7 @@ from nopard.metrics import Metrics, StoreProbe, StoreSize
 from nopard.mirror import Mirror, Upstreams
 from nopard.proxy import ProxyingAgent
 from nopard.schedule import SyncService
+from nopard.search import SearchIndex
 from nopard.sync import SyncJobs
 from nopard.upstream import Upstream
 from nopard.registry import Registry, iso_time
@@ -69,6 +73,7 @@ def makeService(options: Options) -> IService:
         # PID file, run-as user, logfile and home become twistd's options (nopard/daemon.py).
         daemon = prepare_daemon(settings, options)
         settings = daemon.settings
+        policy = load_policy(settings.config)  # a bad NOPARD_CONFIG stops start-up here
         os.makedirs(settings.registry_path, exist_ok=True)
     except ConfigError as error:
         raise SystemExit(f"nopard: {error}") from None
@@ -76,7 +81,7 @@ def makeService(options: Options) -> IService:
         raise SystemExit(
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
-    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options)), reactor)
+    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy), reactor)
 
 
 class ThreadPoolService(Service):
@@ -163,13 +168,17 @@ def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiServic
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix, partial(deferToThreadPool, reactor, s3_pool))
 
 
-def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> MultiService:
+def build_service(
+    settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None
+) -> MultiService:
     """Wire every component of nopard into one service tree.
 
     ``log_stream``: where nopard's lines go without NOPARD_LOGFILE (stdout
     under ``twistd -n``); None sends them into twistd's log.
     """
     live = LiveSettings(settings)
+    if policy is None:
+        policy = load_policy(settings.config) if settings.config else ALLOW_ALL
     top = MultiService()
     logs = LogService(live, log_stream, reactor)
     logs.setServiceParent(top)
@@ -190,7 +199,7 @@ def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> M
     UpstreamPoolService(pool).setServiceParent(top)
     http = HTTPClient(upstream_agent(settings, reactor, pool))
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
-    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
+    upstreams = ruled_upstreams(Upstreams, policy)(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     mirror = Mirror(
         live, storage, registry, upstreams, cache, reactor,
         spool_dir=os.path.join(settings.registry_path, ".spool"),
@@ -212,10 +221,12 @@ def build_service(settings: Settings, reactor: Any, log_stream: Any = None) -> M
         TokenStore(storage),
         storage,
         now=lambda: iso_time(reactor.seconds()),
+        limiter=LoginLimiter(live, reactor),
     )
     app = RegistryApp(
         live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
-        metrics=metrics, health=StoreProbe(storage, reactor),
+        metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor),
+        policy=policy, search=SearchIndex(registry, mirror, reactor),
     )
     site = NopardSite(
         app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher), metrics

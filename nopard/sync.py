@@ -200,13 +200,19 @@ class SyncJobs:
         if self._metrics is not None:
             self._metrics.sync_finished(report)
 
-    async def prefetch(self, packages: list[tuple[str, str]]) -> JobReport:
-        """Fetch the document and tarball of each (name, version), e.g. from a lockfile."""
+    async def prefetch(
+        self, packages: list[tuple[str, str]], may_read: Callable[[str], bool] = lambda name: True
+    ) -> JobReport:
+        """Fetch the document and tarball of each (name, version), e.g. from a lockfile.
+
+        Names the asker may not read are reported as missing, like names that do not exist;
+        names published here (or private) are left alone: nothing to fetch, never sent upstream.
+        """
         report = JobReport("prefetch", started=iso_time(self._clock.seconds()), running=True)
         self.reports["prefetch"] = report
         try:
             await for_each(packages, self._settings.current.sync_concurrency,
-                           lambda item: self._prefetch_one(item[0], item[1], report))
+                           lambda item: self._prefetch_one(item[0], item[1], report, may_read))
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             self._log.info("sync {summary}", summary=report.summary(), event="prefetch-finished")
@@ -239,12 +245,19 @@ class SyncJobs:
         for version in backfill_versions(document, self._settings.current.backfill):
             await self._fetch_version(name, document, version, report)
 
-    async def _prefetch_one(self, name: str, version: str, report: JobReport) -> None:
+    async def _prefetch_one(
+        self, name: str, version: str, report: JobReport, may_read: Callable[[str], bool]
+    ) -> None:
         report.checked += 1
         try:
             names.validate_name(name)
         except NopardError as error:
             report.fail(f"{name}@{version}", error.message)
+            return
+        if not may_read(name):
+            report.fail(name, f"package not found: {name}")
+            return
+        if not await self._mirror.follows_upstream(name):
             return
         document = await self._mirror.stored_document(name)
         if document is None or version not in document.get("versions", {}):

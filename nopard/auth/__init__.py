@@ -11,6 +11,7 @@ from typing import Any, Callable
 import orjson
 
 from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
+from nopard.auth.limits import LoginLimiter
 from nopard.auth.tokens import TokenStore
 from nopard.config import LiveSettings
 from nopard.errors import (
@@ -47,18 +48,36 @@ class Accounts:
         tokens: TokenStore,
         storage: Storage,
         now: Callable[[], str],
+        limiter: LoginLimiter | None = None,
     ) -> None:
         self._settings = settings
         self.users = users
         self.tokens = tokens
         self._storage = storage
         self._now = now
+        self.limiter = limiter
 
-    async def login(self, name: Any, password: Any, email: Any = None) -> str:
+    async def check_password(self, name: str, password: str, address: str | None = None) -> bool:
+        """Whether ``password`` is ``name``'s, counting failures against brute force.
+
+        Raises TooManyAttempts, without checking, while the account or the
+        address failed too often lately.
+        """
+        if self.limiter is None:
+            return await self.users.check(name, password)
+        self.limiter.check(name, address)
+        if await self.users.check(name, password):
+            self.limiter.succeeded(name)
+            return True
+        self.limiter.failed(name, address)
+        return False
+
+    async def login(self, name: Any, password: Any, email: Any = None, address: str | None = None) -> str:
         """A new token for ``name``, registering them while registration is open.
 
         Raises BadCredentials on a wrong password, PermissionDenied when the
-        user is unknown and registration is closed.
+        user is unknown and registration is closed, TooManyAttempts after too
+        many failures (``address``: the client's, for that count).
         """
         validate_user_name(name)
         if not isinstance(password, str) or not password:
@@ -66,7 +85,7 @@ class Accounts:
         if len(password.encode()) > MAX_PASSWORD_LENGTH:
             raise InvalidInput(f"passwords are at most {MAX_PASSWORD_LENGTH} bytes")
         if name in self.users:
-            if not await self.users.check(name, password):
+            if not await self.check_password(name, password, address):
                 raise BadCredentials("incorrect user name or password")
         else:
             await self._register(name, password, email)
@@ -95,7 +114,19 @@ class Accounts:
         """Revoke ``token``; False if it was not a live token."""
         return await self.tokens.revoke(token)
 
-    async def identify(self, authorization: str | None) -> Identity:
+    async def create_token(
+        self, user: str, password: Any, readonly: bool = False, name: Any = None, address: str | None = None
+    ) -> dict:
+        """A new token for ``user`` once their password is checked (npm token create): its API object."""
+        if not isinstance(password, str) or not password:
+            raise InvalidInput("a password is required")
+        if not await self.check_password(user, password, address):
+            raise BadCredentials("incorrect password")
+        label = name if isinstance(name, str) and name.strip() else None
+        token, record = await self.tokens.create_record(user, self._now(), readonly, label)
+        return record.public(token)
+
+    async def identify(self, authorization: str | None, address: str | None = None) -> Identity:
         """The identity an Authorization header proves; BadCredentials if it proves none."""
         if not authorization:
             return ANONYMOUS
@@ -108,7 +139,7 @@ class Accounts:
             return Identity(record.user, record.readonly)
         if scheme == "basic":
             name, password = _basic_credentials(credentials)
-            if not await self.users.check(name, password):
+            if not await self.check_password(name, password, address):
                 raise BadCredentials("incorrect user name or password")
             return Identity(name)
         raise BadCredentials(f"unsupported authorization scheme {scheme!r}")

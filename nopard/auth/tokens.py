@@ -12,6 +12,7 @@ import orjson
 from nopard.storage import Storage
 
 TOKEN_PREFIX = "npd_"
+SHOWN_CHARS = 8  # how much of a token its record keeps, so `npm token list` can show it
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,20 @@ class TokenRecord:
     user: str
     created: str
     readonly: bool = False
+    shown: str = TOKEN_PREFIX  # the token's first SHOWN_CHARS characters (older records: the prefix)
+    name: str | None = None
+
+    def public(self, token: str | None = None) -> dict:
+        """The token object of the npm tokens API (``token``: the whole token, on creation only)."""
+        return {
+            "token": token or self.shown,
+            "key": self.key,
+            "name": self.name,
+            "cidr_whitelist": None,
+            "readonly": self.readonly,
+            "created": self.created,
+            "updated": self.created,
+        }
 
 
 def token_hash(token: str) -> str:
@@ -49,10 +64,20 @@ class TokenStore:
 
     async def create(self, user: str, created: str, readonly: bool = False) -> str:
         """A new token for ``user``; the caller hands it out, nopard keeps only its hash."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = TokenRecord(key=str(uuid.uuid4()), user=user, created=created, readonly=readonly)
-        await self._storage.write(self._key(token), orjson.dumps(asdict(record)))
+        token, _record = await self.create_record(user, created, readonly)
         return token
+
+    async def create_record(
+        self, user: str, created: str, readonly: bool = False, name: str | None = None
+    ) -> tuple[str, TokenRecord]:
+        """A new token for ``user`` and its record (which keeps only the token's first characters)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = TokenRecord(
+            key=str(uuid.uuid4()), user=user, created=created, readonly=readonly,
+            shown=token[:SHOWN_CHARS], name=name,
+        )
+        await self._storage.write(self._key(token), orjson.dumps(asdict(record)))
+        return token, record
 
     async def lookup(self, token: str) -> TokenRecord | None:
         """The record of a live token, or None."""
@@ -79,6 +104,17 @@ class TokenStore:
                 await self._storage.delete(storage_key)
                 return record
         return None
+
+    async def revoke_owned(self, user: str, key_or_token: str) -> bool:
+        """Revoke one of ``user``'s tokens, named by its key or by the token itself; False if none."""
+        if looks_like_token(key_or_token):
+            record = await self.lookup(key_or_token)
+            if record is not None and record.user == user:
+                return await self.revoke(key_or_token)
+        for storage_key, record in await self._stored():
+            if record.user == user and record.key == key_or_token:
+                return await self._storage.delete(storage_key)
+        return False
 
     async def revoke_user(self, user: str) -> int:
         """Revoke every token of ``user``; how many there were."""

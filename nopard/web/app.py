@@ -5,6 +5,7 @@ Domain errors become JSON answers through one table (STATUS_OF).
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote, unquote_to_bytes
@@ -18,7 +19,10 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from nopard import __version__, names, packument
+from nopard import search as searching
+from nopard.acl import ALLOW_ALL
 from nopard.auth import Accounts, Identity
+from nopard.auth import weblogin
 from nopard.config import LiveSettings
 from nopard.errors import (
     AuthenticationRequired,
@@ -30,6 +34,7 @@ from nopard.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    TooManyAttempts,
     UpstreamBadContent,
     UpstreamUnavailable,
     VersionExists,
@@ -51,6 +56,7 @@ STATUS_OF: dict[type[NopardError], int] = {
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    TooManyAttempts: 429,
     IntegrityMismatch: 400,
     UpstreamBadContent: 502,
     UpstreamUnavailable: 503,
@@ -78,16 +84,26 @@ class RegistryApp:
         log: Logger,
         metrics: Any = None,
         health: Any = None,
+        policy: Any = None,
+        search: Any = None,
+        weblogins: weblogin.WebLogins | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics  # nopard.metrics.Metrics: GET /-/metrics
         self.health = health  # nopard.metrics.StoreProbe: GET /-/nopard/health
+        self.policy = policy or ALLOW_ALL  # nopard.acl.Policy: NOPARD_CONFIG's package rules
+        self.search = search  # nopard.search.SearchIndex: GET /-/v1/search
         self.registry = registry
         self.mirror = mirror
         self.sync = sync
         self.accounts = accounts
         self._run = run_in_thread
         self.log = log
+        if weblogins is None:
+            from twisted.internet import reactor
+
+            weblogins = weblogin.WebLogins(accounts, reactor)
+        self.weblogins = weblogins
 
     def resource(self) -> Any:
         """The Twisted resource serving this app."""
@@ -102,6 +118,8 @@ class RegistryApp:
         if status == 401:
             scheme = getattr(error, "scheme", "Basic")
             request.setHeader(b"WWW-Authenticate", f'{scheme} realm="nopard"')
+        if isinstance(error, TooManyAttempts):
+            request.setHeader(b"Retry-After", b"%d" % error.retry_after)
         return json_response(request, status, {"error": error.message})
 
     @app.handle_errors(RouteNotFound)
@@ -126,7 +144,7 @@ class RegistryApp:
 
     async def identify(self, request: IRequest) -> Identity:
         """Who is asking; the access log learns it too."""
-        identity = await self.accounts.identify(header(request, "authorization"))
+        identity = await self.accounts.identify(header(request, "authorization"), client_address(request))
         request.user = identity.user
         return identity
 
@@ -142,6 +160,23 @@ class RegistryApp:
             forwarded_host=header(request, "x-forwarded-host"),
             fallback_host=f"{current.hostname}:{current.port}",
         )
+
+    def hide_unreadable(self, name: str, identity: Identity, missing: str) -> None:
+        """A package the caller may not read answers exactly as one that does not exist."""
+        if not self.policy.allows("access", name, identity.user):
+            raise NotFound(missing)
+
+    def require_rule(self, action: str, name: str, user: str | None) -> None:
+        """NOPARD_CONFIG's rule for a write: unreadable names are missing, else 403."""
+        if not self.policy.allows("access", name, user):
+            raise NotFound(f"{name} is not published on this registry (mirrored packages cannot be changed)")
+        if not self.policy.allows(action, name, user):
+            raise PermissionDenied(f"{user or 'anonymous'} may not {action} {name} on this registry")
+
+    def touched(self, name: str) -> None:
+        """A write changed ``name``'s document: search re-reads it."""
+        if self.search is not None:
+            self.search.changed(name)
 
     async def json_body(self, request: IRequest) -> Any:
         """The request body parsed as JSON, in a thread (it can be large)."""
@@ -221,7 +256,11 @@ class RegistryApp:
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in packages
         ):
             raise InvalidInput('the body must be {"packages": [["name", "version"], ...]}')
-        report = await self.sync.jobs.prefetch([(name, version) for name, version in packages])
+        identity = await self.identify(request)
+        report = await self.sync.jobs.prefetch(
+            [(name, version) for name, version in packages],
+            may_read=lambda name: self.policy.allows("access", name, identity.user),
+        )
         return json_response(request, 200, report.__dict__)
 
     @app.route("/-/whoami", methods=["GET"])
@@ -242,7 +281,7 @@ class RegistryApp:
             raise InvalidInput("the body must be a JSON object")
         if body.get("name", name) != name:
             raise InvalidInput("the body's name does not match the URL's user")
-        token = await self.accounts.login(name, body.get("password"), body.get("email"))
+        token = await self.accounts.login(name, body.get("password"), body.get("email"), client_address(request))
         request.user = name
         return json_response(
             request, 201, {"ok": True, "id": userid, "rev": "1-0", "token": token}
@@ -253,6 +292,101 @@ class RegistryApp:
         """Revoke a token (npm logout). Idempotent: a gone token is logged out too."""
         await self.accounts.logout(unquote(token))
         return json_response(request, 200, {"ok": True})
+
+    # Web login and the tokens API (logic in nopard.auth) ------------------
+
+    @app.route("/-/v1/login", methods=["POST"])
+    async def web_login_start(self, request: IRequest) -> bytes:
+        """Open a web login session (npm login / npm adduser): the page's URL and the URL to poll."""
+        has_body = request.content.seek(0, 2) > 0
+        body = await self.json_body(request) if has_body else {}
+        create = isinstance(body, dict) and body.get("create") is True
+        session_id = self.weblogins.start(create)
+        base = self.base_url(request).rstrip("/")
+        return json_response(
+            request, 200, {"loginUrl": f"{base}/-/v1/login/{session_id}", "doneUrl": f"{base}/-/v1/done/{session_id}"}
+        )
+
+    @app.route("/-/v1/login/<session_id>", methods=["GET"])
+    def web_login_page(self, request: IRequest, session_id: str) -> bytes:
+        """The login (or sign-up) form of a session."""
+        try:
+            session = self.weblogins.session(session_id)
+        except NotFound as error:
+            return html_response(request, 404, weblogin.gone_page(error.message))
+        return html_response(request, 200, weblogin.form_page(session))
+
+    @app.route("/-/v1/login/<session_id>", methods=["POST"])
+    async def web_login_submit(self, request: IRequest, session_id: str) -> bytes:
+        """The form posted back: log in or register; the polling npm then gets the token."""
+        try:
+            session = self.weblogins.session(session_id)
+        except NotFound as error:
+            return html_response(request, 404, weblogin.gone_page(error.message))
+        form = {
+            key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items()
+            if values
+        }
+        try:
+            user = await self.weblogins.submit(session_id, form, client_address(request))
+        except (InvalidInput, BadCredentials, PermissionDenied, TooManyAttempts) as error:
+            status = next(s for cls, s in STATUS_OF.items() if isinstance(error, cls))
+            if isinstance(error, TooManyAttempts):
+                request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+            page = weblogin.form_page(session, error.message, form.get("username", ""), form.get("email", ""))
+            return html_response(request, status, page)
+        request.user = user or None
+        return html_response(request, 200, weblogin.done_page(user))
+
+    @app.route("/-/v1/done/<session_id>", methods=["GET"])
+    def web_login_done(self, request: IRequest, session_id: str) -> bytes:
+        """Polled by npm: 202 while the person has not logged in yet, then the token, once."""
+        token = self.weblogins.poll(session_id)
+        if token is None:
+            request.setHeader(b"Retry-After", b"%d" % weblogin.POLL_SECONDS)
+            return json_response(request, 202, {})
+        return json_response(request, 200, {"token": token})
+
+    async def token_owner(self, request: IRequest) -> Identity:
+        identity = await self.identify(request)
+        if identity.user is None:
+            raise AuthenticationRequired("log in to manage tokens (npm login)")
+        return identity
+
+    @app.route("/-/npm/v1/tokens", methods=["GET"])
+    async def list_tokens(self, request: IRequest) -> bytes:
+        """The caller's tokens (npm token list): only their first characters."""
+        identity = await self.token_owner(request)
+        objects = [record.public() for record in await self.accounts.tokens.records(identity.user)]
+        return json_response(request, 200, {"objects": objects, "total": len(objects), "urls": {}})
+
+    @app.route("/-/npm/v1/tokens", methods=["POST"])
+    async def create_token(self, request: IRequest) -> bytes:
+        """A new token for the caller, once their password is checked (npm token create)."""
+        identity = await self.token_owner(request)
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        readonly = body.get("readonly") is True or body.get("packages_and_scopes_permission") in (
+            "read-only",
+            "no-access",
+        )
+        created = await self.accounts.create_token(
+            identity.user, body.get("password"), readonly, body.get("name"), client_address(request)
+        )
+        return json_response(request, 200, created)
+
+    @app.route("/-/npm/v1/tokens/token/<path:key>", methods=["DELETE"])
+    async def revoke_token(self, request: IRequest, key: str) -> bytes:
+        """Revoke one of the caller's tokens, by key or by the token itself (npm token revoke)."""
+        identity = await self.token_owner(request)
+        if identity.readonly:
+            raise PermissionDenied("a read-only token cannot revoke tokens")
+        if not await self.accounts.tokens.revoke_owned(identity.user, unquote(key)):
+            raise NotFound("no such token of yours")
+        request.setResponseCode(204)
+        return b""
 
     @app.route("/-/npm/v1/security/advisories/bulk", methods=["POST"])
     @app.route("/-/npm/v1/security/audits/quick", methods=["POST"])
@@ -282,14 +416,31 @@ class RegistryApp:
             raise NotFound("no such user")
         return json_response(request, 200, await self.accounts.profile(name))
 
+    @app.route("/-/v1/search", methods=["GET"])
+    async def search_packages(self, request: IRequest) -> bytes:
+        """npm search: local and mirrored packages the caller may read."""
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
+        query = searching.parse_query(request.args)
+        entries = await self.search.entries() if self.search is not None else []
+        answer = searching.search(
+            entries, query, lambda name: self.policy.allows("access", name, identity.user),
+            self.base_url(request), time.time(),
+        )
+        request.setHeader(b"Cache-Control", b"private, no-cache")
+        return json_response(request, 200, answer)
+
     @app.route("/-/_view/starredByUser", methods=["GET"])
     async def starred_by_user(self, request: IRequest) -> bytes:
         """The packages a user starred (npm stars): ``?key="<user>"``."""
-        self.accounts.require_read(await self.identify(request))
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
         key = (request.args.get(b"key") or [b""])[0].decode("utf-8", "replace")
         user = key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
         rows = []
         for name in await self.registry.local_names():
+            if not self.policy.allows("access", name, identity.user):
+                continue
             document = await self.registry.document(name)
             if document is not None and packument.starred_by(document, user):
                 rows.append({"value": name})
@@ -307,6 +458,7 @@ class RegistryApp:
         if target.argument is None:
             raise_unsupported(method, "dist-tags list")
         user = self.accounts.require_write(await self.identify(request))
+        self.require_rule("publish", target.name, user)
         tag = target.argument
         if method == "PUT":
             version = await self.json_body(request)  # a JSON string: "1.2.3"
@@ -314,16 +466,20 @@ class RegistryApp:
         else:
             change = partial(packument.remove_dist_tag, tag=tag)
         await self.registry.change(target.name, user, None, change)
+        self.touched(target.name)
         return json_response(request, 200, {"ok": True})
 
     async def package_facts(self, request: IRequest, target: names.PackagePath) -> bytes:
         """GET dist-tags (any package served), collaborators and visibility (local ones)."""
-        self.accounts.require_read(await self.identify(request))
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
         if target.kind == "dist-tags":
             if target.argument is not None:
                 raise_unsupported("GET", "dist-tag")
+            self.hide_unreadable(target.name, identity, f"package not found: {target.name}")
             document = await self.mirror.document(target.name, self.base_url(request))
             return json_response(request, 200, document.get("dist-tags", {}))
+        self.hide_unreadable(target.name, identity, f"{target.name} is not published on this registry")
         document = await self.registry.document(target.name)
         if document is None:
             raise NotFound(f"{target.name} is not published on this registry")
@@ -362,18 +518,24 @@ class RegistryApp:
         return f"{visibility}, max-age={int(current.meta_ttl)}"
 
     async def get_document(self, request: IRequest, target: names.PackagePath) -> bytes:
-        self.accounts.require_read(await self.identify(request))
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
+        self.hide_unreadable(target.name, identity, f"package not found: {target.name}")
         prepared, status = await self.mirror.packument(target.name, self.base_url(request))
         self.served_as(request, status)
         return send_prepared(request, prepared, self.document_cache_control(status))
 
     async def get_version(self, request: IRequest, target: names.PackagePath) -> bytes:
-        self.accounts.require_read(await self.identify(request))
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
+        self.hide_unreadable(target.name, identity, f"package not found: {target.name}")
         document = await self.mirror.document(target.name, self.base_url(request))
         return json_response(request, 200, packument.resolve_version(document, target.argument))
 
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
-        self.accounts.require_read(await self.identify(request))
+        identity = await self.identify(request)
+        self.accounts.require_read(identity)
+        self.hide_unreadable(target.name, identity, f"tarball not found: {target.name}/-/{target.argument}")
         blob, status = await self.mirror.tarball(target.name, target.argument)
         self.served_as(request, status)
         request.setHeader(b"Content-Type", b"application/octet-stream")
@@ -394,11 +556,15 @@ class RegistryApp:
         kind = packument.change_kind(body)
         revision = target.argument if target.kind == "revision" else None
         if kind == "star":
+            self.require_rule("access", target.name, user)
             document = await self.star(target.name, user, revision, body)
         elif kind == "owners":
+            self.require_rule("publish", target.name, user)
             document = await self.change_owners(target.name, user, revision, body)
         else:
+            self.require_rule(await self.removal_action(target.name, body), target.name, user)
             document = await self.registry.unpublish_versions(target.name, user, revision, body)
+        self.touched(target.name)
         return json_response(
             request, 200, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
         )
@@ -407,9 +573,12 @@ class RegistryApp:
         self, request: IRequest, target: names.PackagePath, user: str | None, body: dict
     ) -> bytes:
         """Store a new version (npm publish)."""
+        if not self.policy.allows("publish", target.name, user):
+            raise PermissionDenied(f"{user or 'anonymous'} may not publish {target.name} on this registry")
         publication = await self._run(parse_publication, target.name, body)
         publisher = await self.accounts.profile(user) if user else {"name": "anonymous", "email": ""}
         document = await self.registry.publish(publication, publisher, check_owner=user is not None)
+        self.touched(target.name)
         return json_response(
             request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
         )
@@ -432,15 +601,29 @@ class RegistryApp:
             name, user, revision, lambda d: packument.set_maintainers(d, profiles)
         )
 
+    async def removal_action(self, name: str, body: Any) -> str:
+        """``unpublish`` when a document sent back drops stored versions, else ``publish`` (deprecate)."""
+        if not self.policy.enabled:
+            return "publish"
+        document = await self.registry.document(name)
+        sent = body.get("versions") if isinstance(body, dict) else None
+        stored = document.get("versions", {}) if isinstance(document, dict) else {}
+        if isinstance(sent, dict) and any(version not in sent for version in stored):
+            return "unpublish"
+        return "publish"
+
     async def delete_revision(self, request: IRequest, target: names.PackagePath) -> bytes:
         """Unpublish a whole package (npm unpublish --force)."""
         user = self.accounts.require_write(await self.identify(request))
+        self.require_rule("unpublish", target.name, user)
         await self.registry.unpublish(target.name, user, target.argument)
+        self.touched(target.name)
         return json_response(request, 200, {"ok": True, "success": True})
 
     async def delete_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
         """The last step of a one-version unpublish: the removed version's tarball."""
         user = self.accounts.require_write(await self.identify(request))
+        self.require_rule("unpublish", target.name, user)
         await self.registry.remove_tarball(target.name, user, target.argument)
         return json_response(request, 200, {"ok": True, "success": True})
 
@@ -470,6 +653,20 @@ class Utf8PathGuard(Resource):
         except UnicodeDecodeError:
             return json_response(request, 400, {"error": "the path is not valid UTF-8"})
         return self._inner.render(request)
+
+
+def client_address(request: IRequest) -> str | None:
+    """The address the request came from (the peer's: X-Forwarded-For can be forged)."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
+def html_response(request: IRequest, status: int, body: bytes) -> bytes:
+    """Set status and the headers of a nopard HTML page; return the body."""
+    request.setResponseCode(status)
+    for name, value in weblogin.PAGE_HEADERS.items():
+        request.setHeader(name, value)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def raise_unsupported(method: str, kind: str) -> None:

@@ -17,7 +17,7 @@ from nopard.config import LiveSettings
 from nopard.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 
 
-_SECRET_IN_PATH = re.compile(r"(/-/user/token/)[^/?#]+")
+_SECRET_IN_PATH = re.compile(r"(/-/user/token/|/-/npm/v1/tokens/token/|/-/v1/login/|/-/v1/done/)[^/?#]+")
 
 
 def redact_path(path: str) -> str:

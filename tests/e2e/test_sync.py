@@ -245,3 +245,16 @@ def test_prefetch_of_a_lockfile_then_npm_ci_offline(syncing, fake: FakeUpstream,
     npm.userconfig.write_text(npm.userconfig.read_text() + "replace-registry-host=always\n")
     npm.run("ci", "--no-audit", cwd=project)
     assert (project / "node_modules" / "express" / "package.json").exists()
+
+
+def test_prefetch_never_sends_local_names_upstream(syncing, fake: FakeUpstream) -> None:
+    """A lockfile naming a package published here: prefetch leaves it alone and asks the upstream nothing for it."""
+    server = syncing(name="local-prefetch", max_users="1")
+    token = server.token("alice", "pw")
+    from tests.support import publish_body
+    assert server.request("PUT", "/debug", publish_body("debug", "9.0.0"), token=token).status == 201
+    fake.reset()
+    answer = server.request("POST", "/-/nopard/prefetch", {"packages": [["debug", "9.0.0"], ["ms", "2.1.3"]]})
+    assert answer.status == 200 and answer.json()["failures"] == []
+    paths = [p for _, p in fake.stats()["requests"]]
+    assert "/debug" not in paths and "/ms" in paths

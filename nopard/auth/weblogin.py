@@ -1,0 +1,143 @@
+"""Web login (npm 11's default `npm login` / `npm adduser`).
+
+``POST /-/v1/login`` opens a session; npm prints its login URL (a page nopard
+serves) and polls its done URL. Whoever submits the page's form with a right
+password (or registers, while registration is open) gives the session a
+token, which the next poll hands out once. Sessions live in memory, are
+named by random URL-safe ids and expire after SESSION_TTL seconds.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from nopard.errors import NotFound, TooManyAttempts
+
+SESSION_TTL = 300.0
+MAX_SESSIONS = 1000
+POLL_SECONDS = 1
+
+
+@dataclass
+class Session:
+    """One login in progress."""
+
+    created: float
+    create: bool  # npm adduser: the page offers an email field
+    token: str | None = None
+
+
+class WebLogins:
+    """The sessions of web logins in progress; ``clock`` has ``seconds()``."""
+
+    def __init__(self, accounts: Any, clock: Any, ttl: float = SESSION_TTL, max_sessions: int = MAX_SESSIONS) -> None:
+        self._accounts = accounts
+        self._clock = clock
+        self._ttl = ttl
+        self._max = max_sessions
+        self._sessions: dict[str, Session] = {}
+
+    def _expire(self) -> None:
+        horizon = self._clock.seconds() - self._ttl
+        for key in [k for k, s in self._sessions.items() if s.created <= horizon]:
+            del self._sessions[key]
+
+    def start(self, create: bool = False) -> str:
+        """A new session's id."""
+        self._expire()
+        if len(self._sessions) >= self._max:
+            raise TooManyAttempts("too many web logins in progress; try again later", retry_after=int(self._ttl))
+        session_id = secrets.token_urlsafe(32)
+        self._sessions[session_id] = Session(self._clock.seconds(), bool(create))
+        return session_id
+
+    def session(self, session_id: str) -> Session:
+        """The live session ``session_id``; NotFound when unknown, expired or done."""
+        self._expire()
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound("no such login session (it expired or was used); run npm login again")
+        return session
+
+    async def submit(self, session_id: str, form: dict[str, str], address: str | None) -> str:
+        """Log in (or register) with the form's fields; the session gets the token. Returns the user."""
+        session = self.session(session_id)
+        if session.token is not None:
+            return ""
+        name = form.get("username", "").strip()
+        email = form.get("email", "").strip() or None
+        token = await self._accounts.login(name, form.get("password", ""), email if session.create else None, address)
+        session.token = token
+        return name
+
+    def poll(self, session_id: str) -> str | None:
+        """The session's token, once (the session is then gone); None while waiting."""
+        session = self.session(session_id)
+        if session.token is None:
+            return None
+        del self._sessions[session_id]
+        return session.token
+
+
+# The page -------------------------------------------------------------------
+
+PAGE_HEADERS = {
+    b"Content-Type": b"text/html; charset=utf-8",
+    b"Cache-Control": b"no-store",
+    b"Content-Security-Policy": b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    b"frame-ancestors 'none'",
+    b"X-Frame-Options": b"DENY",
+    b"Referrer-Policy": b"no-referrer",
+}
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:22rem;margin:4rem auto;padding:0 1rem}"
+    "label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;box-sizing:border-box}"
+    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}"
+)
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    ).encode()
+
+
+def form_page(session: Session, error: str | None = None, username: str = "", email: str = "") -> bytes:
+    """The login (or sign-up) form; it posts back to the same URL."""
+    title = "Sign up to nopard" if session.create else "Log in to nopard"
+    fields = [
+        f'<label for="username">User name</label><input id="username" name="username" '
+        f'autocomplete="username" required value="{html.escape(username)}">',
+        '<label for="password">Password</label><input id="password" name="password" type="password" '
+        'autocomplete="current-password" required>',
+    ]
+    if session.create:
+        fields.append(
+            f'<label for="email">Email</label><input id="email" name="email" type="email" '
+            f'autocomplete="email" value="{html.escape(email)}">'
+        )
+    shown_error = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    button = "Sign up" if session.create else "Log in"
+    return _page(
+        title,
+        f'{shown_error}<form method="post">{"".join(fields)}'
+        f'<button type="submit">{button}</button></form>',
+    )
+
+
+def done_page(user: str) -> bytes:
+    """What the browser shows once the session has its token."""
+    who = f" as {html.escape(user)}" if user else ""
+    return _page("Logged in", f"<p>You are logged in{who}. Go back to your terminal; you can close this page.</p>")
+
+
+def gone_page(message: str) -> bytes:
+    """A session that expired or was used already."""
+    return _page("Login expired", f"<p>{html.escape(message)}</p>")

@@ -1,0 +1,306 @@
+"""``GET /-/v1/search``: an in-memory index of the stored documents, local and mirrored.
+
+The index keeps one small entry per package. It is brought up to date before
+a search when a write here marked it changed, or when it is older than
+``max_age`` seconds; bringing it up to date lists the store and re-reads only
+the documents that changed (a mirrored one when its ETag moved, a local one
+when a write here touched it or it is new). Concurrent searches share one
+update.
+
+Ranking, per query term (every term must match): exact name > name prefix >
+name contains > keyword > description. Qualifiers npm users know work too:
+``keywords:x``, ``maintainer:x``, ``author:x``, ``scope:x``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
+
+from nopard.packument import version_key
+
+DEFAULT_SIZE = 20
+MAX_SIZE = 250
+MAX_FROM = 100_000
+MAX_TEXT = 1000
+MAX_TERMS = 20
+
+EXACT, PREFIX, CONTAINS, KEYWORD, DESCRIPTION = 100.0, 40.0, 20.0, 10.0, 4.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What search knows of one package."""
+
+    name: str
+    version: str
+    description: str
+    keywords: tuple[str, ...]
+    date: str
+    links: dict[str, str]
+    publisher: dict[str, str]
+    maintainers: tuple[dict[str, str], ...]
+    stamp: Any = None
+
+    def summary(self, base_url: str) -> dict[str, Any]:
+        """The ``package`` object of a search answer."""
+        links = {"npm": f"{base_url.rstrip('/')}/{self.name}", **self.links}
+        return {
+            "name": self.name, "scope": self.name[1:].split("/", 1)[0] if self.name.startswith("@") else "unscoped",
+            "version": self.version, "description": self.description, "keywords": list(self.keywords),
+            "date": self.date, "links": links, "publisher": dict(self.publisher),
+            "maintainers": [dict(m) for m in self.maintainers],
+        }
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _url(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("url")
+    return value if isinstance(value, str) else ""
+
+
+def _person(value: Any) -> dict[str, str] | None:
+    """npm's ``{name, email}`` or ``"Name <email>"`` as search's ``{username, email}``."""
+    if isinstance(value, dict):
+        name = _text(value.get("name")) or _text(value.get("username"))
+        return {"username": name, "email": _text(value.get("email"))} if name else None
+    if isinstance(value, str) and value.strip():
+        name, _, rest = value.partition("<")
+        return {"username": name.strip(), "email": rest.split(">", 1)[0].strip()}
+    return None
+
+
+def entry_of(document: dict[str, Any], stamp: Any = None) -> Entry | None:
+    """The search entry of a stored document; None when it has no usable name or versions."""
+    name = document.get("name")
+    versions = document.get("versions")
+    if not isinstance(name, str) or not name or not isinstance(versions, dict) or not versions:
+        return None
+    tags = document.get("dist-tags") if isinstance(document.get("dist-tags"), dict) else {}
+    version = tags.get("latest") if tags.get("latest") in versions else None
+    if version is None:
+        try:
+            version = max(versions, key=version_key)
+        except (ValueError, TypeError, IndexError, AttributeError):
+            version = next(iter(versions))
+    manifest = versions.get(version) if isinstance(versions.get(version), dict) else {}
+    keywords = manifest.get("keywords", document.get("keywords"))
+    if isinstance(keywords, str):
+        keywords = [k.strip() for k in keywords.split(",")]
+    keywords = tuple(k for k in keywords if isinstance(k, str) and k) if isinstance(keywords, list) else ()
+    times = document.get("time") if isinstance(document.get("time"), dict) else {}
+    date = _text(times.get(version)) or _text(times.get("modified"))
+    links = {}
+    for key, value in (("homepage", manifest.get("homepage", document.get("homepage"))),
+                       ("repository", manifest.get("repository", document.get("repository"))),
+                       ("bugs", manifest.get("bugs", document.get("bugs")))):
+        if _url(value):
+            links[key] = _url(value)
+    raw_maintainers = document.get("maintainers")
+    maintainers = tuple(p for p in map(_person, raw_maintainers if isinstance(raw_maintainers, list) else [])
+                        if p is not None)
+    publisher = _person(manifest.get("_npmUser")) or (dict(maintainers[0]) if maintainers else None)
+    return Entry(
+        name=name, version=str(version),
+        description=_text(document.get("description")) or _text(manifest.get("description")),
+        keywords=keywords, date=date, links=links,
+        publisher=publisher or {"username": "", "email": ""}, maintainers=maintainers, stamp=stamp,
+    )
+
+
+# Queries --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed search request."""
+
+    terms: tuple[str, ...]
+    qualifiers: tuple[tuple[str, str], ...]
+    size: int
+    offset: int
+
+
+def _number(values: list[bytes] | None, default: int, low: int, high: int) -> int:
+    """The first value as an int within [low, high]; ``default`` when absent or not a number."""
+    if not values:
+        return default
+    try:
+        number = int(float(values[0].decode("ascii", "replace").strip()))
+    except (ValueError, OverflowError):
+        return default
+    return max(low, min(high, number))
+
+
+def parse_query(args: dict[bytes, list[bytes]]) -> Query:
+    """text/size/from of the query string, never failing: odd values fall back to defaults."""
+    raw = (args.get(b"text") or [b""])[0].decode("utf-8", "replace")[:MAX_TEXT]
+    terms: list[str] = []
+    qualifiers: list[tuple[str, str]] = []
+    for word in raw.lower().replace("\x00", " ").split():
+        key, colon, value = word.partition(":")
+        if colon and key in ("keywords", "keyword", "maintainer", "author", "scope") and value:
+            qualifiers.append(("keywords" if key == "keyword" else key, value))
+        else:
+            terms.append(word)
+    return Query(
+        terms=tuple(terms[:MAX_TERMS]), qualifiers=tuple(qualifiers[:MAX_TERMS]),
+        size=_number(args.get(b"size"), DEFAULT_SIZE, 0, MAX_SIZE),
+        offset=_number(args.get(b"from"), 0, 0, MAX_FROM),
+    )
+
+
+def _term_score(entry: Entry, term: str) -> float:
+    name = entry.name.lower()
+    bare = name.rsplit("/", 1)[-1]
+    if term in (name, bare):
+        return EXACT
+    if name.startswith(term) or bare.startswith(term):
+        return PREFIX
+    if term in name:
+        return CONTAINS
+    if any(term == k.lower() for k in entry.keywords):
+        return KEYWORD
+    if any(term in k.lower() for k in entry.keywords):
+        return KEYWORD / 2
+    if term in entry.description.lower():
+        return DESCRIPTION
+    return 0.0
+
+
+def _qualified(entry: Entry, key: str, value: str) -> bool:
+    if key == "keywords":
+        wanted = {v for v in value.split(",") if v}
+        return bool(wanted & {k.lower() for k in entry.keywords})
+    if key == "scope":
+        scope = value.lstrip("@")
+        return entry.name.lower().startswith(f"@{scope}/")
+    if key == "author":
+        return entry.publisher.get("username", "").lower() == value
+    return any(m.get("username", "").lower() == value for m in entry.maintainers)
+
+
+def score(entry: Entry, query: Query) -> float:
+    """How well ``entry`` answers ``query``; 0: not at all. An empty query matches everything (1)."""
+    if not all(_qualified(entry, key, value) for key, value in query.qualifiers):
+        return 0.0
+    total = 0.0
+    for term in query.terms:
+        points = _term_score(entry, term)
+        if not points:
+            return 0.0
+        total += points
+    return total or 1.0
+
+
+def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool], base_url: str,
+           now: float) -> dict[str, Any]:
+    """The answer npm expects, with only the packages ``visible`` allows."""
+    found = [(s, e) for e in entries if (s := score(e, query)) > 0 and visible(e.name)]
+    found.sort(key=lambda pair: (-pair[0], pair[1].name))
+    best = found[0][0] if found else 1.0
+    page = found[query.offset : query.offset + query.size]
+    objects = [
+        {
+            "package": entry.summary(base_url),
+            "score": {"final": round(points / best, 6),
+                      "detail": {"quality": 1.0, "popularity": 1.0, "maintenance": 1.0}},
+            "searchScore": points,
+            "flags": {"insecure": 0},
+        }
+        for points, entry in page
+    ]
+    moment = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
+    return {"objects": objects, "total": len(found), "time": moment}
+
+
+# The index ------------------------------------------------------------------
+
+
+class SearchIndex:
+    """Search entries of every stored document, kept up to date cheaply (see the module's doc)."""
+
+    def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0) -> None:
+        self._registry = registry
+        self._mirror = mirror
+        self._clock = clock
+        self._max_age = max_age
+        self._entries: dict[str, Entry] = {}
+        self._origins: dict[str, str] = {}
+        self._built_at: float | None = None
+        self._dirty: set[str] = set()
+        self._waiters: list[Deferred] | None = None
+
+    def changed(self, name: str) -> None:
+        """A write here changed ``name``: the next search re-reads it."""
+        self._dirty.add(name)
+
+    async def entries(self) -> list[Entry]:
+        """Every entry, brought up to date first when due."""
+        now = self._clock.seconds()
+        if self._built_at is None or self._dirty or now - self._built_at >= self._max_age:
+            await self._update_shared()
+        return list(self._entries.values())
+
+    async def _update_shared(self) -> None:
+        if self._waiters is not None:
+            waiter: Deferred = Deferred()
+            self._waiters.append(waiter)
+            await waiter
+            return
+        self._waiters = []
+        try:
+            await self._update()
+        finally:
+            waiters, self._waiters = self._waiters, None
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def _update(self) -> None:
+        started = self._clock.seconds()
+        dirty, self._dirty = self._dirty, set()
+        entries: dict[str, Entry] = {}
+        origins: dict[str, str] = {}
+        try:
+            local = await self._registry.local_names()
+            for name in local:
+                old = self._entries.get(name)
+                if old is not None and self._origins.get(name) == "local" and name not in dirty:
+                    entries[name], origins[name] = old, "local"
+                    continue
+                entry = await self._read(self._registry.document, name)
+                if entry is not None:
+                    entries[name], origins[name] = entry, "local"
+            for name in await self._mirror.mirrored_names():
+                if name in entries:
+                    continue
+                meta = await self._mirror.meta(name)
+                if meta is None:
+                    continue
+                stamp = (meta.etag, meta.last_modified) if meta.etag else meta.fetched_at
+                old = self._entries.get(name)
+                if old is not None and self._origins.get(name) == "upstream" and old.stamp == stamp:
+                    entries[name], origins[name] = old, "upstream"
+                    continue
+                entry = await self._read(self._mirror.stored_document, name, stamp)
+                if entry is not None:
+                    entries[name], origins[name] = entry, "upstream"
+        except Exception:
+            self._dirty |= dirty
+            raise
+        self._entries, self._origins, self._built_at = entries, origins, started
+
+    @staticmethod
+    async def _read(load: Callable[[str], Any], name: str, stamp: Any = None) -> Entry | None:
+        try:
+            document = await load(name)
+        except Exception:  # a damaged or unreadable document is left out of search, not fatal
+            return None
+        return entry_of(document, stamp) if isinstance(document, dict) else None
