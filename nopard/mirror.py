@@ -438,6 +438,23 @@ class Mirror:
             raise UpstreamBadContent(f"the upstream gives no tarball URL for {name}/-/{filename}")
         return manifest
 
+    def missing_answer(self, name: str, tarball: str | None = None) -> str | None:
+        """What a name that does not exist would be told now, found without asking anyone.
+
+        Used to hide packages a user may not read: when the upstream is down or
+        auto-forwarding is off, a missing name gets a different message than
+        plain "not found", and a hidden one must get the same. None: plain.
+        """
+        upstream = self.upstreams.for_name(name)
+        if upstream is None:
+            return None
+        if upstream.breaker.down:
+            what = f"{name}/-/{tarball}" if tarball else name
+            return f"{what} is not cached here and the upstream is unreachable"
+        if not self._settings.current.auto_forward and tarball is None:
+            return f"package not found: {name} (NOPARD_AUTO_FORWARD is off)"
+        return None
+
     # For the sync worker -------------------------------------------------
 
     async def mirrored_names(self) -> list[str]:

@@ -161,10 +161,10 @@ class RegistryApp:
             fallback_host=f"{current.hostname}:{current.port}",
         )
 
-    def hide_unreadable(self, name: str, identity: Identity, missing: str) -> None:
+    def hide_unreadable(self, name: str, identity: Identity, missing: str, tarball: str | None = None) -> None:
         """A package the caller may not read answers exactly as one that does not exist."""
         if not self.policy.allows("access", name, identity.user):
-            raise NotFound(missing)
+            raise NotFound(self.mirror.missing_answer(name, tarball) or missing)
 
     def require_rule(self, action: str, name: str, user: str | None) -> None:
         """NOPARD_CONFIG's rule for a write: unreadable names are missing, else 403."""
@@ -535,7 +535,9 @@ class RegistryApp:
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
         identity = await self.identify(request)
         self.accounts.require_read(identity)
-        self.hide_unreadable(target.name, identity, f"tarball not found: {target.name}/-/{target.argument}")
+        self.hide_unreadable(
+            target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
+        )
         blob, status = await self.mirror.tarball(target.name, target.argument)
         self.served_as(request, status)
         request.setHeader(b"Content-Type", b"application/octet-stream")

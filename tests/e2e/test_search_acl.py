@@ -226,3 +226,26 @@ def test_bad_config_stops_startup_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nopard: NOPARD_CONFIG: ") and "'reader'" in lines[0]
+
+
+def test_hidden_package_looks_missing_while_the_upstream_is_down(start_nopard, fake: FakeUpstream, tmp_path) -> None:
+    """With the upstream down, a hidden package answers like a name that does not exist (which then
+    says the upstream is unreachable), on the document, version and tarball routes."""
+    from tests.support import publish_body, until_upstream_down
+
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[packages]]\npattern = "hidden-*"\naccess = ["alice"]\npublish = ["alice"]\n'
+                     'proxy = ["$all"]\n\n[[packages]]\npattern = "**"\naccess = ["$all"]\n'
+                     'publish = ["$authenticated"]\nproxy = ["$all"]\n')
+    server = start_nopard({"NOPARD_CONFIG": str(rules), "NOPARD_FORWARDER_URL": fake.url,
+                           "NOPARD_META_TTL": "0.001", "NOPARD_STALE_DEADLINE": "0.5"}, name="hidden-down")
+    token = server.token("alice", "pw")
+    assert server.request("PUT", "/hidden-pkg", publish_body("hidden-pkg", "1.0.0"), token=token).status == 201
+    server.request("GET", "/debug")
+    fake.fault("500")
+    until_upstream_down(server, "/debug")
+    for hidden, missing in (("/hidden-pkg", "/open-nothing"), ("/hidden-pkg/1.0.0", "/open-nothing/1.0.0"),
+                            ("/hidden-pkg/-/hidden-pkg-1.0.0.tgz", "/open-nothing/-/open-nothing-1.0.0.tgz")):
+        a, b = server.request("GET", hidden), server.request("GET", missing)
+        assert (a.status, a.body.replace(b"hidden-pkg", b"X")) == (b.status, b.body.replace(b"open-nothing", b"X"))
+        assert b"unreachable" in b.body
