@@ -40,24 +40,24 @@ def names_found(answer: dict[str, Any]) -> list[str]:
 
 
 def find(found: list, text: str, **params: str) -> dict[str, Any]:
-    return search(found, parse_query(run(text, **params)), lambda name: True, "http://r", 0.0)
+    return search(found, parse_query(run(text, **params)), lambda name: True, "http://r.example", 0.0)
 
 
 def test_entry_has_the_shape_npm_reads() -> None:
-    entry = entry_of(document("lib", "a lib", ["x", "y"], homepage="https://h",
-                              repository={"type": "git", "url": "git+https://g"}, bugs={"url": "https://b"}))
-    summary = entry.summary("http://r/")
+    entry = entry_of(document("lib", "a lib", ["x", "y"], homepage="https://h.example",
+                              repository={"type": "git", "url": "git+https://g.example"}, bugs={"url": "https://b.example"}))
+    summary = entry.summary("http://r.example/")
     assert summary["name"] == "lib" and summary["version"] == "1.0.0"
     assert summary["keywords"] == ["x", "y"] and summary["date"] == "2026-01-02T00:00:00.000Z"
-    assert summary["links"] == {"npm": "http://r/lib", "homepage": "https://h", "repository": "git+https://g",
-                                "bugs": "https://b"}
+    assert summary["links"] == {"npm": "http://r.example/lib", "homepage": "https://h.example", "repository": "git+https://g.example",
+                                "bugs": "https://b.example"}
     assert summary["publisher"] == {"username": "alice", "email": "a@example.com"}
     assert summary["maintainers"] == [{"username": "alice", "email": "a@example.com"}]
 
 
 def test_odd_documents_still_give_arrays() -> None:
     odd = {"name": "odd", "versions": {"1.0.0": {}}, "maintainers": "nobody", "keywords": "a, b"}
-    summary = entry_of(odd).summary("http://r")
+    summary = entry_of(odd).summary("http://r.example")
     assert summary["maintainers"] == [] and summary["keywords"] == ["a", "b"]
     assert summary["publisher"] == {"username": "", "email": ""}
     assert entry_of({"name": "none", "versions": {}}) is None
@@ -118,14 +118,14 @@ def test_odd_paging_values_fall_back_or_clamp(params: dict[str, str], size: int,
                                  b"keywords:", b":::", b"scope:@", b"* ? [ ( \\"])
 def test_odd_texts_never_fail(raw: bytes) -> None:
     query = parse_query({b"text": [raw], b"size": [b"5"]})
-    answer = search(entries(document("lib")), query, lambda name: True, "http://r", 0.0)
+    answer = search(entries(document("lib")), query, lambda name: True, "http://r.example", 0.0)
     assert isinstance(answer["objects"], list) and answer["total"] >= 0
     assert parse_query({}).terms == ()
 
 
 def test_invisible_packages_are_left_out_and_not_counted() -> None:
     found = entries(document("@secret/lib"), document("lib"))
-    answer = search(found, parse_query(run("lib")), lambda name: not name.startswith("@secret/"), "http://r", 0.0)
+    answer = search(found, parse_query(run("lib")), lambda name: not name.startswith("@secret/"), "http://r.example", 0.0)
     assert names_found(answer) == ["lib"] and answer["total"] == 1
 
 
