@@ -116,22 +116,21 @@ def test_blackholed_upstream_serves_stale_then_opens_the_breaker(mirror, fake: F
     assert fake.stats()["connections"] == attempts
 
 
-def test_stale_reads_do_not_wait_on_an_upstream_not_heard_from(mirror, fake: FakeUpstream, start_nopard) -> None:
-    """After a restart with the upstream silent, stale documents are served at once (no deadline wait)."""
-    first = mirror(meta_ttl="0.001", stale_deadline="3")
-    first.request("GET", "/debug")
-    first.stop()
+def restarted_with_upstream_silent(mirror, fake: FakeUpstream) -> NopardServer:
+    """A nopard that cached /debug, restarted (same port and store) after the upstream went silent."""
+    server = mirror(meta_ttl="0.001", stale_deadline="3")
+    server.request("GET", "/debug")
+    server.stop()
     fake.fault("blackhole")
-    again = NopardServer(first.workdir, {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_META_TTL": "0.001",
-                                         "NOPARD_STALE_DEADLINE": "3", "NOPARD_PORT": str(first.port)})
-    again.port = first.port
-    again.start()
-    try:
-        started = time.monotonic()
-        answer = again.request("GET", "/debug")
-        assert cache_status(answer) == "STALE" and time.monotonic() - started < 2
-    finally:
-        again.stop()
+    return server.start()
+
+
+def test_stale_reads_do_not_wait_on_an_upstream_not_heard_from(mirror, fake: FakeUpstream) -> None:
+    """After a restart with the upstream silent, stale documents are served at once (no deadline wait)."""
+    again = restarted_with_upstream_silent(mirror, fake)
+    started = time.monotonic()
+    answer = again.request("GET", "/debug")
+    assert cache_status(answer) == "STALE" and time.monotonic() - started < 2
 
 
 def test_missing_document_fails_fast_while_upstream_is_down(mirror, fake: FakeUpstream) -> None:
@@ -436,19 +435,9 @@ def test_late_answer_to_a_miss_is_kept(mirror, fake: FakeUpstream) -> None:
 def test_miss_fails_at_once_while_the_upstream_sits_on_a_request(mirror, fake: FakeUpstream) -> None:
     """After a restart with the upstream silent, once a background revalidation has gone unanswered
     for a moment, a name never fetched is a 404 at once (no second deadline wait)."""
-    first = mirror(meta_ttl="0.001", stale_deadline="3")
-    first.request("GET", "/debug")
-    first.stop()
-    fake.fault("blackhole")
-    again = NopardServer(first.workdir, {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_META_TTL": "0.001",
-                                         "NOPARD_STALE_DEADLINE": "3", "NOPARD_PORT": str(first.port)})
-    again.port = first.port
-    again.start()
-    try:
-        assert cache_status(again.request("GET", "/debug")) == "STALE"  # starts a background revalidation
-        time.sleep(0.8)
-        started = time.monotonic()
-        assert again.request("GET", "/semver").status == 404
-        assert time.monotonic() - started < 1
-    finally:
-        again.stop()
+    again = restarted_with_upstream_silent(mirror, fake)
+    assert cache_status(again.request("GET", "/debug")) == "STALE"  # starts a background revalidation
+    time.sleep(0.8)
+    started = time.monotonic()
+    assert again.request("GET", "/semver").status == 404
+    assert time.monotonic() - started < 1
