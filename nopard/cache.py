@@ -77,6 +77,7 @@ class CachedDocument:
     origin: str = "local"
     fetched_at: float | None = None
     etag: str | None = None
+    stamp: str | None = None  # the package's stamp when loaded (nopard.coordination)
 
     @property
     def size(self) -> int:
@@ -153,6 +154,15 @@ class PreparedCache:
                 ticket.valid = False
         for key in list(self._keys_by_name.get(name, ())):
             self._remove(key)
+
+    def clear(self) -> None:
+        """Forget every document and void every load in flight (Redis came back: trust nothing held)."""
+        for tickets in self._loads.values():
+            for ticket in tickets:
+                ticket.valid = False
+        self._entries.clear()
+        self._keys_by_name.clear()
+        self.bytes_held = 0
 
     def touch(self, name: str, fetched_at: float, etag: str | None) -> None:
         """Record that the upstream confirmed ``name``'s document at ``fetched_at``."""

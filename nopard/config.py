@@ -205,6 +205,16 @@ def parse_s3_prefix(text: str) -> str:
     return value
 
 
+def parse_redis_url(text: str) -> str:
+    """A redis:// URL, or empty."""
+    from nopard.coordination import parse_redis_url as parse
+
+    value = text.strip()
+    if value:
+        parse(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its attribute name, default text, parser and help line."""
@@ -244,6 +254,19 @@ SETTINGS: tuple[Setting, ...] = (
         "S3 bucket of the data, with NOPARD_STORAGE=s3 (AWS_* variables configure boto3).",
     ),
     Setting("s3_prefix", "", parse_s3_prefix, "Object key prefix in the bucket, e.g. npm/registry (empty: none)."),
+    Setting(
+        "redis_url",
+        "",
+        parse_redis_url,
+        "Redis shared by several instances, redis://[:password@]host[:port][/db]; REDIS_URL works too "
+        "(empty: none, one instance).",
+    ),
+    Setting(
+        "lock_ttl",
+        "10",
+        parse_seconds,
+        "Seconds a Redis lock outlives an instance that stopped renewing it (killed mid-publish or mid-fetch).",
+    ),
     Setting("loglevel", "info", parse_level, "Lowest level logged: debug, info, warn, error."),
     Setting("log_format", "text", parse_log_format, "Log lines as text or json (one object a line)."),
     Setting("log_max_size", "10mb", parse_size, "NOPARD_LOGFILE rotates when it reaches this size."),
@@ -367,6 +390,8 @@ class Settings:
     storage: str
     s3_bucket: str
     s3_prefix: str
+    redis_url: str
+    lock_ttl: float
     loglevel: str
     log_format: str
     log_max_size: int
@@ -430,6 +455,8 @@ def load_settings(
             text, source = given, f"--{setting.option}"
         elif setting.env in environ:
             text, source = environ[setting.env], setting.env
+        elif setting.name == "redis_url" and "REDIS_URL" in environ:  # the 12-factor name
+            text, source = environ["REDIS_URL"], "REDIS_URL"
         else:
             text, source = setting.default, setting.env
         try:

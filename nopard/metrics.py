@@ -220,6 +220,7 @@ class LiveCollector:
         self.upstreams: Callable[[], Iterable[Any]] = list
         self.cache: Any = None
         self.store: StoreSize | None = None
+        self.coordination: Any = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges, from the components' current state."""
@@ -245,6 +246,12 @@ class LiveCollector:
                                     value=stats["bytes"])
             yield GaugeMetricFamily("nopard_memory_cache_entries", "Prepared documents held in memory.",
                                     value=stats["entries"])
+        coordination = self.coordination
+        if coordination is not None and coordination.state != "off":
+            yield GaugeMetricFamily("nopard_redis_up", "1 while Redis answers; 0: degraded, serving from "
+                                    "storage alone.", value=1.0 if coordination.state == "up" else 0.0)
+            yield GaugeMetricFamily("nopard_redis_outages", "Times Redis became unreachable since start.",
+                                    value=coordination.link.failures)
         if self.store is not None and self.store.bytes is not None:
             yield GaugeMetricFamily("nopard_store_bytes", "Bytes stored under NOPARD_REGISTRY_PATH "
                                     "(a walk at most every minute).", value=self.store.bytes)

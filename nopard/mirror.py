@@ -25,14 +25,14 @@ import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from nopard import names, packument
 from nopard.cache import CachedDocument, PreparedCache, PreparedDocument, prepare
 from nopard.config import LiveSettings
+from nopard.coordination import LocalCoordination, within
 from nopard.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.integrity import Digests
-from nopard.registry import Registry
+from nopard.registry import Registry, iso_time
 from nopard.storage import Blob, Storage
 from nopard.upstream import Upstream
 
@@ -69,24 +69,6 @@ class MirrorMeta:
     fetched_at: float
     etag: str | None = None
     last_modified: str | None = None
-
-
-async def _within(deferred: Deferred, seconds: float, clock: IReactorTime) -> Any:
-    """Await ``deferred`` for at most ``seconds`` without cancelling it (TimeoutError after).
-
-    Whatever it ends with later is consumed, so a late failure is not reported as unhandled.
-    """
-    waiter: Deferred = Deferred()
-    timer = clock.callLater(seconds, lambda: waiter.called or waiter.errback(TimeoutError()))
-
-    def settle(result: Any) -> None:
-        if timer.active():
-            timer.cancel()
-        if not waiter.called:
-            waiter.callback(result) if not isinstance(result, Failure) else waiter.errback(result)
-
-    deferred.addBoth(settle)
-    return await waiter
 
 
 class Upstreams:
@@ -151,8 +133,10 @@ class Mirror:
         spool_dir: str,
         log: Logger,
         revalidation_slots: int = 8,
+        coordination: Any = None,
     ) -> None:
         self._settings = settings
+        self._coordination = coordination or LocalCoordination()
         self._storage = storage
         self._registry = registry
         self.upstreams = upstreams
@@ -170,7 +154,8 @@ class Mirror:
 
     async def packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
         """The document of ``name`` prepared for ``base_url``, and how it was served."""
-        cached = self._cache.get(name, base_url)
+        stamp = await self._coordination.stamp(name)
+        cached = await self._cached(name, base_url, stamp)
         if cached is not None:
             if cached.origin == "local":
                 return cached.prepared, "LOCAL"
@@ -185,9 +170,24 @@ class Mirror:
                 self._cache.invalidate(name, keep=ticket)
             prepared = prepare(document, base_url)
             entry = CachedDocument(prepared, entry_origin, meta.fetched_at if meta else None,
-                                   meta.etag if meta else None)
-            self._cache.put(name, base_url, entry, ticket)
+                                   meta.etag if meta else None, stamp)
+            if stamp is not None:  # None: degraded, no cache can be checked against other instances
+                self._cache.put(name, base_url, entry, ticket)
+                self._coordination.share_document(name, base_url, entry)
         return prepared, status
+
+    async def _cached(self, name: str, base_url: str, stamp: str | None) -> CachedDocument | None:
+        """The prepared document carrying ``stamp``: from memory, else from another instance."""
+        if stamp is None:
+            return None
+        cached = self._cache.get(name, base_url)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        with self._cache.loading(name) as ticket:
+            shared = await self._coordination.shared_document(name, base_url, stamp)
+            if shared is not None:
+                self._cache.put(name, base_url, shared, ticket)
+        return shared
 
     async def document(self, name: str, base_url: str) -> dict[str, Any]:
         """The document of ``name`` as served (for the version route)."""
@@ -259,12 +259,33 @@ class Mirror:
         # Already silent on another request for a while: no point waiting on this one too.
         patience = 0.0 if upstream.silent_for() > SILENT_ENOUGH else self._settings.current.stale_deadline
         try:
-            return await _within(fetching, patience, self._clock)
+            return await within(fetching, patience, self._clock)
         except (UpstreamUnavailable, TimeoutError) as error:
             reason = getattr(error, "message", "no answer in time")
             raise NotFound(f"{name} is not cached here and the upstream is unreachable ({reason})") from None
 
     async def _fetch(
+        self, name: str, upstream: Upstream, timeout: float | None = None, reuse_fresh: bool = True
+    ) -> tuple[dict[str, Any], MirrorMeta]:
+        """Fetch ``name``'s document; ``reuse_fresh``: a fresh stored copy will do instead."""
+        async with self._coordination.lock("doc:" + name, wait=self._settings.current.upstream_timeout):
+            # Another instance may have fetched it while this one waited for the lock.
+            stored = await self._fresh_copy(name, since=None) if reuse_fresh else None
+            if stored is not None:
+                return stored
+            return await self._fetch_locked(name, upstream, timeout)
+
+    async def _fresh_copy(self, name: str, since: float | None) -> tuple[dict[str, Any], MirrorMeta] | None:
+        """The stored document if it was confirmed within the TTL (and after ``since``), else None."""
+        meta = await self._read_meta(name)
+        if meta is None or (since is not None and meta.fetched_at <= since):
+            return None
+        if decide(meta.fetched_at, self._clock.seconds(), self._ttl(), False) is not Action.SERVE:
+            return None
+        document = await self._read_document(name)
+        return (document, meta) if document is not None else None
+
+    async def _fetch_locked(
         self, name: str, upstream: Upstream, timeout: float | None = None
     ) -> tuple[dict[str, Any], MirrorMeta]:
         fetched = await upstream.document(name, timeout=timeout)
@@ -321,6 +342,15 @@ class Mirror:
         self, name: str, upstream: Upstream, meta: MirrorMeta, timeout: float | None = None
     ) -> tuple[dict[str, Any], MirrorMeta]:
         deadline = timeout or self._settings.current.stale_deadline
+        async with self._coordination.lock("doc:" + name, wait=deadline):
+            stored = await self._fresh_copy(name, since=meta.fetched_at)
+            if stored is not None:  # revalidated by another instance meanwhile
+                return stored
+            return await self._conditional_locked(name, upstream, meta, deadline)
+
+    async def _conditional_locked(
+        self, name: str, upstream: Upstream, meta: MirrorMeta, deadline: float
+    ) -> tuple[dict[str, Any], MirrorMeta]:
         fetched = await upstream.document(name, meta.etag, timeout=deadline)
         if fetched.status == 304:
             fresh = MirrorMeta(self._clock.seconds(), meta.etag, meta.last_modified)
@@ -347,6 +377,7 @@ class Mirror:
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
         await self._storage.write(names.upstream_document_key(name), orjson.dumps(document))
         await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(meta)))
+        await self._coordination.bump(name)
         return document, meta
 
     async def _read_meta(self, name: str) -> MirrorMeta | None:
@@ -395,6 +426,14 @@ class Mirror:
         return blob, Action.FETCH.value
 
     async def _fetch_tarball(self, name: str, filename: str, upstream: Upstream) -> int:
+        """Fetch, verify and store a tarball; one instance at a time fetches a given one."""
+        key = names.upstream_tarball_key(name, filename)
+        async with self._coordination.lock("tarball:" + key, wait=self._settings.current.upstream_timeout):
+            if await self._storage.exists(key):  # fetched by another instance while this one waited
+                return 0
+            return await self._fetch_tarball_locked(name, filename, upstream)
+
+    async def _fetch_tarball_locked(self, name: str, filename: str, upstream: Upstream) -> int:
         manifest = await self._manifest_for(name, filename, upstream)
         dist = manifest.get("dist") or {}
         digests = Digests(dist)
@@ -429,7 +468,7 @@ class Mirror:
         document = await self._read_document(name)
         manifest = packument.find_version_by_file(document, filename) if document else None
         if manifest is None:
-            document, _meta = await self._documents.run(name, lambda: self._fetch(name, upstream))
+            document, _meta = await self._documents.run(name, lambda: self._fetch(name, upstream, reuse_fresh=False))
             self._cache.invalidate(name)
             manifest = packument.find_version_by_file(document, filename)
         if manifest is None:
@@ -516,8 +555,11 @@ class Mirror:
 
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use."""
+        coordination = self._coordination
+        since = iso_time(coordination.since) if coordination.since is not None else None
         return {
             "cache": self._cache.stats(),
+            "redis": {"state": coordination.state, "since": since},
             "upstreams": [
                 {"url": u.base_url, "state": u.breaker.state, "consecutive_failures": u.breaker.failures,
                  "requests": u.requests_made}

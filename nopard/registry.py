@@ -7,42 +7,18 @@ create-if-absent before the document that names it.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Awaitable, Callable
 
 import orjson
-from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from nopard import names, packument
 from nopard.cache import PreparedCache
+from nopard.coordination import LocalCoordination
 from nopard.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.publication import Publication
 from nopard.storage import Storage
-
-
-class KeyedLocks:
-    """One DeferredLock per key, created on demand and dropped when idle."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[DeferredLock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        """Hold the lock of ``key`` for the body of an ``async with``."""
-        lock, users = self._locks.get(key, (DeferredLock(), 0))
-        self._locks[key] = (lock, users + 1)
-        await lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def iso_time(seconds: float) -> str:
@@ -51,14 +27,19 @@ def iso_time(seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Compare-and-swap rounds before a change gives up (each lost round means another writer won).
+UPDATE_ATTEMPTS = 20
+
+
 class Registry:
     """The packages published to this registry."""
 
-    def __init__(self, storage: Storage, cache: PreparedCache, clock: IReactorTime) -> None:
+    def __init__(self, storage: Storage, cache: PreparedCache, clock: IReactorTime, coordination: Any = None) -> None:
         self._storage = storage
         self._cache = cache
         self._clock = clock
-        self._locks = KeyedLocks()
+        # One instance at a time changes a package (a Redis lock when instances share one).
+        self._coordination = coordination or LocalCoordination()
 
     async def document(self, name: str) -> dict[str, Any] | None:
         """The stored document of ``name``, or None if it was never published here."""
@@ -76,8 +57,8 @@ class Registry:
         bytes are already stored for a version's tarball.
         """
         name = publication.name
-        async with self._locks.hold(name):
-            document = await self.document(name)
+
+        async def merge(document: dict[str, Any] | None) -> dict[str, Any]:
             if document is None:
                 names.validate_name(name, new=True)
             owned = document is None or not check_owner or _maintains(document, publisher["name"])
@@ -88,11 +69,11 @@ class Registry:
             merged = packument.merge_publication(document, publication, publisher, now, retired)
             for version, data in publication.tarballs.items():
                 await self._store_tarball(name, names.tarball_filename(name, version), data)
-            body = orjson.dumps(merged)
-            merged["_rev"] = packument.next_revision(merged, body)
-            await self._storage.write(names.local_document_key(name), orjson.dumps(merged))
-            self._cache.invalidate(name)
+            merged["_rev"] = packument.next_revision(merged, orjson.dumps(merged))
             return merged
+
+        async with self._coordination.lock("doc:" + name):
+            return await self._update(name, merge)
 
     async def change(
         self, name: str, user: str | None, revision: str | None,
@@ -104,43 +85,48 @@ class Registry:
         writes allowed); ``revision``, when given, must be the stored one.
         Raises NotFound when the package was not published here.
         """
-        async with self._locks.hold(name):
-            document = await self._writable(name, user, revision, maintainer)
-            changed = apply(document)
-            await self._store_document(name, changed)
-            return changed
+        async def changed(document: dict[str, Any] | None) -> dict[str, Any]:
+            return self._revised(apply(self._writable(name, document, user, revision, maintainer)))
+
+        async with self._coordination.lock("doc:" + name):
+            return await self._update(name, changed)
 
     async def unpublish_versions(
         self, name: str, user: str | None, revision: str | None, body: dict[str, Any]
     ) -> dict[str, Any]:
         """Apply a document sent back (deprecations, removed versions); removed tarballs go too."""
-        async with self._locks.hold(name):
-            document = await self._writable(name, user, revision, True)
-            changed, removed = packument.apply_document(document, body)
-            await self._store_document(name, changed)
+        removed: list[str] = []
+
+        async def applied(document: dict[str, Any] | None) -> dict[str, Any]:
+            changed, gone = packument.apply_document(self._writable(name, document, user, revision, True), body)
+            removed[:] = gone
+            return self._revised(changed)
+
+        async with self._coordination.lock("doc:" + name):
+            changed = await self._update(name, applied)
             for version in removed:
                 await self._storage.delete(names.tarball_key(name, names.tarball_filename(name, version)))
             return changed
 
     async def remove_tarball(self, name: str, user: str | None, filename: str) -> None:
         """Delete the tarball of a version already removed from the document (npm unpublish's last step)."""
-        async with self._locks.hold(name):
-            document = await self._writable(name, user, None, True)
+        async with self._coordination.lock("doc:" + name):
+            document = self._writable(name, await self.document(name), user, None, True)
             if packument.find_version_by_file(document, filename) is not None:
                 raise InvalidInput(f"{filename} belongs to a published version: unpublish the version first")
             await self._storage.delete(names.tarball_key(name, filename))
 
     async def unpublish(self, name: str, user: str | None, revision: str | None) -> None:
         """Remove a whole package: record its versions, then the document, then its tarballs."""
-        async with self._locks.hold(name):
-            document = await self._writable(name, user, revision, True)
+        async with self._coordination.lock("doc:" + name):
+            document = self._writable(name, await self.document(name), user, revision, True)
             record = await self._unpublished(name) or {"name": name, "time": {}}
             record["time"].update(document.get("time", {}))
             now = iso_time(self._clock.seconds())
             record["time"]["unpublished"] = {"time": now, "versions": list(document["versions"])}
             await self._storage.write(names.unpublished_key(name), orjson.dumps(record))
             await self._storage.delete(names.local_document_key(name))
-            self._cache.invalidate(name)
+            await self._changed(name)
             prefix = names.package_prefix(name) + "/tarballs/"
             for key in await self._storage.list(prefix):
                 await self._storage.delete(key)
@@ -154,10 +140,10 @@ class Registry:
             if key.endswith("/package.json") and "/upstream/" not in key
         ]
 
-    async def _writable(
-        self, name: str, user: str | None, revision: str | None, maintainer: bool
+    def _writable(
+        self, name: str, document: dict[str, Any] | None, user: str | None, revision: str | None,
+        maintainer: bool,
     ) -> dict[str, Any]:
-        document = await self.document(name)
         if document is None:
             raise NotFound(f"{name} is not published on this registry (mirrored packages cannot be changed)")
         if maintainer and user is not None and not _maintains(document, user):
@@ -166,11 +152,33 @@ class Registry:
             raise Conflict(f"revision {revision} of {name} is not the current one; fetch it again")
         return document
 
-    async def _store_document(self, name: str, document: dict[str, Any]) -> None:
+    def _revised(self, document: dict[str, Any]) -> dict[str, Any]:
         document.setdefault("time", {})["modified"] = iso_time(self._clock.seconds())
         document["_rev"] = packument.next_revision(document, orjson.dumps(document))
-        await self._storage.write(names.local_document_key(name), orjson.dumps(document))
+        return document
+
+    async def _update(
+        self, name: str, compute: Callable[[dict[str, Any] | None], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Read, compute, compare-and-swap: a document another instance changed meanwhile is read again.
+
+        The lock held by the callers makes a retry rare; the swap makes a lost
+        update impossible even when the lock could not be had (Redis down).
+        """
+        key = names.local_document_key(name)
+        for _attempt in range(UPDATE_ATTEMPTS):
+            stored = await self._storage.read_versioned(key)
+            document = orjson.loads(stored[0]) if stored is not None else None
+            changed = await compute(document)
+            if await self._storage.replace(key, orjson.dumps(changed), stored[1] if stored else None):
+                await self._changed(name)
+                return changed
+        raise Conflict(f"{name} kept changing while this change was applied; try again")
+
+    async def _changed(self, name: str) -> None:
+        """Forget prepared forms of ``name``, here and (through its stamp) on every instance."""
         self._cache.invalidate(name)
+        await self._coordination.bump(name)
 
     async def _unpublished(self, name: str) -> dict[str, Any] | None:
         raw = await self._storage.read(names.unpublished_key(name))

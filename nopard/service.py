@@ -23,6 +23,7 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -35,6 +36,9 @@ from nopard.auth.tokens import TokenStore
 from nopard.auth.limits import LoginLimiter
 from nopard.auth.weblogin import WebLogins
 from nopard.cache import PreparedCache
+from nopard.coordination import (
+    LocalCoordination, MemorySessions, RedisCoordination, RedisLink, RedisSessions,
+)
 from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.daemon import prepare as prepare_daemon
 from nopard.logs import LogService, twistd_log_stream
@@ -168,6 +172,33 @@ def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiServic
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix, partial(deferToThreadPool, reactor, s3_pool))
 
 
+class RedisService(Service):
+    """Connects to Redis at start and lets go of it at stop."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link
+
+    def startService(self) -> None:
+        super().startService()
+        self.link.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return Deferred.fromCoroutine(self.link.stop())
+
+
+def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, logs: LogService,
+                      top: MultiService) -> tuple[Any, Any]:
+    """What instances share: through Redis with NOPARD_REDIS_URL, else nothing (one process)."""
+    sessions = MemorySessions(reactor)
+    if not settings.redis_url:
+        return LocalCoordination(), sessions
+    log = Logger(namespace="nopard.redis", observer=logs.publisher)
+    link = RedisLink(settings.redis_url, reactor, log)
+    RedisService(link).setServiceParent(top)
+    return RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl), RedisSessions(link, sessions)
+
+
 def build_service(
     settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None
 ) -> MultiService:
@@ -193,7 +224,8 @@ def build_service(
 
     storage = open_storage(settings, reactor, run_io, top)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
-    registry = Registry(storage, cache, reactor)
+    coordination, sessions = open_coordination(settings, reactor, cache, logs, top)
+    registry = Registry(storage, cache, reactor, coordination)
     pool = QuietConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 16
     UpstreamPoolService(pool).setServiceParent(top)
@@ -203,13 +235,14 @@ def build_service(
     mirror = Mirror(
         live, storage, registry, upstreams, cache, reactor,
         spool_dir=os.path.join(settings.registry_path, ".spool"),
-        log=Logger(namespace="nopard.mirror", observer=logs.publisher),
+        log=Logger(namespace="nopard.mirror", observer=logs.publisher), coordination=coordination,
     )
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.
     owner = f"{socket.gethostname()}:{settings.port}"
     metrics.live.upstreams = upstreams.all
     metrics.live.cache = cache
+    metrics.live.coordination = coordination
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(settings.registry_path, run_io, reactor) if settings.storage == "fs" else None
     jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
@@ -225,7 +258,7 @@ def build_service(
     )
     app = RegistryApp(
         live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
-        metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor),
+        metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor, sessions),
         policy=policy, search=SearchIndex(registry, mirror, reactor),
     )
     site = NopardSite(

@@ -135,12 +135,12 @@ class StoreLock:
         record = orjson.dumps({"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS})
         if await self._storage.create(key, record):
             return True
-        raw = await self._storage.read(key)
-        held = orjson.loads(raw) if raw else None
+        stored = await self._storage.read_versioned(key)
+        held = orjson.loads(stored[0]) if stored else None
         if held and held.get("owner") != self.owner and held.get("expires", 0) > self._clock.seconds():
             return False
-        await self._storage.write(key, record)
-        return True
+        # Compare-and-swap: of two instances taking over an expired lock, one wins.
+        return await self._storage.replace(key, record, stored[1] if stored else None)
 
     async def renew(self, job: str) -> None:
         """Push the lock's expiry forward while a long run goes on."""

@@ -47,6 +47,12 @@ def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
+def temporary_leftovers(directory: Path) -> list[Path]:
+    """Dot files a write or download left behind (every write goes through one); the fs
+    backend's lock files under ``.locks/`` are meant to stay."""
+    return [p for p in directory.rglob(".*") if ".locks" not in p.relative_to(directory).parts]
+
+
 @dataclass
 class Response:
     """An HTTP answer, read whole."""

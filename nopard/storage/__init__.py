@@ -65,6 +65,29 @@ class Storage(Protocol):
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
 
+    async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and an opaque version string, or None when there is none.
+
+        The version is what ``replace`` compares against. It identifies the
+        content: an object that changes and then goes back to the same bytes
+        may show the same version again, which is harmless for read-merge-write
+        (a merge made from those bytes is still a merge of what is stored).
+        """
+
+    async def replace(self, key: str, data: bytes, version: str | None) -> bool:
+        """Store ``data`` at ``key`` only if the stored object still has ``version``.
+
+        Compare-and-swap, atomically: with ``version`` None, only if there is
+        no object. False, and nothing stored, when the object changed since
+        ``read_versioned`` gave ``version`` (or exists when ``version`` is
+        None, or is gone when it is not); the caller reads again, merges, and
+        retries. Readers see all or nothing, as with ``write``. Several
+        processes sharing one store lose no update as long as every writer of
+        the key goes through ``replace``: a plain ``write``, ``create`` or
+        ``delete`` is not ordered against a ``replace`` in flight on every
+        backend.
+        """
+
     async def create_from_file(self, key: str, path: str) -> bool:
         """Store the content of local file ``path`` at ``key`` only if nothing is there.
 

@@ -4,14 +4,24 @@ Writes go to a temporary file in the target's directory (its name starts with
 a dot, which no key can), are fsynced, then renamed (replace) or hard-linked
 (create-if-absent) into place, and the directory is fsynced. A crash leaves at
 worst a ``.tmp-*`` file, never half an object.
+
+``replace`` (compare-and-swap) must hold across processes sharing the
+directory, so its compare and its rename happen under an exclusive ``flock``
+on a lock file of the target's directory, kept under ``<root>/.locks/`` (one
+per directory, left in place: removing a lock file someone may be waiting on
+would let two holders in). The version ``read_versioned`` gives is a hash of the content, so it
+needs no bookkeeping beside the object and no clock or inode can fool it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
-from typing import Any, Awaitable, Callable, BinaryIO
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, BinaryIO, Iterator
 
 from twisted.internet.interfaces import IConsumer
 from twisted.protocols.basic import FileSender
@@ -19,6 +29,10 @@ from twisted.protocols.basic import FileSender
 from nopard.storage import InvalidKey, check_key, check_prefix
 
 RunInThread = Callable[..., Awaitable[Any]]
+
+# A dot name, like the temporary files: no key can address it, list() skips it,
+# and fsck/gc leave it alone (it holds neither temporary files nor tarballs).
+LOCK_DIRECTORY = ".locks"
 
 
 class FileBlob:
@@ -66,6 +80,23 @@ class FilesystemStorage:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
         return await self._run(_write_file, self.path_of(key), data, False)
 
+    async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and their hash as its version, or None when there is none."""
+        return await self._run(_read_versioned, self.path_of(key))
+
+    async def replace(self, key: str, data: bytes, version: str | None) -> bool:
+        """Store ``data`` at ``key`` only if the stored object still has ``version`` (None: only if absent).
+
+        Atomic across processes: the compare and the rename run under the
+        directory's exclusive lock; False, and nothing stored, if the object changed.
+        """
+        return await self._run(_replace_file, self.path_of(key), data, version, self.lock_path(key))
+
+    def lock_path(self, key: str) -> str:
+        """The lock file of ``key``'s directory (shared by every object in it)."""
+        directory = key.rsplit("/", 1)[0] if "/" in key else ""
+        return os.path.join(self.root, LOCK_DIRECTORY, hashlib.sha1(directory.encode()).hexdigest() + ".lock")
+
     async def create_from_file(self, key: str, path: str) -> bool:
         """Store local file ``path`` at ``key`` only if nothing is there (hard link or copy)."""
         return await self._run(_create_from_file, self.path_of(key), path)
@@ -104,15 +135,42 @@ def _open_file(path: str) -> FileBlob | None:
     return FileBlob(file, os.fstat(file.fileno()).st_size)
 
 
-def _write_file(path: str, data: bytes, replace: bool) -> bool:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+def _read_versioned(path: str) -> tuple[bytes, str] | None:
+    data = _read_file(path)
+    return None if data is None else (data, _version_of(data))
+
+
+def _version_of(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def _has_version(path: str, version: str | None) -> bool:
+    """Whether the object at ``path`` has ``version`` (None: whether there is no object)."""
+    data = _read_file(path)
+    if version is None or data is None:
+        return data is None and version is None
+    return _version_of(data) == version
+
+
+def _temporary_copy(directory: str, data: bytes) -> str:
+    """A fsynced ``.tmp-*`` file holding ``data`` in ``directory``, ready to be renamed into place."""
     fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _write_file(path: str, data: bytes, replace: bool) -> bool:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temporary = _temporary_copy(directory, data)
+    try:
         if replace:
             os.replace(temporary, path)
         else:
@@ -129,6 +187,46 @@ def _write_file(path: str, data: bytes, replace: bool) -> bool:
         raise
     _fsync_directory(directory)
     return True
+
+
+def _replace_file(path: str, data: bytes, version: str | None, lock_path: str) -> bool:
+    # A first look without the lock: an object already changed (or gone) is
+    # refused before writing and fsyncing a temporary file for nothing. Saying
+    # False on what it saw is correct even if the object changes right after.
+    if not _has_version(path, version):
+        return False
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    # The copy is written and fsynced before taking the lock, so the lock is
+    # held only for the compare and the rename, never for a disk flush.
+    temporary = _temporary_copy(directory, data)
+    try:
+        with _lock(lock_path):
+            replaced = _has_version(path, version)
+            if replaced:
+                os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    if replaced:
+        _fsync_directory(directory)
+    return replaced
+
+
+@contextmanager
+def _lock(path: str) -> Iterator[None]:
+    """Hold the exclusive lock of file ``path`` (against other threads and processes alike).
+
+    flock locks belong to an open file description, so each holder opens the
+    file itself; closing it releases the lock, also when a process dies.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _create_from_file(target: str, source: str) -> bool:

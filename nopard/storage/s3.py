@@ -10,6 +10,10 @@ thread pool), never on the reactor.
   (``If-None-Match: *`` on PutObject or CompleteMultipartUpload): the server
   refuses them with 412 when an object exists, so create-if-absent holds
   across processes and machines.
+- ``replace`` is compare-and-swap on the ETag ``read_versioned`` gave: a
+  PutObject with ``If-Match: <etag>`` (``If-None-Match: *`` for "only if
+  absent"), which S3 checks and applies atomically, so it also holds across
+  processes and machines.
 - Big objects are streamed: files are uploaded from disk (one streamed
   PutObject, or a multipart upload holding one part at a time), and ``open``
   hands out a producer that reads the next chunk of GetObject's body in the
@@ -137,6 +141,21 @@ class S3Storage:
         return await self._run(self._conditional, lambda: self._client.put_object(
             Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*"))
 
+    async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and its ETag as the version (one GetObject), or None when there is none."""
+        return await self._run(self._read_versioned, self.object_key(key))
+
+    async def replace(self, key: str, data: bytes, version: str | None) -> bool:
+        """Store ``data`` at ``key`` only if the object still has ETag ``version`` (None: only if absent).
+
+        One conditional PutObject: S3 refuses it with 412 when the ETag differs
+        (or an object exists, for None) and 404 when the object is gone: False.
+        """
+        name = self.object_key(key)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        return await self._run(self._conditional, lambda: self._client.put_object(
+            Bucket=self.bucket, Key=name, Body=data, **condition), _EXISTS + _MISSING)
+
     async def create_from_file(self, key: str, path: str) -> bool:
         """Upload local file ``path`` to ``key`` only if nothing is there, streamed from disk."""
         return await self._run(self._create_from_file, self.object_key(key), path)
@@ -178,6 +197,13 @@ class S3Storage:
         with answer["Body"] as body:
             return body.read()
 
+    def _read_versioned(self, name: str) -> tuple[bytes, str] | None:
+        answer = self._get(name)
+        if answer is None:
+            return None
+        with answer["Body"] as body:
+            return body.read(), answer["ETag"]
+
     def _exists(self, name: str) -> bool:
         try:
             self._client.head_object(Bucket=self.bucket, Key=name)
@@ -195,13 +221,14 @@ class S3Storage:
         self._client.delete_object(Bucket=self.bucket, Key=name)
         return True
 
-    def _conditional(self, put: Callable[[], Any]) -> bool:
+    def _conditional(self, put: Callable[[], Any], refused: tuple[str, ...] = _EXISTS) -> bool:
+        """Run a conditional write: True if it was applied, False if S3 refused it with a ``refused`` code."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 put()
             except ClientError as error:
                 code = _code(error)
-                if code in _EXISTS:
+                if code in refused:
                     return False
                 if code in _CONFLICT and attempt + 1 < _CONFLICT_RETRIES:
                     time.sleep(0.05 * (attempt + 1))

@@ -203,10 +203,16 @@ class RegistryApp:
     async def health_check(self, request: IRequest) -> bytes:
         """200 while nopard can serve (its store works), 503 otherwise: for load balancers and watchdogs."""
         error = await self.health.check() if self.health is not None else None
-        upstreams = [{"url": u["url"], "state": u["state"]} for u in self.mirror.status()["upstreams"]]
+        status = self.mirror.status()
+        upstreams = [{"url": u["url"], "state": u["state"]} for u in status["upstreams"]]
+        redis = status["redis"]
         if error is not None:
-            return json_response(request, 503, {"status": "unavailable", "error": error, "upstreams": upstreams})
-        return json_response(request, 200, {"status": "ok", "nopard": __version__, "upstreams": upstreams})
+            return json_response(request, 503, {"status": "unavailable", "error": error, "upstreams": upstreams,
+                                                "redis": redis})
+        # Without Redis nopard still serves everything from storage: degraded, not down.
+        overall = "degraded" if redis["state"] == "down" else "ok"
+        return json_response(request, 200, {"status": overall, "nopard": __version__, "upstreams": upstreams,
+                                            "redis": redis})
 
     @app.route("/-/metrics", methods=["GET"])
     async def metrics_exposition(self, request: IRequest) -> bytes:
@@ -301,17 +307,17 @@ class RegistryApp:
         has_body = request.content.seek(0, 2) > 0
         body = await self.json_body(request) if has_body else {}
         create = isinstance(body, dict) and body.get("create") is True
-        session_id = self.weblogins.start(create)
+        session_id = await self.weblogins.start(create)
         base = self.base_url(request).rstrip("/")
         return json_response(
             request, 200, {"loginUrl": f"{base}/-/v1/login/{session_id}", "doneUrl": f"{base}/-/v1/done/{session_id}"}
         )
 
     @app.route("/-/v1/login/<session_id>", methods=["GET"])
-    def web_login_page(self, request: IRequest, session_id: str) -> bytes:
+    async def web_login_page(self, request: IRequest, session_id: str) -> bytes:
         """The login (or sign-up) form of a session."""
         try:
-            session = self.weblogins.session(session_id)
+            session = await self.weblogins.session(session_id)
         except NotFound as error:
             return html_response(request, 404, weblogin.gone_page(error.message))
         return html_response(request, 200, weblogin.form_page(session))
@@ -320,7 +326,7 @@ class RegistryApp:
     async def web_login_submit(self, request: IRequest, session_id: str) -> bytes:
         """The form posted back: log in or register; the polling npm then gets the token."""
         try:
-            session = self.weblogins.session(session_id)
+            session = await self.weblogins.session(session_id)
         except NotFound as error:
             return html_response(request, 404, weblogin.gone_page(error.message))
         form = {
@@ -340,9 +346,9 @@ class RegistryApp:
         return html_response(request, 200, weblogin.done_page(user))
 
     @app.route("/-/v1/done/<session_id>", methods=["GET"])
-    def web_login_done(self, request: IRequest, session_id: str) -> bytes:
+    async def web_login_done(self, request: IRequest, session_id: str) -> bytes:
         """Polled by npm: 202 while the person has not logged in yet, then the token, once."""
-        token = self.weblogins.poll(session_id)
+        token = await self.weblogins.poll(session_id)
         if token is None:
             request.setHeader(b"Retry-After", b"%d" % weblogin.POLL_SECONDS)
             return json_response(request, 202, {})

@@ -115,7 +115,12 @@ def flip_a_byte(path: Path) -> None:
 
 
 def contents(path: Path) -> dict[str, bytes]:
-    return {name: (path / name).read_bytes() for name in files_under(path)}
+    """The stored objects below ``path``; dot-names are the filesystem backend's own (lock files)."""
+    return {
+        name: (path / name).read_bytes()
+        for name in files_under(path)
+        if not any(part.startswith(".") for part in Path(name).parts)
+    }
 
 
 # Help and errors -----------------------------------------------------------------

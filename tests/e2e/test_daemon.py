@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.support import BIN, REPO, NopardServer, free_port, publish_body, twistd_env
+from tests.support import BIN, REPO, NopardServer, free_port, publish_body, temporary_leftovers, twistd_env
 
 
 def twistd(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -115,7 +115,7 @@ def test_sigterm_stops_cleanly_without_temp_files(nopard: NopardServer) -> None:
     nopard.stop()
     assert nopard.process.returncode == -signal.SIGTERM
     assert "Server Shut Down." in nopard.log()
-    assert not [p for p in nopard.registry.rglob(".*")]
+    assert not temporary_leftovers(nopard.registry)
     assert json.loads((nopard.registry / "packages" / "pkg" / "package.json").read_text())["name"] == "pkg"
 
 

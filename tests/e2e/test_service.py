@@ -28,7 +28,7 @@ from typing import Iterator
 import pytest
 
 from nopard.daemon import readable_by
-from tests.support import BIN, REPO, free_port, publish_body, twistd_env
+from tests.support import BIN, REPO, free_port, publish_body, temporary_leftovers, twistd_env
 
 INSTALLER = REPO / "scripts" / "install-service"
 NOBODY = pwd.getpwnam("nobody")
@@ -175,7 +175,7 @@ def daemons() -> Iterator[list[Daemon]]:
 
 def hidden_files(directory: Path) -> list[Path]:
     """Temporary files (every write goes through a dot file) and spool leftovers."""
-    return [p for p in directory.rglob(".*")]
+    return temporary_leftovers(directory)
 
 
 def dead_pid() -> int:

@@ -4,6 +4,8 @@ StorageContract and provides a ``storage`` fixture.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -126,11 +128,84 @@ class StorageContract:
         await blob.send_to(consumer)
         assert consumer.data == data
 
+    @pytest_twisted.ensureDeferred
+    async def test_read_versioned_missing_key_is_none(self, storage) -> None:
+        """read_versioned() of a key never written gives None."""
+        assert await storage.read_versioned("packages/none/package.json") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_replace_with_the_version_read(self, storage) -> None:
+        """replace() from the version just read stores the new bytes, which then have another version."""
+        await storage.write("k/doc", b"first")
+        data, version = await storage.read_versioned("k/doc")
+        assert data == b"first"
+        assert isinstance(version, str)
+        assert await storage.replace("k/doc", b"second", version) is True
+        data, newer = await storage.read_versioned("k/doc")
+        assert data == b"second"
+        assert newer != version
+        assert await storage.read("k/doc") == b"second"
+
+    @pytest_twisted.ensureDeferred
+    async def test_replace_with_a_stale_version_is_refused(self, storage) -> None:
+        """replace() from a version someone has since replaced says False and leaves their bytes."""
+        await storage.write("k/doc", b"first")
+        _data, stale = await storage.read_versioned("k/doc")
+        assert await storage.replace("k/doc", b"theirs", stale) is True
+        assert await storage.replace("k/doc", b"mine", stale) is False
+        assert await storage.read("k/doc") == b"theirs"
+        await storage.write("k/doc", b"written over")
+        assert await storage.replace("k/doc", b"mine", stale) is False
+        assert await storage.read("k/doc") == b"written over"
+
+    @pytest_twisted.ensureDeferred
+    async def test_replace_without_a_version_only_creates(self, storage) -> None:
+        """replace(version=None) stores only where nothing is."""
+        assert await storage.replace("k/new", b"first", None) is True
+        assert await storage.replace("k/new", b"second", None) is False
+        assert await storage.read("k/new") == b"first"
+
+    @pytest_twisted.ensureDeferred
+    async def test_replace_of_a_deleted_object_is_refused(self, storage) -> None:
+        """replace() from a version of an object deleted since says False and stores nothing."""
+        await storage.write("k/doc", b"first")
+        _data, version = await storage.read_versioned("k/doc")
+        assert await storage.delete("k/doc") is True
+        assert await storage.replace("k/doc", b"second", version) is False
+        assert await storage.read_versioned("k/doc") is None
+        assert await storage.replace("k/never", b"x", version) is False
+        assert await storage.read("k/never") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_replaces_have_one_winner(self, storage) -> None:
+        """Many concurrent replace()s from one version: exactly one succeeds, its bytes stay."""
+        await storage.write("k/race", b"start")
+        _data, version = await storage.read_versioned("k/race")
+        results = await defer.gatherResults([
+            defer.Deferred.fromCoroutine(storage.replace("k/race", b"%d" % n, version)) for n in range(10)
+        ])
+        assert results.count(True) == 1
+        assert await storage.read("k/race") == b"%d" % results.index(True)
+
+    @pytest_twisted.ensureDeferred
+    async def test_concurrent_read_merge_replace_loses_no_update(self, storage) -> None:
+        """Concurrent writers each appending to one JSON list through read/replace retries: none is lost."""
+
+        async def append(item: int) -> None:
+            while True:
+                current = await storage.read_versioned("k/list.json")
+                items, version = ([], None) if current is None else (json.loads(current[0]), current[1])
+                if await storage.replace("k/list.json", json.dumps(items + [item]).encode(), version):
+                    return
+
+        await defer.gatherResults([defer.Deferred.fromCoroutine(append(n)) for n in range(10)])
+        assert sorted(json.loads(await storage.read("k/list.json"))) == list(range(10))
+
     @pytest.mark.parametrize("key", HOSTILE_KEYS)
     @pytest_twisted.ensureDeferred
     async def test_hostile_keys_are_refused(self, storage, key) -> None:
         """Keys that could leave the store or hit temporary files are refused by every operation."""
-        for operation in (storage.read, storage.exists, storage.open, storage.delete):
+        for operation in (storage.read, storage.read_versioned, storage.exists, storage.open, storage.delete):
             with pytest.raises(InvalidKey):
                 await operation(key)
         for operation in (storage.write, storage.create):
@@ -138,6 +213,9 @@ class StorageContract:
                 await operation(key, b"x")
         with pytest.raises(InvalidKey):
             await storage.create_from_file(key, "/dev/null")
+        for version in (None, "v"):
+            with pytest.raises(InvalidKey):
+                await storage.replace(key, b"x", version)
 
     @pytest.mark.parametrize("prefix", ["../", "a", "/", "a/../"])
     @pytest_twisted.ensureDeferred

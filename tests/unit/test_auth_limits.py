@@ -163,15 +163,15 @@ async def test_web_login_session_gets_a_token_once(tmp_path: Path) -> None:
     clock = Clock()
     accounts = make_accounts(tmp_path, clock)
     logins = WebLogins(accounts, clock)
-    session_id = logins.start(create=True)
+    session_id = await logins.start(create=True)
     assert len(session_id) >= 40 and all(c.isalnum() or c in "-_" for c in session_id)
-    assert b'name="email"' in form_page(logins.session(session_id))
-    assert logins.poll(session_id) is None
+    assert b'name="email"' in form_page(await logins.session(session_id))
+    assert await logins.poll(session_id) is None
     assert await logins.submit(session_id, {"username": "alice", "password": "pw", "email": "a@example.com"}, None)
-    token = logins.poll(session_id)
+    token = await logins.poll(session_id)
     assert (await accounts.identify(f"Bearer {token}")).user == "alice"
     with pytest.raises(NotFound):
-        logins.poll(session_id)
+        await logins.poll(session_id)
 
 
 @pytest_twisted.ensureDeferred
@@ -183,24 +183,25 @@ async def test_web_login_wrong_password_keeps_the_session_and_registration_follo
     accounts = make_accounts(tmp_path, clock)
     await accounts.login("alice", "pw")
     logins = WebLogins(accounts, clock)
-    session_id = logins.start()
+    session_id = await logins.start()
     with pytest.raises(BadCredentials):
         await logins.submit(session_id, {"username": "alice", "password": "nope"}, "10.0.0.1")
     with pytest.raises(PermissionDenied):
         await logins.submit(session_id, {"username": "mallory", "password": "pw"}, "10.0.0.1")
-    assert logins.poll(session_id) is None
+    assert await logins.poll(session_id) is None
     assert await logins.submit(session_id, {"username": "alice", "password": "pw"}, "10.0.0.1") == "alice"
 
 
-def test_web_login_sessions_expire_and_are_bounded() -> None:
+@pytest_twisted.ensureDeferred
+async def test_web_login_sessions_expire_and_are_bounded() -> None:
     """Sessions vanish after their TTL; too many at once are refused."""
     clock = Clock()
     logins = WebLogins(None, clock, ttl=300, max_sessions=2)
-    first = logins.start()
-    logins.start()
+    first = await logins.start()
+    await logins.start()
     with pytest.raises(TooManyAttempts):
-        logins.start()
+        await logins.start()
     clock.advance(301)
     with pytest.raises(NotFound):
-        logins.session(first)
-    logins.start()
+        await logins.session(first)
+    await logins.start()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from nopard.storage.fs import FilesystemStorage
+from nopard.maintenance import collect, scan
+from nopard.storage.fs import LOCK_DIRECTORY, FilesystemStorage
 from tests.unit.storage_contract import StorageContract
 
 
@@ -60,3 +66,59 @@ async def test_listing_skips_leftover_temporary_files(storage: FilesystemStorage
     await storage.write("k/doc", b"x")
     (Path(storage.root) / "k" / ".tmp-crashed").write_bytes(b"half")
     assert await storage.list("k/") == ["k/doc"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replace_lock_file_is_the_backends_own(storage: FilesystemStorage) -> None:
+    """replace() keeps its lock files under .locks/: never listed, left alone by fsck and gc."""
+    await storage.replace("packages/a/package.json", b'{"name":"a","versions":{}}', None)
+    _data, version = await storage.read_versioned("packages/a/package.json")
+    assert await storage.replace("packages/a/package.json", b'{"name":"a","versions":{}}', "stale") is False
+    assert await storage.replace("packages/a/package.json", b'{"name":"a","versions":{"1":{}}}', version) is True
+    directory = Path(storage.root) / "packages" / "a"
+    assert sorted(os.listdir(directory)) == ["package.json"]
+    locks = Path(storage.root) / LOCK_DIRECTORY
+    assert [p.name for p in locks.iterdir()] == [Path(storage.lock_path("packages/a/package.json")).name]
+    assert await storage.list("") == ["packages/a/package.json"]
+    report = scan(storage.root, now=time.time() + 10 ** 6)
+    assert report.findings == []
+    assert collect(storage.root, report) == []
+    assert locks.exists() and len(list(locks.iterdir())) == 1
+
+
+APPENDER = textwrap.dedent("""
+    import json, os, sys, time
+    from nopard.maintenance import open_storage, run_now
+
+    root, tag, go = sys.argv[1], sys.argv[2], sys.argv[3]
+    storage = open_storage(root)
+    while not os.path.exists(go):  # start together with the other process
+        time.sleep(0.001)
+    retries = 0
+    for n in range(20):
+        while True:
+            current = run_now(storage.read_versioned("shared/list.json"))
+            items, version = ([], None) if current is None else (json.loads(current[0]), current[1])
+            if run_now(storage.replace("shared/list.json", json.dumps(items + [f"{tag}-{n}"]).encode(), version)):
+                break
+            retries += 1
+    print(retries)
+""")
+
+
+def test_two_processes_lose_no_update(tmp_path: Path) -> None:
+    """Two OS processes appending 20 items each to one document through read/replace retries: all 40 stay."""
+    root, go = tmp_path / "store", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", APPENDER, str(root), tag, str(go)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
+    go.touch()
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    items = json.loads((root / "shared" / "list.json").read_bytes())
+    assert sorted(items) == sorted(f"{tag}-{n}" for tag in ("a", "b") for n in range(20))
+    assert sorted(os.listdir(root / "shared")) == ["list.json"]

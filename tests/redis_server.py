@@ -1,0 +1,179 @@
+"""A real ``redis-server``, started as a subprocess on a free 127.0.0.1 port.
+
+No persistence (``--save "" --appendonly no``), so a restart starts empty; its
+working directory and log file live in a temporary directory removed by stop().
+``command()`` talks RESP over a raw socket, so tests can look at the keys a
+nopard instance left behind without a client library.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support import free_port
+
+
+def encode_command(*args: object) -> bytes:
+    """A RESP array of bulk strings: how clients send commands."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _read_line(sock: socket.socket, buffer: bytearray) -> bytes:
+    while b"\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection mid-reply")
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\r\n")
+    buffer[:] = rest
+    return line
+
+
+def _read_exactly(sock: socket.socket, buffer: bytearray, size: int) -> bytes:
+    while len(buffer) < size:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection mid-reply")
+        buffer += chunk
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data
+
+
+def _read_reply(sock: socket.socket, buffer: bytearray) -> bytes:
+    """One whole RESP reply, returned raw (with its CRLFs), nested arrays included."""
+    line = _read_line(sock, buffer)
+    raw = line + b"\r\n"
+    kind = line[:1]
+    if kind == b"$":
+        size = int(line[1:])
+        if size >= 0:
+            raw += _read_exactly(sock, buffer, size + 2)
+    elif kind == b"*":
+        for _ in range(max(int(line[1:]), 0)):
+            raw += _read_reply(sock, buffer)
+    return raw
+
+
+class RedisServer:
+    """``redis-server`` on a free port; a context manager that stops it."""
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError(
+                "redis-server is not on PATH: install it (apt-get install redis-server; "
+                "scripts/test does this)"
+            )
+        self.port = free_port()
+        self.directory: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL to give nopard (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        """redis-server's log file (in the temporary directory)."""
+        assert self.directory is not None, "start() the server first"
+        return self.directory / "redis.log"
+
+    def log(self) -> str:
+        """The log so far, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (OSError, AssertionError):
+            return ""
+
+    def start(self) -> "RedisServer":
+        """Start the server (on self.port, again after a stop or kill) and wait for PING."""
+        if self.process and self.process.poll() is None:
+            raise RuntimeError("redis-server is already running")
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="nopard-redis-"))
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--logfile", str(self.log_path),
+                "--daemonize", "no",
+                "--protected-mode", "no",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.directory,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited at start:\n{self.log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        self._terminate()
+        raise RuntimeError(f"redis-server did not answer PING within 15 s:\n{self.log()}")
+
+    def ping(self) -> bool:
+        """Whether the server answers an inline PING with +PONG."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: object, timeout: float = 5) -> bytes:
+        """Send one command (e.g. ``command("KEYS", "*")``) and return its raw RESP reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(encode_command(*args))
+            return _read_reply(sock, bytearray())
+
+    def _terminate(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); restart() brings it back, empty, on the same port."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self) -> "RedisServer":
+        """Stop the server if it runs, then start it again on the same port."""
+        self._terminate()
+        return self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove its temporary directory."""
+        self._terminate()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["RedisServer", "encode_command"]

@@ -1,0 +1,165 @@
+"""nopard.coordination against a real redis-server: two RedisCoordination objects
+stand for two instances; killing the server makes them degraded."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from nopard.cache import CachedDocument, prepare
+from nopard.config import ConfigError, load_settings
+from nopard.coordination import (
+    MemorySessions, RedisCoordination, RedisLink, RedisSessions, decode_document, encode_document,
+    parse_redis_url,
+)
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def until(condition: Any, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+class Instance:
+    """What one nopard instance holds of Redis."""
+
+    def __init__(self, url: str, lock_ttl: float = 1.0) -> None:
+        self.forgotten = 0
+        self.link = RedisLink(url, reactor, Logger(), probe_interval=0.05)
+        self.coordination = RedisCoordination(self.link, reactor, Logger(), self.forget, lock_ttl=lock_ttl)
+        self.sessions = RedisSessions(self.link, MemorySessions(reactor))
+
+    def forget(self) -> None:
+        self.forgotten += 1
+
+    async def start(self) -> "Instance":
+        self.link.start()
+        await until(lambda: self.link.up)
+        return self
+
+
+@pytest.fixture
+def instances(redis_server: RedisServer) -> Iterator[list[Instance]]:
+    made = [Instance(redis_server.url), Instance(redis_server.url)]
+    yield made
+    for instance in made:
+        pytest_twisted.blockon(Deferred.fromCoroutine(instance.link.stop()))
+
+
+def test_redis_urls() -> None:
+    """redis://[:password@]host[:port][/db]; anything else is refused, naming the setting."""
+    assert parse_redis_url("redis://:s3cret@redis.example:6380/2") == {
+        "host": "redis.example", "port": 6380, "dbid": 2, "password": "s3cret", "username": None,
+    }
+    assert parse_redis_url("redis://127.0.0.1")["port"] == 6379
+    for bad in ("http://redis.example", "redis://", "redis://host/db1", "redis://host:99999"):
+        with pytest.raises(ValueError):
+            parse_redis_url(bad)
+    with pytest.raises(ConfigError, match="NOPARD_REDIS_URL"):
+        load_settings({}, {"NOPARD_REDIS_URL": "http://x.example"}, cwd="/srv")
+    assert load_settings({}, {"REDIS_URL": "redis://a.example"}, cwd="/srv").redis_url == "redis://a.example"
+    both = {"REDIS_URL": "redis://a.example", "NOPARD_REDIS_URL": "redis://b.example"}
+    assert load_settings({}, both, cwd="/srv").redis_url == "redis://b.example"
+
+
+def test_shared_documents_survive_the_round_trip() -> None:
+    """What one instance puts in Redis is byte for byte what the other serves."""
+    prepared = prepare({"name": "a", "versions": {"1.0.0": {"name": "a"}}, "time": {"modified": "x"}},
+                       "http://registry.example")
+    entry = CachedDocument(prepared, "upstream", 12.5, 'W/"e"', "epoch.3")
+    again = decode_document(encode_document(entry))
+    assert again == entry
+    with pytest.raises(ValueError):
+        decode_document(encode_document(entry)[:-1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bump_changes_the_stamp_every_instance_sees(instances: list[Instance]) -> None:
+    first, second = [await instance.start() for instance in instances]
+    before = await second.coordination.stamp("pkg")
+    assert before == await first.coordination.stamp("pkg")
+    bumped = await first.coordination.bump("pkg")
+    assert bumped != before and await second.coordination.stamp("pkg") == bumped
+    assert await second.coordination.stamp("other") == before.rsplit(".", 1)[0] + ".0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_is_held_against_other_instances_and_expires_with_its_holder(
+    instances: list[Instance], redis_server: RedisServer
+) -> None:
+    first, second = [await instance.start() for instance in instances]
+    order: list[str] = []
+
+    async def hold(instance: Instance, label: str, seconds: float) -> None:
+        async with instance.coordination.lock("doc:pkg"):
+            order.append(label + " in")
+            await sleep(seconds)
+            order.append(label + " out")
+
+    # Held longer than the lock's TTL: renewal keeps the other instance out.
+    both = [Deferred.fromCoroutine(hold(first, "first", 2.5))]
+    await sleep(0.1)
+    both.append(Deferred.fromCoroutine(hold(second, "second", 0)))
+    for deferred in both:
+        await deferred
+    assert order == ["first in", "first out", "second in", "second out"]
+
+    # A holder that stops renewing (a killed instance) blocks the others for one TTL at most.
+    redis_server.command("SET", "nopard:lock:doc:gone", "dead-instance", "PX", "1000")
+    started = reactor.seconds()
+    async with second.coordination.lock("doc:gone"):
+        waited = reactor.seconds() - started
+    assert 0.5 < waited < 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_are_shared_and_handed_out_once(instances: list[Instance]) -> None:
+    first, second = [await instance.start() for instance in instances]
+    assert await first.sessions.put("s1", {"token": "t"}, 60)
+    assert await second.sessions.get("s1") == {"token": "t"}
+    assert 0 < await second.sessions.ttl("s1") <= 60
+    assert await second.sessions.take("s1") == {"token": "t"}
+    assert await first.sessions.take("s1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_redis_nothing_fails_and_recovery_starts_a_new_epoch(
+    instances: list[Instance], redis_server: RedisServer
+) -> None:
+    """Down: stamps are None (trust no cache), locks are in-process, sessions in memory; back: a new epoch."""
+    first, _second = [await instance.start() for instance in instances]
+    stamp = await first.coordination.stamp("pkg")
+    redis_server.kill()
+    await until(lambda: not first.link.up)
+    assert first.coordination.state == "down"
+    assert await first.coordination.stamp("pkg") is None
+    assert await first.coordination.bump("pkg") is None
+    async with first.coordination.lock("doc:pkg"):
+        pass
+    assert await first.sessions.put("s2", {"token": "u"}, 60)
+    assert await first.sessions.take("s2") == {"token": "u"}
+    forgotten = first.forgotten
+    redis_server.restart()
+    await until(lambda: first.link.up, seconds=15)
+    assert first.forgotten == forgotten + 1  # memory dropped before Redis is used again
+    new = await first.coordination.stamp("pkg")
+    assert new is not None and new.split(".")[0] != stamp.split(".")[0]
