@@ -1,5 +1,7 @@
 """Settings: defaults < environment (NOPARD_*) < twistd options, validated once.
 
+(Some may then be overridden at runtime from the settings page: nopard/overrides.py.)
+
 Every setting is declared once in SETTINGS; the twistd options, the
 environment variables and the README table all come from that declaration.
 Components never copy settings at start-up: they hold a LiveSettings and read
@@ -450,15 +452,7 @@ def load_settings(
     """
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        given = options.get(setting.name)
-        if given is not None:
-            text, source = given, f"--{setting.option}"
-        elif setting.env in environ:
-            text, source = environ[setting.env], setting.env
-        elif setting.name == "redis_url" and "REDIS_URL" in environ:  # the 12-factor name
-            text, source = environ["REDIS_URL"], "REDIS_URL"
-        else:
-            text, source = setting.default, setting.env
+        text, source, _ = _given(setting, options, environ)
         try:
             values[setting.name] = setting.parse(text)
         except ValueError as error:
@@ -481,8 +475,38 @@ def load_settings(
     if values["storage"] == "s3" and not values["s3_bucket"]:
         raise ConfigError("NOPARD_S3_BUCKET: must be set when NOPARD_STORAGE is s3")
     settings = Settings(**values)
-    _refuse_self_as_upstream(settings)
+    check_settings(settings)
     return settings
+
+
+# Where a setting's value comes from (the settings page adds its own, nopard/overrides.py).
+SOURCE_DEFAULT = "default"
+SOURCE_ENVIRONMENT = "environment"
+SOURCE_OPTION = "option"
+
+
+def _given(
+    setting: Setting, options: Mapping[str, str | None], environ: Mapping[str, str]
+) -> tuple[str, str, str]:
+    """The text of ``setting``, the name an error about it gives, and its source (SOURCE_*)."""
+    given = options.get(setting.name)
+    if given is not None:
+        return given, f"--{setting.option}", SOURCE_OPTION
+    if setting.env in environ:
+        return environ[setting.env], setting.env, SOURCE_ENVIRONMENT
+    if setting.name == "redis_url" and "REDIS_URL" in environ:  # the 12-factor name
+        return environ["REDIS_URL"], "REDIS_URL", SOURCE_ENVIRONMENT
+    return setting.default, setting.env, SOURCE_DEFAULT
+
+
+def setting_sources(options: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, str]:
+    """Setting name -> where load_settings took its value from: "option", "environment" or "default"."""
+    return {setting.name: _given(setting, options, environ)[2] for setting in SETTINGS}
+
+
+def check_settings(settings: Settings) -> None:
+    """The checks across settings load_settings makes; ConfigError naming the setting."""
+    _refuse_self_as_upstream(settings)
 
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "[::1]", "[::]"}

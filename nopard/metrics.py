@@ -184,6 +184,16 @@ class Metrics:
             kind = "tarball" if route == "tarball" else "document"
             self.cache.labels(kind, cache_status).inc()
 
+    def cache_counts(self) -> dict[str, int]:
+        """Documents and tarballs served since start, by how (LOCAL, HIT, MISS, STALE, REVALIDATED)."""
+        counts: dict[str, int] = {}
+        for metric in self.cache.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    status = sample.labels["status"]
+                    counts[status] = counts.get(status, 0) + int(sample.value)
+        return counts
+
     def upstream_call(self, upstream: str, kind: str, seconds: float, error: str | None) -> None:
         """Count one upstream request (``error``: why it failed, None when it did not)."""
         label = upstream_label(upstream)

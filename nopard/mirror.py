@@ -77,11 +77,23 @@ class Upstreams:
     def __init__(self, settings: LiveSettings, make: Callable[[str, str | None], Upstream]) -> None:
         current = settings.current
         self._settings = settings
-        self.default = make(current.forwarder_url, None) if current.forwarder_url else None
+        self._make = make
+        self._default: Upstream | None = None
+        self._default_url = ""
         self.scoped = {
             scope: make(url, current.scope_tokens.get(scope))
             for scope, url in current.scope_upstreams.items()
         }
+
+    @property
+    def default(self) -> Upstream | None:
+        """The forwarder (NOPARD_FORWARDER_URL), or None; rebuilt when the URL changes at runtime."""
+        url = self._settings.current.forwarder_url
+        if url != self._default_url:
+            # A new Upstream: the old one's breaker and counters describe another registry.
+            self._default = self._make(url, None) if url else None
+            self._default_url = url
+        return self._default
 
     def for_name(self, name: str) -> Upstream | None:
         """The upstream of ``name``, or None when it must never leave nopard."""
@@ -553,6 +565,28 @@ class Mirror:
             return 0
         return await self._tarballs.run(key, lambda: self._fetch_tarball(name, filename, upstream))
 
+    async def tarball_sizes(self, name: str, document: dict[str, Any], limit: int = 200) -> dict[str, int | None]:
+        """Version -> size of its tarball stored here (local or mirrored), None when it is only upstream."""
+        sizes: dict[str, int | None] = {}
+        times = document.get("time") or {}
+        newest = sorted(document.get("versions") or {}, key=lambda v: str(times.get(v, "")), reverse=True)[:limit]
+        for version in newest:
+            sizes[version] = None
+            manifest = document["versions"][version]
+            url = str(((manifest if isinstance(manifest, dict) else {}).get("dist") or {}).get("tarball", ""))
+            filename = url.rsplit("/", 1)[-1]
+            try:
+                keys = (names.tarball_key(name, filename), names.upstream_tarball_key(name, filename))
+            except Exception:  # a name no key can be made of: nothing stored under it
+                continue
+            for key in keys:
+                blob = await self._storage.open(key)
+                if blob is not None:
+                    sizes[version] = blob.size
+                    blob.close()
+                    break
+        return sizes
+
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use."""
         coordination = self._coordination
@@ -562,7 +596,7 @@ class Mirror:
             "redis": {"state": coordination.state, "since": since},
             "upstreams": [
                 {"url": u.base_url, "state": u.breaker.state, "consecutive_failures": u.breaker.failures,
-                 "requests": u.requests_made}
+                 "requests": u.requests_made, "down_since": u.breaker.opened_at}
                 for u in self.upstreams.all()
             ],
         }

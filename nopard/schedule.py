@@ -56,17 +56,40 @@ class SyncService(Service):
         self._settings = settings
         self._log = log
         self._executor = ReactorExecutor()
+        self._interval = 0.0  # the interval the schedule runs at (0: none)
         self.scheduler = TwistedScheduler(reactor=reactor, timezone=timezone.utc,
                                           executors={"default": self._executor})
 
     def startService(self) -> None:
         super().startService()
-        interval = self._settings.current.sync_interval
-        if interval > 0:
-            first = datetime.now(timezone.utc) + timedelta(seconds=min(interval, 60))
-            self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync",
-                                   max_instances=1, coalesce=True, next_run_time=first)
+        self._interval = self._settings.current.sync_interval
+        if self._interval > 0:
+            self._add_job(self._interval)
         self.scheduler.start()
+
+    def _add_job(self, interval: float) -> None:
+        first = datetime.now(timezone.utc) + timedelta(seconds=min(interval, 60))
+        self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync",
+                               max_instances=1, coalesce=True, next_run_time=first)
+
+    def follow_interval(self) -> None:
+        """Reschedule after NOPARD_SYNC_INTERVAL changed at runtime (0 removes the schedule).
+
+        Called whenever settings change; does nothing while the interval is unchanged.
+        """
+        interval = self._settings.current.sync_interval
+        if not self.scheduler.running or interval == self._interval:
+            return
+        scheduled = self.scheduler.get_job("sync") is not None
+        if interval <= 0:
+            if scheduled:
+                self.scheduler.remove_job("sync")
+        elif scheduled:
+            # The next run comes one new interval from now, not at once.
+            self.scheduler.reschedule_job("sync", trigger="interval", seconds=interval)
+        else:
+            self._add_job(interval)
+        self._interval = interval
 
     def stopService(self) -> None:
         super().stopService()

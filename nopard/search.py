@@ -234,6 +234,7 @@ class SearchIndex:
         self._max_age = max_age
         self._entries: dict[str, Entry] = {}
         self._origins: dict[str, str] = {}
+        self._fetched: dict[str, float] = {}
         self._built_at: float | None = None
         self._dirty: set[str] = set()
         self._waiters: list[Deferred] | None = None
@@ -248,6 +249,12 @@ class SearchIndex:
         if self._built_at is None or self._dirty or now - self._built_at >= self._max_age:
             await self._update_shared()
         return list(self._entries.values())
+
+    async def listing(self) -> list[tuple[Entry, str, float | None]]:
+        """(entry, origin: local or upstream, when its upstream copy was fetched) of every package."""
+        await self.entries()
+        return [(entry, self._origins.get(name, "local"), self._fetched.get(name))
+                for name, entry in self._entries.items()]
 
     async def _update_shared(self) -> None:
         if self._waiters is not None:
@@ -268,6 +275,7 @@ class SearchIndex:
         dirty, self._dirty = self._dirty, set()
         entries: dict[str, Entry] = {}
         origins: dict[str, str] = {}
+        fetched: dict[str, float] = {}
         try:
             local = await self._registry.local_names()
             for name in local:
@@ -284,6 +292,7 @@ class SearchIndex:
                 meta = await self._mirror.meta(name)
                 if meta is None:
                     continue
+                fetched[name] = meta.fetched_at
                 stamp = (meta.etag, meta.last_modified) if meta.etag else meta.fetched_at
                 old = self._entries.get(name)
                 if old is not None and self._origins.get(name) == "upstream" and old.stamp == stamp:
@@ -295,7 +304,7 @@ class SearchIndex:
         except Exception:
             self._dirty |= dirty
             raise
-        self._entries, self._origins, self._built_at = entries, origins, started
+        self._entries, self._origins, self._fetched, self._built_at = entries, origins, fetched, started
 
     @staticmethod
     async def _read(load: Callable[[str], Any], name: str, stamp: Any = None) -> Entry | None:

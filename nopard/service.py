@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from functools import partial
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -39,11 +39,13 @@ from nopard.cache import PreparedCache
 from nopard.coordination import (
     LocalCoordination, MemorySessions, RedisCoordination, RedisLink, RedisSessions,
 )
-from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
+from nopard.agents import LiveAgent
+from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.daemon import prepare as prepare_daemon
 from nopard.logs import LogService, twistd_log_stream
 from nopard.metrics import Metrics, StoreProbe, StoreSize
 from nopard.mirror import Mirror, Upstreams
+from nopard.overrides import Overrides, StartGate
 from nopard.proxy import ProxyingAgent
 from nopard.schedule import SyncService
 from nopard.search import SearchIndex
@@ -74,6 +76,7 @@ def makeService(options: Options) -> IService:
 
     try:
         settings = load_settings(options.given(), os.environ)
+        sources = setting_sources(options.given(), os.environ)
         # PID file, run-as user, logfile and home become twistd's options (nopard/daemon.py).
         daemon = prepare_daemon(settings, options)
         settings = daemon.settings
@@ -85,7 +88,8 @@ def makeService(options: Options) -> IService:
         raise SystemExit(
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
-    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy), reactor)
+    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy,
+                                     sources=sources), reactor)
 
 
 class ThreadPoolService(Service):
@@ -111,9 +115,12 @@ class QuietConnectionPool(HTTPConnectionPool):
 
 
 class UpstreamPoolService(Service):
-    """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open."""
+    """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open.
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
+    ``pool``: anything with closeCachedConnections (a pool, or agents.LiveAgent and its pools).
+    """
+
+    def __init__(self, pool: Any) -> None:
         self.pool = pool
 
     def stopService(self) -> Any:
@@ -127,6 +134,13 @@ class InsecureTLS:
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return CertificateOptions(verify=False)
+
+
+def upstream_pool(reactor: Any) -> HTTPConnectionPool:
+    """A pool of persistent upstream connections (agents.LiveAgent makes one per agent it builds)."""
+    pool = QuietConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    return pool
 
 
 def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -> Any:
@@ -200,13 +214,18 @@ def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, lo
 
 
 def build_service(
-    settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None
+    settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> MultiService:
     """Wire every component of nopard into one service tree.
 
     ``log_stream``: where nopard's lines go without NOPARD_LOGFILE (stdout
-    under ``twistd -n``); None sends them into twistd's log.
+    under ``twistd -n``); None sends them into twistd's log. ``sources``:
+    where each setting came from (config.setting_sources; default: the
+    environment, no options).
     """
+    if sources is None:
+        sources = setting_sources({}, os.environ)
     live = LiveSettings(settings)
     if policy is None:
         policy = load_policy(settings.config) if settings.config else ALLOW_ALL
@@ -223,13 +242,18 @@ def build_service(
     run_cpu = partial(deferToThreadPool, reactor, cpu_pool)
 
     storage = open_storage(settings, reactor, run_io, top)
+    # Started early: the first read of the stored overrides begins before anything else serves.
+    overrides = Overrides(live, settings, sources, storage, reactor,
+                          Logger(namespace="nopard.settings", observer=logs.publisher))
+    overrides.setServiceParent(top)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     coordination, sessions = open_coordination(settings, reactor, cache, logs, top)
     registry = Registry(storage, cache, reactor, coordination)
-    pool = QuietConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    UpstreamPoolService(pool).setServiceParent(top)
-    http = HTTPClient(upstream_agent(settings, reactor, pool))
+    # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.
+    agent = LiveAgent(live, lambda current, pool: upstream_agent(current, reactor, pool),
+                      lambda: upstream_pool(reactor))
+    UpstreamPoolService(agent).setServiceParent(top)
+    http = HTTPClient(agent)
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
     upstreams = ruled_upstreams(Upstreams, policy)(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     mirror = Mirror(
@@ -248,6 +272,7 @@ def build_service(
     jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
     sync = SyncService(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)
+    overrides.on_change.append(sync.follow_interval)
     accounts = Accounts(
         live,
         HtpasswdFile(settings.htpasswd_path, run_cpu),
@@ -259,10 +284,12 @@ def build_service(
     app = RegistryApp(
         live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
         metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor, sessions),
-        policy=policy, search=SearchIndex(registry, mirror, reactor),
+        policy=policy, search=SearchIndex(registry, mirror, reactor), overrides=overrides,
+        sessions=sessions, store_size=metrics.live.store, clock=reactor,
     )
     site = NopardSite(
-        app.resource(), live, reactor, Logger(namespace="nopard.access", observer=logs.publisher), metrics
+        StartGate(app.resource(), overrides), live, reactor,
+        Logger(namespace="nopard.access", observer=logs.publisher), metrics,
     )
     endpoint_type = TCP6ServerEndpoint if ":" in settings.hostname else TCP4ServerEndpoint
     endpoint = endpoint_type(reactor, settings.port, interface=settings.hostname)

@@ -10,7 +10,6 @@ URL-safe ids and expire after SESSION_TTL seconds.
 
 from __future__ import annotations
 
-import html
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -82,64 +81,3 @@ class WebLogins:
         if taken is None or not taken.get("token"):
             raise NotFound("no such login session (it expired or was used); run npm login again")
         return taken["token"]
-
-
-# The page -------------------------------------------------------------------
-
-PAGE_HEADERS = {
-    b"Content-Type": b"text/html; charset=utf-8",
-    b"Cache-Control": b"no-store",
-    b"Content-Security-Policy": b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    b"frame-ancestors 'none'",
-    b"X-Frame-Options": b"DENY",
-    b"Referrer-Policy": b"no-referrer",
-}
-
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:22rem;margin:4rem auto;padding:0 1rem}"
-    "label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;box-sizing:border-box}"
-    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}"
-)
-
-
-def _page(title: str, body: str) -> bytes:
-    return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    ).encode()
-
-
-def form_page(session: Session, error: str | None = None, username: str = "", email: str = "") -> bytes:
-    """The login (or sign-up) form; it posts back to the same URL."""
-    title = "Sign up to nopard" if session.create else "Log in to nopard"
-    fields = [
-        f'<label for="username">User name</label><input id="username" name="username" '
-        f'autocomplete="username" required value="{html.escape(username)}">',
-        '<label for="password">Password</label><input id="password" name="password" type="password" '
-        'autocomplete="current-password" required>',
-    ]
-    if session.create:
-        fields.append(
-            f'<label for="email">Email</label><input id="email" name="email" type="email" '
-            f'autocomplete="email" value="{html.escape(email)}">'
-        )
-    shown_error = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    button = "Sign up" if session.create else "Log in"
-    return _page(
-        title,
-        f'{shown_error}<form method="post">{"".join(fields)}'
-        f'<button type="submit">{button}</button></form>',
-    )
-
-
-def done_page(user: str) -> bytes:
-    """What the browser shows once the session has its token."""
-    who = f" as {html.escape(user)}" if user else ""
-    return _page("Logged in", f"<p>You are logged in{who}. Go back to your terminal; you can close this page.</p>")
-
-
-def gone_page(message: str) -> bytes:
-    """A session that expired or was used already."""
-    return _page("Login expired", f"<p>{html.escape(message)}</p>")

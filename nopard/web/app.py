@@ -23,7 +23,7 @@ from nopard import search as searching
 from nopard.acl import ALLOW_ALL
 from nopard.auth import Accounts, Identity
 from nopard.auth import weblogin
-from nopard.config import LiveSettings
+from nopard.config import ConfigError, LiveSettings
 from nopard.errors import (
     AuthenticationRequired,
     BadCredentials,
@@ -44,8 +44,12 @@ from nopard.mirror import Mirror
 from nopard.registry import Registry
 from nopard.schedule import JOBS, SyncService
 from nopard.storage import InvalidKey
+from nopard.coordination import MemorySessions
+from nopard.web import pages
 from nopard.web.site import redact_path
-from nopard.web.responses import header, json_response, public_base_url, read_json_body, send_prepared
+from nopard.web.ui import WebUI, package_location, wants_html
+from nopard.web.ui import is_admin
+from nopard.web.responses import client_address, header, json_response, public_base_url, read_json_body, send_prepared
 
 STATUS_OF: dict[type[NopardError], int] = {
     InvalidInput: 400,
@@ -87,6 +91,10 @@ class RegistryApp:
         policy: Any = None,
         search: Any = None,
         weblogins: weblogin.WebLogins | None = None,
+        sessions: Any = None,
+        overrides: Any = None,
+        store_size: Any = None,
+        clock: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics  # nopard.metrics.Metrics: GET /-/metrics
@@ -104,6 +112,15 @@ class RegistryApp:
 
             weblogins = weblogin.WebLogins(accounts, reactor)
         self.weblogins = weblogins
+        if clock is None or sessions is None:
+            from twisted.internet import reactor
+
+            clock = clock or reactor
+            sessions = sessions or MemorySessions(reactor)
+        self.clock = clock
+        self.run_cpu = run_in_thread
+        self.overrides = overrides
+        self.ui = WebUI(self, sessions, overrides, store_size)  # the browser pages under /-/web/
 
     def resource(self) -> Any:
         """The Twisted resource serving this app."""
@@ -188,6 +205,18 @@ class RegistryApp:
         )
 
     # Misc routes ----------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    async def root(self, request: IRequest) -> bytes:
+        """A browser sees the registry's home page; a client a small JSON document."""
+        if wants_html(request):
+            return await self.ui.home(request)
+        return json_response(request, 200, {"registry": "nopard", "version": __version__})
+
+    @app.route("/-/web/", branch=True)
+    def web(self, request: IRequest) -> Any:
+        """The browser pages (nopard.web.ui)."""
+        return self.ui.resource()
 
     @app.route("/-/ping", methods=["GET"])
     def ping(self, request: IRequest) -> bytes:
@@ -315,20 +344,34 @@ class RegistryApp:
 
     @app.route("/-/v1/login/<session_id>", methods=["GET"])
     async def web_login_page(self, request: IRequest, session_id: str) -> bytes:
-        """The login (or sign-up) form of a session."""
+        """The login (or sign-up) form of an `npm login` session: the browser pages' own login."""
+        viewer = await self.ui.viewer(request)
         try:
             session = await self.weblogins.session(session_id)
         except NotFound as error:
-            return html_response(request, 404, weblogin.gone_page(error.message))
-        return html_response(request, 200, weblogin.form_page(session))
+            return await self.ui.html(request, pages.message_page(viewer, "Login expired", error.message), 404)
+        return await self.ui.html(request, self.npm_login_page(viewer, session, session_id))
+
+    def npm_login_page(self, viewer: Any, session: Any, session_id: str, error: str | None = None,
+                       username: str = "") -> Any:
+        heading = "Sign up to nopard" if session.create else "Log in to nopard"
+        return pages.login_page(
+            viewer, pages.link(viewer, f"/-/v1/login/{session_id}"), error, username, heading=heading,
+            email=session.create, note="npm is waiting in your terminal for this login.",
+        )
 
     @app.route("/-/v1/login/<session_id>", methods=["POST"])
     async def web_login_submit(self, request: IRequest, session_id: str) -> bytes:
-        """The form posted back: log in or register; the polling npm then gets the token."""
+        """The form posted back: log in or register; the polling npm then gets the token.
+
+        The session id in the URL is a 256-bit secret only npm and this browser
+        know, so it is what protects this form (no CSRF token needed).
+        """
+        viewer = await self.ui.viewer(request)
         try:
             session = await self.weblogins.session(session_id)
         except NotFound as error:
-            return html_response(request, 404, weblogin.gone_page(error.message))
+            return await self.ui.html(request, pages.message_page(viewer, "Login expired", error.message), 404)
         form = {
             key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
             for key, values in (request.args or {}).items()
@@ -340,10 +383,14 @@ class RegistryApp:
             status = next(s for cls, s in STATUS_OF.items() if isinstance(error, cls))
             if isinstance(error, TooManyAttempts):
                 request.setHeader(b"Retry-After", b"%d" % error.retry_after)
-            page = weblogin.form_page(session, error.message, form.get("username", ""), form.get("email", ""))
-            return html_response(request, status, page)
+            page = self.npm_login_page(viewer, session, session_id, error.message, form.get("username", ""))
+            return await self.ui.html(request, page, status)
+        if user:
+            await self.ui.start_session(request, user)  # the browser is logged in too
         request.user = user or None
-        return html_response(request, 200, weblogin.done_page(user))
+        who = f" as {user}" if user else ""
+        text = f"You are logged in{who}. Go back to your terminal; you can close this page."
+        return await self.ui.html(request, pages.message_page(viewer, "Logged in", text))
 
     @app.route("/-/v1/done/<session_id>", methods=["GET"])
     async def web_login_done(self, request: IRequest, session_id: str) -> bytes:
@@ -494,6 +541,53 @@ class RegistryApp:
         names_ = [m["name"] for m in document.get("maintainers", []) if isinstance(m, dict) and "name" in m]
         return json_response(request, 200, {n: "read-write" for n in names_})
 
+    # Runtime settings (nopard.overrides) ------------------------------------
+    # The JSON API of the settings page: GET and PUT /-/nopard/settings, admins only.
+
+    async def require_admin(self, request: IRequest) -> Identity:
+        """An admin as the web pages count them (ui.is_admin): 401 when anonymous, 403 for others."""
+        identity = await self.identify(request)
+        if identity.user is None:
+            raise AuthenticationRequired("log in as an admin to see or change settings")
+        if not is_admin(self.policy, identity.user):
+            raise PermissionDenied(f"{identity.user} is not an admin (see admins in NOPARD_CONFIG)")
+        return identity
+
+    def runtime_settings(self) -> Any:
+        """The Overrides service; 404 when nopard was built without one."""
+        if self.overrides is None:
+            raise NotFound("runtime settings are not enabled")
+        return self.overrides
+
+    @app.route("/-/nopard/settings", methods=["GET"])
+    async def get_settings(self, request: IRequest) -> bytes:
+        """The settings an admin may change at runtime: effective value, default, source, help."""
+        overrides = self.runtime_settings()
+        await self.require_admin(request)
+        return json_response(request, 200, {"settings": overrides.entries()})
+
+    @app.route("/-/nopard/settings", methods=["PUT"])
+    async def put_settings(self, request: IRequest) -> bytes:
+        """Change settings at once, on every instance: ``{"values": {name: text}}``; "" removes one.
+
+        A bad value or name answers 400 naming the setting, and nothing changes.
+        """
+        overrides = self.runtime_settings()
+        identity = await self.require_admin(request)
+        if identity.readonly:
+            raise PermissionDenied("a read-only token cannot change settings")
+        body = await self.json_body(request)
+        values = body.get("values") if isinstance(body, dict) else None
+        if not isinstance(values, dict):
+            raise InvalidInput('the body must be {"values": {"name": "text", ...}}')
+        try:
+            entries = await overrides.change(values, identity.user)
+        except ConfigError as error:
+            return json_response(request, 400, {"error": str(error), "setting": getattr(error, "setting", None)})
+        return json_response(request, 200, {"settings": entries})
+
+    # End of runtime settings -------------------------------------------------
+
     # Packages -------------------------------------------------------------
 
     @app.route("/<path:ignored>", methods=["GET", "PUT", "DELETE"])
@@ -524,6 +618,10 @@ class RegistryApp:
         return f"{visibility}, max-age={int(current.meta_ttl)}"
 
     async def get_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        if wants_html(request):  # a browser: the package's page
+            request.setResponseCode(302)
+            request.setHeader(b"Location", package_location(self.ui.root(request), target.name).encode())
+            return b""
         identity = await self.identify(request)
         self.accounts.require_read(identity)
         self.hide_unreadable(target.name, identity, f"package not found: {target.name}")
@@ -661,20 +759,6 @@ class Utf8PathGuard(Resource):
         except UnicodeDecodeError:
             return json_response(request, 400, {"error": "the path is not valid UTF-8"})
         return self._inner.render(request)
-
-
-def client_address(request: IRequest) -> str | None:
-    """The address the request came from (the peer's: X-Forwarded-For can be forged)."""
-    return getattr(request.getClientAddress(), "host", None)
-
-
-def html_response(request: IRequest, status: int, body: bytes) -> bytes:
-    """Set status and the headers of a nopard HTML page; return the body."""
-    request.setResponseCode(status)
-    for name, value in weblogin.PAGE_HEADERS.items():
-        request.setHeader(name, value)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
 
 
 def raise_unsupported(method: str, kind: str) -> None:

@@ -22,6 +22,11 @@ def header(request: IRequest, name: str) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
+def client_address(request: IRequest) -> str | None:
+    """The address the request came from (the peer's: X-Forwarded-For can be forged)."""
+    return getattr(request.getClientAddress(), "host", None)
+
+
 def json_response(request: IRequest, status: int, value: Any) -> bytes:
     """Set status and JSON headers; return the body for Klein to write."""
     body = orjson.dumps(value)

@@ -340,11 +340,12 @@ def test_status_shows_upstream_health_and_cache_use(mirror, fake: FakeUpstream) 
     server.request("GET", "/debug")
     healthy = server.request("GET", "/-/nopard/status").json()
     assert healthy["upstreams"] == [{"url": fake.url.rstrip("/"), "state": "closed",
-                                     "consecutive_failures": 0, "requests": 1}]
+                                     "consecutive_failures": 0, "requests": 1, "down_since": None}]
     fake.fault("500")
     until_upstream_down(server, "/debug")
     down = server.request("GET", "/-/nopard/status").json()
     assert down["upstreams"][0]["state"] == "open"
+    assert time.time() - 30 < down["upstreams"][0]["down_since"] <= time.time()
     assert down["cache"]["entries"] == 1
     time.sleep(0.2)
     assert f"upstream {fake.url.rstrip('/')} is down after 3 failures: serving from nopard's copies" in server.log()

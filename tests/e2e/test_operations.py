@@ -103,7 +103,8 @@ def test_upstream_down_and_stale_serving_are_visible(mirror, fake: FakeUpstream)
     assert scraped[("nopard_upstream_breaker_state", labels(state="open", upstream=upstream))] == 1
     assert scraped[("nopard_upstream_breaker_state", labels(state="closed", upstream=upstream))] == 0
     assert scraped[("nopard_upstream_errors_total", labels(reason="http_5xx", upstream=upstream))] >= 3
-    assert scraped[("nopard_cache_responses_total", labels(kind="document", status="STALE"))] == 3
+    # How many reads it took depends on timing (until_upstream_down): each one was counted STALE.
+    assert scraped[("nopard_cache_responses_total", labels(kind="document", status="STALE"))] == len(document_reads)
 
 
 def test_json_lines_are_one_object_each(mirror) -> None:
