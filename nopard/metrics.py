@@ -263,18 +263,23 @@ class LiveCollector:
             yield GaugeMetricFamily("nopard_redis_outages", "Times Redis became unreachable since start.",
                                     value=coordination.link.failures)
         if self.store is not None and self.store.bytes is not None:
-            yield GaugeMetricFamily("nopard_store_bytes", "Bytes stored under NOPARD_REGISTRY_PATH "
-                                    "(a walk at most every minute).", value=self.store.bytes)
-            yield GaugeMetricFamily("nopard_store_files", "Files stored under NOPARD_REGISTRY_PATH.",
+            yield GaugeMetricFamily("nopard_store_bytes", "Bytes in the store: NOPARD_REGISTRY_PATH, or the "
+                                    "S3 bucket under NOPARD_S3_PREFIX (measured at most every minute).",
+                                    value=self.store.bytes)
+            yield GaugeMetricFamily("nopard_store_files", "Files (or S3 objects) in the store.",
                                     value=self.store.files)
 
 
 class StoreSize:
-    """Bytes and files under the store's directory, from a walk in a thread, at most every ``max_age`` s."""
+    """Bytes and objects in the store, measured in the background at most every ``max_age`` s.
 
-    def __init__(self, root: str, run_in_thread: RunInThread, clock: IReactorTime, max_age: float = 60.0) -> None:
-        self._root = root
-        self._run = run_in_thread
+    ``measure`` returns (bytes, objects): a walk of NOPARD_REGISTRY_PATH in a
+    thread, or a listing of the S3 bucket under its prefix.
+    """
+
+    def __init__(self, measure: Callable[[], Awaitable[tuple[int, int]]], clock: IReactorTime,
+                 max_age: float = 60.0) -> None:
+        self._measure = measure
         self._clock = clock
         self._max_age = max_age
         self.bytes: int | None = None
@@ -296,7 +301,7 @@ class StoreSize:
 
     async def _walk(self) -> None:
         try:
-            self.bytes, self.files = await self._run(directory_size, self._root)
+            self.bytes, self.files = await self._measure()
         except Exception:  # an unreadable store shows in /-/nopard/health; keep the last figures
             pass
         finally:

@@ -565,26 +565,16 @@ class Mirror:
             return 0
         return await self._tarballs.run(key, lambda: self._fetch_tarball(name, filename, upstream))
 
-    async def tarball_sizes(self, name: str, document: dict[str, Any], limit: int = 200) -> dict[str, int | None]:
+    async def tarball_sizes(self, name: str, document: dict[str, Any]) -> dict[str, int | None]:
         """Version -> size of its tarball stored here (local or mirrored), None when it is only upstream."""
+        prefix = names.package_prefix(name)
+        stored = {**await self._storage.sizes(prefix + "/upstream/tarballs/"),
+                  **await self._storage.sizes(prefix + "/tarballs/")}
+        by_file = {key.rsplit("/", 1)[-1]: size for key, size in stored.items()}
         sizes: dict[str, int | None] = {}
-        times = document.get("time") or {}
-        newest = sorted(document.get("versions") or {}, key=lambda v: str(times.get(v, "")), reverse=True)[:limit]
-        for version in newest:
-            sizes[version] = None
-            manifest = document["versions"][version]
+        for version, manifest in (document.get("versions") or {}).items():
             url = str(((manifest if isinstance(manifest, dict) else {}).get("dist") or {}).get("tarball", ""))
-            filename = url.rsplit("/", 1)[-1]
-            try:
-                keys = (names.tarball_key(name, filename), names.upstream_tarball_key(name, filename))
-            except Exception:  # a name no key can be made of: nothing stored under it
-                continue
-            for key in keys:
-                blob = await self._storage.open(key)
-                if blob is not None:
-                    sizes[version] = blob.size
-                    blob.close()
-                    break
+            sizes[version] = by_file.get(url.rsplit("/", 1)[-1])
         return sizes
 
     def status(self) -> dict[str, Any]:

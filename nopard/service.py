@@ -268,7 +268,7 @@ def build_service(
     metrics.live.cache = cache
     metrics.live.coordination = coordination
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
-    metrics.live.store = StoreSize(settings.registry_path, run_io, reactor) if settings.storage == "fs" else None
+    metrics.live.store = StoreSize(storage.usage, reactor)
     jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
     sync = SyncService(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)

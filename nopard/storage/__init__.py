@@ -107,3 +107,9 @@ class Storage(Protocol):
 
     async def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (``""`` or ending in ``/``), sorted."""
+
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its size in bytes (one listing, not one request per key)."""
+
+    async def usage(self) -> tuple[int, int]:
+        """(bytes, objects) the store holds, the backend's own files included: for metrics and status."""

@@ -105,6 +105,17 @@ class FilesystemStorage:
         """Remove the object; False if there was none."""
         return await self._run(_delete_file, self.path_of(key))
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its size in bytes."""
+        check_prefix(prefix)
+        return await self._run(_sizes, self.root, prefix)
+
+    async def usage(self) -> tuple[int, int]:
+        """(bytes, files) under the root, from a walk in the thread pool."""
+        from nopard.metrics import directory_size
+
+        return await self._run(directory_size, self.root)
+
     async def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""
         return await self._run(os.path.isfile, self.path_of(key))
@@ -270,6 +281,16 @@ def _delete_file(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def _sizes(root: str, prefix: str) -> dict[str, int]:
+    sizes = {}
+    for key in _list_files(root, prefix):
+        try:
+            sizes[key] = os.path.getsize(os.path.join(root, *key.split("/")))
+        except OSError:
+            continue  # removed since the listing
+    return sizes
 
 
 def _list_files(root: str, prefix: str) -> list[str]:

@@ -180,7 +180,26 @@ class S3Storage:
         check_prefix(prefix)
         return await self._run(self._list, prefix)
 
+    async def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its size, from a listing (one request per 1000 keys)."""
+        check_prefix(prefix)
+        return await self._run(self._sizes, prefix)
+
+    async def usage(self) -> tuple[int, int]:
+        """(bytes, objects) under the store's prefix, from a listing (one request per 1000 objects)."""
+        return await self._run(self._usage)
+
     # Blocking parts, run in the thread pool -----------------------------------
+
+    def _usage(self) -> tuple[int, int]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        total = count = 0
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            for item in page.get("Contents", ()):
+                total += int(item.get("Size", 0))
+                count += 1
+        return total, count
+
 
     def _get(self, name: str) -> dict | None:
         try:
@@ -278,18 +297,21 @@ class S3Storage:
             pass  # a refused complete may already have ended it; the bucket's lifecycle rule cleans up
 
     def _list(self, prefix: str) -> list[str]:
+        return sorted(self._sizes(prefix))
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
         base = f"{self.prefix}/" if self.prefix else ""
-        keys = []
+        sizes = {}
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base + prefix)
         for page in pages:
             for item in page.get("Contents", ()):
                 key = item["Key"][len(base):]
                 try:
-                    keys.append(check_key(key))
+                    sizes[check_key(key)] = int(item.get("Size", 0))
                 except ValueError:
                     continue  # an object no key could name (put there by something else)
-        return sorted(keys)
+        return sizes
 
 
 def s3_client(max_connections: int) -> Any:

@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 from nopard import names
 from nopard.config import ConfigError
 from nopard.errors import NotFound, TooManyAttempts
+from nopard.search import parse_query, score
 from nopard.web import pages
 from nopard.web.readme import render_readme
 from nopard.web.responses import header, client_address
@@ -211,8 +212,6 @@ class WebUI:
         counts = {"local": sum(1 for _, o, _ in visible if o == "local"),
                   "cached": sum(1 for _, o, _ in visible if o != "local")}
         if query:
-            from nopard.search import parse_query, score
-
             parsed = parse_query({b"text": [query.encode()]})
             visible = [item for item in visible if score(item[0], parsed) > 0]
         visible.sort(key=lambda item: (item[1] != "local", item[0].name))
@@ -340,11 +339,11 @@ class WebUI:
 
     async def storage_used(self) -> str:
         if self.store_size is None:
-            return "not measured (S3 storage)"
+            return "not measured"
         await self.store_size.refresh()
         if self.store_size.bytes is None:
             return "unknown"
-        return f"{pages.human_size(self.store_size.bytes)} in {self.store_size.files} files"
+        return f"{pages.human_size(self.store_size.bytes)} in {self.store_size.files} objects"
 
 
 def _readme_of(document: dict[str, Any]) -> str:

@@ -52,6 +52,13 @@ def test_publish_and_read_back_through_s3(
     assert files_under(server.registry) == ["htpasswd"]
     assert {path.name for path in server.registry.iterdir()} <= {"htpasswd", ".spool"}
 
+    # The store's size is the bucket's, under the prefix.
+    metrics = server.request("GET", "/-/metrics").body.decode()
+    stored = sum(item["Size"] for item in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"])
+    assert f"nopard_store_bytes {float(stored)}" in metrics, metrics
+    status = server.request("GET", "/-/web/status").body.decode()
+    assert "Storage used: " in status and "objects" in status
+
     # After a restart everything is still served, from the bucket.
     server.stop()
     server.start()

@@ -87,7 +87,8 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
         publish_with_readme(site, bob, "hello-web", "1.0.0", HOSTILE_README,
                             description='Greets <script>alert("desc")</script>', dependencies={"debug": "^4.0.0"})
         publish_with_readme(site, bob, "hello-web", "1.1.0", HOSTILE_README, deprecated="use 2.x",
-                            description='Greets <script>alert("desc")</script>', dependencies={"debug": "^4.0.0"})
+                            description='Greets <script>alert("desc")</script>',
+                            dependencies={"debug": "^4.0.0", '<img src=x onerror=alert("dep")>': "1.0.0"})
         publish_with_readme(site, root, "@secret/plans", "1.0.0", "# secret plans")
         assert site.request("GET", "/debug").status == 200  # cached from the upstream
 
@@ -111,6 +112,7 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
         assert "npm install hello-web" in text
         assert "Greets <script>alert(\"desc\")</script>" in text  # shown as text, not run
         assert "deprecated: use 2.x" in text
+        assert '<img src=x onerror=alert("dep")> 1.0.0' in text  # a hostile dependency name, as text
         assert browser.find(".readme h1").text == "Hello web"
         assert browser.find(".readme strong").text == "bold"
         assert browser.execute_script(
@@ -151,11 +153,19 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
 def test_admin_refreshes_a_mirrored_package_and_reads_the_status(site: NopardServer, fake: FakeUpstream,
                                                                    request) -> None:
     site.token("root", "pw-root")
-    assert site.request("GET", "/debug").status == 200
+    document = site.request("GET", "/debug").json()
+    latest = document["dist-tags"]["latest"]
+    tarball = site.request("GET", document["versions"][latest]["dist"]["tarball"][len(site.url) - 1:])
+    assert tarball.status == 200
     with Browser(artifacts_dir(request)) as browser:
         log_in(browser, site, "root", "pw-root")
         assert "Settings" in browser.find("nav").text
         browser.open(site.url + "-/web/package/debug")
+        text = browser.text()
+        assert f"Tarballs stored here: 1 of {len(document['versions'])} versions" in text
+        row = next(r.text for r in browser.find_all("table.versions tbody tr") if r.text.startswith(latest + " "))
+        assert f"{len(tarball.body) / 1024:.1f} kB" in row
+        assert text.count("not stored here") == len(document["versions"]) - 1
         fake.reset()
         browser.submit("section form button[type=submit]")
         assert browser.url.endswith("/-/web/package/debug")

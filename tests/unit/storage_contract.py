@@ -56,6 +56,26 @@ class StorageContract:
         assert await storage.exists("packages/none/package.json") is False
 
     @pytest_twisted.ensureDeferred
+    async def test_usage_counts_bytes_and_objects(self, storage) -> None:
+        """usage() adds up what the store holds (for the store-size metric and the status page)."""
+        assert await storage.usage() == (0, 0)
+        await storage.write("packages/a/package.json", b"12345")
+        await storage.create("packages/a/tarballs/a-1.0.0.tgz", b"1234567")
+        assert await storage.usage() == (12, 2)
+
+    @pytest_twisted.ensureDeferred
+    async def test_sizes_of_keys_under_a_prefix(self, storage) -> None:
+        """sizes() lists keys under a prefix with their sizes, as list() would, nothing outside it."""
+        await storage.write("packages/a/tarballs/a-1.0.0.tgz", b"x" * 10)
+        await storage.write("packages/a/tarballs/a-1.1.0.tgz", b"x" * 3)
+        await storage.write("packages/ab/tarballs/ab-1.0.0.tgz", b"x")
+        assert await storage.sizes("packages/a/tarballs/") == {
+            "packages/a/tarballs/a-1.0.0.tgz": 10, "packages/a/tarballs/a-1.1.0.tgz": 3}
+        assert await storage.sizes("packages/none/") == {}
+        with pytest.raises(InvalidKey):
+            await storage.sizes("../")
+
+    @pytest_twisted.ensureDeferred
     async def test_write_then_read(self, storage) -> None:
         """What is written is read back byte for byte."""
         await storage.write("packages/a/package.json", b'{"name":"a"}')

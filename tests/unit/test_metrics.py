@@ -142,12 +142,12 @@ async def test_store_size_is_walked_at_most_once_a_minute(tmp_path: Path) -> Non
     (tmp_path / "f").write_bytes(b"z" * 7)
     walks = []
 
-    async def run(function, *args):
-        walks.append(args)
-        return await deferToThread(function, *args)
+    async def measure():
+        walks.append(tmp_path)
+        return await deferToThread(directory_size, str(tmp_path))
 
     now = [100.0]
-    size = StoreSize(str(tmp_path), run, SimpleNamespace(seconds=lambda: now[0]), max_age=60)
+    size = StoreSize(measure, SimpleNamespace(seconds=lambda: now[0]), max_age=60)
     await size.refresh()
     (tmp_path / "g").write_bytes(b"z" * 3)
     now[0] += 30
