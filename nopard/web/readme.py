@@ -10,6 +10,8 @@ relative images point into its repository, which nopard does not hold.
 
 from __future__ import annotations
 
+import re
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -41,10 +43,17 @@ def _keep_attribute(element: str, attribute: str, value: str) -> str | None:
     return value
 
 
+_HEADING = re.compile(r"<(/?)h([1-6])\b")
+
+
 def render_readme(text: str) -> str:
-    """Sanitized HTML of a Markdown readme (raw HTML in it included, then cleaned)."""
+    """Sanitized HTML of a Markdown readme (raw HTML in it included, then cleaned).
+
+    Its headings go two levels down (# becomes h3): the readme sits under the
+    page's h1 and its own "Readme" h2, and screen readers navigate by level.
+    """
     html = _markdown.render(text[:MAX_README])
-    return nh3.clean(
+    clean = nh3.clean(
         html,
         tags=_TAGS,
         attributes=_ATTRIBUTES,
@@ -53,3 +62,4 @@ def render_readme(text: str) -> str:
         attribute_filter=_keep_attribute,
         strip_comments=True,
     )
+    return _HEADING.sub(lambda match: f"<{match[1]}h{min(6, int(match[2]) + 2)}", clean)

@@ -113,7 +113,7 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
         assert "Greets <script>alert(\"desc\")</script>" in text  # shown as text, not run
         assert "deprecated: use 2.x" in text
         assert '<img src=x onerror=alert("dep")> 1.0.0' in text  # a hostile dependency name, as text
-        assert browser.find(".readme h1").text == "Hello web"
+        assert browser.find(".readme h3").text == "Hello web"  # under the page's h1 and h2
         assert browser.find(".readme strong").text == "bold"
         assert browser.execute_script(
             "return document.querySelectorAll('.readme script, [onerror], [onmouseover], a[href^=javascript]').length"
@@ -211,6 +211,12 @@ def test_pages_work_on_a_phone_and_with_the_keyboard(site: NopardServer, request
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, (path, overflow)
+            unlabelled = browser.execute_script(
+                "return Array.from(document.querySelectorAll('input:not([type=hidden]), button'))"
+                ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
+                " && !e.textContent.trim()).map(e => e.outerHTML)")
+            assert unlabelled == [], (path, unlabelled)
+            assert len(browser.find_all("h1")) == 1, path
         browser.screenshot("phone-status")
         browser.open(site.url)
         order = browser.tab_order(6)
