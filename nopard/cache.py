@@ -78,6 +78,7 @@ class CachedDocument:
     fetched_at: float | None = None
     etag: str | None = None
     stamp: str | None = None  # the package's stamp when loaded (nopard.coordination)
+    loaded_at: float | None = None  # when it was read from storage and prepared
 
     @property
     def size(self) -> int:
@@ -101,7 +102,13 @@ class PreparedCache:
         self._entries: OrderedDict[tuple[str, str], CachedDocument] = OrderedDict()
         self._keys_by_name: dict[str, set[tuple[str, str]]] = {}
         self._loads: dict[str, set[LoadTicket]] = {}
+        self._changes: dict[str, int] = {}
+        self._cleared = 0
         self.bytes_held = 0
+
+    def changes(self, name: str) -> tuple[int, int]:
+        """Moves with every invalidate(name) and clear(): a load started before one is not joined after it."""
+        return self._cleared, self._changes.get(name, 0)
 
     def stats(self) -> dict[str, int]:
         """Entries and bytes held, and the budget."""
@@ -149,6 +156,7 @@ class PreparedCache:
 
         ``keep``: the ticket of the load that made the change, which stays valid.
         """
+        self._changes[name] = self._changes.get(name, 0) + 1
         for ticket in self._loads.get(name, ()):
             if ticket is not keep:
                 ticket.valid = False
@@ -160,6 +168,7 @@ class PreparedCache:
         for tickets in self._loads.values():
             for ticket in tickets:
                 ticket.valid = False
+        self._cleared += 1
         self._entries.clear()
         self._keys_by_name.clear()
         self.bytes_held = 0

@@ -15,9 +15,12 @@ through Redis (NOPARD_REDIS_URL):
 
 Correctness never rests on Redis: documents are written with the store's
 compare-and-swap and tarballs with create-if-absent, so nothing is lost or
-half-written while Redis is down. Then nopard is *degraded*: it reads every
-document from the store (no cache it could not check), locks only within
-itself, logs it and shows it in health and metrics; a probe brings it back.
+half-written while Redis is down. Then nopard is *degraded*: it keeps a
+document read from the store in memory for DEGRADED_FRESHNESS seconds only,
+locks only within itself, logs it and shows it in health and metrics; a probe
+brings it back. A lost connection, a few slow replies in a row, or one slow
+stamp bump make it degraded; one slow reply (a busy reactor) only makes that
+request go on without Redis.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, AsyncIterator, Callable
 from urllib.parse import unquote, urlsplit
 
 import orjson
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
@@ -40,8 +43,15 @@ from nopard.cache import CachedDocument, PreparedBody, PreparedDocument
 PREFIX = "nopard:"
 # Seconds a lock lives unless renewed: how long a killed instance's lock blocks the others.
 LOCK_TTL = 10.0
-# Seconds a Redis command may take before nopard counts Redis as gone.
-COMMAND_TIMEOUT = 0.5
+# Seconds a Redis command may take: the request then goes on without Redis. A busy
+# reactor delays replies too, so a slow reply alone does not make nopard degraded: a
+# lost connection, a liveness PING unanswered for LIVENESS_TIMEOUT, or a slow stamp
+# bump (others must learn of that change) does.
+COMMAND_TIMEOUT = 1.0
+LIVENESS_TIMEOUT = 3.0
+# Seconds a prepared document loaded while degraded is served from memory: changes made
+# through other instances show within this long (they cannot be announced without Redis).
+DEGRADED_FRESHNESS = 2.0
 # Seconds prepared documents stay in Redis unused.
 SHARED_DOCUMENT_TTL = 24 * 3600
 # Only if it still holds the caller's token: a lock that expired and was taken is not touched.
@@ -201,6 +211,7 @@ class RedisLink:
         self.up = False
         self.since: float = clock.seconds()
         self.failures = 0
+        self._stopping = False
         self.was_up = False
         self.recovery_hooks: list[Callable[[bool], Any]] = []
         self.where = f"{self._arguments['host']}:{self._arguments['port']}/{self._arguments['dbid']}"
@@ -231,32 +242,44 @@ class RedisLink:
         self._probe.start(self._probe_interval, now=True)
 
     async def stop(self) -> None:
-        """Stop probing and close the connections."""
+        """Stop probing and close the connections (not an outage: nothing is logged)."""
+        self._stopping = True
         if self._probe.running:
             self._probe.stop()
         if self._redis is not None:
             await self._redis.disconnect()
 
-    async def call(self, command: str, *args: Any) -> Any:
-        """Run one command; RedisDown when Redis is down or does not answer in time."""
+    async def call(self, command: str, *args: Any, critical: bool = False) -> Any:
+        """Run one command; RedisDown when Redis is down or does not answer in time.
+
+        ``critical``: a command whose loss others must learn of (a stamp's bump):
+        if it times out, nopard goes degraded, so its recovery starts a new epoch.
+        """
         if not self.up:
             raise RedisDown(f"redis at {self.where} is down")
-        return await self._run(command, *args)
+        return await self._run(command, *args, critical=critical)
 
-    async def _run(self, command: str, *args: Any) -> Any:
+    async def _run(self, command: str, *args: Any, critical: bool = True, timeout: float | None = None) -> Any:
         import txredisapi
 
+        timeout = timeout or self._timeout
         try:
-            return await within(getattr(self._redis, command)(*args), self._timeout, self._clock)
+            return await within(getattr(self._redis, command)(*args), timeout, self._clock)
         except txredisapi.ResponseError:
             raise
+        except CancelledError:
+            raise  # the client went away: says nothing about Redis
+        except TimeoutError:
+            if critical:
+                self.mark_down(f"{command}: no answer within {timeout:g} s")
+            raise RedisDown(f"{command}: no answer within {timeout:g} s") from None
         except Exception as error:
             self.mark_down(f"{command}: {error.__class__.__name__}: {error}")
             raise RedisDown(str(error)) from None
 
     def mark_down(self, reason: str) -> None:
         """Go degraded (once): the probe will bring nopard back."""
-        if not self.up:
+        if not self.up or self._stopping:
             return
         self.up, self.since = False, self._clock.seconds()
         self.failures += 1
@@ -264,7 +287,16 @@ class RedisLink:
                        where=self.where, reason=reason, event="redis-down")
 
     async def _check(self) -> None:
-        if self.up or self._redis is None or self._redis._factory.size == 0:
+        """Every probe interval: while up, is Redis still answering? While down, is it back?"""
+        if self._redis is None or self._stopping:
+            return
+        if self.up:
+            try:
+                await self._run("ping", critical=True, timeout=LIVENESS_TIMEOUT)
+            except Exception:
+                pass  # marked down by _run
+            return
+        if self._redis._factory.size == 0:
             return
         try:
             await self._run("ping")
@@ -335,7 +367,8 @@ class RedisCoordination:
     async def bump(self, name: str) -> str | None:
         """Tell every instance that ``name``'s documents changed; the new stamp (None: degraded)."""
         try:
-            epoch, generation = await self.link.call("eval", _BUMP, [_b(PREFIX + "epoch"), _b(PREFIX + "gen:" + name)])
+            epoch, generation = await self.link.call(
+                "eval", _BUMP, [_b(PREFIX + "epoch"), _b(PREFIX + "gen:" + name)], critical=True)
         except RedisDown:
             self._dirty = True
             return None

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from nopard import names, packument
 from nopard.cache import CachedDocument, PreparedCache, PreparedDocument, prepare
 from nopard.config import LiveSettings
-from nopard.coordination import LocalCoordination, within
+from nopard.coordination import DEGRADED_FRESHNESS, LocalCoordination, within
 from nopard.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.integrity import Digests
 from nopard.registry import Registry, iso_time
@@ -159,6 +159,7 @@ class Mirror:
         self._not_found: OrderedDict[str, float] = OrderedDict()
         self._documents = SharedFetches()
         self._tarballs = SharedFetches()
+        self._prepared = SharedFetches()
         self._free_slots = revalidation_slots
         self._background: set[Upstream] = set()
 
@@ -175,6 +176,12 @@ class Mirror:
             down = upstream is None or upstream.breaker.down
             if decide(cached.fetched_at, self._clock.seconds(), self._ttl(), down) is Action.SERVE:
                 return cached.prepared, Action.SERVE.value
+        # Concurrent misses share one load: preparing a big document is CPU on the reactor.
+        key = f"{name}\0{base_url}\0{stamp}\0{self._cache.changes(name)}"
+        return await self._prepared.run(key, lambda: self._load_prepared(name, base_url, stamp))
+
+    async def _load_prepared(self, name: str, base_url: str, stamp: str | None) -> tuple[PreparedDocument, str]:
+        """Load ``name`` by the offline-first policy, prepare it, keep it in memory and share it."""
         with self._cache.loading(name) as ticket:
             document, entry_origin, meta, status = await self._load(name)
             if status in (Action.FETCH.value, Action.REVALIDATE.value):
@@ -182,16 +189,23 @@ class Mirror:
                 self._cache.invalidate(name, keep=ticket)
             prepared = prepare(document, base_url)
             entry = CachedDocument(prepared, entry_origin, meta.fetched_at if meta else None,
-                                   meta.etag if meta else None, stamp)
-            if stamp is not None:  # None: degraded, no cache can be checked against other instances
-                self._cache.put(name, base_url, entry, ticket)
+                                   meta.etag if meta else None, stamp, loaded_at=self._clock.seconds())
+            self._cache.put(name, base_url, entry, ticket)
+            if stamp is not None:  # None: degraded, nothing to share
                 self._coordination.share_document(name, base_url, entry)
         return prepared, status
 
     async def _cached(self, name: str, base_url: str, stamp: str | None) -> CachedDocument | None:
-        """The prepared document carrying ``stamp``: from memory, else from another instance."""
+        """The prepared document carrying ``stamp``: from memory, else from another instance.
+
+        ``stamp`` None (Redis unreachable): only a copy loaded in the last
+        DEGRADED_FRESHNESS seconds, so changes made through other instances,
+        which nothing can announce, show within that long.
+        """
         if stamp is None:
-            return None
+            cached = self._cache.get(name, base_url)
+            fresh = cached is not None and cached.stamp is None and cached.loaded_at is not None
+            return cached if fresh and self._clock.seconds() - cached.loaded_at < DEGRADED_FRESHNESS else None
         cached = self._cache.get(name, base_url)
         if cached is not None and cached.stamp == stamp:
             return cached
