@@ -129,6 +129,15 @@ def parse_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_users(text: str) -> tuple[str, ...]:
+    """Comma- or space-separated user names."""
+    users = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)
+    for user in users:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", user):
+            raise ValueError(f"{user!r} is not a user name")
+    return users
+
+
 def parse_scope_map(text: str) -> dict[str, str]:
     """``@scope=value`` pairs separated by spaces or commas (values may not contain either)."""
     pairs = {}
@@ -286,6 +295,12 @@ SETTINGS: tuple[Setting, ...] = (
         parse_count,
         "Registration stays open while fewer users exist; 0 disables it.",
     ),
+    Setting(
+        "admins",
+        "",
+        parse_users,
+        "Users who may change settings and refresh packages, comma-separated (NOPARD_CONFIG's admins too).",
+    ),
     Setting("auth_read", "no", parse_bool, "Reads need a logged-in user (yes/no)."),
     Setting("auth_write", "yes", parse_bool, "Writes need a logged-in user (yes/no)."),
     Setting(
@@ -404,6 +419,7 @@ class Settings:
     home: str
     htpasswd: str
     max_users: int
+    admins: tuple[str, ...]
     auth_read: bool
     auth_write: bool
     login_attempts: int

@@ -176,6 +176,10 @@ class LocalCoordination:
         """Nothing to tell anyone."""
         return ""
 
+    async def stamps(self, names: list[str]) -> dict[str, str] | None:
+        """Every name's stamp: all the same here."""
+        return dict.fromkeys(names, "")
+
     async def shared_document(self, name: str, base_url: str, stamp: str) -> CachedDocument | None:
         """No other instance prepares documents."""
         return None
@@ -363,6 +367,21 @@ class RedisCoordination:
         except RedisDown:
             return None
         return f"{epoch.decode()}.{int(generation or 0)}"
+
+    async def stamps(self, names: list[str]) -> dict[str, str] | None:
+        """The current stamps of many names, 1000 a round trip; None while degraded."""
+        found: dict[str, str] = {}
+        try:
+            for start in range(0, len(names), 1000):
+                chunk = names[start : start + 1000]
+                keys = [_b(PREFIX + "epoch")] + [_b(PREFIX + "gen:" + name) for name in chunk]
+                epoch, *generations = await self.link.call("mget", keys)
+                if epoch is None:
+                    return None
+                found.update({name: f"{epoch.decode()}.{int(g or 0)}" for name, g in zip(chunk, generations)})
+        except RedisDown:
+            return None
+        return found
 
     async def bump(self, name: str) -> str | None:
         """Tell every instance that ``name``'s documents changed; the new stamp (None: degraded)."""

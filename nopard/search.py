@@ -227,8 +227,13 @@ def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool
 class SearchIndex:
     """Search entries of every stored document, kept up to date cheaply (see the module's doc)."""
 
-    def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0) -> None:
+    def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0,
+                 coordination: Any = None) -> None:
+        from nopard.coordination import LocalCoordination
+
         self._registry = registry
+        # Stamps tell which local documents other instances changed since the last build.
+        self._coordination = coordination or LocalCoordination()
         self._mirror = mirror
         self._clock = clock
         self._max_age = max_age
@@ -278,12 +283,15 @@ class SearchIndex:
         fetched: dict[str, float] = {}
         try:
             local = await self._registry.local_names()
+            stamps = await self._coordination.stamps(local) or {}  # {}: degraded, read them all
             for name in local:
                 old = self._entries.get(name)
-                if old is not None and self._origins.get(name) == "local" and name not in dirty:
+                stamp = stamps.get(name)
+                unchanged = old is not None and stamp is not None and old.stamp == stamp
+                if unchanged and self._origins.get(name) == "local" and name not in dirty:
                     entries[name], origins[name] = old, "local"
                     continue
-                entry = await self._read(self._registry.document, name)
+                entry = await self._read(self._registry.document, name, stamp)
                 if entry is not None:
                     entries[name], origins[name] = entry, "local"
             for name in await self._mirror.mirrored_names():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from functools import partial
@@ -33,7 +34,7 @@ from nopard.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.tokens import TokenStore
-from nopard.auth.limits import LoginLimiter
+from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.weblogin import WebLogins
 from nopard.cache import PreparedCache
 from nopard.coordination import (
@@ -213,6 +214,14 @@ def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, lo
     return RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl), RedisSessions(link, sessions)
 
 
+def login_limiter(live: LiveSettings, reactor: Any, coordination: Any) -> Any:
+    """Failed-login counts: in this process, and in Redis too when instances share one."""
+    local = LoginLimiter(live, reactor)
+    if isinstance(coordination, RedisCoordination):
+        return SharedLoginLimiter(coordination.link, local, live, reactor)
+    return local
+
+
 def build_service(
     settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None,
     sources: Mapping[str, str] | None = None,
@@ -229,6 +238,8 @@ def build_service(
     live = LiveSettings(settings)
     if policy is None:
         policy = load_policy(settings.config) if settings.config else ALLOW_ALL
+    # NOPARD_ADMINS: admins without writing a rules file; they count as NOPARD_CONFIG's do.
+    policy = dataclasses.replace(policy, admins=policy.admins | frozenset(settings.admins))
     top = MultiService()
     logs = LogService(live, log_stream, reactor)
     logs.setServiceParent(top)
@@ -279,12 +290,12 @@ def build_service(
         TokenStore(storage),
         storage,
         now=lambda: iso_time(reactor.seconds()),
-        limiter=LoginLimiter(live, reactor),
+        limiter=login_limiter(live, reactor, coordination),
     )
     app = RegistryApp(
         live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
         metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor, sessions),
-        policy=policy, search=SearchIndex(registry, mirror, reactor), overrides=overrides,
+        policy=policy, search=SearchIndex(registry, mirror, reactor, coordination=coordination), overrides=overrides,
         sessions=sessions, store_size=metrics.live.store, clock=reactor,
     )
     site = NopardSite(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -65,11 +66,12 @@ class Accounts:
         """
         if self.limiter is None:
             return await self.users.check(name, password)
-        self.limiter.check(name, address)
+        # LoginLimiter answers at once, SharedLoginLimiter (Redis) with awaitables.
+        await _settle(self.limiter.check(name, address))
         if await self.users.check(name, password):
-            self.limiter.succeeded(name)
+            await _settle(self.limiter.succeeded(name))
             return True
-        self.limiter.failed(name, address)
+        await _settle(self.limiter.failed(name, address))
         return False
 
     async def login(self, name: Any, password: Any, email: Any = None, address: str | None = None) -> str:
@@ -158,6 +160,11 @@ class Accounts:
         if identity.readonly:
             raise PermissionDenied("this token is read-only")
         return identity.user
+
+
+async def _settle(result: Any) -> Any:
+    """``result``, awaited first when it is awaitable."""
+    return await result if inspect.isawaitable(result) else result
 
 
 def _basic_credentials(encoded: str) -> tuple[str, str]:

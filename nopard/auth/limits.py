@@ -6,12 +6,14 @@ NOPARD_LOGIN_WINDOW seconds, further password checks for it are refused with
 TooManyAttempts before the password is even looked at; the refusal says when
 the oldest counted failure leaves the window. A successful check clears the
 account's failures. Nothing is ever locked for longer than the window.
-Kept in memory: a restart forgets every count.
+Kept in memory (a restart forgets every count), and with NOPARD_REDIS_URL in Redis
+too, so attempts spread over several instances add up (SharedLoginLimiter).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -90,3 +92,87 @@ class LoginLimiter:
         """The account proved its password: forget its failures (its address keeps its count)."""
         if account:
             self._failures.pop(f"user:{account}", None)
+
+
+# Across instances --------------------------------------------------------------
+
+# KEYS: the counted keys; ARGV: now (ms), window (ms), attempts. The wait (ms) until a check is
+# allowed, 0: now. Failures older than the window are dropped on the way.
+_RETRY_AFTER = """
+local wait = 0
+for _, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1] - ARGV[2])
+  local count = redis.call('ZCARD', key)
+  local attempts = tonumber(ARGV[3])
+  if count >= attempts then
+    local freeing = redis.call('ZRANGE', key, count - attempts, count - attempts, 'WITHSCORES')[2]
+    wait = math.max(wait, freeing + ARGV[2] - ARGV[1])
+  end
+end
+return wait
+"""
+# KEYS: the counted keys; ARGV: now (ms), window (ms), a unique member.
+_FAILED = """
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[1], ARGV[3])
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+return 1
+"""
+
+
+class SharedLoginLimiter:
+    """LoginLimiter's counts kept in Redis, so attempts spread over instances add up.
+
+    Every failure is also counted in this process's LoginLimiter, which
+    decides alone while Redis is unreachable.
+    """
+
+    def __init__(self, link: Any, local: LoginLimiter, settings: LiveSettings, clock: Any) -> None:
+        self._link = link
+        self._local = local
+        self._settings = settings
+        self._clock = clock
+
+    def _keys(self, account: str | None, address: str | None) -> list[bytes]:
+        return [f"nopard:login:{key}".encode() for key in LoginLimiter.keys(account, address)]
+
+    async def check(self, account: str | None, address: str | None) -> None:
+        """Raise TooManyAttempts if ``account`` or ``address`` failed too often lately, on any instance."""
+        from nopard.coordination import RedisDown
+
+        current = self._settings.current
+        keys = self._keys(account, address)
+        try:
+            wait_ms = await self._link.call("eval", _RETRY_AFTER, keys, [
+                str(int(self._clock.seconds() * 1000)), str(int(current.login_window * 1000)),
+                str(current.login_attempts)]) if keys else 0
+        except RedisDown:
+            return self._local.check(account, address)
+        wait = math.ceil(int(wait_ms) / 1000)
+        if wait > 0:
+            raise TooManyAttempts(f"too many failed logins; try again in {wait} seconds", retry_after=wait)
+
+    async def failed(self, account: str | None, address: str | None) -> None:
+        """Count one failed password check, here and in Redis."""
+        from nopard.coordination import RedisDown
+
+        self._local.failed(account, address)
+        keys = self._keys(account, address)
+        now_ms = int(self._clock.seconds() * 1000)
+        try:
+            await self._link.call("eval", _FAILED, keys, [
+                str(now_ms), str(int(self._settings.current.login_window * 1000)), f"{now_ms}-{uuid.uuid4().hex}"])
+        except RedisDown:
+            pass
+
+    async def succeeded(self, account: str | None) -> None:
+        """The account proved its password: forget its failures everywhere."""
+        from nopard.coordination import RedisDown
+
+        self._local.succeeded(account)
+        if account:
+            try:
+                await self._link.call("delete", self._keys(account, None))
+            except RedisDown:
+                pass

@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from klein import Klein
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
 from twisted.web.iweb import IRequest
 
 from nopard import names
@@ -65,11 +67,12 @@ def wants_html(request: IRequest) -> bool:
 
 
 def is_admin(policy: Any, user: str | None) -> bool:
-    """NOPARD_CONFIG's admins; with no admin named there, every logged-in user."""
-    if user is None:
-        return False
-    admins = getattr(policy, "admins", frozenset())
-    return user in admins if admins else True
+    """The admins of NOPARD_CONFIG and NOPARD_ADMINS; nobody while neither names one.
+
+    Admins change where packages come from (the upstream URL): a user must be
+    named one, never be one by default.
+    """
+    return user is not None and user in getattr(policy, "admins", frozenset())
 
 
 class WebUI:
@@ -181,9 +184,14 @@ class WebUI:
 
     @app.handle_errors(Exception)
     async def failed(self, request: IRequest, failure: Any) -> bytes:
-        if failure.check(NotFound):
+        if failure.check(NotFound, RouteNotFound):
             viewer = await self.viewer(request)
-            return await self.html(request, pages.message_page(viewer, "Not found", failure.value.message), 404)
+            message = failure.value.message if failure.check(NotFound) else "There is no such page."
+            return await self.html(request, pages.message_page(viewer, "Not found", message), 404)
+        if failure.check(MethodNotAllowed):
+            viewer = await self.viewer(request)
+            return await self.html(request, pages.message_page(viewer, "Not allowed", "This page cannot be "
+                                                               "used that way."), 405)
         self.main.log.failure("unexpected error on a web page", failure, event="error")
         return await self.html(request, pages.message_page(await self.viewer(request), "Error",
                                                            "Something went wrong; see the registry's log."), 500)
@@ -304,8 +312,9 @@ class WebUI:
         if viewer.user is None:
             return self.redirect(request, pages.link(viewer, "/-/web/login"))
         if not viewer.admin or self.overrides is None:
-            return await self.html(request, pages.message_page(viewer, "Not allowed",
-                                                               "Only admins may see and change settings."), 403)
+            return await self.html(request, pages.message_page(
+                viewer, "Not allowed", "Only admins may see and change settings: they are named in "
+                "NOPARD_ADMINS or in the admins of the NOPARD_CONFIG file."), 403)
         if request.method == b"GET":
             return await self.html(request, pages.settings_page(viewer, self.overrides.entries(),
                                                                 saved=_arg(request, "saved") == "1"))

@@ -138,6 +138,17 @@ def test_web_login_started_on_one_instance_finishes_on_another(cluster) -> None:
     assert second.request("GET", f"/-/v1/done/{session}").status == 404  # handed out once
 
 
+def test_failed_logins_on_different_instances_add_up(cluster) -> None:
+    """NOPARD_LOGIN_ATTEMPTS counts failures over every instance: guessing cannot be spread over them."""
+    first, second = cluster(NOPARD_LOGIN_ATTEMPTS="4", NOPARD_LOGIN_WINDOW="60")
+    first.token("grace", "pw-grace")
+    statuses = [server.login("grace", "wrong").status for server in (first, second, first, second)]
+    assert statuses == [401, 401, 401, 401]
+    for server in (first, second):
+        refused = server.login("grace", "pw-grace")
+        assert refused.status == 429 and int(refused.headers["retry-after"]) > 0
+
+
 @pytest.mark.parametrize("redis_up", [True, False], ids=["locked-in-redis", "redis-down"])
 def test_concurrent_publishes_of_one_package_through_different_instances_all_land(
     cluster, redis_server: RedisServer, redis_up: bool

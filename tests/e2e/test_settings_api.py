@@ -123,6 +123,18 @@ def test_only_admins(start) -> None:
     assert not (server.registry / "settings" / "overrides.json").exists()
 
 
+def test_nobody_is_admin_unless_named(start_nopard: Callable[..., NopardServer]) -> None:
+    """Without NOPARD_CONFIG admins or NOPARD_ADMINS a logged-in user is refused; NOPARD_ADMINS names one."""
+    plain = start_nopard({"NOPARD_MAX_USERS": "5"}, name="plain")
+    alice = plain.token("alice", "pw-alice")
+    assert change(plain, alice, forwarder_url="http://registry.example/").status == 403
+    named = start_nopard({"NOPARD_MAX_USERS": "5", "NOPARD_ADMINS": "bob"}, name="named")
+    alice, bob = named.token("alice", "pw-alice"), named.token("bob", "pw-bob")
+    assert change(named, alice, meta_ttl="60").status == 403
+    assert change(named, bob, meta_ttl="60").status == 200
+    assert entries(named, bob)["meta_ttl"]["source"] == "settings page"
+
+
 def test_page_beats_environment_and_survives_a_restart(start) -> None:
     server = start(meta_ttl="100")
     root = server.token("root", "pw-root")

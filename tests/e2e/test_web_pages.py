@@ -235,6 +235,13 @@ def test_browsers_asking_for_a_package_are_sent_to_its_page(site: NopardServer) 
     npm_like = site.request("GET", "/hello-web", headers={"Accept": "application/json"})
     assert npm_like.status == 200 and npm_like.json()["name"] == "hello-web"
     assert site.request("GET", "/", headers={"Accept": "application/json"}).json()["registry"] == "nopard"
+    scoped = site.request("GET", "/@secret%2fplans", headers=html_first)
+    assert scoped.status == 302 and scoped.headers["location"] == "/-/web/package/@secret/plans"
+    assert site.request("GET", "/-/web/package/@secret/plans").status == 404  # hidden: as if missing
+    for path in ("/-/web/no-such-page", "/-/web/package/", "/-/web/package/%3Cscript%3E"):
+        missing = site.request("GET", path)
+        assert missing.status == 404 and b"<script>" not in missing.body, path
+    assert site.request("DELETE", "/-/web/login").status == 405
 
 
 def test_forms_refuse_cross_site_posts_and_cookies_follow_https(site: NopardServer) -> None:

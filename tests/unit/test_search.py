@@ -189,6 +189,37 @@ def test_index_rereads_only_what_changed() -> None:
     assert sorted(e.name for e in result_of(index.entries())) == ["mine", "theirs"]
 
 
+class FakeStamps:
+    """Stamps as RedisCoordination gives them: another instance's publish bumps one."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.down = False
+
+    async def stamps(self, names: list[str]) -> dict[str, str] | None:
+        return None if self.down else {name: str(self.values.get(name, 0)) for name in names}
+
+
+def test_index_rereads_local_documents_other_instances_changed() -> None:
+    """A local document changed through another instance (its stamp moved) is read again at the next build."""
+    store, clock, stamps = FakeStore(), Clock(), FakeStamps()
+    index = SearchIndex(store, store, clock, max_age=30, coordination=stamps)
+    store.local["mine"] = document("mine")
+    store.local["other"] = document("other")
+    result_of(index.entries())
+    store.local["mine"] = document("mine", "published elsewhere")
+    stamps.values["mine"] = 1
+    store.reads.clear()
+    clock.advance(31)
+    [mine] = [e for e in result_of(index.entries()) if e.name == "mine"]
+    assert mine.description == "published elsewhere" and store.reads == ["mine"]
+    stamps.down = True  # degraded: nothing tells what changed, so everything is read
+    store.reads.clear()
+    clock.advance(31)
+    result_of(index.entries())
+    assert sorted(store.reads) == ["mine", "other"]
+
+
 def test_concurrent_searches_share_one_update() -> None:
     gate: Deferred = Deferred()
 
