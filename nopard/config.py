@@ -111,31 +111,28 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def _listed(text: str, pattern: str, what: str) -> tuple[str, ...]:
+    """Comma- or space-separated items, each matching ``pattern``."""
+    items = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)
+    for item in items:
+        if not re.fullmatch(pattern, item):
+            raise ValueError(f"{item!r} is not {what}")
+    return items
+
+
 def parse_scopes(text: str) -> tuple[str, ...]:
     """Comma- or space-separated npm scopes such as ``@acme,@acme-internal``."""
-    scopes = tuple(part for part in re.split(r"[\s,]+", text.strip().lower()) if part)
-    for scope in scopes:
-        if not re.fullmatch(r"@[a-z0-9~-][a-z0-9._~-]*", scope):
-            raise ValueError(f"{scope!r} is not a scope like @acme")
-    return scopes
+    return _listed(text.lower(), r"@[a-z0-9~-][a-z0-9._~-]*", "a scope like @acme")
 
 
 def parse_names(text: str) -> tuple[str, ...]:
     """Comma- or space-separated package names."""
-    names = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)
-    for name in names:
-        if not re.fullmatch(r"(@[a-z0-9~-][a-z0-9._~-]*/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]*", name):
-            raise ValueError(f"{name!r} is not a package name")
-    return names
+    return _listed(text, r"(@[a-z0-9~-][a-z0-9._~-]*/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]*", "a package name")
 
 
 def parse_users(text: str) -> tuple[str, ...]:
     """Comma- or space-separated user names."""
-    users = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)
-    for user in users:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", user):
-            raise ValueError(f"{user!r} is not a user name")
-    return users
+    return _listed(text, r"[A-Za-z0-9._-]{1,64}", "a user name")
 
 
 def parse_scope_map(text: str) -> dict[str, str]:

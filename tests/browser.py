@@ -40,6 +40,7 @@ from selenium.common.exceptions import (
     NoAlertPresentException,
     StaleElementReferenceException,
     UnexpectedAlertPresentException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -214,14 +215,18 @@ class Browser:
                 raise AssertionError(f"submitting {css!r} opened a dialog: {self.dialogs[-1]!r}")
             try:
                 old.tag_name  # raises once the old document is gone
-            except StaleElementReferenceException:
+            except UnexpectedAlertPresentException:
+                continue
+            except (StaleElementReferenceException, WebDriverException):
+                # Mid-navigation chromedriver may also answer "Node with given id does not
+                # belong to the document": the old document is gone all the same.
                 try:
                     if self.driver.execute_script("return document.readyState") == "complete":
                         return
                 except UnexpectedAlertPresentException:
                     continue
-            except UnexpectedAlertPresentException:
-                continue
+                except WebDriverException:
+                    pass  # the new document is not ready for scripts yet
             if time.monotonic() > deadline:
                 raise TimeoutError(f"submitting {css!r} did not load a new page within {TIMEOUT}s")
             time.sleep(0.05)

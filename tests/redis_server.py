@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 
 def encode_command(*args: object) -> bytes:
@@ -143,13 +143,7 @@ class RedisServer:
             return _read_reply(sock, bytearray())
 
     def _terminate(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def kill(self) -> None:
         """SIGKILL the server (a crash); restart() brings it back, empty, on the same port."""

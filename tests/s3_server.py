@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from tests.support import free_port
+from tests.support import free_port, stop_process
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -61,13 +61,7 @@ class MotoServer:
 
     def stop(self) -> None:
         """Stop the server."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def client(self) -> Any:
         """A boto3 client for this server (for tests to look into the bucket)."""

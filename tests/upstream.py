@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -116,13 +118,7 @@ class FakeUpstream:
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process.stdout.close()
 
     def __enter__(self) -> "FakeUpstream":
