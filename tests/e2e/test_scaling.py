@@ -239,7 +239,7 @@ def test_redis_stopped_and_restarted_under_traffic(cluster, redis_server: RedisS
         assert versions(second, "steady") == {"1.0.0", "1.1.0"}
         published = time.monotonic()
         wait_for(lambda: versions(first, "steady") == {"1.0.0", "1.1.0"}, "the other instance", timeout=5)
-        assert time.monotonic() - published < 3
+        assert time.monotonic() - published < 4  # 2 s, and slack for a busy machine
         time.sleep(0.5)
         redis_server.restart()
         for server in (first, second):
