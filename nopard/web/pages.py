@@ -128,7 +128,7 @@ def layout(viewer: Viewer, title: str, *content: Any, status: str | None = None)
             tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
             tags.title(f"{title} · nopard"),
             tags.link(rel="stylesheet", href=link(viewer, "/-/web/static/nopard.css")),
-            tags.link(rel="icon", type="image/svg+xml", href=link(viewer, "/-/web/static/favicon.svg")),
+            tags.link(rel="icon", type="image/png", href=link(viewer, "/-/web/static/favicon.png")),
         ),
         tags.body(
             tags.a("Skip to content", href="#main", class_="skip"),

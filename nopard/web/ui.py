@@ -13,6 +13,8 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import struct
+import zlib
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -33,9 +35,21 @@ SESSION_COOKIE = b"nopard_session"
 CSRF_COOKIE = b"nopard_csrf"
 SESSION_TTL = 12 * 3600.0
 _STATIC = os.path.join(os.path.dirname(__file__), "static")
-STATIC = {  # name -> (content type, bytes): read once, served from memory
+
+
+def square_png(size: int, rgb: tuple[int, int, int]) -> bytes:
+    """A PNG of one colour: the icon browsers ask for, made here rather than shipped."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes(rgb) * size for _ in range(size))
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+STATIC = {  # name -> (content type, bytes): made once, served from memory
     "nopard.css": ("text/css; charset=utf-8", open(os.path.join(_STATIC, "nopard.css"), "rb").read()),
-    "favicon.svg": ("image/svg+xml", open(os.path.join(_STATIC, "favicon.svg"), "rb").read()),
+    "favicon.png": ("image/png", square_png(16, (0x0B, 0x5C, 0xAD))),
 }
 PAGE_HEADERS = {
     b"Content-Type": b"text/html; charset=utf-8",

@@ -242,6 +242,8 @@ def test_browsers_asking_for_a_package_are_sent_to_its_page(site: NopardServer) 
         missing = site.request("GET", path)
         assert missing.status == 404 and b"<script>" not in missing.body, path
     assert site.request("DELETE", "/-/web/login").status == 405
+    icon = site.request("GET", "/-/web/static/favicon.png")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/png" and icon.body[:4] == b"\x89PNG"
 
 
 def test_forms_refuse_cross_site_posts_and_cookies_follow_https(site: NopardServer) -> None:
