@@ -28,6 +28,7 @@ def test_pip_install_makes_twistd_nopard_available(tmp_path: Path) -> None:
         check=True, capture_output=True, cwd=tmp_path,
     )
     assert (target / "twisted" / "plugins" / "nopard_plugin.py").exists()
+    assert (target / "nopard" / "web" / "static" / "nopard.css").exists()  # the browser pages' stylesheet
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOPARD_")}
     env["PYTHONPATH"] = str(target)
