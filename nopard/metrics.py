@@ -10,7 +10,6 @@ store size are read at scrape time.
 
 from __future__ import annotations
 
-import os
 import uuid
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Iterable, Iterator
@@ -308,27 +307,6 @@ class StoreSize:
             waiters, self._waiters = self._waiters or [], None
             for waiter in waiters:
                 waiter.callback(None)
-
-
-def directory_size(root: str) -> tuple[int, int]:
-    """(bytes, files) under ``root``, not following symlinks."""
-    total, count = 0, 0
-    pending = [root]
-    while pending:
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-                    count += 1
-            except OSError:
-                continue  # removed while we walked
-    return total, count
 
 
 # Health ----------------------------------------------------------------------------

@@ -112,8 +112,6 @@ class FilesystemStorage:
 
     async def usage(self) -> tuple[int, int]:
         """(bytes, files) under the root, from a walk in the thread pool."""
-        from nopard.metrics import directory_size
-
         return await self._run(directory_size, self.root)
 
     async def exists(self, key: str) -> bool:
@@ -302,3 +300,24 @@ def _list_files(root: str, prefix: str) -> list[str]:
         base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
         keys.extend(base + name for name in files if not name.startswith("."))
     return sorted(keys)
+
+
+def directory_size(root: str) -> tuple[int, int]:
+    """(bytes, files) under ``root``, not following symlinks."""
+    total, count = 0, 0
+    pending = [root]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                    count += 1
+            except OSError:
+                continue  # removed while we walked
+    return total, count

@@ -53,8 +53,12 @@ class VersionRow:
     deprecated: str | None
     tarball_url: str
     size: int | None  # bytes, when stored here
-    stored: bool
     tags: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> bool:
+        """Whether the tarball is stored here (else only upstream)."""
+        return self.size is not None
 
 
 async def render(page: Tag, readme_html: str | None = None) -> bytes:
@@ -211,9 +215,12 @@ def start_page(viewer: Viewer) -> Tag:
 
 def package_page(
     viewer: Viewer, document: dict[str, Any], rows: list[VersionRow], origin: str,
-    fetched_at: float | None, now: float, has_readme: bool,
+    fetched_at: float | None, now: float, has_readme: bool, stored: int = 0,
 ) -> Tag:
-    """One package: install command, readme, versions, tags, dependencies."""
+    """One package: install command, readme, versions, tags, dependencies.
+
+    ``rows``: the newest versions shown; ``stored``: how many of all versions have their tarball here.
+    """
     name = document.get("name", "")
     latest = (document.get("dist-tags") or {}).get("latest")
     manifest = (document.get("versions") or {}).get(latest) or {}
@@ -226,7 +233,8 @@ def package_page(
         tags.pre(tags.code(f"npm install {name}")),
     ]
     if origin != "local":
-        parts.append(_mirror_section(viewer, name, fetched_at, now, rows))
+        total = len(document.get("versions") or {})
+        parts.append(_mirror_section(viewer, name, fetched_at, now, stored, total))
     parts += [
         tags.h2("Readme"),
         tags.div(Comment(README_MARKER), class_="readme") if has_readme else tags.p("No readme."),
@@ -238,12 +246,11 @@ def package_page(
 
 
 def _mirror_section(viewer: Viewer, name: str, fetched_at: float | None, now: float,
-                    rows: list[VersionRow]) -> Tag:
-    stored = sum(1 for row in rows if row.stored)
+                    stored: int, total: int) -> Tag:
     section = tags.section(**{"aria-labelledby": "mirror-h"})(
         tags.h2("Mirror", id="mirror-h"),
         tags.p(f"Metadata last refreshed from the upstream: {age(now - fetched_at) if fetched_at else 'never'}. "
-               f"Tarballs stored here: {stored} of {len(rows)} versions (the rest only upstream)."),
+               f"Tarballs stored here: {stored} of {total} versions (the rest only upstream)."),
     )
     if viewer.admin:
         section(tags.form(method="post", action=package_path(viewer, name) + "/refresh")(
@@ -438,7 +445,7 @@ def version_rows(document: dict[str, Any], tarball_url: Any, sizes: dict[str, in
         rows.append(VersionRow(
             version=version, published=str(times.get(version, ""))[:19].replace("T", " "),
             deprecated=deprecated if isinstance(deprecated, str) and deprecated else None,
-            tarball_url=tarball_url(manifest), size=sizes.get(version), stored=sizes.get(version) is not None,
+            tarball_url=tarball_url(manifest), size=sizes.get(version),
             tags=sorted(tag_of.get(version, [])),
         ))
     return rows

@@ -18,6 +18,7 @@ import zlib
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import orjson
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
@@ -148,7 +149,7 @@ class WebUI:
 
     def check_csrf(self, request: IRequest, viewer: pages.Viewer) -> None:
         """Refuse a form post without the viewer's token (a cross-site request)."""
-        sent = _field(request, "csrf")
+        sent = _arg(request, "csrf")
         if not viewer.csrf or not hmac.compare_digest(sent.encode(), viewer.csrf.encode()):
             raise CsrfFailure()
 
@@ -273,15 +274,16 @@ class WebUI:
 
     async def package_page(self, request: IRequest, viewer: pages.Viewer, name: str) -> bytes:
         mirror = self.main.mirror
-        document = await mirror.document(name, viewer.base_url)
-        local = await self.main.registry.document(name)
-        origin = "local" if local is not None and name not in self.main.settings.current.merge_upstream else "upstream"
+        prepared, status = await mirror.packument(name, viewer.base_url)
+        document = orjson.loads(prepared.full.identity)
+        origin = "local" if status == "LOCAL" else "upstream"  # merged documents count as mirrored
         meta = await mirror.meta(name) if origin != "local" else None
         sizes = await mirror.tarball_sizes(name, document)
         rows = pages.version_rows(document, lambda manifest: str((manifest.get("dist") or {}).get("tarball", "")), sizes)
         readme = _readme_of(document)
+        stored = sum(1 for size in sizes.values() if size is not None)
         page = pages.package_page(viewer, document, rows, origin, meta.fetched_at if meta else None,
-                                  self.main.clock.seconds(), bool(readme))
+                                  self.main.clock.seconds(), bool(readme), stored)
         readme_html = await self.main.run_cpu(render_readme, readme) if readme else None
         return await self.html(request, page, readme_html=readme_html)
 
@@ -296,9 +298,9 @@ class WebUI:
     async def login(self, request: IRequest) -> bytes:
         viewer = await self.viewer(request)
         self.check_csrf(request, viewer)
-        username = _field(request, "username").strip()
+        username = _arg(request, "username").strip()
         try:
-            ok = await self.main.accounts.check_password(username, _field(request, "password"), client_address(request))
+            ok = await self.main.accounts.check_password(username, _arg(request, "password"), client_address(request))
         except TooManyAttempts as error:
             request.setHeader(b"Retry-After", b"%d" % error.retry_after)
             page = pages.login_page(viewer, pages.link(viewer, "/-/web/login"), error.message, username)
@@ -334,8 +336,8 @@ class WebUI:
                                                                 saved=_arg(request, "saved") == "1"))
         self.check_csrf(request, viewer)
         entries = self.overrides.entries()
-        values = {entry["name"]: _field(request, entry["name"]).strip() for entry in entries
-                  if _has_field(request, entry["name"])}
+        values = {entry["name"]: _arg(request, entry["name"]).strip() for entry in entries
+                  if _has_arg(request, entry["name"])}
         changed = {name: text for name, text in values.items()
                    if text != next(e["value"] for e in entries if e["name"] == name)}
         try:
@@ -378,16 +380,12 @@ def _readme_of(document: dict[str, Any]) -> str:
 
 
 def _arg(request: IRequest, name: str) -> str:
+    """A query argument, or a field of a posted form (Twisted parses both into request.args)."""
     values = (request.args or {}).get(name.encode())
     return values[0].decode("utf-8", "replace") if values else ""
 
 
-def _field(request: IRequest, name: str) -> str:
-    """A form field of a POST (application/x-www-form-urlencoded)."""
-    return _arg(request, name)
-
-
-def _has_field(request: IRequest, name: str) -> bool:
+def _has_arg(request: IRequest, name: str) -> bool:
     return name.encode() in (request.args or {})
 
 

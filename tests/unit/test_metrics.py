@@ -13,13 +13,13 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from nopard.breaker import Breaker
+from nopard.storage.fs import directory_size
 from nopard.metrics import (
     Metrics,
     StoreProbe,
     StoreSize,
     UpstreamWait,
     add_upstream_wait,
-    directory_size,
     request_upstream_wait,
     route_of,
     upstream_label,
