@@ -30,29 +30,29 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from nopard.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
+from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.tokens import TokenStore
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.weblogin import WebLogins
-from nopard.cache import PreparedCache
-from nopard.coordination import (
+from nopard.domain.prepared import PreparedCache
+from nopard.cluster.coordination import (
     LocalCoordination, MemorySessions, RedisCoordination, RedisLink, RedisSessions,
 )
-from nopard.agents import LiveAgent
-from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
-from nopard.daemon import prepare as prepare_daemon
-from nopard.logs import LogService, twistd_log_stream
-from nopard.metrics import Metrics, StoreProbe, StoreSize
-from nopard.mirror import Mirror, Upstreams
-from nopard.overrides import Overrides, StartGate
-from nopard.proxy import ProxyingAgent
-from nopard.schedule import SyncService
-from nopard.search import SearchIndex
-from nopard.sync import SyncJobs
-from nopard.upstream import Upstream
-from nopard.registry import Registry, iso_time
+from nopard.upstream.agents import LiveAgent
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
+from nopard.ops.daemon import prepare as prepare_daemon
+from nopard.ops.logs import LogService, twistd_log_stream
+from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
+from nopard.mirror.service import Mirror, Upstreams
+from nopard.settings.overrides import Overrides, StartGate
+from nopard.upstream.proxy import ProxyingAgent
+from nopard.jobs.schedule import SyncService
+from nopard.catalog.search import SearchIndex
+from nopard.jobs.sync import SyncJobs
+from nopard.upstream.client import Upstream
+from nopard.local.packages import Registry, iso_time
 from nopard.storage.fs import FilesystemStorage
 from nopard.web.app import RegistryApp
 from nopard.web.site import NopardSite

@@ -14,8 +14,8 @@ import orjson
 from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
 from nopard.auth.limits import LoginLimiter
 from nopard.auth.tokens import TokenStore
-from nopard.config import LiveSettings
-from nopard.errors import (
+from nopard.settings.config import LiveSettings
+from nopard.domain.errors import (
     AuthenticationRequired,
     BadCredentials,
     Conflict,

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 import bcrypt
 from twisted.internet.defer import DeferredLock
 
-from nopard.errors import Conflict, InvalidInput
+from nopard.domain.errors import Conflict, InvalidInput
 
 RunInThread = Callable[..., Awaitable[Any]]
 BCRYPT_ROUNDS = 10

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from nopard.errors import NotFound, TooManyAttempts
+from nopard.domain.errors import NotFound, TooManyAttempts
 
 SESSION_TTL = 300.0
 MAX_SESSIONS = 1000
@@ -37,7 +37,7 @@ class WebLogins:
 
     def __init__(self, accounts: Any, clock: Any, sessions: Any = None, ttl: float = SESSION_TTL,
                  max_sessions: int = MAX_SESSIONS) -> None:
-        from nopard.coordination import MemorySessions
+        from nopard.cluster.coordination import MemorySessions
 
         self._accounts = accounts
         self._clock = clock

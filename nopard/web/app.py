@@ -18,13 +18,15 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from nopard import __version__, names, packument
-from nopard import search as searching
-from nopard.acl import ALLOW_ALL
+from nopard import __version__
+from nopard.domain import names
+from nopard.domain import packument
+from nopard.catalog import search as searching
+from nopard.settings.acl import ALLOW_ALL
 from nopard.auth import Accounts, Identity
 from nopard.auth import weblogin
-from nopard.config import ConfigError, LiveSettings
-from nopard.errors import (
+from nopard.settings.config import ConfigError, LiveSettings
+from nopard.domain.errors import (
     AuthenticationRequired,
     BadCredentials,
     Conflict,
@@ -39,12 +41,12 @@ from nopard.errors import (
     UpstreamUnavailable,
     VersionExists,
 )
-from nopard.publication import parse_publication
-from nopard.mirror import Mirror
-from nopard.registry import Registry
-from nopard.schedule import JOBS, SyncService
+from nopard.domain.publication import parse_publication
+from nopard.mirror.service import Mirror
+from nopard.local.packages import Registry
+from nopard.jobs.schedule import JOBS, SyncService
 from nopard.storage import InvalidKey
-from nopard.coordination import MemorySessions
+from nopard.cluster.coordination import MemorySessions
 from nopard.web import pages
 from nopard.web.site import redact_path
 from nopard.web.ui import WebUI, package_location, wants_html
@@ -97,10 +99,10 @@ class RegistryApp:
         clock: Any = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics  # nopard.metrics.Metrics: GET /-/metrics
-        self.health = health  # nopard.metrics.StoreProbe: GET /-/nopard/health
-        self.policy = policy or ALLOW_ALL  # nopard.acl.Policy: NOPARD_CONFIG's package rules
-        self.search = search  # nopard.search.SearchIndex: GET /-/v1/search
+        self.metrics = metrics  # nopard.ops.metrics.Metrics: GET /-/metrics
+        self.health = health  # nopard.ops.metrics.StoreProbe: GET /-/nopard/health
+        self.policy = policy or ALLOW_ALL  # nopard.settings.acl.Policy: NOPARD_CONFIG's package rules
+        self.search = search  # nopard.catalog.search.SearchIndex: GET /-/v1/search
         self.registry = registry
         self.mirror = mirror
         self.sync = sync
@@ -541,7 +543,7 @@ class RegistryApp:
         names_ = [m["name"] for m in document.get("maintainers", []) if isinstance(m, dict) and "name" in m]
         return json_response(request, 200, {n: "read-write" for n in names_})
 
-    # Runtime settings (nopard.overrides) ------------------------------------
+    # Runtime settings (nopard.settings.overrides) ------------------------------------
     # The JSON API of the settings page: GET and PUT /-/nopard/settings, admins only.
 
     async def require_admin(self, request: IRequest) -> Identity:

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from twisted.web.iweb import IRequest
 
-from nopard.cache import PreparedBody, PreparedDocument
-from nopard.errors import InvalidInput, PayloadTooLarge
+from nopard.domain.prepared import PreparedBody, PreparedDocument
+from nopard.domain.errors import InvalidInput, PayloadTooLarge
 
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")

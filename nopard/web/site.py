@@ -13,8 +13,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
 
-from nopard.config import LiveSettings
-from nopard.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
+from nopard.settings.config import LiveSettings
+from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 
 
 _SECRET_IN_PATH = re.compile(r"(/-/user/token/|/-/npm/v1/tokens/token/|/-/v1/login/|/-/v1/done/)[^/?#]+")

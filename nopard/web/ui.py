@@ -24,10 +24,10 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 from twisted.web.iweb import IRequest
 
-from nopard import names
-from nopard.config import ConfigError
-from nopard.errors import NotFound, TooManyAttempts
-from nopard.search import parse_query, score
+from nopard.domain import names
+from nopard.settings.config import ConfigError
+from nopard.domain.errors import NotFound, TooManyAttempts
+from nopard.catalog.search import parse_query, score
 from nopard.web import pages
 from nopard.web.readme import render_readme
 from nopard.web.responses import header, client_address

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from nopard.daemon import readable_by
+from nopard.ops.daemon import readable_by
 from tests.support import BIN, REPO, free_port, publish_body, temporary_leftovers, twistd_env
 
 INSTALLER = REPO / "scripts" / "install-service"
@@ -420,7 +420,7 @@ def test_install_service_systemd_into_a_fake_root_and_again_changes_nothing(tmp_
     assert defaults.stat().st_mode & 0o777 == 0o600
     lines = defaults.read_text().splitlines()
     assert all(not line or line.startswith("#") for line in lines)
-    from nopard.config import SETTINGS
+    from nopard.settings.config import SETTINGS
     assert all(f"#{s.env}=" in defaults.read_text() for s in SETTINGS)
     unit = root / "etc" / "systemd" / "system" / "nopard.service"
     assert unit.read_text() == (REPO / "systemd" / "nopard.service").read_text()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nopard.acl import ALLOW_ALL, glob_to_regex, load_policy, parse_policy
-from nopard.config import ConfigError
+from nopard.settings.acl import ALLOW_ALL, glob_to_regex, load_policy, parse_policy
+from nopard.settings.config import ConfigError
 
 POLICY = {
     "admins": ["root"],

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from nopard.cache import CachedDocument, LoadTicket, PreparedBody, PreparedCache, PreparedDocument, prepare
+from nopard.domain.prepared import CachedDocument, LoadTicket, PreparedBody, PreparedCache, PreparedDocument, prepare
 
 
 def document(name: str = "pkg", description: str = "x") -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.service import Options
 
 CWD = "/srv/nopard"

@@ -1,4 +1,4 @@
-"""nopard.coordination against a real redis-server: two RedisCoordination objects
+"""nopard.cluster.coordination against a real redis-server: two RedisCoordination objects
 stand for two instances; killing the server makes them degraded."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from nopard.cache import CachedDocument, prepare
-from nopard.config import ConfigError, load_settings
-from nopard.coordination import (
+from nopard.domain.prepared import CachedDocument, prepare
+from nopard.settings.config import ConfigError, load_settings
+from nopard.cluster.coordination import (
     MemorySessions, RedisCoordination, RedisLink, RedisSessions, decode_document, encode_document,
     parse_redis_url,
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nopard.lockfiles import Locked, LockfileError, parse_lockfile, read_lockfile
+from nopard.domain.lockfiles import Locked, LockfileError, parse_lockfile, read_lockfile
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "lockfiles"
 

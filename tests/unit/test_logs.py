@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
-from nopard.config import LiveSettings, load_settings
-from nopard.logs import (
+from nopard.settings.config import LiveSettings, load_settings
+from nopard.ops.logs import (
     LogService,
     SizeRotatedLogFile,
     format_json,

@@ -13,7 +13,7 @@ import pytest
 
 from nopard.auth.htpasswd import parse_htpasswd, replace_entry
 from nopard.auth.tokens import TokenStore
-from nopard.maintenance import (
+from nopard.cli.maintenance import (
     QUARANTINE,
     ScanReport,
     collect,
@@ -25,7 +25,7 @@ from nopard.maintenance import (
     scan,
     tarball_matches,
 )
-from nopard.transfer import (
+from nopard.cli.transfer import (
     SourceError,
     check_export_target,
     choose_versions,

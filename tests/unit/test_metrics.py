@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
-from nopard.breaker import Breaker
+from nopard.upstream.breaker import Breaker
 from nopard.storage.fs import directory_size
-from nopard.metrics import (
+from nopard.ops.metrics import (
     Metrics,
     StoreProbe,
     StoreSize,
@@ -25,7 +25,7 @@ from nopard.metrics import (
     upstream_label,
 )
 from nopard.storage.fs import FilesystemStorage
-from nopard.sync import JobReport
+from nopard.jobs.sync import JobReport
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
 

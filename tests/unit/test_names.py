@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nopard import names
-from nopard.errors import InvalidInput
-from nopard.names import PackagePath, parse_package_path
+from nopard.domain import names
+from nopard.domain.errors import InvalidInput
+from nopard.domain.names import PackagePath, parse_package_path
 
 # Names ----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from nopard.config import SETTINGS, parse_size
+from nopard.settings.config import SETTINGS, parse_size
 from tests.nginx_server import CONF, NginxServer, render
 
 MB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""Runtime settings (nopard.overrides): validation, precedence, the stored object, polling,
+"""Runtime settings (nopard.settings.overrides): validation, precedence, the stored object, polling,
 and the components that follow a change without a restart."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from nopard.agents import LiveAgent
-from nopard.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
-from nopard.maintenance import call_directly
-from nopard.mirror import Upstreams
-from nopard.overrides import (
+from nopard.upstream.agents import LiveAgent
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
+from nopard.cli.maintenance import call_directly
+from nopard.mirror.service import Upstreams
+from nopard.settings.overrides import (
     OVERRIDABLE,
     POLL_SECONDS,
     START_PATIENCE,
@@ -31,7 +31,7 @@ from nopard.overrides import (
     effective_settings,
     scrub,
 )
-from nopard.schedule import SyncService
+from nopard.jobs.schedule import SyncService
 from nopard.storage.fs import FilesystemStorage
 
 CWD = "/srv/nopard"

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from nopard import packument
-from nopard.errors import InvalidInput, NotFound, VersionExists
-from nopard.packument import (
+from nopard.domain import packument
+from nopard.domain.errors import InvalidInput, NotFound, VersionExists
+from nopard.domain.packument import (
     abbreviate, for_clients, has_install_script, merge_publication, next_revision,
     resolve_version, version_key,
 )
-from nopard.publication import Publication
+from nopard.domain.publication import Publication
 
 ALICE = {"name": "alice", "email": "alice@example.com"}
 BOB = {"name": "bob", "email": "bob@example.com"}

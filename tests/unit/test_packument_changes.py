@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from nopard import names, packument
-from nopard.errors import InvalidInput, NotFound, VersionExists
-from nopard.publication import Publication
+from nopard.domain import names
+from nopard.domain import packument
+from nopard.domain.errors import InvalidInput, NotFound, VersionExists
+from nopard.domain.publication import Publication
 
 ALICE = {"name": "alice", "email": "alice@example.com"}
 BOB = {"name": "bob", "email": "bob@example.com"}

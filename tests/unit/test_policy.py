@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from nopard.breaker import Breaker
-from nopard.mirror import Action, decide
+from nopard.upstream.breaker import Breaker
+from nopard.mirror.service import Action, decide
 
 TTL = 300.0
 

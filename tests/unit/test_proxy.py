@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 import twisted.test
-from nopard.proxy import ProxyingAgent
+from nopard.upstream.proxy import ProxyingAgent
 from nopard.service import InsecureTLS
 from tests.proxy_server import ForwardProxy
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from nopard.errors import IntegrityMismatch, InvalidInput
-from nopard.integrity import integrity_matches, integrity_of
-from nopard.publication import parse_publication
+from nopard.domain.errors import IntegrityMismatch, InvalidInput
+from nopard.domain.integrity import integrity_matches, integrity_of
+from nopard.domain.publication import parse_publication
 
 DATA = b"\x1f\x8b pretend this is a tarball"
 

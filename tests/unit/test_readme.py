@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nopard.config import SETTINGS
+from nopard.settings.config import SETTINGS
 from tests.support import REPO
 
 

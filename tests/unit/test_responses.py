@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from nopard.errors import InvalidInput, PayloadTooLarge
+from nopard.domain.errors import InvalidInput, PayloadTooLarge
 from nopard.web.responses import (
     accepts_gzip, etag_matches, public_base_url, read_json_body, wants_abbreviated,
 )

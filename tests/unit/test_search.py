@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
-from nopard.search import MAX_SIZE, SearchIndex, entry_of, parse_query, search
+from nopard.catalog.search import MAX_SIZE, SearchIndex, entry_of, parse_query, search
 
 
 def document(name: str, description: str = "", keywords: Any = None, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from nopard.maintenance import collect, scan
+from nopard.cli.maintenance import collect, scan
 from nopard.storage.fs import LOCK_DIRECTORY, FilesystemStorage
 from tests.unit.storage_contract import StorageContract
 
@@ -88,7 +88,7 @@ async def test_replace_lock_file_is_the_backends_own(storage: FilesystemStorage)
 
 APPENDER = textwrap.dedent("""
     import json, os, sys, time
-    from nopard.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_storage, run_now
 
     root, tag, go = sys.argv[1], sys.argv[2], sys.argv[3]
     storage = open_storage(root)

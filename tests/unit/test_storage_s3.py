@@ -166,7 +166,7 @@ async def test_stop_producing_ends_the_transfer(storage: S3Storage) -> None:
 
 def test_settings_choose_and_check_s3() -> None:
     """NOPARD_STORAGE=s3 needs a bucket; the prefix loses its slashes; bad values are refused."""
-    from nopard.config import ConfigError, load_settings
+    from nopard.settings.config import ConfigError, load_settings
 
     settings = load_settings({}, {"NOPARD_STORAGE": "S3", "NOPARD_S3_BUCKET": "npm-data",
                                   "NOPARD_S3_PREFIX": "/team/npm/"}, cwd="/srv")

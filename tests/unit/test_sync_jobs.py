@@ -13,13 +13,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from nopard.cache import PreparedCache
-from nopard.config import LiveSettings, load_settings
-from nopard.mirror import Mirror, Upstreams
-from nopard.registry import Registry
+from nopard.domain.prepared import PreparedCache
+from nopard.settings.config import LiveSettings, load_settings
+from nopard.mirror.service import Mirror, Upstreams
+from nopard.local.packages import Registry
 from nopard.storage.fs import FilesystemStorage
-from nopard.sync import SyncJobs
-from nopard.upstream import Upstream
+from nopard.jobs.sync import SyncJobs
+from nopard.upstream.client import Upstream
 from tests.upstream import FakeUpstream
 
 

@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from nopard.storage.fs import FilesystemStorage
-from nopard.sync import JobReport, RateLimit, StoreLock, backfill_versions, for_each, tarball_file
-from nopard.upstream import retry_after_seconds
+from nopard.jobs.sync import JobReport, RateLimit, StoreLock, backfill_versions, for_each, tarball_file
+from nopard.upstream.client import retry_after_seconds
 
 DOCUMENT = {
     "dist-tags": {"latest": "2.0.0", "next": "3.0.0-beta.1"},

@@ -11,9 +11,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nopard.config import LiveSettings, load_settings
-from nopard.errors import UpstreamUnavailable
-from nopard.upstream import Upstream
+from nopard.settings.config import LiveSettings, load_settings
+from nopard.domain.errors import UpstreamUnavailable
+from nopard.upstream.client import Upstream
 
 
 class Scripted(Resource):

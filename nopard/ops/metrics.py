@@ -20,7 +20,8 @@ from prometheus_client.exposition import choose_encoder
 from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 
-from nopard import __version__, names
+from nopard import __version__
+from nopard.domain import names
 
 RunInThread = Callable[..., Awaitable[Any]]
 

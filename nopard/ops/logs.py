@@ -31,7 +31,7 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 
 from nopard.auth.tokens import TOKEN_PREFIX
-from nopard.config import LiveSettings
+from nopard.settings.config import LiveSettings
 
 _RANK = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
 
@@ -194,7 +194,7 @@ class SizeRotatedLogFile(LogFile):
     """twisted's LogFile, opened for appending, keeping ``backups`` old files.
 
     Appending (O_APPEND) and sizing by fstat, because twistd's own lines may be
-    appended to the same file by another writer (nopard.daemon): neither may
+    appended to the same file by another writer (nopard.ops.daemon): neither may
     overwrite the other, and the file's real size decides the rotation.
     """
 

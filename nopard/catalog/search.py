@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 
-from nopard.packument import version_key
+from nopard.domain.packument import version_key
 
 DEFAULT_SIZE = 20
 MAX_SIZE = 250
@@ -229,7 +229,7 @@ class SearchIndex:
 
     def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0,
                  coordination: Any = None) -> None:
-        from nopard.coordination import LocalCoordination
+        from nopard.cluster.coordination import LocalCoordination
 
         self._registry = registry
         # Stamps tell which local documents other instances changed since the last build.

@@ -25,10 +25,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from nopard.breaker import Breaker
-from nopard.config import LiveSettings
-from nopard.errors import UpstreamUnavailable
-from nopard.metrics import add_upstream_wait
+from nopard.upstream.breaker import Breaker
+from nopard.settings.config import LiveSettings
+from nopard.domain.errors import UpstreamUnavailable
+from nopard.ops.metrics import add_upstream_wait
 
 DOCUMENT_ACCEPT = "application/json"
 

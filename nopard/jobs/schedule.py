@@ -16,8 +16,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
-from nopard.config import LiveSettings
-from nopard.sync import JobReport, SyncJobs
+from nopard.settings.config import LiveSettings
+from nopard.jobs.sync import JobReport, SyncJobs
 
 JOBS = ("refresh", "backfill")
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from nopard.config import (
+from nopard.settings.config import (
     SETTINGS,
     SOURCE_DEFAULT,
     ConfigError,
@@ -35,8 +35,8 @@ from nopard.config import (
     Settings,
     check_settings,
 )
-from nopard.errors import Conflict
-from nopard.registry import iso_time
+from nopard.domain.errors import Conflict
+from nopard.local.packages import iso_time
 from nopard.storage import Storage
 
 # What an admin may change at runtime: each is read from settings.current at use,

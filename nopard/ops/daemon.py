@@ -43,7 +43,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from nopard.config import ConfigError, Settings
+from nopard.settings.config import ConfigError, Settings
 
 PID_FILE_NAME = "nopard.pid"
 #: Seconds SIGTERM waits for requests in flight before the connections are closed.
@@ -321,7 +321,7 @@ class AppendingLogObserver:
         self.log_format = log_format
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from nopard.logs import FORMATTERS
+        from nopard.ops.logs import FORMATTERS
 
         try:
             line = FORMATTERS[self.log_format](event)

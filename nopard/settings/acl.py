@@ -35,7 +35,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from nopard.config import ConfigError
+from nopard.settings.config import ConfigError
 
 ACTIONS = ("access", "publish", "unpublish")
 SPECIAL = ("$all", "$authenticated", "$anonymous")

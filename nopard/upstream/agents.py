@@ -14,7 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from nopard.config import LiveSettings, Settings
+from nopard.settings.config import LiveSettings, Settings
 
 BuildAgent = Callable[[Settings, HTTPConnectionPool], Any]
 

@@ -11,9 +11,9 @@ import hashlib
 import secrets
 from typing import Any
 
-from nopard import names
-from nopard.errors import InvalidInput, NotFound, VersionExists
-from nopard.publication import Publication
+from nopard.domain import names
+from nopard.domain.errors import InvalidInput, NotFound, VersionExists
+from nopard.domain.publication import Publication
 
 # Top-level fields copied from the latest version, as the npm registry does.
 _FROM_LATEST = (

@@ -13,11 +13,12 @@ from typing import Any, Awaitable, Callable
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
-from nopard import names, packument
-from nopard.cache import PreparedCache
-from nopard.coordination import LocalCoordination
-from nopard.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from nopard.publication import Publication
+from nopard.domain import names
+from nopard.domain import packument
+from nopard.domain.prepared import PreparedCache
+from nopard.cluster.coordination import LocalCoordination
+from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from nopard.domain.publication import Publication
 from nopard.storage import Storage
 
 

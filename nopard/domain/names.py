@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from nopard.errors import InvalidInput
+from nopard.domain.errors import InvalidInput
 
 MAX_NAME_LENGTH = 214
 _SCOPE = r"@[a-z0-9~-][a-z0-9._~-]*"

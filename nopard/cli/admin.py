@@ -111,7 +111,7 @@ def sync(options: argparse.Namespace) -> int:
 
 def prefetch(options: argparse.Namespace) -> int:
     """Read lockfiles and have nopard fetch everything they name."""
-    from nopard.lockfiles import LockfileError, read_lockfile
+    from nopard.domain.lockfiles import LockfileError, read_lockfile
 
     packages = set()
     for path in options.files:
@@ -132,7 +132,7 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 def registry_settings(options: argparse.Namespace, must_exist: bool = True) -> Any:
     """The daemon's settings (environment), with --registry-path applied; the directory checked."""
-    from nopard.config import ConfigError, load_settings
+    from nopard.settings.config import ConfigError, load_settings
 
     given = {"registry_path": options.registry_path} if options.registry_path else {}
     try:
@@ -188,8 +188,8 @@ def known_user(settings: Any, name: str) -> str:
 def user_add(options: argparse.Namespace) -> int:
     """Add a user to the htpasswd file, with a profile like registration writes."""
     from nopard.auth.htpasswd import hash_password, replace_entry, validate_user_name
-    from nopard.maintenance import open_storage, run_now
-    from nopard.registry import iso_time
+    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.local.packages import iso_time
 
     settings = registry_settings(options)
     name = validate_user_name(options.name)
@@ -219,7 +219,7 @@ def user_remove(options: argparse.Namespace) -> int:
     """Remove a user, their profile and every token of theirs."""
     from nopard.auth.htpasswd import replace_entry
     from nopard.auth.tokens import TokenStore
-    from nopard.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_storage, run_now
 
     settings = registry_settings(options)
     name = known_user(settings, options.name)
@@ -234,7 +234,7 @@ def user_remove(options: argparse.Namespace) -> int:
 def user_list(options: argparse.Namespace) -> int:
     """Every user, with email, creation time and number of tokens."""
     from nopard.auth.tokens import TokenStore
-    from nopard.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_storage, run_now
 
     settings = registry_settings(options)
     storage = open_storage(settings.registry_path)
@@ -260,7 +260,7 @@ def user_list(options: argparse.Namespace) -> int:
 def token_list(options: argparse.Namespace) -> int:
     """Every token's record: key, user, created, read-only (never the token itself)."""
     from nopard.auth.tokens import TokenStore
-    from nopard.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_storage, run_now
 
     settings = registry_settings(options)
     records = run_now(TokenStore(open_storage(settings.registry_path)).records(options.user))
@@ -277,7 +277,7 @@ def token_list(options: argparse.Namespace) -> int:
 def token_revoke(options: argparse.Namespace) -> int:
     """Revoke the token whose record has KEY."""
     from nopard.auth.tokens import TokenStore
-    from nopard.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_storage, run_now
 
     settings = registry_settings(options)
     record = run_now(TokenStore(open_storage(settings.registry_path)).revoke_key(options.key))
@@ -289,7 +289,7 @@ def token_revoke(options: argparse.Namespace) -> int:
 
 def fsck(options: argparse.Namespace) -> int:
     """Check the registry; exit 1 when anything was found."""
-    from nopard.maintenance import scan
+    from nopard.cli.maintenance import scan
 
     settings = registry_settings(options)
     report = scan(settings.registry_path, settings.htpasswd_path)
@@ -301,7 +301,7 @@ def fsck(options: argparse.Namespace) -> int:
 
 def gc(options: argparse.Namespace) -> int:
     """Remove what fsck counts as garbage."""
-    from nopard.maintenance import collect, scan
+    from nopard.cli.maintenance import collect, scan
 
     settings = registry_settings(options)
     report = scan(settings.registry_path, settings.htpasswd_path, quarantine=not options.dry_run)
@@ -318,8 +318,8 @@ def gc(options: argparse.Namespace) -> int:
 
 def import_registry(options: argparse.Namespace) -> int:
     """Import another registry's packages and users."""
-    from nopard.maintenance import open_storage, run_now
-    from nopard.transfer import SourceError, detect_source, import_source
+    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.transfer import SourceError, detect_source, import_source
 
     settings = registry_settings(options, must_exist=False)
     try:
@@ -339,8 +339,8 @@ def import_registry(options: argparse.Namespace) -> int:
 
 def export_registry(options: argparse.Namespace) -> int:
     """Write the registry's local packages and users to a new folder."""
-    from nopard.maintenance import open_storage, run_now
-    from nopard.transfer import SourceError, check_export_target, export_registry as export
+    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.transfer import SourceError, check_export_target, export_registry as export
 
     settings = registry_settings(options)
     try:
@@ -435,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of nopard-admin."""
-    from nopard.errors import NopardError
+    from nopard.domain.errors import NopardError
 
     options = parser().parse_args(argv)
     try:

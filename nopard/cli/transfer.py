@@ -40,12 +40,13 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from nopard import names, packument
+from nopard.domain import names
+from nopard.domain import packument
 from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_name
-from nopard.errors import InvalidInput
-from nopard.integrity import Digests, integrity_of
-from nopard.maintenance import has_checksums, named_tarballs, parse_document, tarball_file
-from nopard.registry import iso_time
+from nopard.domain.errors import InvalidInput
+from nopard.domain.integrity import Digests, integrity_of
+from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document, tarball_file
+from nopard.local.packages import iso_time
 from nopard.storage import Storage
 
 EXPORT_MARKER = "nopard-export.json"

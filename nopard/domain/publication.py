@@ -11,9 +11,9 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from nopard import names
-from nopard.errors import IntegrityMismatch, InvalidInput
-from nopard.integrity import check_integrity
+from nopard.domain import names
+from nopard.domain.errors import IntegrityMismatch, InvalidInput
+from nopard.domain.integrity import check_integrity
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,7 @@ def parse_s3_prefix(text: str) -> str:
 
 def parse_redis_url(text: str) -> str:
     """A redis:// URL, or empty."""
-    from nopard.coordination import parse_redis_url as parse
+    from nopard.cluster.coordination import parse_redis_url as parse
 
     value = text.strip()
     if value:

@@ -27,13 +27,14 @@ from twisted.internet.defer import gatherResults, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nopard import names, packument
-from nopard.config import LiveSettings
-from nopard.errors import NopardError, UpstreamUnavailable
-from nopard.mirror import Mirror
-from nopard.registry import iso_time
+from nopard.domain import names
+from nopard.domain import packument
+from nopard.settings.config import LiveSettings
+from nopard.domain.errors import NopardError, UpstreamUnavailable
+from nopard.mirror.service import Mirror
+from nopard.local.packages import iso_time
 from nopard.storage import Storage
-from nopard.upstream import Upstream
+from nopard.upstream.client import Upstream
 
 MAX_FAILURES_KEPT = 50
 LOCK_SECONDS = 120.0  # a lock not renewed for this long belongs to a dead instance

@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from nopard.cache import CachedDocument, PreparedBody, PreparedDocument
+from nopard.domain.prepared import CachedDocument, PreparedBody, PreparedDocument
 
 PREFIX = "nopard:"
 # Seconds a lock lives unless renewed: how long a killed instance's lock blocks the others.

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from nopard import packument
+from nopard.domain import packument
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class CachedDocument:
     origin: str = "local"
     fetched_at: float | None = None
     etag: str | None = None
-    stamp: str | None = None  # the package's stamp when loaded (nopard.coordination)
+    stamp: str | None = None  # the package's stamp when loaded (nopard.cluster.coordination)
     loaded_at: float | None = None  # when it was read from storage and prepared
 
     @property

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 import orjson
 
-from nopard.integrity import Digests
+from nopard.domain.integrity import Digests
 from nopard.storage.fs import FilesystemStorage
 
 QUARANTINE = ".quarantine"

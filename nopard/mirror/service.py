@@ -26,15 +26,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nopard import names, packument
-from nopard.cache import CachedDocument, PreparedCache, PreparedDocument, prepare
-from nopard.config import LiveSettings
-from nopard.coordination import DEGRADED_FRESHNESS, LocalCoordination, within
-from nopard.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
-from nopard.integrity import Digests
-from nopard.registry import Registry, iso_time
+from nopard.domain import names
+from nopard.domain import packument
+from nopard.domain.prepared import CachedDocument, PreparedCache, PreparedDocument, prepare
+from nopard.settings.config import LiveSettings
+from nopard.cluster.coordination import DEGRADED_FRESHNESS, LocalCoordination, within
+from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
+from nopard.domain.integrity import Digests
+from nopard.local.packages import Registry, iso_time
 from nopard.storage import Blob, Storage
-from nopard.upstream import Upstream
+from nopard.upstream.client import Upstream
 
 
 # Seconds since the upstream's last answer during which clients wait on a revalidation.

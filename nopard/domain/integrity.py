@@ -10,7 +10,7 @@ import base64
 import hashlib
 from typing import Any
 
-from nopard.errors import IntegrityMismatch, InvalidInput
+from nopard.domain.errors import IntegrityMismatch, InvalidInput
 
 KNOWN_ALGORITHMS = ("sha512", "sha384", "sha256", "sha1")
 

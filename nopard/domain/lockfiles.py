@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nopard import names
-from nopard.errors import InvalidInput
+from nopard.domain import names
+from nopard.domain.errors import InvalidInput
 
 
 class LockfileError(ValueError):

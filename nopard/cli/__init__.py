@@ -1,0 +1,1 @@
+"""nopard-admin and its maintenance and transfer commands."""

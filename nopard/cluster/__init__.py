@@ -1,0 +1,1 @@
+"""What instances share: the Redis link, locks, stamps, sessions, and in-process stand-ins."""

@@ -1,0 +1,1 @@
+"""Pure values and functions: names, documents, publication, integrity, lockfiles, errors."""

@@ -1,0 +1,1 @@
+"""Scheduled sync jobs (refresh, backfill, prefetch) and their schedule."""

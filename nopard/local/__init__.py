@@ -1,0 +1,1 @@
+"""Packages published to this registry."""

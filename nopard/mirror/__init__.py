@@ -1,0 +1,1 @@
+"""The offline-first mirror of the upstream: documents, tarballs, the freshness policy."""

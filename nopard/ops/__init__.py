@@ -1,0 +1,1 @@
+"""Operating nopard: metrics, logs, daemon mode."""

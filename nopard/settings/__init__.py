@@ -1,0 +1,1 @@
+"""What an operator sets: the Settings declarations, runtime overrides, access rules."""

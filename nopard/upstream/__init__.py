@@ -1,0 +1,1 @@
+"""The upstream registry: its HTTP client, circuit breaker, agents and proxy."""
