@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 import orjson
 
 from nopard.domain.integrity import Digests
+from nopard.domain.packument import dist_tarball_file
 from nopard.storage.fs import FilesystemStorage
 
 QUARANTINE = ".quarantine"
@@ -113,20 +114,12 @@ class ScanReport:
 # Pure parts -------------------------------------------------------------------
 
 
-def tarball_file(dist: Any) -> str | None:
-    """The file name a dist block's ``tarball`` (bare name or URL) ends in."""
-    if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
-        return None
-    filename = dist["tarball"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return filename or None
-
-
 def named_tarballs(document: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Tarball file name -> (version, dist) of every version of a document."""
     named = {}
     for version, manifest in (document.get("versions") or {}).items():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
-        filename = tarball_file(dist)
+        filename = dist_tarball_file(dist)
         if filename is not None:
             named[filename] = (version, dist)
     return named

@@ -45,7 +45,7 @@ from nopard.domain import packument
 from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_name
 from nopard.domain.errors import InvalidInput
 from nopard.domain.integrity import Digests, integrity_of
-from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document, tarball_file
+from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
 from nopard.local.packages import iso_time
 from nopard.storage import Storage
 
@@ -195,7 +195,7 @@ def _read_verdaccio(root: str, htpasswd: str | None) -> Source:
         name, document = loaded
         distfiles = document.get("_distfiles") if isinstance(document.get("_distfiles"), dict) else {}
         urls = {f: d["url"] for f, d in distfiles.items() if isinstance(d, dict) and isinstance(d.get("url"), str)}
-        files = [tarball_file(m.get("dist")) for m in document["versions"].values() if isinstance(m, dict)]
+        files = [packument.dist_tarball_file(m.get("dist")) for m in document["versions"].values() if isinstance(m, dict)]
         cached = bool(document.get("_uplinks")) and bool(files) and all(f in distfiles for f in files)
         source.packages.append(SourcePackage(name, document, directory, cached, urls))
     return source
@@ -353,7 +353,7 @@ def mirrored_document(raw: dict[str, Any], upstream_urls: dict[str, str]) -> dic
     document = {k: copy.deepcopy(v) for k, v in raw.items() if k not in FOREIGN_FIELDS and k != "_rev"}
     for manifest in document.get("versions", {}).values():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
-        filename = tarball_file(dist)
+        filename = packument.dist_tarball_file(dist)
         if filename in upstream_urls:
             dist["tarball"] = upstream_urls[filename]
     return document
@@ -382,7 +382,7 @@ def without_rev(document: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _tarball_finder(package: SourcePackage) -> Callable[[str, dict[str, Any]], bytes | None]:
     def find(version: str, dist: dict[str, Any]) -> bytes | None:
-        candidates = [tarball_file(dist), names.tarball_filename(package.name, version)]
+        candidates = [packument.dist_tarball_file(dist), names.tarball_filename(package.name, version)]
         for filename in candidates:
             if filename and not filename.startswith(".") and "/" not in filename:
                 path = os.path.join(package.directory, filename)
@@ -481,7 +481,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
     document = mirrored_document(package.document, package.upstream_urls)
     stored = 0
     for version, data in kept.items():
-        filename = tarball_file(document["versions"][version]["dist"])
+        filename = packument.dist_tarball_file(document["versions"][version]["dist"])
         try:
             key = names.upstream_tarball_key(name, filename or "")
         except InvalidInput:

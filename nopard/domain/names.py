@@ -83,6 +83,16 @@ def tarball_filename(name: str, version: str) -> str:
     return f"{unscoped(name)}-{version}.tgz"
 
 
+def tarball_file_from_url(url: str) -> str:
+    """The file name a tarball URL (or bare file name) ends in, without any ``?query``/``#fragment``.
+
+    ``""`` when there is none. Every place that reads a file name out of a
+    ``dist.tarball`` goes through here, so they all agree on odd URLs.
+    """
+    path = url.split("#", 1)[0].split("?", 1)[0]
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def validate_tarball_filename(name: str, filename: str) -> str:
     """Return ``filename`` if it is a tarball file of package ``name``, else raise InvalidInput."""
     prefix = unscoped(name) + "-"

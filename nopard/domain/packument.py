@@ -143,8 +143,7 @@ def has_install_script(manifest: dict[str, Any]) -> bool:
 
 def tarball_url(base_url: str, name: str, tarball: str) -> str:
     """The URL of a tarball on this registry: ``<base>/<name>/-/<file>``."""
-    filename = tarball.rstrip("/").rsplit("/", 1)[-1]
-    return f"{base_url}/{name}/-/{filename}"
+    return f"{base_url}/{name}/-/{names.tarball_file_from_url(tarball)}"
 
 
 def for_clients(document: dict[str, Any], base_url: str) -> dict[str, Any]:
@@ -212,11 +211,17 @@ def merge_documents(local: dict[str, Any], upstream: dict[str, Any]) -> dict[str
     return merged
 
 
+def dist_tarball_file(dist: Any) -> str | None:
+    """The file name a dist block's ``tarball`` (bare name or URL) ends in, if it has one."""
+    if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+        return None
+    return names.tarball_file_from_url(dist["tarball"]) or None
+
+
 def find_version_by_file(document: dict[str, Any], filename: str) -> dict[str, Any] | None:
     """The manifest whose dist.tarball ends in ``filename``, if any."""
     for manifest in document.get("versions", {}).values():
-        tarball = str((manifest.get("dist") or {}).get("tarball", ""))
-        if tarball.rstrip("/").rsplit("/", 1)[-1] == filename:
+        if dist_tarball_file(manifest.get("dist")) == filename:
             return manifest
     return None
 

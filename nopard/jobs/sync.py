@@ -55,8 +55,7 @@ def backfill_versions(document: dict[str, Any], policy: str) -> list[str]:
 
 def tarball_file(manifest: dict[str, Any]) -> str | None:
     """The tarball file name a manifest's dist.tarball ends in."""
-    tarball = str((manifest.get("dist") or {}).get("tarball", ""))
-    return tarball.rstrip("/").rsplit("/", 1)[-1] or None
+    return packument.dist_tarball_file(manifest.get("dist"))
 
 
 @dataclass

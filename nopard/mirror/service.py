@@ -588,8 +588,8 @@ class Mirror:
         by_file = {key.rsplit("/", 1)[-1]: size for key, size in stored.items()}
         sizes: dict[str, int | None] = {}
         for version, manifest in (document.get("versions") or {}).items():
-            url = str(((manifest if isinstance(manifest, dict) else {}).get("dist") or {}).get("tarball", ""))
-            sizes[version] = by_file.get(url.rsplit("/", 1)[-1])
+            dist = manifest.get("dist") if isinstance(manifest, dict) else None
+            sizes[version] = by_file.get(packument.dist_tarball_file(dist) or "")
         return sizes
 
     def status(self) -> dict[str, Any]:

@@ -249,3 +249,19 @@ def test_hostile_paths_are_refused(path: str) -> None:
     """Dot segments, NUL, backslashes, invalid UTF-8 and absolute-looking // paths are refused."""
     with pytest.raises(InvalidInput):
         parse_package_path(path)
+
+
+@pytest.mark.parametrize(
+    "url, filename",
+    [
+        ("http://127.0.0.1:5984/p/-/p-1.0.0.tgz", "p-1.0.0.tgz"),
+        ("http://127.0.0.1:5984/p/-/p-1.0.0.tgz?token=x", "p-1.0.0.tgz"),
+        ("http://127.0.0.1:5984/p/-/p-1.0.0.tgz#frag", "p-1.0.0.tgz"),
+        ("http://127.0.0.1:5984/@s/n/-/n-1.0.0.tgz/", "n-1.0.0.tgz"),
+        ("n-1.0.0.tgz", "n-1.0.0.tgz"),
+        ("", ""),
+    ],
+)
+def test_tarball_file_from_url(url, filename):
+    """The file name is the URL's last path segment, without query or fragment."""
+    assert names.tarball_file_from_url(url) == filename
