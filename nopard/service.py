@@ -52,7 +52,8 @@ from nopard.jobs.schedule import SyncService
 from nopard.catalog.search import SearchIndex
 from nopard.jobs.sync import SyncJobs
 from nopard.upstream.client import Upstream
-from nopard.local.packages import Registry, iso_time
+from nopard.domain.times import iso_time
+from nopard.local.packages import Registry
 from nopard.storage.fs import FilesystemStorage
 from nopard.web.app import RegistryApp
 from nopard.web.site import NopardSite

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 
 import orjson
 
+from nopard.domain.tokens import TOKEN_PREFIX
 from nopard.storage import Storage
 
-TOKEN_PREFIX = "npd_"
 SHOWN_CHARS = 8  # how much of a token its record keeps, so `npm token list` can show it
 
 

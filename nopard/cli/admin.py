@@ -189,7 +189,7 @@ def user_add(options: argparse.Namespace) -> int:
     """Add a user to the htpasswd file, with a profile like registration writes."""
     from nopard.auth.htpasswd import hash_password, replace_entry, validate_user_name
     from nopard.cli.maintenance import open_storage, run_now
-    from nopard.local.packages import iso_time
+    from nopard.domain.times import iso_time
 
     settings = registry_settings(options)
     name = validate_user_name(options.name)

@@ -46,7 +46,7 @@ from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_na
 from nopard.domain.errors import InvalidInput
 from nopard.domain.integrity import Digests, integrity_of
 from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
-from nopard.local.packages import iso_time
+from nopard.domain.times import iso_time
 from nopard.storage import Storage
 
 EXPORT_MARKER = "nopard-export.json"

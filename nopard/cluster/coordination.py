@@ -29,7 +29,6 @@ import struct
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
-from urllib.parse import unquote, urlsplit
 
 import orjson
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
@@ -38,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from nopard.settings.values import redis_arguments as parse_redis_url
 from nopard.domain.prepared import CachedDocument, PreparedBody, PreparedDocument
 
 PREFIX = "nopard:"
@@ -105,27 +105,6 @@ class KeyedLocks:
 
 class RedisDown(Exception):
     """Redis did not answer (or nopard knows it is gone): go on without it."""
-
-
-def parse_redis_url(text: str) -> dict[str, Any]:
-    """``redis://[:password@]host[:port][/db]`` as txredisapi's connection arguments."""
-    parts = urlsplit(text.strip())
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"{text!r} is not a redis://host[:port][/db] URL")
-    db = parts.path.strip("/") or "0"
-    if not db.isdigit():
-        raise ValueError(f"{text!r}: the database after the slash must be a number")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"{text!r} has a bad port") from None
-    return {
-        "host": parts.hostname,
-        "port": port,
-        "dbid": int(db),
-        "password": unquote(parts.password) if parts.password else None,
-        "username": unquote(parts.username) if parts.username else None,
-    }
 
 
 def encode_document(entry: CachedDocument) -> bytes:

@@ -32,7 +32,7 @@ from nopard.domain import packument
 from nopard.settings.config import LiveSettings
 from nopard.domain.errors import NopardError, UpstreamUnavailable
 from nopard.mirror.service import Mirror
-from nopard.local.packages import iso_time
+from nopard.domain.times import iso_time
 from nopard.storage import Storage
 from nopard.upstream.client import Upstream
 

@@ -7,7 +7,6 @@ create-if-absent before the document that names it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -19,13 +18,8 @@ from nopard.domain.prepared import PreparedCache
 from nopard.cluster.coordination import LocalCoordination
 from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.publication import Publication
+from nopard.domain.times import iso_time
 from nopard.storage import Storage
-
-
-def iso_time(seconds: float) -> str:
-    """ISO-8601 UTC with milliseconds, as the npm registry writes times."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).

@@ -33,7 +33,8 @@ from nopard.settings.config import LiveSettings
 from nopard.cluster.coordination import DEGRADED_FRESHNESS, LocalCoordination, within
 from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.domain.integrity import Digests
-from nopard.local.packages import Registry, iso_time
+from nopard.domain.times import iso_time
+from nopard.local.packages import Registry
 from nopard.storage import Blob, Storage
 from nopard.upstream.client import Upstream
 

@@ -30,7 +30,7 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
-from nopard.auth.tokens import TOKEN_PREFIX
+from nopard.domain.tokens import TOKEN_PREFIX
 from nopard.settings.config import LiveSettings
 
 _RANK = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}

@@ -36,7 +36,7 @@ from nopard.settings.config import (
     check_settings,
 )
 from nopard.domain.errors import Conflict
-from nopard.local.packages import iso_time
+from nopard.domain.times import iso_time
 from nopard.storage import Storage
 
 # What an admin may change at runtime: each is read from settings.current at use,
