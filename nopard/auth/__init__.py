@@ -12,7 +12,7 @@ from typing import Any, Callable
 import orjson
 
 from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
-from nopard.auth.limits import LoginLimiter
+from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.tokens import TokenStore
 from nopard.settings.config import LiveSettings
 from nopard.domain.errors import (
@@ -49,7 +49,7 @@ class Accounts:
         tokens: TokenStore,
         storage: Storage,
         now: Callable[[], str],
-        limiter: LoginLimiter | None = None,
+        limiter: LoginLimiter | SharedLoginLimiter | None = None,
     ) -> None:
         self._settings = settings
         self.users = users

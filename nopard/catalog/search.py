@@ -83,19 +83,22 @@ def entry_of(document: dict[str, Any], stamp: Any = None) -> Entry | None:
     versions = document.get("versions")
     if not isinstance(name, str) or not name or not isinstance(versions, dict) or not versions:
         return None
-    tags = document.get("dist-tags") if isinstance(document.get("dist-tags"), dict) else {}
+    tags = document.get("dist-tags")
+    tags = tags if isinstance(tags, dict) else {}
     version = tags.get("latest") if tags.get("latest") in versions else None
     if version is None:
         try:
             version = max(versions, key=version_key)
         except (ValueError, TypeError, IndexError, AttributeError):
             version = next(iter(versions))
-    manifest = versions.get(version) if isinstance(versions.get(version), dict) else {}
+    manifest = versions.get(version)
+    manifest = manifest if isinstance(manifest, dict) else {}
     keywords = manifest.get("keywords", document.get("keywords"))
     if isinstance(keywords, str):
         keywords = [k.strip() for k in keywords.split(",")]
     keywords = tuple(k for k in keywords if isinstance(k, str) and k) if isinstance(keywords, list) else ()
-    times = document.get("time") if isinstance(document.get("time"), dict) else {}
+    times = document.get("time")
+    times = times if isinstance(times, dict) else {}
     date = _text(times.get(version)) or _text(times.get("modified"))
     links = {}
     for key, value in (("homepage", manifest.get("homepage", document.get("homepage"))),
@@ -288,7 +291,7 @@ class SearchIndex:
                 old = self._entries.get(name)
                 stamp = stamps.get(name)
                 unchanged = old is not None and stamp is not None and old.stamp == stamp
-                if unchanged and self._origins.get(name) == "local" and name not in dirty:
+                if old is not None and unchanged and self._origins.get(name) == "local" and name not in dirty:
                     entries[name], origins[name] = old, "local"
                     continue
                 entry = await self._read(self._registry.document, name, stamp)

@@ -113,7 +113,7 @@ def prefetch(options: argparse.Namespace) -> int:
     """Read lockfiles and have nopard fetch everything they name."""
     from nopard.domain.lockfiles import LockfileError, read_lockfile
 
-    packages = set()
+    packages: set[tuple[str, str]] = set()
     for path in options.files:
         try:
             locked = read_lockfile(path)

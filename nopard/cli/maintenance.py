@@ -120,7 +120,7 @@ def named_tarballs(document: dict[str, Any]) -> dict[str, tuple[str, dict[str, A
     for version, manifest in (document.get("versions") or {}).items():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
         filename = dist_tarball_file(dist)
-        if filename is not None:
+        if filename is not None and isinstance(dist, dict):  # a file name comes from a dist block
             named[filename] = (version, dist)
     return named
 

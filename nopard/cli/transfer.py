@@ -193,7 +193,8 @@ def _read_verdaccio(root: str, htpasswd: str | None) -> Source:
         if not os.path.isfile(document_path) or not (loaded := _load(document_path, folder_name, source)):
             continue
         name, document = loaded
-        distfiles = document.get("_distfiles") if isinstance(document.get("_distfiles"), dict) else {}
+        distfiles = document.get("_distfiles")
+        distfiles = distfiles if isinstance(distfiles, dict) else {}
         urls = {f: d["url"] for f, d in distfiles.items() if isinstance(d, dict) and isinstance(d.get("url"), str)}
         files = [packument.dist_tarball_file(m.get("dist")) for m in document["versions"].values() if isinstance(m, dict)]
         cached = bool(document.get("_uplinks")) and bool(files) and all(f in distfiles for f in files)
@@ -209,7 +210,8 @@ def _read_nopar(root: str, htpasswd: str | None) -> Source:
             continue
         name, document = loaded
         urls = {}
-        attachments = document.get("_attachments") if isinstance(document.get("_attachments"), dict) else {}
+        attachments = document.get("_attachments")
+        attachments = attachments if isinstance(attachments, dict) else {}
         for filename, attachment in attachments.items():
             if isinstance(attachment, dict) and isinstance(attachment.get("forwardUrl"), str):
                 urls[filename] = attachment["forwardUrl"]
@@ -293,12 +295,14 @@ def local_document(
         for version, manifest in raw["versions"].items() if version in kept
     }
     document["versions"] = versions
-    raw_tags = raw.get("dist-tags") if isinstance(raw.get("dist-tags"), dict) else {}
+    raw_tags = raw.get("dist-tags")
+    raw_tags = raw_tags if isinstance(raw_tags, dict) else {}
     tags = {tag: version for tag, version in raw_tags.items() if version in versions}
     if "latest" not in tags:
         tags["latest"] = newest(versions)
     document["dist-tags"] = tags
-    raw_times = raw.get("time") if isinstance(raw.get("time"), dict) else {}
+    raw_times = raw.get("time")
+    raw_times = raw_times if isinstance(raw_times, dict) else {}
     document["time"] = {k: v for k, v in raw_times.items() if k in ("created", "modified") or k in versions}
     if not document.get("maintainers"):
         document["maintainers"] = _maintainers_of(raw["versions"], versions)
@@ -354,7 +358,7 @@ def mirrored_document(raw: dict[str, Any], upstream_urls: dict[str, str]) -> dic
     for manifest in document.get("versions", {}).values():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
         filename = packument.dist_tarball_file(dist)
-        if filename in upstream_urls:
+        if filename in upstream_urls and isinstance(dist, dict):  # a file name means a dist block
             dist["tarball"] = upstream_urls[filename]
     return document
 

@@ -68,7 +68,12 @@ async def within(deferred: Deferred, seconds: float, clock: IReactorTime) -> Any
     Whatever it ends with later is consumed, so a late failure is not reported as unhandled.
     """
     waiter: Deferred = Deferred()
-    timer = clock.callLater(seconds, lambda: waiter.called or waiter.errback(TimeoutError()))
+
+    def expire() -> None:
+        if not waiter.called:
+            waiter.errback(TimeoutError())
+
+    timer = clock.callLater(seconds, expire)
 
     def settle(result: Any) -> None:
         if timer.active():

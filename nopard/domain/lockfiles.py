@@ -118,7 +118,7 @@ def _parse_npm(filename: str, text: str, keep: Keep) -> None:
             if _from_registry(entry.get("resolved")):
                 # "name" is set when the folder name is an alias ("my-ms": "npm:ms@2.1.3").
                 name = entry.get("name") or path.rpartition("node_modules/")[2]
-                keep(f"{filename}: {path}", name, entry.get("version"))
+                keep(f"{filename}: {path}", name, entry.get("version", ""))
     elif "dependencies" in data:
         _walk_npm_v1(filename, data["dependencies"], keep)
 
@@ -260,6 +260,7 @@ def _parse_pnpm(filename: str, text: str, keep: Keep) -> None:
         elif section != "packages":
             continue  # importers, snapshots (peer variants of the same packages), settings...
         elif indent == 2:
+            assert major is not None  # the section opened only after lockfileVersion
             entries.append([where, _pnpm_package(_yaml_key(body, where), major), ""])
             in_resolution = False
         elif indent == 4:

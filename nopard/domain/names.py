@@ -171,8 +171,8 @@ def parse_package_action(path: bytes | str) -> PackagePath:
     ``kind`` is the action (``dist-tags``, ``collaborators``, ``visibility``);
     ``argument`` the dist-tag, if any.
     """
-    prefix = b"/-/package/" if isinstance(path, bytes) else "/-/package/"
-    if not path.startswith(prefix):
+    prefix = "/-/package/"
+    if not (path.startswith(prefix.encode()) if isinstance(path, bytes) else path.startswith(prefix)):
         raise InvalidInput("invalid package path")
     name, rest = _split_package_path(path[len(prefix) - 1 :])
     if not rest or rest[0] not in PACKAGE_ACTIONS or len(rest) > 2:

@@ -324,7 +324,7 @@ class AppendingLogObserver:
         from nopard.ops.logs import FORMATTERS
 
         try:
-            line = FORMATTERS[self.log_format](event)
+            line: str | None = FORMATTERS[self.log_format](event)
         except Exception:  # an event that cannot be formatted must not break the daemon
             line = formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, timeFormatRFC3339))
         if not line:
@@ -406,7 +406,7 @@ class GracefulService(MultiService):
     def stopService(self) -> Deferred:
         self.running = 0
         stopped = [maybeDeferred(listener.stopService) for listener in self.listeners]
-        waiting = Deferred()
+        waiting: Deferred[None] = Deferred()
 
         def check(deadline: float) -> None:
             if self.tracker.in_flight() == 0:

@@ -16,12 +16,14 @@ import re
 import signal
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, cast
 
 import orjson
 from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
     LogLevel,
     LogPublisher,
     PredicateResult,
@@ -29,6 +31,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 from nopard.domain.tokens import TOKEN_PREFIX
 from nopard.settings.config import LiveSettings
@@ -63,6 +66,7 @@ def redact(text: str) -> str:
     return text
 
 
+@implementer(ILogFilterPredicate)
 class LevelPredicate:
     """Passes events at or above NOPARD_LOGLEVEL, read at each event."""
 
@@ -249,7 +253,7 @@ class LogService(Service):
         self.publisher = LogPublisher()
         self._file: SizeRotatedLogFile | None = None
         self._previous_sigusr1: Any = None
-        self.publisher.addObserver(FilteringLogObserver(self._write, [LevelPredicate(settings)]))
+        self.publisher.addObserver(FilteringLogObserver(cast(ILogObserver, self._write), [LevelPredicate(settings)]))
 
     def _write(self, event: dict[str, Any]) -> None:
         if self._file is None and self._stream is None:
@@ -263,7 +267,7 @@ class LogService(Service):
                                 "log_format": "{original}", "original": repr(event.get("log_format"))})
         if self._file is not None:
             self._file.write(line)
-        else:
+        elif self._stream is not None:
             self._stream.write(line)
             self._stream.flush()
 

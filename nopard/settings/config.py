@@ -352,7 +352,7 @@ _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "[::1]", "[::]
 
 def _refuse_self_as_upstream(settings: Settings) -> None:
     """An upstream that is nopard itself would loop every miss back into nopard."""
-    own = {(host, settings.port) for host in _LOCAL_HOSTS | {settings.hostname}}
+    own: set[tuple[str | None, int]] = {(host, settings.port) for host in _LOCAL_HOSTS | {settings.hostname}}
     if settings.base_url:
         base = urlsplit(settings.base_url)
         own.add((base.hostname, base.port or (443 if base.scheme == "https" else 80)))

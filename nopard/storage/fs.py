@@ -293,7 +293,7 @@ def _sizes(root: str, prefix: str) -> dict[str, int]:
 
 def _list_files(root: str, prefix: str) -> list[str]:
     top = os.path.join(root, *prefix.strip("/").split("/")) if prefix else root
-    keys = []
+    keys: list[str] = []
     for directory, subdirectories, files in os.walk(top):
         subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
         relative = os.path.relpath(directory, root)

@@ -22,6 +22,7 @@ thread pool), never on the reactor.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from typing import Any, Awaitable, Callable
@@ -273,7 +274,7 @@ class S3Storage:
         """A multipart upload holding one part in memory; completed only if the key is free."""
         upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
         try:
-            parts = []
+            parts: list[dict[str, Any]] = []
             while chunk := file.read(self._part_size):
                 number = len(parts) + 1
                 answer = self._client.upload_part(
@@ -296,7 +297,7 @@ class S3Storage:
         except ClientError:
             pass  # a refused complete may already have ended it; the bucket's lifecycle rule cleans up
 
-    def _list(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str) -> builtins.list[str]:  # list: the method above
         return sorted(self._sizes(prefix))
 
     def _sizes(self, prefix: str) -> dict[str, int]:
