@@ -386,7 +386,12 @@ class StartGate(Resource):
             return self._inner.render(request)
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
-        self._overrides.when_loaded().addCallback(lambda _: gone or self._render_later(request))
+
+        def resume(_: object) -> None:
+            if not gone:
+                self._render_later(request)
+
+        self._overrides.when_loaded().addCallback(resume)
         return NOT_DONE_YET
 
     def _render_later(self, request: Any) -> None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 from urllib.parse import quote, urlsplit
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, TimeoutError as TwistedTimeout
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -282,13 +282,17 @@ class _StreamingBody(Protocol):
             self._write(data)
         except Exception as error:  # e.g. disk full: stop receiving
             self._failure = error
-            self.transport.stopProducing()
+            self._stop()
 
     def _stalled(self) -> None:
         self._failure = TimeoutError("the body stalled")
-        self.transport.stopProducing()
+        self._stop()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def _stop(self) -> None:
+        # A response body's transport is a producer, which ITransport does not say.
+        cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer.active():
             self._timer.cancel()
         if self._failure is not None:

@@ -12,8 +12,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ProxyAgent
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
@@ -34,7 +34,7 @@ class ConnectTunnelEndpoint:
         self._proxy = proxy
         self._target = f"{host}:{port}".encode("idna")
 
-    def connect(self, factory: Factory) -> Deferred:
+    def connect(self, factory: IProtocolFactory) -> Deferred:
         """Connect, tunnel, then hand the tunnel to a protocol from ``factory``."""
         ready: Deferred = Deferred()
         tunnel = Factory.forProtocol(lambda: _TunnelProtocol(self._target, factory, ready))
@@ -45,14 +45,15 @@ class ConnectTunnelEndpoint:
 class _TunnelProtocol(Protocol):
     """Speaks CONNECT to the proxy, then relays everything to the inner protocol."""
 
-    def __init__(self, target: bytes, factory: Factory, ready: Deferred) -> None:
+    def __init__(self, target: bytes, factory: IProtocolFactory, ready: Deferred) -> None:
         self._target = target
         self._factory = factory
         self._ready = ready
         self._buffer = b""
-        self._inner: Protocol | None = None
+        self._inner: IProtocol | None = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set by makeConnection, before this
         self.transport.write(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (self._target, self._target))
 
     def dataReceived(self, data: bytes) -> None:
@@ -70,18 +71,22 @@ class _TunnelProtocol(Protocol):
         if len(words) < 2 or words[1] != b"200":
             self._fail(TunnelError(f"the proxy refused CONNECT: {first_line!r}"))
             return
-        self._inner = self._factory.buildProtocol(self.transport.getPeer())
-        self._inner.makeConnection(self.transport)
-        self._ready.callback(self._inner)
+        assert self.transport is not None  # connected: data came in
+        inner = self._factory.buildProtocol(self.transport.getPeer())
+        assert inner is not None  # an HTTP client's factory builds a protocol for every connection
+        self._inner = inner
+        inner.makeConnection(self.transport)
+        self._ready.callback(inner)
         if rest:
-            self._inner.dataReceived(rest)
+            inner.dataReceived(rest)
 
     def _fail(self, error: Exception) -> None:
+        assert self.transport is not None  # called only while connected
         self.transport.loseConnection()
         if not self._ready.called:
             self._ready.errback(error)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._inner is not None:
             self._inner.connectionLost(reason)
         elif not self._ready.called:

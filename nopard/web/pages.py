@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from twisted.web.template import Comment, Tag, flattenString, tags
+from twisted.web.template import Comment, Flattenable, Tag, flattenString, tags
 
 from nopard import __version__
 
@@ -174,6 +174,7 @@ def home_page(viewer: Viewer, listed: list[Listed], counts: dict[str, int], now:
 
 
 def _listed_row(viewer: Viewer, item: Listed, now: float) -> Tag:
+    where: Flattenable
     if item.origin == "local":
         where = tags.span("local", class_="badge local")
     else:
@@ -290,7 +291,7 @@ def _versions_table(rows: list[VersionRow]) -> Tag:
     body = []
     for row in rows:
         note = [tags.span(" ", tags.strong("deprecated: "), row.deprecated, class_="deprecated")] if row.deprecated else []
-        labels = [" ", *[tags.span(tag, class_="badge") for tag in row.tags]]
+        labels: list[Flattenable] = [" ", *[tags.span(tag, class_="badge") for tag in row.tags]]
         download = tags.a("tarball", href=row.tarball_url, **{"aria-label": f"Download the tarball of {row.version}"})
         body.append(tags.tr(
             tags.th(row.version, *labels, *note, scope="row"), tags.td(row.published),

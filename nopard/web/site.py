@@ -38,7 +38,8 @@ class NopardRequest(server.Request):
         self.started = channel.site.clock.seconds()
         self.body_received = 0
         self.rejected = False
-        self.user: str | None = None  # for the access log
+        # The account, for the access log; Twisted's own bytes ``user`` (filled by getUser) goes unused.
+        self.user: str | None = None  # type: ignore[assignment]
         self.cache_status: str | None = None
         self.upstream_wait = UpstreamWait()
 
@@ -48,8 +49,12 @@ class NopardRequest(server.Request):
         shown = redact_path(uri.decode("latin-1")) if isinstance(uri, bytes) else "-"
         return f"<{type(self).__name__} at 0x{id(self):x} method={getattr(self, 'method', None)!r} uri={shown}>"
 
+    def _site(self) -> NopardSite:
+        channel: Any = self.channel  # Site.buildProtocol sets .site, which HTTPChannel does not declare
+        return channel.site
+
     def _limit(self) -> int:
-        return self.channel.site.settings.current.max_body_size
+        return self._site().settings.current.max_body_size
 
     def gotLength(self, length: int | None) -> None:
         """Refuse at once a declared length above the limit."""
@@ -96,9 +101,11 @@ class NopardRequest(server.Request):
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
         )
-        self.channel.transport.write(head + body)
-        self.channel.site.log_refusal(self, 413, len(body))
-        self.channel.transport.loseConnection()
+        transport = self.channel.transport
+        assert transport is not None  # the body is still arriving on it
+        transport.write(head + body)
+        self._site().log_refusal(self, 413, len(body))
+        transport.loseConnection()
 
 
 class NopardSite(server.Site):
@@ -117,7 +124,7 @@ class NopardSite(server.Site):
         self._metrics = metrics
         self.displayTracebacks = False
 
-    def log(self, request: NopardRequest) -> None:
+    def log(self, request: NopardRequest) -> None:  # type: ignore[override]  # requestFactory's only
         """Emit the access line of a finished request."""
         self._emit(
             request,
