@@ -22,7 +22,7 @@ from nopard.domain.errors import (
     InvalidInput,
     PermissionDenied,
 )
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 MAX_PASSWORD_LENGTH = 72  # bcrypt ignores what comes after
@@ -104,11 +104,11 @@ class Accounts:
                 raise BadCredentials("incorrect user name or password") from None
             raise PermissionDenied(f"user registration is closed: {error.message}") from None
         profile = {"name": name, "email": email or "", "created": self._now()}
-        await self._storage.write(f"users/{name}.json", orjson.dumps(profile))
+        await self._storage.write(keys.user_key(name), orjson.dumps(profile))
 
     async def profile(self, name: str) -> dict[str, str]:
         """``{name, email}`` of a user, as maintainers lists carry them."""
-        raw = await self._storage.read(f"users/{validate_user_name(name)}.json")
+        raw = await self._storage.read(keys.user_key(validate_user_name(name)))
         email = orjson.loads(raw).get("email", "") if raw else ""
         return {"name": name, "email": email}
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from nopard.domain.tokens import TOKEN_PREFIX
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 
 SHOWN_CHARS = 8  # how much of a token its record keeps, so `npm token list` can show it
 
@@ -60,7 +60,7 @@ class TokenStore:
         self._storage = storage
 
     def _key(self, token: str) -> str:
-        return f"tokens/{token_hash(token)}.json"
+        return keys.token_key(token_hash(token))
 
     async def create(self, user: str, created: str, readonly: bool = False) -> str:
         """A new token for ``user``; the caller hands it out, nopard keeps only its hash."""
@@ -127,7 +127,7 @@ class TokenStore:
     async def _stored(self) -> list[tuple[str, TokenRecord]]:
         """(storage key, record) of every readable token record; a damaged file is skipped."""
         stored = []
-        for storage_key in await self._storage.list("tokens/"):
+        for storage_key in await self._storage.list(keys.TOKENS):
             raw = await self._storage.read(storage_key)
             try:
                 stored.append((storage_key, TokenRecord(**orjson.loads(raw or b""))))

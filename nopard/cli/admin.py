@@ -190,6 +190,7 @@ def user_add(options: argparse.Namespace) -> int:
     from nopard.auth.htpasswd import hash_password, replace_entry, validate_user_name
     from nopard.cli.maintenance import open_storage, run_now
     from nopard.domain.times import iso_time
+    from nopard.storage import keys
 
     settings = registry_settings(options)
     name = validate_user_name(options.name)
@@ -199,7 +200,7 @@ def user_add(options: argparse.Namespace) -> int:
         raise AdminError(f"user {name} already exists (nopard-admin user passwd {name} sets a new password)")
     replace_entry(settings.htpasswd_path, name, hash_password(read_password(options)))
     profile = {"name": name, "email": options.email or "", "created": iso_time(time.time())}
-    run_now(open_storage(settings.registry_path).write(f"users/{name}.json", orjson.dumps(profile)))
+    run_now(open_storage(settings.registry_path).write(keys.user_key(name), orjson.dumps(profile)))
     print(f"added user {name}")
     return 0
 
@@ -220,13 +221,14 @@ def user_remove(options: argparse.Namespace) -> int:
     from nopard.auth.htpasswd import replace_entry
     from nopard.auth.tokens import TokenStore
     from nopard.cli.maintenance import open_storage, run_now
+    from nopard.storage import keys
 
     settings = registry_settings(options)
     name = known_user(settings, options.name)
     storage = open_storage(settings.registry_path)
     replace_entry(settings.htpasswd_path, name, None)
     revoked = run_now(TokenStore(storage).revoke_user(name))
-    run_now(storage.delete(f"users/{name}.json"))
+    run_now(storage.delete(keys.user_key(name)))
     print(f"removed user {name} ({revoked} tokens revoked)")
     return 0
 
@@ -235,6 +237,7 @@ def user_list(options: argparse.Namespace) -> int:
     """Every user, with email, creation time and number of tokens."""
     from nopard.auth.tokens import TokenStore
     from nopard.cli.maintenance import open_storage, run_now
+    from nopard.storage import keys
 
     settings = registry_settings(options)
     storage = open_storage(settings.registry_path)
@@ -247,7 +250,7 @@ def user_list(options: argparse.Namespace) -> int:
         tokens[record.user] = tokens.get(record.user, 0) + 1
     width = max(len(user) for user in users)
     for user in users:
-        raw = run_now(storage.read(f"users/{user}.json"))
+        raw = run_now(storage.read(keys.user_key(user)))
         try:
             profile = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:

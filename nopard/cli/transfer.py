@@ -47,9 +47,8 @@ from nopard.domain.errors import InvalidInput
 from nopard.domain.integrity import Digests, integrity_of
 from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
 from nopard.domain.times import iso_time
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 
-EXPORT_MARKER = "nopard-export.json"
 # Fields other registries keep in their documents, never served by nopard.
 FOREIGN_FIELDS = frozenset({
     "_attachments", "_distfiles", "_uplinks", "_proxied", "_mtime", "_local",
@@ -130,7 +129,7 @@ def detect_source(path: str, htpasswd: str | None = None) -> Source:
 
 
 def _is_nopard(root: str) -> bool:
-    if os.path.isfile(os.path.join(root, EXPORT_MARKER)):
+    if os.path.isfile(os.path.join(root, keys.EXPORT_MARKER)):
         return True
     packages = os.path.join(root, "packages")
     if not os.path.isdir(packages) or os.path.exists(os.path.join(packages, "package.json")):
@@ -423,7 +422,7 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
     if not kept:
         say(f"skipped {name}: no version with a tarball that verifies")
         return
-    raw = await storage.read(names.local_document_key(name))
+    raw = await storage.read(keys.local_document_key(name))
     existing = parse_document(raw) if raw is not None else None
     if raw is not None and existing is None:
         say(f"skipped {name}: the document here is unreadable (see nopard-admin fsck)")
@@ -438,7 +437,7 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
                 report.problems += 1
             continue
         data = kept[version]
-        key = names.tarball_key(name, names.tarball_filename(name, version))
+        key = keys.tarball_key(name, names.tarball_filename(name, version))
         if not await storage.create(key, data) and await storage.read(key) != data:
             say(f"skipped {name}@{version}: a different tarball is already stored here")
             report.problems += 1
@@ -455,7 +454,7 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
         return
     if existing is not None or not isinstance(merged.get("_rev"), str):
         merged["_rev"] = packument.next_revision(existing or {}, orjson.dumps(without_rev(merged)))
-    await storage.write(names.local_document_key(name), orjson.dumps(merged))
+    await storage.write(keys.local_document_key(name), orjson.dumps(merged))
     added = sorted(set(merged["versions"]) - set(here), key=packument.version_key)
     say(f"imported {name}: {len(added)} versions ({', '.join(added)})")
     report.local += 1
@@ -470,10 +469,10 @@ def _checksums(manifest: Any) -> tuple[Any, Any]:
 
 async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, report: TransferReport) -> None:
     name = package.name
-    if await storage.exists(names.local_document_key(name)):
+    if await storage.exists(keys.local_document_key(name)):
         say(f"skipped {name}: cached from an upstream, and published here")
         return
-    if await storage.exists(names.upstream_document_key(name)):
+    if await storage.exists(keys.upstream_document_key(name)):
         say(f"unchanged {name} (mirrored here already)")
         report.unchanged += 1
         return
@@ -487,7 +486,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
     for version, data in kept.items():
         filename = packument.dist_tarball_file(document["versions"][version]["dist"])
         try:
-            key = names.upstream_tarball_key(name, filename or "")
+            key = keys.upstream_tarball_key(name, filename or "")
         except InvalidInput:
             continue
         await storage.create(key, data)
@@ -495,10 +494,10 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
     if not stored:
         say(f"skipped {name}: cached from an upstream, with no tarball stored")
         return
-    await storage.write(names.upstream_document_key(name), orjson.dumps(document))
+    await storage.write(keys.upstream_document_key(name), orjson.dumps(document))
     # fetched_at 0: stale at once, so nopard revalidates it with its own upstream when it can.
     meta = {"fetched_at": 0.0, "etag": None, "last_modified": None}
-    await storage.write(names.upstream_meta_key(name), orjson.dumps(meta))
+    await storage.write(keys.upstream_meta_key(name), orjson.dumps(meta))
     say(f"mirrored {name}: {stored} of {len(document.get('versions', {}))} tarballs (cached from an upstream)")
     report.mirrored += 1
     report.versions += stored
@@ -535,7 +534,7 @@ async def _import_users(source: Source, storage: Storage, htpasswd_path: str, sa
                 say(f"kept user {user} as they are here (another password was imported)")
             continue
         replace_entry(htpasswd_path, user, hashed)
-        await storage.create(f"users/{user}.json", _profile(source, user))
+        await storage.create(keys.user_key(user), _profile(source, user))
         say(f"imported user {user}")
         report.users += 1
 
@@ -559,10 +558,8 @@ def _profile(source: Source, user: str) -> bytes:
 async def export_registry(storage: Storage, htpasswd_path: str, target: Storage, say: Say) -> TransferReport:
     """Copy every local package (document and tarballs) and every user of ``storage`` to ``target``."""
     report = TransferReport()
-    for key in await storage.list("packages/"):
-        if not key.endswith("/package.json") or "/upstream/" in key:
-            continue
-        name = key[len("packages/"):-len("/package.json")]
+    for name in keys.names_of(await storage.list(keys.PACKAGES), keys.LOCAL_DOCUMENT):
+        key = keys.local_document_key(name)
         raw = await storage.read(key)
         document = parse_document(raw) if raw is not None else None
         if document is None:
@@ -577,13 +574,13 @@ async def export_registry(storage: Storage, htpasswd_path: str, target: Storage,
                 say(f"skipped {name}@{version}: {filename!r} is not a tarball name of {name}")
                 report.problems += 1
                 continue
-            data = await storage.read(names.tarball_key(name, filename))
+            data = await storage.read(keys.tarball_key(name, filename))
             if data is None or (has_checksums(dist) and not bytes_match(data, dist)):
                 state = "missing" if data is None else "corrupt"
                 say(f"skipped {name}@{version}: its tarball is {state} (see nopard-admin fsck)")
                 report.problems += 1
                 continue
-            await target.write(names.tarball_key(name, filename), data)
+            await target.write(keys.tarball_key(name, filename), data)
             copied += 1
         await target.write(key, raw)
         say(f"exported {name}: {copied} versions")
@@ -592,16 +589,16 @@ async def export_registry(storage: Storage, htpasswd_path: str, target: Storage,
     if os.path.isfile(htpasswd_path):
         with open(htpasswd_path, "rb") as file:
             content = file.read()
-        await target.write("htpasswd", content)
+        await target.write(keys.EXPORTED_HTPASSWD, content)
         report.users = len(parse_htpasswd(content.decode("utf-8", "replace")))
-    for key in await storage.list("users/"):
+    for key in await storage.list(keys.USERS):
         data = await storage.read(key)
         if data is not None:
             await target.write(key, data)
     say(f"exported {report.users} users (tokens are not exported)")
     marker = {"format": "nopard-export", "version": 1, "exported": iso_time(time.time()),
               "packages": report.local, "users": report.users}
-    await target.write(EXPORT_MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    await target.write(keys.EXPORT_MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     return report
 
 

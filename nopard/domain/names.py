@@ -1,7 +1,6 @@
-"""Package names, versions, tarball file names, and the storage keys made from them.
+"""Package names, versions, tarball file names and the request paths that carry them.
 
-Storage keys are built here and only from names that passed validation, so no
-request can name a key outside the store.
+Storage keys are made from these validated names in nopard/storage/keys.py.
 """
 
 from __future__ import annotations
@@ -105,24 +104,6 @@ def validate_tarball_filename(name: str, filename: str) -> str:
     return filename
 
 
-# Storage keys ---------------------------------------------------------------
-
-
-def package_prefix(name: str) -> str:
-    """The key prefix holding everything of one package."""
-    return f"packages/{validate_name(name)}"
-
-
-def local_document_key(name: str) -> str:
-    """Key of the document of a package published here."""
-    return f"{package_prefix(name)}/package.json"
-
-
-def tarball_key(name: str, filename: str) -> str:
-    """Key of one tarball of a package."""
-    return f"{package_prefix(name)}/tarballs/{validate_tarball_filename(name, filename)}"
-
-
 # Request paths --------------------------------------------------------------
 
 
@@ -199,23 +180,3 @@ def _split_package_path(path: bytes | str) -> tuple[str, list[str]]:
     if len(segments) < count:
         raise InvalidInput("invalid package name")
     return validate_name("/".join(segments[:count])), segments[count:]
-
-
-def unpublished_key(name: str) -> str:
-    """Key of the record of a whole package's unpublishing (its versions never come back)."""
-    return f"{package_prefix(name)}/unpublished.json"
-
-
-def upstream_document_key(name: str) -> str:
-    """Key of the document mirrored from the upstream, as the upstream sent it."""
-    return f"{package_prefix(name)}/upstream/package.json"
-
-
-def upstream_meta_key(name: str) -> str:
-    """Key of what nopard knows about its mirrored copy (ETag, fetch time)."""
-    return f"{package_prefix(name)}/upstream/meta.json"
-
-
-def upstream_tarball_key(name: str, filename: str) -> str:
-    """Key of a tarball fetched from the upstream."""
-    return f"{package_prefix(name)}/upstream/tarballs/{validate_tarball_filename(name, filename)}"

@@ -33,7 +33,7 @@ from nopard.settings.config import LiveSettings
 from nopard.domain.errors import NopardError, UpstreamUnavailable
 from nopard.mirror.service import Mirror
 from nopard.domain.times import iso_time
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 from nopard.upstream.client import Upstream
 
 MAX_FAILURES_KEPT = 50
@@ -131,7 +131,7 @@ class StoreLock:
 
     async def acquire(self, job: str) -> bool:
         """Take the lock of ``job``, or take over one whose holder stopped renewing it."""
-        key = f"sync/{job}.lock"
+        key = keys.sync_lock_key(job)
         record = orjson.dumps({"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS})
         if await self._storage.create(key, record):
             return True
@@ -145,11 +145,11 @@ class StoreLock:
     async def renew(self, job: str) -> None:
         """Push the lock's expiry forward while a long run goes on."""
         record = {"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS}
-        await self._storage.write(f"sync/{job}.lock", orjson.dumps(record))
+        await self._storage.write(keys.sync_lock_key(job), orjson.dumps(record))
 
     async def release(self, job: str) -> None:
         """Let others run the job."""
-        key = f"sync/{job}.lock"
+        key = keys.sync_lock_key(job)
         raw = await self._storage.read(key)
         if raw and orjson.loads(raw).get("owner") == self.owner:
             await self._storage.delete(key)

@@ -19,7 +19,7 @@ from nopard.cluster.coordination import LocalCoordination
 from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.publication import Publication
 from nopard.domain.times import iso_time
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 
 
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).
@@ -38,7 +38,7 @@ class Registry:
 
     async def document(self, name: str) -> dict[str, Any] | None:
         """The stored document of ``name``, or None if it was never published here."""
-        raw = await self._storage.read(names.local_document_key(name))
+        raw = await self._storage.read(keys.local_document_key(name))
         return orjson.loads(raw) if raw is not None else None
 
     async def publish(
@@ -100,7 +100,7 @@ class Registry:
         async with self._coordination.lock("doc:" + name):
             changed = await self._update(name, applied)
             for version in removed:
-                await self._storage.delete(names.tarball_key(name, names.tarball_filename(name, version)))
+                await self._storage.delete(keys.tarball_key(name, names.tarball_filename(name, version)))
             return changed
 
     async def remove_tarball(self, name: str, user: str | None, filename: str) -> None:
@@ -109,7 +109,7 @@ class Registry:
             document = self._writable(name, await self.document(name), user, None, True)
             if packument.find_version_by_file(document, filename) is not None:
                 raise InvalidInput(f"{filename} belongs to a published version: unpublish the version first")
-            await self._storage.delete(names.tarball_key(name, filename))
+            await self._storage.delete(keys.tarball_key(name, filename))
 
     async def unpublish(self, name: str, user: str | None, revision: str | None) -> None:
         """Remove a whole package: record its versions, then the document, then its tarballs."""
@@ -119,21 +119,15 @@ class Registry:
             record["time"].update(document.get("time", {}))
             now = iso_time(self._clock.seconds())
             record["time"]["unpublished"] = {"time": now, "versions": list(document["versions"])}
-            await self._storage.write(names.unpublished_key(name), orjson.dumps(record))
-            await self._storage.delete(names.local_document_key(name))
+            await self._storage.write(keys.unpublished_key(name), orjson.dumps(record))
+            await self._storage.delete(keys.local_document_key(name))
             await self._changed(name)
-            prefix = names.package_prefix(name) + "/tarballs/"
-            for key in await self._storage.list(prefix):
+            for key in await self._storage.list(keys.local_tarballs_prefix(name)):
                 await self._storage.delete(key)
 
     async def local_names(self) -> list[str]:
         """The names of every package published here."""
-        keys = await self._storage.list("packages/")
-        return [
-            key[len("packages/") : -len("/package.json")]
-            for key in keys
-            if key.endswith("/package.json") and "/upstream/" not in key
-        ]
+        return keys.names_of(await self._storage.list(keys.PACKAGES), keys.LOCAL_DOCUMENT)
 
     def _writable(
         self, name: str, document: dict[str, Any] | None, user: str | None, revision: str | None,
@@ -160,7 +154,7 @@ class Registry:
         The lock held by the callers makes a retry rare; the swap makes a lost
         update impossible even when the lock could not be had (Redis down).
         """
-        key = names.local_document_key(name)
+        key = keys.local_document_key(name)
         for _attempt in range(UPDATE_ATTEMPTS):
             stored = await self._storage.read_versioned(key)
             document = orjson.loads(stored[0]) if stored is not None else None
@@ -176,11 +170,11 @@ class Registry:
         await self._coordination.bump(name)
 
     async def _unpublished(self, name: str) -> dict[str, Any] | None:
-        raw = await self._storage.read(names.unpublished_key(name))
+        raw = await self._storage.read(keys.unpublished_key(name))
         return orjson.loads(raw) if raw is not None else None
 
     async def _store_tarball(self, name: str, filename: str, data: bytes) -> None:
-        key = names.tarball_key(name, filename)
+        key = keys.tarball_key(name, filename)
         if await self._storage.create(key, data):
             return
         # Left by a publish whose document write never happened: the same

@@ -35,7 +35,7 @@ from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailab
 from nopard.domain.integrity import Digests
 from nopard.domain.times import iso_time
 from nopard.local.packages import Registry
-from nopard.storage import Blob, Storage
+from nopard.storage import Blob, Storage, keys
 from nopard.upstream.client import Upstream
 
 
@@ -268,7 +268,7 @@ class Mirror:
         return stored, meta, action.value
 
     async def _mirrored_again(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta, str]:
-        await self._storage.delete(names.upstream_meta_key(name))
+        await self._storage.delete(keys.upstream_meta_key(name))
         return await self._mirrored(name, upstream)
 
     async def _fetch_missing(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta]:
@@ -382,7 +382,7 @@ class Mirror:
         fetched = await upstream.document(name, meta.etag, timeout=deadline)
         if fetched.status == 304:
             fresh = MirrorMeta(self._clock.seconds(), meta.etag, meta.last_modified)
-            await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(fresh)))
+            await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(fresh)))
             self._cache.touch(name, fresh.fetched_at, fresh.etag)
             document = await self._read_document(name)
             if document is None:
@@ -403,17 +403,17 @@ class Mirror:
         if not isinstance(document, dict) or document.get("name") != name or not isinstance(document.get("versions"), dict):
             raise UpstreamBadContent(f"the upstream sent a document that is not {name}'s")
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
-        await self._storage.write(names.upstream_document_key(name), orjson.dumps(document))
-        await self._storage.write(names.upstream_meta_key(name), orjson.dumps(asdict(meta)))
+        await self._storage.write(keys.upstream_document_key(name), orjson.dumps(document))
+        await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))
         await self._coordination.bump(name)
         return document, meta
 
     async def _read_meta(self, name: str) -> MirrorMeta | None:
-        raw = await self._storage.read(names.upstream_meta_key(name))
+        raw = await self._storage.read(keys.upstream_meta_key(name))
         return MirrorMeta(**orjson.loads(raw)) if raw else None
 
     async def _read_document(self, name: str) -> dict[str, Any] | None:
-        raw = await self._storage.read(names.upstream_document_key(name))
+        raw = await self._storage.read(keys.upstream_document_key(name))
         return orjson.loads(raw) if raw else None
 
     def _check_not_found(self, name: str, now: float) -> None:
@@ -433,7 +433,7 @@ class Mirror:
 
     async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
         """The tarball ``filename`` of ``name``, and how it was served."""
-        key = names.tarball_key(name, filename)
+        key = keys.tarball_key(name, filename)
         local = await self._storage.open(key)
         if local is not None:
             return local, "LOCAL"
@@ -441,7 +441,7 @@ class Mirror:
         merging = name in self._settings.current.merge_upstream
         if upstream is None or (not merging and await self._registry.document(name) is not None):
             raise NotFound(f"tarball not found: {name}/-/{filename}")
-        mirrored_key = names.upstream_tarball_key(name, filename)
+        mirrored_key = keys.upstream_tarball_key(name, filename)
         blob = await self._storage.open(mirrored_key)
         if blob is not None:
             return blob, Action.SERVE.value
@@ -455,7 +455,7 @@ class Mirror:
 
     async def _fetch_tarball(self, name: str, filename: str, upstream: Upstream) -> int:
         """Fetch, verify and store a tarball; one instance at a time fetches a given one."""
-        key = names.upstream_tarball_key(name, filename)
+        key = keys.upstream_tarball_key(name, filename)
         async with self._coordination.lock("tarball:" + key, wait=self._settings.current.upstream_timeout):
             if await self._storage.exists(key):  # fetched by another instance while this one waited
                 return 0
@@ -486,7 +486,7 @@ class Mirror:
                 raise UpstreamBadContent(
                     f"the upstream's {name}/-/{filename} does not match its integrity; not stored"
                 )
-            await self._storage.create_from_file(names.upstream_tarball_key(name, filename), spool.name)
+            await self._storage.create_from_file(keys.upstream_tarball_key(name, filename), spool.name)
         finally:
             os.unlink(spool.name)
         return digests.size
@@ -526,9 +526,7 @@ class Mirror:
 
     async def mirrored_names(self) -> list[str]:
         """Every package nopard holds an upstream document of."""
-        suffix = "/upstream/meta.json"
-        keys = await self._storage.list("packages/")
-        return [key[len("packages/") : -len(suffix)] for key in keys if key.endswith(suffix)]
+        return keys.names_of(await self._storage.list(keys.PACKAGES), keys.MIRRORED_META)
 
     async def meta(self, name: str) -> MirrorMeta | None:
         """When nopard last confirmed its copy of ``name``'s upstream document."""
@@ -561,7 +559,7 @@ class Mirror:
 
     async def has_tarball(self, name: str, filename: str) -> bool:
         """Whether the upstream tarball ``filename`` of ``name`` is stored."""
-        return await self._storage.exists(names.upstream_tarball_key(name, filename))
+        return await self._storage.exists(keys.upstream_tarball_key(name, filename))
 
     async def follows_upstream(self, name: str) -> bool:
         """Whether ``name`` is served from the upstream (not private, not shadowed by a local package)."""
@@ -576,17 +574,16 @@ class Mirror:
         upstream = self.upstreams.for_name(name)
         if upstream is None:
             raise NotFound(f"{name} is private: never sent upstream")
-        key = names.upstream_tarball_key(name, filename)
+        key = keys.upstream_tarball_key(name, filename)
         if await self._storage.exists(key):
             return 0
         return await self._tarballs.run(key, lambda: self._fetch_tarball(name, filename, upstream))
 
     async def tarball_sizes(self, name: str, document: dict[str, Any]) -> dict[str, int | None]:
         """Version -> size of its tarball stored here (local or mirrored), None when it is only upstream."""
-        prefix = names.package_prefix(name)
-        stored = {**await self._storage.sizes(prefix + "/upstream/tarballs/"),
-                  **await self._storage.sizes(prefix + "/tarballs/")}
-        by_file = {key.rsplit("/", 1)[-1]: size for key, size in stored.items()}
+        stored = {**await self._storage.sizes(keys.upstream_tarballs_prefix(name)),
+                  **await self._storage.sizes(keys.local_tarballs_prefix(name))}
+        by_file = {keys.tarball_file_of(key): size for key, size in stored.items()}
         sizes: dict[str, int | None] = {}
         for version, manifest in (document.get("versions") or {}).items():
             dist = manifest.get("dist") if isinstance(manifest, dict) else None

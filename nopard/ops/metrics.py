@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from nopard import __version__
 from nopard.domain import names
+from nopard.storage import keys
 
 RunInThread = Callable[..., Awaitable[Any]]
 
@@ -332,7 +333,7 @@ class StoreProbe:
         return None
 
     async def _probe(self) -> None:
-        key = f"health/probe-{uuid.uuid4().hex}"
+        key = keys.health_probe_key(uuid.uuid4().hex)
         data = b"nopard health probe\n"
         await self._storage.write(key, data)
         try:

@@ -37,7 +37,7 @@ from nopard.settings.config import (
 )
 from nopard.domain.errors import Conflict
 from nopard.domain.times import iso_time
-from nopard.storage import Storage
+from nopard.storage import Storage, keys
 
 # What an admin may change at runtime: each is read from settings.current at use,
 # or followed by the component that copies it (mirror.Upstreams for forwarder_url,
@@ -66,7 +66,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "always_https",
     "loglevel",
 )
-STORE_KEY = "settings/overrides.json"
+STORE_KEY = keys.SETTINGS_OVERRIDES
 SOURCE_PAGE = "settings page"
 # Seconds between two reads of the stored overrides: how soon other instances follow a change.
 POLL_SECONDS = 3.0

@@ -1,6 +1,6 @@
 """The storage interface every backend implements, and the key rules they share.
 
-A key is a ``/``-separated path of safe segments, made by ``nopard.domain.names``.
+A key is a ``/``-separated path of safe segments, made by ``nopard.storage.keys``.
 Backends check keys again (defence in depth): a key can never address
 anything outside the store, nor a backend's temporary files, whose names
 start with a dot.

@@ -168,22 +168,6 @@ def test_foreign_tarball_filenames_are_refused(name: str, filename: str) -> None
         names.validate_tarball_filename(name, filename)
 
 
-def test_storage_keys_of_a_scoped_package() -> None:
-    """Keys live under packages/<name>/ with the document and tarballs at fixed places."""
-    assert names.package_prefix("@s/n") == "packages/@s/n"
-    assert names.local_document_key("@s/n") == "packages/@s/n/package.json"
-    assert names.tarball_key("@s/n", "n-1.0.0.tgz") == "packages/@s/n/tarballs/n-1.0.0.tgz"
-
-
-@pytest.mark.parametrize(
-    ("name", "filename"), [("../x", "x-1.0.0.tgz"), ("n", "../n-1.0.0.tgz"), ("n", "n-1.0.0.tgz/..")]
-)
-def test_storage_keys_refuse_unvalidated_parts(name: str, filename: str) -> None:
-    """No key is built from a bad name or tarball file name."""
-    with pytest.raises(InvalidInput):
-        names.tarball_key(name, filename)
-
-
 # Request paths ----------------------------------------------------------------
 
 

@@ -1,0 +1,187 @@
+"""Every storage key nopard uses, built and parsed here and nowhere else.
+
+The layout (the same on every backend)::
+
+    packages/<name>/package.json                    a package published here
+    packages/<name>/unpublished.json                a whole package's unpublishing
+    packages/<name>/tarballs/<file>                 a tarball published here
+    packages/<name>/upstream/package.json           the document mirrored from the upstream
+    packages/<name>/upstream/meta.json              what nopard knows of that copy (ETag, time)
+    packages/<name>/upstream/tarballs/<file>        a tarball fetched from the upstream
+    users/<user>.json                               a user's profile (email, creation time)
+    tokens/<sha256 of the token>.json               an access token's record
+    sync/<job>.lock                                 which instance runs a sync job
+    settings/overrides.json                         settings changed at runtime
+    health/probe-<unique>                           the readiness check's write-read-delete
+
+and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
+
+Keys are built only from names that passed validation, so no request can name
+a key outside the store. A key is parsed back by its structure (a name is one
+segment, or two when it starts with ``@``), never by looking for a word in it:
+a package may be called ``upstream`` or ``tarballs``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from nopard.domain.errors import InvalidInput
+from nopard.domain.names import validate_name, validate_tarball_filename
+from nopard.storage import InvalidKey, check_key
+
+PACKAGES = "packages/"
+USERS = "users/"
+TOKENS = "tokens/"
+SETTINGS_OVERRIDES = "settings/overrides.json"
+# In an export directory, next to packages/ and users/.
+EXPORTED_HTPASSWD = "htpasswd"
+EXPORT_MARKER = "nopard-export.json"
+
+# What a package key holds (PackageKey.kind), by the segments after the name.
+LOCAL_DOCUMENT = "local document"
+UNPUBLISHED = "unpublished"
+LOCAL_TARBALL = "local tarball"
+MIRRORED_DOCUMENT = "mirrored document"
+MIRRORED_META = "mirrored meta"
+MIRRORED_TARBALL = "mirrored tarball"
+_FIXED_PLACES = {
+    ("package.json",): LOCAL_DOCUMENT,
+    ("unpublished.json",): UNPUBLISHED,
+    ("upstream", "package.json"): MIRRORED_DOCUMENT,
+    ("upstream", "meta.json"): MIRRORED_META,
+}
+_TARBALL_PLACES = {("tarballs",): LOCAL_TARBALL, ("upstream", "tarballs"): MIRRORED_TARBALL}
+_HASH = re.compile(r"[0-9a-f]{64}")
+_JOB = re.compile(r"[a-z][a-z0-9-]{0,63}")
+
+
+# Packages -------------------------------------------------------------------
+
+
+def package_prefix(name: str) -> str:
+    """The key prefix holding everything of one package (no trailing slash)."""
+    return PACKAGES + validate_name(name)
+
+
+def local_document_key(name: str) -> str:
+    """Key of the document of a package published here."""
+    return f"{package_prefix(name)}/package.json"
+
+
+def unpublished_key(name: str) -> str:
+    """Key of the record of a whole package's unpublishing (its versions never come back)."""
+    return f"{package_prefix(name)}/unpublished.json"
+
+
+def tarball_key(name: str, filename: str) -> str:
+    """Key of one tarball of a package published here."""
+    return f"{local_tarballs_prefix(name)}{validate_tarball_filename(name, filename)}"
+
+
+def local_tarballs_prefix(name: str) -> str:
+    """The listing prefix of a published package's tarballs."""
+    return f"{package_prefix(name)}/tarballs/"
+
+
+def upstream_document_key(name: str) -> str:
+    """Key of the document mirrored from the upstream, as the upstream sent it."""
+    return f"{package_prefix(name)}/upstream/package.json"
+
+
+def upstream_meta_key(name: str) -> str:
+    """Key of what nopard knows about its mirrored copy (ETag, fetch time)."""
+    return f"{package_prefix(name)}/upstream/meta.json"
+
+
+def upstream_tarball_key(name: str, filename: str) -> str:
+    """Key of a tarball fetched from the upstream."""
+    return f"{upstream_tarballs_prefix(name)}{validate_tarball_filename(name, filename)}"
+
+
+def upstream_tarballs_prefix(name: str) -> str:
+    """The listing prefix of a package's tarballs fetched from the upstream."""
+    return f"{package_prefix(name)}/upstream/tarballs/"
+
+
+@dataclass(frozen=True)
+class PackageKey:
+    """What a key under ``packages/`` holds: ``kind`` (LOCAL_DOCUMENT, ...), the package, the tarball file."""
+
+    kind: str
+    name: str
+    filename: str | None = None
+
+
+def parse_package_key(key: str) -> PackageKey | None:
+    """The package key ``key`` is, or None when it is none nopard writes."""
+    if not isinstance(key, str) or not key.startswith(PACKAGES):
+        return None
+    segments = key[len(PACKAGES) :].split("/")
+    count = 2 if segments[0].startswith("@") else 1
+    name, place = "/".join(segments[:count]), tuple(segments[count:])
+    try:
+        validate_name(name)
+        if place in _FIXED_PLACES:
+            return PackageKey(_FIXED_PLACES[place], name)
+        if place[:-1] in _TARBALL_PLACES:
+            filename = validate_tarball_filename(name, place[-1])
+            return PackageKey(_TARBALL_PLACES[place[:-1]], name, filename)
+    except InvalidInput:  # not a name nopard validated, so not a key it made
+        return None
+    return None
+
+
+def names_of(keys: Iterable[str], kind: str) -> list[str]:
+    """The package names of those ``keys`` that are of ``kind`` (e.g. every LOCAL_DOCUMENT), in order."""
+    found = []
+    for key in keys:
+        parsed = parse_package_key(key)
+        if parsed is not None and parsed.kind == kind:
+            found.append(parsed.name)
+    return found
+
+
+def tarball_file_of(key: str) -> str | None:
+    """The tarball file name a tarball key (local or mirrored) ends in; None for any other key."""
+    parsed = parse_package_key(key)
+    return parsed.filename if parsed is not None else None
+
+
+# Users, tokens, jobs, checks ----------------------------------------------------
+
+
+def user_key(user: str) -> str:
+    """Key of a user's profile; ``user`` is a validated user name (one key segment)."""
+    if not isinstance(user, str) or "/" in user:
+        raise InvalidKey(f"invalid user name for a key: {user!r}")
+    return check_key(f"{USERS}{user}.json")
+
+
+def user_of(key: str) -> str | None:
+    """The user a profile key is of, or None for any other key."""
+    if not isinstance(key, str) or not key.startswith(USERS) or not key.endswith(".json"):
+        return None
+    user = key[len(USERS) : -len(".json")]
+    return user if user and "/" not in user else None
+
+
+def token_key(hashed: str) -> str:
+    """Key of the record of a token, by the token's hex SHA-256 (never the token itself)."""
+    if not isinstance(hashed, str) or not _HASH.fullmatch(hashed):
+        raise InvalidKey("a token key is made from a hex SHA-256")
+    return f"{TOKENS}{hashed}.json"
+
+
+def sync_lock_key(job: str) -> str:
+    """Key of the lock object of one sync job (refresh, backfill, prefetch)."""
+    if not isinstance(job, str) or not _JOB.fullmatch(job):
+        raise InvalidKey(f"invalid job name for a key: {job!r}")
+    return f"sync/{job}.lock"
+
+
+def health_probe_key(unique: str) -> str:
+    """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
+    return check_key(f"health/probe-{unique}")
