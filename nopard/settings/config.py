@@ -274,7 +274,7 @@ class Settings:
         """The htpasswd file, defaulting to one inside the registry directory."""
         return self.htpasswd or os.path.join(self.registry_path, "htpasswd")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (already parsed)."""
         return dataclasses.replace(self, **changes)
 
@@ -356,9 +356,10 @@ def _refuse_self_as_upstream(settings: Settings) -> None:
     if settings.base_url:
         base = urlsplit(settings.base_url)
         own.add((base.hostname, base.port or (443 if base.scheme == "https" else 80)))
-    upstreams = {"NOPARD_FORWARDER_URL": settings.forwarder_url}
-    upstreams.update({"NOPARD_SCOPE_UPSTREAMS": url for url in settings.scope_upstreams.values()})
-    for variable, url in upstreams.items():
+    # Pairs, not a dict keyed by variable: every scope upstream is checked, not just the last.
+    upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url)]
+    upstreams += [("NOPARD_SCOPE_UPSTREAMS", url) for url in settings.scope_upstreams.values()]
+    for variable, url in upstreams:
         if not url:
             continue
         parts = urlsplit(url)

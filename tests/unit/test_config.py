@@ -181,3 +181,13 @@ def test_twistd_options_give_only_what_was_typed() -> None:
     given = options.given()
     assert set(given) == {s.name for s in SETTINGS}
     assert (given["port"], given["base_url"], given["hostname"]) == ("8080", "https://x.example", None)
+
+
+@pytest.mark.parametrize("order", ["self first", "self last"])
+def test_every_scope_upstream_is_checked_against_this_nopard(order: str) -> None:
+    """A scope upstream that is this nopard is refused wherever it stands among the others."""
+    pairs = ["@own=http://localhost:4873/", "@other=http://127.0.0.2:4873/"]
+    if order == "self last":
+        pairs.reverse()
+    with pytest.raises(ConfigError, match="NOPARD_SCOPE_UPSTREAMS: http://localhost:4873/? is this nopard itself"):
+        load(NOPARD_PORT="4873", NOPARD_SCOPE_UPSTREAMS=",".join(pairs))
