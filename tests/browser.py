@@ -19,9 +19,9 @@ A test takes pytest's ``request`` fixture for the screenshot directory::
 ``width``/``height`` (``mobile=True``: 390x844) size the window; as in a desktop Chromium the
 page's viewport (``window.innerWidth`` x ``innerHeight``) is as wide but about 140px shorter.
 Screenshots land in ``test-artifacts/screenshots/<test name>/`` (gitignored, emptied when the
-test starts); when the ``with`` block ends with an exception a ``failure.png`` is saved there too. Every browser has its own temporary profile,
-removed when it closes, and talks to nothing but the pages it is sent to (no first-run, sync,
-component updates or background networking).
+test starts); when the ``with`` block ends with an exception a ``failure.png`` is saved there too.
+Every browser has its own temporary profile, removed when it closes, and talks to nothing but
+the pages it is sent to (no first-run, sync, component updates or background networking).
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class Browser:
             if self._check_dialog():
                 raise AssertionError(f"submitting {css!r} opened a dialog: {self.dialogs[-1]!r}")
             try:
-                old.tag_name  # raises once the old document is gone
+                _ = old.tag_name  # raises once the old document is gone
             except UnexpectedAlertPresentException:
                 continue
             except (StaleElementReferenceException, WebDriverException):

@@ -101,7 +101,7 @@ class Body:
         self.size, self.chunks = size, chunks
 
     @classmethod
-    def of(cls, data: bytes) -> "Body":
+    def of(cls, data: bytes) -> Body:
         """A body held in memory."""
         return cls(len(data), lambda: (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
 
@@ -306,7 +306,7 @@ class Registry:
         doc = self.packument(name)
         if doc is None:
             return None
-        for source, filename in sources(doc):
+        for source, filename in sources(doc):  # noqa: B007 (source is used after the break)
             body = self.tarball(name, filename)
             if body is not None:
                 break
@@ -393,7 +393,7 @@ class RegistryResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, upstream: "UpstreamServer") -> None:
+    def __init__(self, upstream: UpstreamServer) -> None:
         super().__init__()
         self.upstream = upstream
 
@@ -479,7 +479,7 @@ class RegistryResource(resource.Resource):
 class CountingFactory(policies.WrappingFactory):
     """The registry's Site, wrapped to count accepted connections; ``protocols`` holds the open ones."""
 
-    def __init__(self, upstream: "UpstreamServer") -> None:
+    def __init__(self, upstream: UpstreamServer) -> None:
         super().__init__(server.Site(RegistryResource(upstream)))
         self.upstream = upstream
 

@@ -128,7 +128,7 @@ class NginxServer:
         except OSError:
             return ""
 
-    def start(self) -> "NginxServer":
+    def start(self) -> NginxServer:
         """Start nginx in the foreground and wait until its port accepts connections."""
         self.process = subprocess.Popen(
             self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -158,7 +158,7 @@ class NginxServer:
                 process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "NginxServer":
+    def __enter__(self) -> NginxServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 class _Relay(protocol.Protocol):
     """The proxy's connection to the target: copies bytes back to the client."""
 
-    def __init__(self, client: "_ProxyConnection") -> None:
+    def __init__(self, client: _ProxyConnection) -> None:
         self.client = client
 
     def dataReceived(self, data: bytes) -> None:

@@ -96,7 +96,7 @@ class RedisServer:
         except (OSError, AssertionError):
             return ""
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         """Start the server (on self.port, again after a stop or kill) and wait for PING."""
         if self.process and self.process.poll() is None:
             raise RuntimeError("redis-server is already running")
@@ -151,7 +151,7 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop the server if it runs, then start it again on the same port."""
         self._terminate()
         return self.start()
@@ -163,7 +163,7 @@ class RedisServer:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

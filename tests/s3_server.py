@@ -38,7 +38,7 @@ class MotoServer:
         """Variables that point boto3 at this server, with its dummy credentials."""
         return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         """Start the server and wait until it answers."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -77,7 +77,7 @@ class MotoServer:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

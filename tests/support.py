@@ -98,7 +98,7 @@ class NopardServer:
         """The registry URL clients are pointed at (with a trailing slash)."""
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self) -> "NopardServer":
+    def start(self) -> NopardServer:
         """Start and wait until /-/ping answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -550,7 +550,7 @@ PACKAGE_MANAGERS: dict[str, type[PackageManager]] = {
     "npm": NpmClient, "yarn1": Yarn1, "yarn4": Yarn4, "pnpm": Pnpm}
 
 
-def until_upstream_down(server: "NopardServer", path: str, tries: int = 100) -> None:
+def until_upstream_down(server: NopardServer, path: str, tries: int = 100) -> None:
     """Read ``path`` until nopard's breaker counts the upstream as down (the fake must be failing).
 
     After the first failure, stale reads no longer wait on the upstream and one revalidation at a

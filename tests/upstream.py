@@ -108,7 +108,7 @@ class FakeUpstream:
         self.changed.discard(name)
         return self.control("POST", "/restore", {"name": name})
 
-    def healthy(self) -> "FakeUpstream":
+    def healthy(self) -> FakeUpstream:
         """Back to normal for the next test: no fault, zeroed counters, every change undone."""
         self.fault("none")
         self.reset()
@@ -121,7 +121,7 @@ class FakeUpstream:
         stop_process(self.process)
         self.process.stdout.close()
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self) -> FakeUpstream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -195,7 +195,8 @@ def _read_verdaccio(root: str, htpasswd: str | None) -> Source:
         distfiles = document.get("_distfiles")
         distfiles = distfiles if isinstance(distfiles, dict) else {}
         urls = {f: d["url"] for f, d in distfiles.items() if isinstance(d, dict) and isinstance(d.get("url"), str)}
-        files = [packument.dist_tarball_file(m.get("dist")) for m in document["versions"].values() if isinstance(m, dict)]
+        files = [packument.dist_tarball_file(m.get("dist"))
+                 for m in document["versions"].values() if isinstance(m, dict)]
         cached = bool(document.get("_uplinks")) and bool(files) and all(f in distfiles for f in files)
         source.packages.append(SourcePackage(name, document, directory, cached, urls))
     return source

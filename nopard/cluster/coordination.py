@@ -362,7 +362,8 @@ class RedisCoordination:
                 epoch, *generations = await self.link.call("mget", keys)
                 if epoch is None:
                     return None
-                found.update({name: f"{epoch.decode()}.{int(g or 0)}" for name, g in zip(chunk, generations)})
+                found.update({name: f"{epoch.decode()}.{int(g or 0)}"
+                              for name, g in zip(chunk, generations, strict=False)})
         except RedisDown:
             return None
         return found

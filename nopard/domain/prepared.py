@@ -28,7 +28,7 @@ class PreparedBody:
     etag: str
 
     @classmethod
-    def of(cls, value: Any) -> "PreparedBody":
+    def of(cls, value: Any) -> PreparedBody:
         """Encode ``value`` once as JSON and gzip."""
         body = orjson.dumps(value)
         # Weak: the identity and gzip bytes differ but mean the same document.

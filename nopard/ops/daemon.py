@@ -60,7 +60,7 @@ class Daemon:
     log_observer: ILogObserver | None = None
     notes: list[str] = field(default_factory=list)
 
-    def wrap(self, app: MultiService, clock: Any = None) -> "GracefulService":
+    def wrap(self, app: MultiService, clock: Any = None) -> GracefulService:
         """The service twistd runs: ``app`` with a graceful stop and this daemon's log."""
         if clock is None:
             from twisted.internet import reactor as clock

@@ -226,7 +226,8 @@ def package_page(
     latest = (document.get("dist-tags") or {}).get("latest")
     manifest = (document.get("versions") or {}).get(latest) or {}
     description = document.get("description") or manifest.get("description") or ""
-    badge = tags.span("local", class_="badge local") if origin == "local" else tags.span("cached", class_="badge cached")
+    badge = (tags.span("local", class_="badge local") if origin == "local"
+             else tags.span("cached", class_="badge cached"))
     parts: list[Any] = [
         tags.h1(name, " ", badge),
         tags.p(description) if description else "",
@@ -290,7 +291,8 @@ def _dependencies(viewer: Viewer, manifest: dict[str, Any]) -> Tag:
 def _versions_table(rows: list[VersionRow]) -> Tag:
     body = []
     for row in rows:
-        note = [tags.span(" ", tags.strong("deprecated: "), row.deprecated, class_="deprecated")] if row.deprecated else []
+        note = ([tags.span(" ", tags.strong("deprecated: "), row.deprecated, class_="deprecated")]
+                if row.deprecated else [])
         labels: list[Flattenable] = [" ", *[tags.span(tag, class_="badge") for tag in row.tags]]
         download = tags.a("tarball", href=row.tarball_url, **{"aria-label": f"Download the tarball of {row.version}"})
         body.append(tags.tr(

@@ -243,7 +243,8 @@ def test_unknown_user_is_exit_2(registry: Path, args: tuple[str, ...]) -> None:
     add_user(registry, "alice", "pw")
     result = admin(registry, "user", *args, stdin="pw\n")
     assert result.returncode == 2
-    assert result.stderr == f"nopard-admin: no user bob in {registry / 'htpasswd'} (nopard-admin user list shows them)\n"
+    assert result.stderr == (
+        f"nopard-admin: no user bob in {registry / 'htpasswd'} (nopard-admin user list shows them)\n")
 
 
 def test_user_remove_revokes_their_tokens(closed: NopardServer) -> None:
@@ -363,7 +364,8 @@ def test_fsck_quarantines_a_corrupt_tarball(registry: Path) -> None:
         "fsck: 1 documents, 2 tarballs checked; 1 problems (1 corrupt)",
     ]
     assert not tarball.exists()
-    assert (registry / ".quarantine" / "packages" / "ms" / "upstream" / "tarballs" / "ms-2.1.3.tgz").read_bytes() == corrupted
+    quarantined = registry / ".quarantine" / "packages" / "ms" / "upstream" / "tarballs" / "ms-2.1.3.tgz"
+    assert quarantined.read_bytes() == corrupted
 
 
 def test_gc_after_fsck_leaves_a_clean_registry(registry: Path) -> None:
@@ -391,7 +393,8 @@ def test_fsck_reports_a_local_document_naming_a_missing_tarball(registry: Path) 
     assert "missing packages/tool/tarballs/tool-1.0.0.tgz: version 1.0.0 names it, but it is not stored" \
         in result.stdout.splitlines()
     collected = admin(registry, "gc")
-    assert collected.stdout == "gc: removed 0 files (0 bytes); 1 problems gc cannot fix (nopard-admin fsck lists them)\n"
+    assert collected.stdout == (
+        "gc: removed 0 files (0 bytes); 1 problems gc cannot fix (nopard-admin fsck lists them)\n")
 
 
 def test_mirrored_documents_may_name_tarballs_not_fetched(registry: Path) -> None:

@@ -145,7 +145,8 @@ def test_install_tree_and_reinstall_from_lockfile(name: str, world: dict) -> Non
     before = server.log().count("\n")
     client(name, world, "home-again").frozen_install(again)
     assert loaded(again) == LOADED
-    assert (again / PACKAGE_MANAGERS[name].lockfile).read_text() == (project / PACKAGE_MANAGERS[name].lockfile).read_text()
+    lockfile = PACKAGE_MANAGERS[name].lockfile
+    assert (again / lockfile).read_text() == (project / lockfile).read_text()
     # Every tarball came from nopard's conventional path (yarn 4 spells the scope's slash %2f).
     later = re.sub("%2f", "/", "\n".join(server.log().splitlines()[before:]), flags=re.I)
     for n, v in TREE.items():

@@ -14,7 +14,9 @@ from typing import Callable
 from tests.support import BIN, REPO, NopardServer, free_port, publish_body, temporary_leftovers, twistd_env
 
 
-def twistd(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def twistd(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60,
+) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "twistd"), *args], cwd=cwd, env=twistd_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -68,7 +70,8 @@ def test_option_beats_environment(tmp_path: Path) -> None:
     result = twistd("-n", "--pidfile=", "nopard", "--max-body-size", "huge", cwd=tmp_path,
                     env={"NOPARD_MAX_BODY_SIZE": "1mb"})
     assert result.returncode != 0
-    assert result.stderr.strip().endswith("nopard: --max-body-size: 'huge' is not a size (examples: 100mb, 512kb, 1048576)")
+    assert result.stderr.strip().endswith(
+        "nopard: --max-body-size: 'huge' is not a size (examples: 100mb, 512kb, 1048576)")
 
 
 def test_options_set_port_and_registry(tmp_path: Path) -> None:

@@ -95,7 +95,8 @@ def test_install_into_a_fresh_project(registry: NopardServer, published: dict, t
     assert loaded == "@acme/util@1.0.0 plain-widget@2.1.0"
     lock = json.loads((project / "package-lock.json").read_text())
     resolved = {lock["packages"][p]["resolved"] for p in ("node_modules/@acme/util", "node_modules/plain-widget")}
-    assert resolved == {f"{registry.url}@acme/util/-/util-1.0.0.tgz", f"{registry.url}plain-widget/-/plain-widget-2.1.0.tgz"}
+    assert resolved == {
+        f"{registry.url}@acme/util/-/util-1.0.0.tgz", f"{registry.url}plain-widget/-/plain-widget-2.1.0.tgz"}
 
 
 def test_login_then_logout_revokes_the_token(registry: NopardServer, published: dict, tmp_path: Path) -> None:

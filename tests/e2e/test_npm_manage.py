@@ -229,8 +229,8 @@ class TestRefused:
         refused(registry.request("PUT", path, body, token=tokens["bob"]), 403, "maintainer")
         refused(registry.request("DELETE", path, token=tokens["bob"]), 403, "maintainer")
         refused(registry.request("DELETE", path), 401)
-        refused(registry.request("DELETE", f"/@acme/http/-/http-1.0.0.tgz/-rev/{current['_rev']}", token=tokens["alice"]),
-                400, "published version")
+        tarball_path = f"/@acme/http/-/http-1.0.0.tgz/-rev/{current['_rev']}"
+        refused(registry.request("DELETE", tarball_path, token=tokens["alice"]), 400, "published version")
 
     def test_unknown_user_lookup(self, registry: NopardServer, tokens: dict) -> None:
         refused(registry.request("GET", "/-/user/org.couchdb.user:ghost", token=tokens["alice"]), 404)

@@ -115,7 +115,8 @@ def test_published_through_one_installs_through_another(cluster, tmp_path: Path)
 
         project = tmp_path / "app"
         project.mkdir()
-        (project / "package.json").write_text('{"name": "app", "version": "1.0.0", "dependencies": {"shared-lib": "^1.0.0"}}')
+        (project / "package.json").write_text(
+            '{"name": "app", "version": "1.0.0", "dependencies": {"shared-lib": "^1.0.0"}}')
         npm.run("install", cwd=project)
         assert '"version": "1.1.0"' in (project / "node_modules" / "shared-lib" / "package.json").read_text()
 
@@ -315,7 +316,7 @@ def test_an_instance_killed_mid_publish_leaves_nothing_half_written(cluster, tmp
         assert tarball.status == 200, version
         assert tarball.body == expected[version], version
     assert {"1.0.0", "2.0.0"} <= set(document["versions"])
-    for version, status in zip(big, statuses):
+    for version, status in zip(big, statuses, strict=True):
         if status == 201:
             assert version in document["versions"]  # acknowledged means kept
     npm = Npm(second.url, tmp_path / "npm-home")

@@ -141,7 +141,7 @@ class Daemon:
         return subprocess.run([python, str(BIN / "twistd"), *self.args, "nopard"], cwd=self.cwd, env=env,
                               capture_output=True, text=True, timeout=60)
 
-    def start(self, pidfile: Path) -> "Daemon":
+    def start(self, pidfile: Path) -> Daemon:
         result = self.run()
         assert result.returncode == 0, result.stdout + result.stderr
         assert wait_until(pidfile.exists), f"no PID file {pidfile}"
@@ -170,7 +170,7 @@ def daemons() -> Iterator[list[Daemon]]:
     for daemon in started:
         if daemon.pid and alive(daemon.pid):
             os.kill(daemon.pid, signal.SIGKILL)
-            wait_until(lambda: not alive(daemon.pid), 10)
+            wait_until(lambda pid=daemon.pid: not alive(pid), 10)
 
 
 def hidden_files(directory: Path) -> list[Path]:
@@ -343,7 +343,8 @@ def test_a_port_below_1024_is_bound_before_privileges_are_dropped(open_dir: Path
 @needs_root
 def test_run_as_mistakes_stop_startup_with_one_line(open_dir: Path) -> None:
     """An unknown user, or a registry that user cannot write, is named before anything starts."""
-    result = Daemon(open_dir, {"NOPARD_RUNAS_USER": "no-such-user-here", "NOPARD_RUN_PATH": str(open_dir / "run")}).run()
+    environment = {"NOPARD_RUNAS_USER": "no-such-user-here", "NOPARD_RUN_PATH": str(open_dir / "run")}
+    result = Daemon(open_dir, environment).run()
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["nopard: NOPARD_RUNAS_USER: there is no user 'no-such-user-here'"]
     assert not (open_dir / "run").exists()

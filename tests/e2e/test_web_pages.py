@@ -96,7 +96,8 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
         text = browser.text()
         assert "hello-web" in text and "local" in text
         assert "debug" in text and "cached" in text and re.search(r"metadata (just now|\d+ \w+ ago)", text)
-        assert "@secret/plans" not in text and "secret" not in browser.execute_script("return document.documentElement.outerHTML")
+        assert "@secret/plans" not in text
+        assert "secret" not in browser.execute_script("return document.documentElement.outerHTML")
         assert "1 published here (local)" in text and "1 mirrored (cached)" in text
         browser.screenshot("home")
 

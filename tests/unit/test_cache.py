@@ -190,7 +190,8 @@ def test_touch_updates_freshness_of_every_base_url() -> None:
     for base in ("http://a.example", "http://b.example"):
         cache.put("pkg", base, entry(100), LoadTicket("pkg"))
     cache.touch("pkg", 123.0, '"e2"')
-    assert {(e.fetched_at, e.etag) for e in (cache.get("pkg", "http://a.example"), cache.get("pkg", "http://b.example"))} == {(123.0, '"e2"')}
+    both = (cache.get("pkg", "http://a.example"), cache.get("pkg", "http://b.example"))
+    assert {(e.fetched_at, e.etag) for e in both} == {(123.0, '"e2"')}
 
 
 def test_invalidate_keeps_the_changing_load_valid() -> None:

@@ -51,7 +51,7 @@ class Instance:
     def forget(self) -> None:
         self.forgotten += 1
 
-    async def start(self) -> "Instance":
+    async def start(self) -> Instance:
         self.link.start()
         await until(lambda: self.link.up)
         return self

@@ -125,7 +125,8 @@ def test_odd_texts_never_fail(raw: bytes) -> None:
 
 def test_invisible_packages_are_left_out_and_not_counted() -> None:
     found = entries(document("@secret/lib"), document("lib"))
-    answer = search(found, parse_query(run("lib")), lambda name: not name.startswith("@secret/"), "http://r.example", 0.0)
+    answer = search(
+        found, parse_query(run("lib")), lambda name: not name.startswith("@secret/"), "http://r.example", 0.0)
     assert names_found(answer) == ["lib"] and answer["total"] == 1
 
 
