@@ -294,10 +294,11 @@ def build_service(
         limiter=login_limiter(live, reactor, coordination),
     )
     app = RegistryApp(
-        live, registry, mirror, sync, accounts, run_cpu, Logger(namespace="nopard.web", observer=logs.publisher),
-        metrics=metrics, health=StoreProbe(storage, reactor), weblogins=WebLogins(accounts, reactor, sessions),
-        policy=policy, search=SearchIndex(registry, mirror, reactor, coordination=coordination), overrides=overrides,
-        sessions=sessions, store_size=metrics.live.store, clock=reactor,
+        settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
+        weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
+        search=SearchIndex(registry, mirror, reactor, coordination=coordination), metrics=metrics,
+        health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
+        run_cpu=run_cpu, clock=reactor, log=Logger(namespace="nopard.web", observer=logs.publisher),
     )
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,

@@ -92,11 +92,19 @@ class Policy:
         """The first rule whose pattern matches ``name``; None: no rule (deny)."""
         return next((rule for rule in self.rules if rule.matches(name)), None)
 
+    def is_admin(self, user: str | None) -> bool:
+        """The admins of NOPARD_CONFIG and NOPARD_ADMINS; nobody while neither names one.
+
+        Admins change where packages come from (the upstream URL): a user must be
+        named one, never be one by default (not even while no rules file is loaded).
+        """
+        return user is not None and user in self.admins
+
     def allows(self, action: str, name: str, user: str | None) -> bool:
         """May ``user`` (None: anonymous) do ``action`` (access, publish, unpublish) on ``name``?"""
         if not self.enabled:
             return True
-        if user is not None and user in self.admins:
+        if self.is_admin(user):
             return True
         rule = self.rule_for(name)
         if rule is None:

@@ -10,7 +10,9 @@ import orjson
 from twisted.web.iweb import IRequest
 
 from nopard.domain.prepared import PreparedBody, PreparedDocument
+from nopard.settings.config import LiveSettings
 from nopard.domain.errors import InvalidInput, PayloadTooLarge
+from nopard.web.services import RunInThread
 
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
@@ -144,3 +146,38 @@ def public_base_url(
     if always_https and base.startswith("http://"):
         base = "https://" + base[len("http://") :]
     return base
+
+
+class Requests:
+    """Reading a request: the URL it reached the registry at, and its JSON body."""
+
+    def __init__(self, settings: LiveSettings, run_cpu: RunInThread) -> None:
+        self._settings = settings
+        self._run_cpu = run_cpu
+
+    def base_url(self, request: IRequest) -> str:
+        """The URL this request reached the registry at."""
+        current = self._settings.current
+        return public_base_url(
+            configured=current.base_url,
+            always_https=current.always_https,
+            secure=request.isSecure(),
+            host=header(request, "host"),
+            forwarded_proto=header(request, "x-forwarded-proto"),
+            forwarded_host=header(request, "x-forwarded-host"),
+            fallback_host=f"{current.hostname}:{current.port}",
+        )
+
+    async def json_body(self, request: IRequest) -> Any:
+        """The request body parsed as JSON, in a thread (it can be large)."""
+        return await self._run_cpu(
+            read_json_body,
+            request.content,
+            header(request, "content-encoding"),
+            self._settings.current.max_body_size,
+        )
+
+    async def optional_json_body(self, request: IRequest) -> Any:
+        """The JSON body, or ``{}`` when the request has none."""
+        has_body = request.content.seek(0, 2) > 0
+        return await self.json_body(request) if has_body else {}

@@ -1,0 +1,89 @@
+"""What every route group does with a request: check who may do what, and mount routes.
+
+``Gate`` answers who is asking and refuses what they may not do;
+``add_route`` mounts a group's bound methods into the one Klein app.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from nopard.auth import Accounts, Identity
+from nopard.domain.errors import AuthenticationRequired, NotFound, PermissionDenied
+from nopard.settings.acl import Policy
+from nopard.web.responses import client_address, header
+from nopard.web.services import PackageSource
+
+
+def add_route(app: Klein, group: str, path: str, methods: list[str] | None, handler: Callable[..., Any],
+              branch: bool = False) -> None:
+    """Route ``path`` to ``handler`` (a bound method); endpoints are named by group, handler and path."""
+    endpoint = f"{group}.{getattr(handler, '__name__', 'handler')}:{path}"
+    app.route(path, methods=methods, branch=branch, endpoint=endpoint)(handler)
+
+
+class Gate:
+    """Who is asking, and NOPARD_CONFIG's rules for what they may do."""
+
+    def __init__(self, accounts: Accounts, policy: Policy, packages: PackageSource) -> None:
+        self._accounts = accounts
+        self.policy = policy
+        self._packages = packages
+
+    async def identify(self, request: IRequest) -> Identity:
+        """Who is asking; the access log learns it too."""
+        identity = await self._accounts.identify(header(request, "authorization"), client_address(request))
+        request.user = identity.user
+        return identity
+
+    async def reader(self, request: IRequest) -> Identity:
+        """Who is asking, refused when reads need a login (NOPARD_AUTH_READ) and there is none."""
+        identity = await self.identify(request)
+        self._accounts.require_read(identity)
+        return identity
+
+    async def writer(self, request: IRequest) -> str | None:
+        """The user who may write, or None when anonymous writes are allowed."""
+        return self._accounts.require_write(await self.identify(request))
+
+    async def logged_in(self, request: IRequest, refusal: str) -> Identity:
+        """Who is asking, who must be a user: else 401 with ``refusal``."""
+        identity = await self.identify(request)
+        if identity.user is None:
+            raise AuthenticationRequired(refusal)
+        return identity
+
+    async def operator(self, request: IRequest) -> Identity:
+        """Admin actions: from this machine (nopard-admin), or by a logged-in user."""
+        address = getattr(request.getClientAddress(), "host", "")
+        local = address in ("127.0.0.1", "::1") and not header(request, "x-forwarded-for")
+        identity = await self.identify(request)
+        if not local and identity.user is None:
+            raise AuthenticationRequired("log in, or run nopard-admin on the registry's machine")
+        return identity
+
+    async def admin(self, request: IRequest, refusal: str) -> Identity:
+        """An admin (Policy.is_admin): 401 with ``refusal`` when anonymous, 403 for other users."""
+        identity = await self.logged_in(request, refusal)
+        if not self.policy.is_admin(identity.user):
+            raise PermissionDenied(f"{identity.user} is not an admin (see admins in NOPARD_CONFIG)")
+        return identity
+
+    def may_read(self, user: str | None) -> Callable[[str], bool]:
+        """Whether ``user`` may read a package name (for listings)."""
+        return lambda name: self.policy.allows("access", name, user)
+
+    def hide_unreadable(self, name: str, identity: Identity, missing: str, tarball: str | None = None) -> None:
+        """A package the caller may not read answers exactly as one that does not exist."""
+        if not self.policy.allows("access", name, identity.user):
+            raise NotFound(self._packages.missing_answer(name, tarball) or missing)
+
+    def require_rule(self, action: str, name: str, user: str | None) -> None:
+        """NOPARD_CONFIG's rule for a write: unreadable names are missing, else 403."""
+        if not self.policy.allows("access", name, user):
+            raise NotFound(f"{name} is not published on this registry (mirrored packages cannot be changed)")
+        if not self.policy.allows(action, name, user):
+            raise PermissionDenied(f"{user or 'anonymous'} may not {action} {name} on this registry")

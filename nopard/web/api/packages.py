@@ -1,0 +1,263 @@
+"""Package routes: documents, versions and tarballs; publish and unpublish; dist-tags,
+owners, visibility and stars.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Awaitable, Callable
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from nopard.auth import Accounts
+from nopard.domain import names, packument
+from nopard.domain.errors import AuthenticationRequired, InvalidInput, NotFound, PermissionDenied
+from nopard.domain.publication import parse_publication
+from nopard.local.packages import Registry
+from nopard.settings.config import LiveSettings
+from nopard.web.api.common import Gate, add_route
+from nopard.web.responses import Requests
+from nopard.web.browser import package_location, root_path, wants_html
+from nopard.web.errors import raise_unsupported
+from nopard.web.responses import json_response, send_prepared
+from nopard.web.services import ChangeListener, PackageSource, RunInThread
+
+PRIVATE_DOCUMENT_CACHE = "private, no-cache"
+TARBALL_CACHE = "private, max-age=31536000, immutable"
+
+Handler = Callable[["PackageRoutes", IRequest, names.PackagePath], Awaitable[bytes]]
+
+
+class PackageRoutes:
+    """Every path naming a package, and ``/-/package/...`` (tags, collaborators, visibility)."""
+
+    def __init__(self, requests: Requests, gate: Gate, settings: LiveSettings, accounts: Accounts,
+                 registry: Registry, packages: PackageSource, changes: ChangeListener, run_cpu: RunInThread) -> None:
+        self._requests = requests
+        self._gate = gate
+        self._settings = settings
+        self._accounts = accounts
+        self._registry = registry
+        self._packages = packages
+        self._changes = changes
+        self._run_cpu = run_cpu
+
+    def mount(self, app: Klein) -> None:
+        """Add these routes to ``app``."""
+        add_route(app, "packages", "/-/_view/starredByUser", ["GET"], self.starred_by_user)
+        add_route(app, "packages", "/-/package/<path:ignored>", ["GET", "PUT", "DELETE"], self.package_action)
+        add_route(app, "packages", "/<path:ignored>", ["GET", "PUT", "DELETE"], self.package)
+
+    # Stars, tags, collaborators -------------------------------------------
+
+    async def starred_by_user(self, request: IRequest) -> bytes:
+        """The packages a user starred (npm stars): ``?key="<user>"``."""
+        identity = await self._gate.reader(request)
+        key = (request.args.get(b"key") or [b""])[0].decode("utf-8", "replace")
+        user = key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
+        readable = self._gate.may_read(identity.user)
+        rows = []
+        for name in await self._registry.local_names():
+            if not readable(name):
+                continue
+            document = await self._registry.document(name)
+            if document is not None and packument.starred_by(document, user):
+                rows.append({"value": name})
+        return json_response(request, 200, {"rows": rows})
+
+    async def package_action(self, request: IRequest, ignored: str) -> bytes:
+        """dist-tags, collaborators and visibility of a package."""
+        target = names.parse_package_action(request.path)
+        method = request.method.decode("ascii")
+        if method != "GET" and target.kind != "dist-tags":
+            raise_unsupported(method, target.kind)
+        if method == "GET":
+            return await self.package_facts(request, target)
+        if target.argument is None:
+            raise_unsupported(method, "dist-tags list")
+        user = await self._gate.writer(request)
+        self._gate.require_rule("publish", target.name, user)
+        tag = target.argument
+        if method == "PUT":
+            version = await self._requests.json_body(request)  # a JSON string: "1.2.3"
+            change = partial(packument.set_dist_tag, tag=tag, version=version)
+        else:
+            change = partial(packument.remove_dist_tag, tag=tag)
+        await self._registry.change(target.name, user, None, change)
+        self._changes.changed(target.name)
+        return json_response(request, 200, {"ok": True})
+
+    async def package_facts(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """GET dist-tags (any package served), collaborators and visibility (local ones)."""
+        identity = await self._gate.reader(request)
+        if target.kind == "dist-tags":
+            if target.argument is not None:
+                raise_unsupported("GET", "dist-tag")
+            self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
+            document = await self._packages.document(target.name, self._requests.base_url(request))
+            return json_response(request, 200, document.get("dist-tags", {}))
+        self._gate.hide_unreadable(target.name, identity, f"{target.name} is not published on this registry")
+        document = await self._registry.document(target.name)
+        if document is None:
+            raise NotFound(f"{target.name} is not published on this registry")
+        if target.kind == "visibility":
+            return json_response(request, 200, {"public": False})
+        names_ = [m["name"] for m in document.get("maintainers", []) if isinstance(m, dict) and "name" in m]
+        return json_response(request, 200, {n: "read-write" for n in names_})
+
+    # Package paths ----------------------------------------------------------
+
+    async def package(self, request: IRequest, ignored: str) -> bytes | None:
+        """Every package path; which one is parsed from the raw path."""
+        if request.path.startswith(b"/-/"):
+            raise RouteNotFound()
+        target = names.parse_package_path(request.path)
+        method = request.method.decode("ascii")
+        if method == "HEAD":
+            method = "GET"
+        handler = _HANDLERS.get((method, target.kind))
+        if handler is None:
+            raise_unsupported(method, target.kind)
+            return None
+        return await handler(self, request, target)
+
+    def served_as(self, request: IRequest, status: str) -> None:
+        """Tell the client and the access log how the answer was served."""
+        request.cache_status = status
+        request.setHeader(b"X-Nopard-Cache", status)
+
+    def document_cache_control(self, status: str) -> str:
+        """Private documents are revalidated each time; mirrored ones kept for META_TTL."""
+        if status == "LOCAL":
+            return PRIVATE_DOCUMENT_CACHE
+        current = self._settings.current
+        visibility = "private" if current.auth_read else "public"
+        return f"{visibility}, max-age={int(current.meta_ttl)}"
+
+    async def get_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """A package document (full or abbreviated); a browser is sent to the package's page."""
+        base_url = self._requests.base_url(request)
+        if wants_html(request):
+            request.setResponseCode(302)
+            request.setHeader(b"Location", package_location(root_path(base_url), target.name).encode())
+            return b""
+        identity = await self._gate.reader(request)
+        self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
+        prepared, status = await self._packages.packument(target.name, base_url)
+        self.served_as(request, status)
+        return send_prepared(request, prepared, self.document_cache_control(status))
+
+    async def get_version(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """One version's manifest, by version or dist-tag."""
+        identity = await self._gate.reader(request)
+        self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
+        document = await self._packages.document(target.name, self._requests.base_url(request))
+        return json_response(request, 200, packument.resolve_version(document, target.argument))
+
+    async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """A tarball, streamed from storage (HEAD: its headers only)."""
+        identity = await self._gate.reader(request)
+        self._gate.hide_unreadable(
+            target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
+        )
+        blob, status = await self._packages.tarball(target.name, target.argument)
+        self.served_as(request, status)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Length", b"%d" % blob.size)
+        request.setHeader(b"Cache-Control", TARBALL_CACHE)
+        if request.method == b"HEAD":
+            blob.close()
+            return b""
+        await blob.send_to(request)
+        return b""
+
+    async def put_document(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """Publish (a body with _attachments), else star, owner change or a document sent back."""
+        user = await self._gate.writer(request)
+        body = await self._requests.json_body(request)
+        if isinstance(body, dict) and "_attachments" in body:
+            return await self.publish(request, target, user, body)
+        kind = packument.change_kind(body)
+        revision = target.argument if target.kind == "revision" else None
+        if kind == "star":
+            self._gate.require_rule("access", target.name, user)
+            document = await self.star(target.name, user, revision, body)
+        elif kind == "owners":
+            self._gate.require_rule("publish", target.name, user)
+            document = await self.change_owners(target.name, user, revision, body)
+        else:
+            self._gate.require_rule(await self.removal_action(target.name, body), target.name, user)
+            document = await self._registry.unpublish_versions(target.name, user, revision, body)
+        self._changes.changed(target.name)
+        return json_response(
+            request, 200, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
+        )
+
+    async def publish(self, request: IRequest, target: names.PackagePath, user: str | None, body: dict) -> bytes:
+        """Store a new version (npm publish)."""
+        if not self._gate.policy.allows("publish", target.name, user):
+            raise PermissionDenied(f"{user or 'anonymous'} may not publish {target.name} on this registry")
+        publication = await self._run_cpu(parse_publication, target.name, body)
+        publisher = await self._accounts.profile(user) if user else {"name": "anonymous", "email": ""}
+        document = await self._registry.publish(publication, publisher, check_owner=user is not None)
+        self._changes.changed(target.name)
+        return json_response(
+            request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
+        )
+
+    async def star(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+        """Star or unstar for the caller only; any reader who is logged in may."""
+        if user is None:
+            raise AuthenticationRequired("log in to star packages")
+        return await self._registry.change(
+            name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False
+        )
+
+    async def change_owners(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+        """Replace the maintainers (npm owner add/rm); each must be a registered user."""
+        unknown = [n for n in packument.maintainer_names(body) if n not in self._accounts.users]
+        if unknown:
+            raise InvalidInput(f"no such user: {', '.join(unknown)}")
+        profiles = [await self._accounts.profile(n) for n in packument.maintainer_names(body)]
+        return await self._registry.change(
+            name, user, revision, lambda d: packument.set_maintainers(d, profiles)
+        )
+
+    async def removal_action(self, name: str, body: Any) -> str:
+        """``unpublish`` when a document sent back drops stored versions, else ``publish`` (deprecate)."""
+        if not self._gate.policy.enabled:
+            return "publish"
+        document = await self._registry.document(name)
+        sent = body.get("versions") if isinstance(body, dict) else None
+        stored = document.get("versions", {}) if isinstance(document, dict) else {}
+        if isinstance(sent, dict) and any(version not in sent for version in stored):
+            return "unpublish"
+        return "publish"
+
+    async def delete_revision(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """Unpublish a whole package (npm unpublish --force)."""
+        user = await self._gate.writer(request)
+        self._gate.require_rule("unpublish", target.name, user)
+        await self._registry.unpublish(target.name, user, target.argument)
+        self._changes.changed(target.name)
+        return json_response(request, 200, {"ok": True, "success": True})
+
+    async def delete_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """The last step of a one-version unpublish: the removed version's tarball."""
+        user = await self._gate.writer(request)
+        self._gate.require_rule("unpublish", target.name, user)
+        await self._registry.remove_tarball(target.name, user, target.argument)
+        return json_response(request, 200, {"ok": True, "success": True})
+
+
+_HANDLERS: dict[tuple[str, str], Handler] = {
+    ("GET", "document"): PackageRoutes.get_document,
+    ("GET", "version"): PackageRoutes.get_version,
+    ("GET", "tarball"): PackageRoutes.get_tarball,
+    ("PUT", "document"): PackageRoutes.put_document,
+    ("PUT", "revision"): PackageRoutes.put_document,
+    ("DELETE", "revision"): PackageRoutes.delete_revision,
+    ("DELETE", "tarball-revision"): PackageRoutes.delete_tarball,
+}

@@ -1,0 +1,60 @@
+"""Search (npm search) over the packages the caller may read, and npm's audits forwarded upstream."""
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from nopard.catalog import search as searching
+from nopard.catalog.search import SearchIndex
+from nopard.web.api.common import Gate, add_route
+from nopard.web.responses import Requests
+from nopard.web.responses import header, json_response
+from nopard.web.services import AuditForwarder
+
+AUDIT_PATHS = ("/-/npm/v1/security/advisories/bulk", "/-/npm/v1/security/audits/quick", "/-/npm/v1/security/audits")
+
+
+class SearchRoutes:
+    """``/-/v1/search`` and the audit endpoints."""
+
+    def __init__(self, requests: Requests, gate: Gate, index: SearchIndex, audits: AuditForwarder,
+                 clock: IReactorTime) -> None:
+        self._requests = requests
+        self._gate = gate
+        self._index = index
+        self._audits = audits
+        self._clock = clock
+
+    def mount(self, app: Klein) -> None:
+        """Add these routes to ``app``."""
+        add_route(app, "search", "/-/v1/search", ["GET"], self.search_packages)
+        for path in AUDIT_PATHS:
+            add_route(app, "search", path, ["POST"], self.audit)
+
+    async def search_packages(self, request: IRequest) -> bytes:
+        """npm search: local and mirrored packages the caller may read."""
+        identity = await self._gate.reader(request)
+        query = searching.parse_query(request.args)
+        answer = searching.search(
+            await self._index.entries(), query, self._gate.may_read(identity.user),
+            self._requests.base_url(request), self._clock.seconds(),
+        )
+        request.setHeader(b"Cache-Control", b"private, no-cache")
+        return json_response(request, 200, answer)
+
+    async def audit(self, request: IRequest) -> bytes:
+        """Audits go to the upstream; with it down they fail at once (npm install goes on)."""
+        await self._gate.reader(request)
+        request.content.seek(0)
+        body = request.content.read()
+        headers = {"Content-Type": header(request, "content-type") or "application/json"}
+        encoding = header(request, "content-encoding")
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        status, content, content_type = await self._audits.forward(request.path.decode("ascii"), body, headers)
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", b"%d" % len(content))
+        return content

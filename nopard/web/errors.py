@@ -1,0 +1,124 @@
+"""The one table from domain errors to HTTP statuses, and the JSON error answers.
+
+Every route answers a domain error through ``STATUS_OF``: the JSON API via the
+handlers ``install_error_handlers`` adds, the HTML forms via ``status_of``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from nopard.domain.errors import (
+    AuthenticationRequired,
+    BadCredentials,
+    Conflict,
+    IntegrityMismatch,
+    InvalidInput,
+    NopardError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    TooManyAttempts,
+    UpstreamBadContent,
+    UpstreamUnavailable,
+    VersionExists,
+)
+from nopard.storage import InvalidKey
+from nopard.web.responses import json_response
+from nopard.web.site import redact_path
+
+STATUS_OF: dict[type[NopardError], int] = {
+    InvalidInput: 400,
+    AuthenticationRequired: 401,
+    BadCredentials: 401,
+    PermissionDenied: 403,
+    VersionExists: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    TooManyAttempts: 429,
+    IntegrityMismatch: 400,
+    UpstreamBadContent: 502,
+    UpstreamUnavailable: 503,
+}
+
+
+def status_of(error: NopardError) -> int:
+    """The HTTP status of a domain error (the first class of the table it is an instance of)."""
+    return next(status for cls, status in STATUS_OF.items() if isinstance(error, cls))
+
+
+def set_retry_after(request: IRequest, error: Exception) -> None:
+    """Tell a client held back by the login limits when to try again."""
+    if isinstance(error, TooManyAttempts):
+        request.setHeader(b"Retry-After", b"%d" % error.retry_after)
+
+
+def error_response(request: IRequest, error: NopardError) -> bytes:
+    """The JSON answer to a domain error: its status, its message, and the headers it calls for."""
+    status = status_of(error)
+    if status == 401:
+        scheme = getattr(error, "scheme", "Basic")
+        request.setHeader(b"WWW-Authenticate", f'{scheme} realm="nopard"')
+    set_retry_after(request, error)
+    return json_response(request, status, {"error": error.message})
+
+
+def install_error_handlers(app: Klein, log: Logger) -> None:
+    """JSON answers for domain errors, unknown routes and methods, bad names, and anything else."""
+
+    def domain_error(request: IRequest, failure: Failure) -> bytes:
+        return error_response(request, failure.value)
+
+    def route_not_found(request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 404, {"error": "not found"})
+
+    def method_not_allowed(request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 405, {"error": "method not allowed here"})
+
+    def invalid_key(request: IRequest, failure: Failure) -> bytes:
+        return json_response(request, 400, {"error": "invalid name"})
+
+    def unexpected(request: IRequest, failure: Failure) -> bytes:
+        path = redact_path(request.uri.decode("latin-1"))
+        log.failure("unexpected error on {path}", failure, path=path, event="error")
+        return json_response(request, 500, {"error": "internal error; see the registry's log"})
+
+    # Klein tries the handlers in the order they were added: the general one last.
+    app.handle_errors(NopardError)(domain_error)
+    app.handle_errors(RouteNotFound)(route_not_found)
+    app.handle_errors(MethodNotAllowed)(method_not_allowed)
+    app.handle_errors(InvalidKey)(invalid_key)
+    app.handle_errors(Exception)(unexpected)
+
+
+def raise_unsupported(method: str, kind: str) -> None:
+    """Refuse a package route nopard does not serve (yet) with a clear error."""
+    raise MethodNotAllowed(description=f"{method} on a package {kind} is not supported")
+
+
+class Utf8PathGuard(Resource):
+    """Answers a path that is not UTF-8 once decoded with a JSON 400 (Klein's is HTML)."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        """Refuse a path that is not UTF-8, else let the routes answer."""
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return json_response(request, 400, {"error": "the path is not valid UTF-8"})
+        return self._inner.render(request)

@@ -1,0 +1,85 @@
+"""What the routes need of the layers below, as Protocols.
+
+Each route group names the few methods it calls; nopard.service hands it the
+object that has them (today mostly ``Mirror``), so a change below the web
+layer shows up here as a type error, not as a route failing at runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Protocol
+
+from nopard.domain.prepared import PreparedDocument
+from nopard.storage import Blob
+
+RunInThread = Callable[..., Awaitable[Any]]
+
+
+class PackageSource(Protocol):
+    """Package documents and tarballs as clients are served them (local or mirrored)."""
+
+    async def packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
+        """The prepared document of ``name`` and how it was served (LOCAL, HIT, MISS, STALE...)."""
+
+    async def document(self, name: str, base_url: str) -> dict[str, Any]:
+        """The document of ``name`` as a dict."""
+
+    async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
+        """The tarball ``filename`` of ``name``, opened, and how it was served."""
+
+    def missing_answer(self, name: str, tarball: str | None = None) -> str | None:
+        """What a name that does not exist would be told now; None: plain "not found"."""
+
+
+class MirrorStatus(Protocol):
+    """Upstream health and cache use, for operators."""
+
+    def status(self) -> dict[str, Any]:
+        """Cache, Redis and upstream states."""
+
+
+class AuditForwarder(Protocol):
+    """Sends npm's audit requests to the upstream."""
+
+    async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """(status, body, content type) of the upstream's answer."""
+
+
+class MirroredPages(PackageSource, MirrorStatus, Protocol):
+    """What the browser pages show of a package beyond its document."""
+
+    async def meta(self, name: str) -> Any:
+        """When the upstream copy was last confirmed (``fetched_at``), or None."""
+
+    async def tarball_sizes(self, name: str, document: dict[str, Any]) -> dict[str, int | None]:
+        """Version -> stored tarball size, None when only upstream."""
+
+    async def refresh(self, name: str) -> bool:
+        """Revalidate ``name`` with the upstream now; True if it changed."""
+
+
+class MirrorServices(MirroredPages, AuditForwarder, Protocol):
+    """Everything the web layer asks of the mirror (what nopard.service passes in)."""
+
+
+class Sessions(Protocol):
+    """Records with a lifetime, shared between instances when Redis is configured."""
+
+    async def put(self, key: str, value: dict[str, Any], ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds; False when the store is full."""
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """The live record, or None."""
+
+    async def take(self, key: str) -> dict[str, Any] | None:
+        """The live record, removed."""
+
+    async def ttl(self, key: str) -> float:
+        """Seconds ``key`` has left."""
+
+
+class ChangeListener(Protocol):
+    """Told when a write changed a package's document (the search index)."""
+
+    def changed(self, name: str) -> None:
+        """``name``'s document changed."""

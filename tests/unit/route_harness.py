@@ -1,0 +1,161 @@
+"""The whole Klein app built in-process from real components, driven through treq's StubTreq.
+
+Storage is a filesystem store under ``tmp_path``; time is a ``task.Clock``;
+"threads" run at once (the work is small); the upstream is a resource served
+the same way (StubTreq), answering 404 to everything, so nothing leaves the process.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import treq
+from treq.testing import StubTreq
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from nopard.auth import Accounts
+from nopard.auth.htpasswd import HtpasswdFile
+from nopard.auth.limits import LoginLimiter
+from nopard.auth.tokens import TokenStore
+from nopard.auth.weblogin import WebLogins
+from nopard.catalog.search import SearchIndex
+from nopard.cluster.coordination import LocalCoordination, MemorySessions
+from nopard.domain.prepared import PreparedCache
+from nopard.jobs.schedule import SyncService
+from nopard.jobs.sync import SyncJobs
+from nopard.local.packages import Registry, iso_time
+from nopard.mirror.service import Mirror, Upstreams
+from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
+from nopard.settings.acl import ALLOW_ALL, Policy, parse_policy
+from nopard.settings.config import LiveSettings, load_settings, setting_sources
+from nopard.settings.overrides import Overrides
+from nopard.storage.fs import FilesystemStorage
+from nopard.upstream.client import Upstream
+from nopard.web.app import RegistryApp
+
+UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to MissingUpstream
+
+
+def run_now(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+    """A thread pool stand-in: the work runs at once, in the test's thread."""
+    return maybeDeferred(function, *args, **kwargs)
+
+
+class MissingUpstream(Resource):
+    """An upstream registry that holds nothing."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        """404 with npm's JSON error, for every path."""
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", b"application/json")
+        return b'{"error":"Not found"}'
+
+
+@dataclass
+class Answer:
+    """What a client got: status, headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return orjson.loads(self.body)
+
+
+@dataclass
+class InProcess:
+    """The app under test, its client and the parts a test may look at."""
+
+    client: StubTreq
+    clock: task.Clock
+    settings: LiveSettings
+    accounts: Accounts
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                   token: str | None = None, **headers: str) -> Answer:
+        """One request; ``body`` is sent as JSON, ``token`` as a bearer token; headers by keyword."""
+        sent = {name.replace("_", "-"): value for name, value in headers.items()}
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = orjson.dumps(body) if body is not None else raw
+        if body is not None:
+            sent.setdefault("Content-Type", "application/json")
+        pending = self.client.request(method, "http://127.0.0.1:5984" + path, data=data,
+                                      headers={k: [v] for k, v in sent.items()}, allow_redirects=False)
+        response = await self._settle(pending)
+        content = await self._settle(treq.content(response))
+        flat = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
+        return Answer(response.code, flat, content)
+
+    async def _settle(self, pending: Deferred) -> Any:
+        # Streaming a tarball yields to the reactor between chunks: pump until the result is
+        # there (``called`` is no use: a Deferred waiting on another one counts as called).
+        results: list[Any] = []
+        pending.addBoth(lambda result: results.append(result) or result)
+        while not results:
+            self.client.flush()
+            if not results:
+                await task.deferLater(reactor, 0, lambda: None)
+        return await pending
+
+    async def user(self, name: str, password: str = "secret-pw") -> str:
+        """Register ``name`` and return a token of theirs."""
+        answer = await self.call("PUT", f"/-/user/org.couchdb.user:{name}",
+                                 {"name": name, "password": password, "email": f"{name}@example.test"})
+        assert answer.status == 201, answer.body
+        return answer.json()["token"]
+
+
+def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str, ...] = (),
+          **settings: str) -> InProcess:
+    """nopard's app as makeService wires it, settings as NOPARD_* keywords (lower case)."""
+    env = {"NOPARD_REGISTRY_PATH": str(tmp_path / "registry"), "NOPARD_FORWARDER_URL": UPSTREAM_URL,
+           "NOPARD_MAX_USERS": "100",
+           **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
+    base = load_settings({}, env, cwd=str(tmp_path))
+    live = LiveSettings(base)
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    log = Logger(namespace="nopard.test")
+    policy: Policy = parse_policy(rules) if rules is not None else ALLOW_ALL
+    if admins:
+        policy = Policy(policy.rules, frozenset(admins), policy.groups, policy.enabled)
+    storage = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    cache = PreparedCache(lambda: live.current.memory_cache_size)
+    coordination = LocalCoordination()
+    registry = Registry(storage, cache, clock, coordination)
+    upstream_http = StubTreq(MissingUpstream())
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
+    mirror = Mirror(live, storage, registry, upstreams, cache, clock, spool_dir=str(tmp_path / "spool"),
+                    log=log, coordination=coordination)
+    metrics = Metrics(clock)
+    jobs = SyncJobs(live, mirror, storage, clock, log, owner="test", metrics=metrics)
+    accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage), storage,
+                        now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
+    sessions = MemorySessions(clock)
+    app = RegistryApp(
+        settings=live, policy=policy, registry=registry, mirror=mirror, sync=SyncService(jobs, live, clock, log),
+        accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
+        search=SearchIndex(registry, mirror, clock, coordination=coordination), metrics=metrics,
+        health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
+        overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
+        run_cpu=run_now, clock=clock, log=log,
+    )
+    return InProcess(StubTreq(app.resource()), clock, live, accounts)
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization header value for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -1,0 +1,172 @@
+"""Package routes in-process: document and tarball reads, publish, hidden names, the error table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest_twisted
+
+from tests.support import publish_body, tarball_bytes
+from tests.unit.route_harness import InProcess, build
+
+
+async def published(app: InProcess, name: str = "demo", version: str = "1.0.0", token: str | None = None) -> None:
+    """Publish ``name@version`` as ``token``'s user (default: a user named pat)."""
+    token = token or await app.user("pat")
+    answer = await app.call("PUT", f"/{name}", publish_body(name, version), token=token)
+    assert answer.status == 201, answer.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_ping_answers_an_empty_object(tmp_path: Path) -> None:
+    """npm ping gets 200 and {}."""
+    answer = await build(tmp_path).call("GET", "/-/ping")
+    assert (answer.status, answer.json()) == (200, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_root_names_the_registry_to_clients(tmp_path: Path) -> None:
+    """GET / without a browser's Accept header is a small JSON document."""
+    answer = await build(tmp_path).call("GET", "/")
+    assert answer.json()["registry"] == "nopard"
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_then_read_the_document(tmp_path: Path) -> None:
+    """A version published with PUT is in the document served afterwards, marked LOCAL."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo")
+    assert answer.status == 200
+    assert answer.headers["x-nopard-cache"] == "LOCAL"
+    assert answer.json()["dist-tags"] == {"latest": "1.0.0"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_published_tarball_comes_back_byte_for_byte(tmp_path: Path) -> None:
+    """The tarball of a published version is served as it was sent, cacheable for a year."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo/-/demo-1.0.0.tgz")
+    assert answer.status == 200 and answer.body == tarball_bytes("demo", "1.0.0")
+    assert "immutable" in answer.headers["cache-control"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_by_tag(tmp_path: Path) -> None:
+    """/<name>/latest answers the manifest the tag points at."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo/latest")
+    assert answer.json()["version"] == "1.0.0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_package_is_a_json_404(tmp_path: Path) -> None:
+    """A name nobody published (and the upstream lacks) is 404 with a JSON error."""
+    answer = await build(tmp_path).call("GET", "/nothing-here")
+    assert answer.status == 404 and "error" in answer.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_tarball_is_a_json_404(tmp_path: Path) -> None:
+    """A tarball of a version never published is 404."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo/-/demo-9.9.9.tgz")
+    assert answer.status == 404 and "error" in answer.json()
+
+
+HIDING_RULES = {"packages": [{"pattern": "secret-*", "access": ["alice"], "publish": ["alice"]},
+                             {"pattern": "**", "access": ["$all"], "publish": ["$all"], "proxy": ["$all"]}]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_hidden_package_answers_as_a_missing_one(tmp_path: Path) -> None:
+    """A package the caller may not read gets the same 404 as a name that does not exist."""
+    app = build(tmp_path, rules=HIDING_RULES)
+    token = await app.user("alice")
+    await published(app, "secret-thing", token=token)
+    hidden = await app.call("GET", "/secret-thing")
+    missing = await app.call("GET", "/secret-other")
+    assert hidden.status == missing.status == 404
+    assert hidden.json()["error"].replace("thing", "X") == missing.json()["error"].replace("other", "X")
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_reader_sees_the_hidden_package(tmp_path: Path) -> None:
+    """The user the rule names reads the package the others cannot see."""
+    app = build(tmp_path, rules=HIDING_RULES)
+    token = await app.user("alice")
+    await published(app, "secret-thing", token=token)
+    assert (await app.call("GET", "/secret-thing", token=token)).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishing_a_version_twice_is_refused(tmp_path: Path) -> None:
+    """The same version published again is 403 (VersionExists in the error table)."""
+    app = build(tmp_path)
+    await published(app)
+    again = await app.call("PUT", "/demo", publish_body("demo", "1.0.0"), token=await app.user("pat"))
+    assert again.status == 403 and "error" in again.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_that_is_not_json_is_a_400(tmp_path: Path) -> None:
+    """A publish whose body is not JSON is 400 with a message saying so (InvalidInput)."""
+    app = build(tmp_path)
+    answer = await app.call("PUT", "/demo", raw=b"{not json", token=await app.user("pat"),
+                            Content_Type="application/json")
+    assert answer.status == 400 and "JSON" in answer.json()["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_without_login_is_401(tmp_path: Path) -> None:
+    """A publish without a token is 401 and says how to authenticate (NOPARD_AUTH_WRITE)."""
+    app = build(tmp_path)
+    answer = await app.call("PUT", "/demo", publish_body("demo", "1.0.0"))
+    assert answer.status == 401 and "www-authenticate" in answer.headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_refused_by_the_rules_is_403(tmp_path: Path) -> None:
+    """A logged-in user whom the rules do not let publish a name gets 403."""
+    app = build(tmp_path, rules=HIDING_RULES)
+    await app.user("alice")
+    bob = await app.user("bob")
+    answer = await app.call("PUT", "/secret-x", publish_body("secret-x", "1.0.0"), token=bob)
+    assert answer.status in (403, 404) and "error" in answer.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsupported_method_on_a_package_is_405(tmp_path: Path) -> None:
+    """DELETE of a document without a revision is refused as not supported (405, JSON)."""
+    app = build(tmp_path)
+    answer = await app.call("DELETE", "/demo", token=await app.user("pat"))
+    assert answer.status == 405 and "error" in answer.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_internal_route_is_a_json_404(tmp_path: Path) -> None:
+    """A /-/ path nopard does not serve is 404 in JSON, not a package lookup."""
+    answer = await build(tmp_path).call("GET", "/-/no-such-route")
+    assert answer.status == 404 and answer.json() == {"error": "not found"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_dist_tag_added_is_listed(tmp_path: Path) -> None:
+    """npm dist-tag add: PUT /-/package/<name>/dist-tags/<tag> shows up in the tags."""
+    app = build(tmp_path)
+    await published(app)
+    token = await app.user("pat")
+    assert (await app.call("PUT", "/-/package/demo/dist-tags/beta", "1.0.0", token=token)).status == 200
+    tags = await app.call("GET", "/-/package/demo/dist-tags")
+    assert tags.json() == {"latest": "1.0.0", "beta": "1.0.0"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_browser_asking_for_a_package_is_sent_to_its_page(tmp_path: Path) -> None:
+    """A browser opening /<name> is redirected to the package's web page."""
+    app = build(tmp_path)
+    answer = await app.call("GET", "/demo", Accept="text/html,*/*")
+    assert answer.status == 302 and answer.headers["location"] == "/-/web/package/demo"
