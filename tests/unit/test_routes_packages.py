@@ -18,20 +18,6 @@ async def published(app: InProcess, name: str = "demo", version: str = "1.0.0", 
 
 
 @pytest_twisted.ensureDeferred
-async def test_ping_answers_an_empty_object(tmp_path: Path) -> None:
-    """npm ping gets 200 and {}."""
-    answer = await build(tmp_path).call("GET", "/-/ping")
-    assert (answer.status, answer.json()) == (200, {})
-
-
-@pytest_twisted.ensureDeferred
-async def test_root_names_the_registry_to_clients(tmp_path: Path) -> None:
-    """GET / without a browser's Accept header is a small JSON document."""
-    answer = await build(tmp_path).call("GET", "/")
-    assert answer.json()["registry"] == "nopard"
-
-
-@pytest_twisted.ensureDeferred
 async def test_publish_then_read_the_document(tmp_path: Path) -> None:
     """A version published with PUT is in the document served afterwards, marked LOCAL."""
     app = build(tmp_path)
