@@ -30,7 +30,8 @@ from nopard.cluster.coordination import LocalCoordination, MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.jobs.schedule import SyncService
 from nopard.jobs.sync import SyncJobs
-from nopard.local.packages import Registry, iso_time
+from nopard.domain.times import iso_time
+from nopard.local.packages import Registry
 from nopard.mirror.service import Mirror, Upstreams
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.settings.acl import ALLOW_ALL, Policy, parse_policy
