@@ -57,11 +57,11 @@ def millis(value: float | None) -> str:
 
 def table(headers: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
     """Aligned text lines: the first ``left`` columns left-aligned, numbers right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(str(cell).ljust(width) if i < left else str(cell).rjust(width)
-                         for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+                         for i, (cell, width) in enumerate(zip(cells, widths, strict=False))).rstrip()
 
     return [line(headers), line(["-" * width for width in widths]), *(line(row) for row in rows)]
 

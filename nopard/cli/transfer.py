@@ -563,7 +563,7 @@ async def export_registry(storage: Storage, htpasswd_path: str, target: Storage,
         key = keys.local_document_key(name)
         raw = await storage.read(key)
         document = parse_document(raw) if raw is not None else None
-        if document is None:
+        if raw is None or document is None:
             say(f"unreadable {key}: not exported (see nopard-admin fsck)")
             report.problems += 1
             continue

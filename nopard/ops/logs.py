@@ -217,7 +217,7 @@ class SizeRotatedLogFile(LogFile):
         """Whether the file, as it is on disk, reached the size limit."""
         return os.fstat(self._file.fileno()).st_size >= self.rotateLength
 
-    def write(self, data: str) -> None:  # type: ignore[override]
+    def write(self, data: str) -> None:
         super().write(data.encode("utf-8"))
 
     def rotate(self) -> None:

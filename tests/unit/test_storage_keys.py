@@ -29,7 +29,8 @@ SERVED_NAMES = st.from_regex(r"(@[a-z0-9~-][a-z0-9._~-]{0,8}/)?[A-Za-z0-9~!'()*]
                              fullmatch=True)
 WORDS = st.sampled_from(["upstream", "tarballs", "package.json", "meta.json", "packages", "unpublished.json"])
 # Names made of the layout's own words are the ones a substring test gets wrong.
-TRICKY_NAMES = st.one_of(WORDS, st.builds(lambda scope, word: f"@{scope}/{word}", st.sampled_from(["s", "upstream"]), WORDS))
+TRICKY_NAMES = st.one_of(
+    WORDS, st.builds(lambda scope, word: f"@{scope}/{word}", st.sampled_from(["s", "upstream"]), WORDS))
 VERSIONS = st.builds(lambda a, b, c, pre: f"{a}.{b}.{c}{pre}", st.integers(0, 99), st.integers(0, 99),
                      st.integers(0, 99), st.sampled_from(["", "-rc.1", "-beta", "-0"]))
 
@@ -145,7 +146,7 @@ def published(name: str) -> Publication:
 
 @pytest_twisted.ensureDeferred
 async def test_a_local_package_named_upstream_is_listed_and_found(tmp_path: Path) -> None:
-    """Packages published as ``upstream`` and ``@scope/upstream`` are local packages and searchable (they were hidden)."""
+    """Packages published as ``upstream`` and ``@scope/upstream`` are local and searchable (they were hidden)."""
     clock = Clock()
     live = LiveSettings(load_settings({}, {"NOPARD_FORWARDER_URL": "http://127.0.0.1:9"}, cwd=str(tmp_path)))
     storage = FilesystemStorage(str(tmp_path / "registry"), deferToThread)
