@@ -209,7 +209,7 @@ def _names(value: Any, where: str) -> list[str]:
 def ruled_upstreams(upstreams_type: type, policy: Policy) -> type:
     """A subclass of mirror.Upstreams that never sends upstream a name whose rule has ``proxy = []``."""
 
-    class RuledUpstreams(upstreams_type):  # type: ignore[misc, valid-type]
+    class RuledUpstreams(upstreams_type):
         def for_name(self, name: str) -> Any:
             if not policy.proxies(name):
                 return None

@@ -23,6 +23,7 @@ from nopard.web import pages
 from nopard.web.responses import Requests
 from nopard.web.responses import header
 from nopard.web.services import Sessions
+from nopard.web.site import log_user
 
 SESSION_COOKIE = b"nopard_session"
 CSRF_COOKIE = b"nopard_csrf"
@@ -117,7 +118,8 @@ class BrowserSessions:
     def set_cookie(self, request: IRequest, name: bytes, value: bytes, same_site: bytes, max_age: int | None) -> None:
         """Set one of nopard's cookies: HttpOnly, on nopard's path, Secure over https."""
         base_url = self._requests.base_url(request)
-        request.addCookie(name, value, path=(root_path(base_url) or "/").encode(), httpOnly=True,
+        # httpOnly and sameSite: Request.addCookie takes them, IRequest does not declare them.
+        request.addCookie(name, value, path=(root_path(base_url) or "/").encode(), httpOnly=True,  # type: ignore[call-arg]
                           secure=base_url.startswith("https://"), sameSite=same_site.decode(),
                           max_age=str(max_age) if max_age is not None else None)
 
@@ -125,7 +127,7 @@ class BrowserSessions:
         """Who looks, with the CSRF token their forms carry."""
         _session_id, record = await self.session(request)
         user = record["user"] if record else None
-        request.user = user
+        log_user(request, user)
         if record:
             csrf = record["csrf"]
         else:
@@ -150,14 +152,14 @@ class BrowserSessions:
         record = {"user": user, "csrf": secrets.token_urlsafe(24)}
         await self._sessions.put("web:" + session_id, record, SESSION_TTL)
         self.set_cookie(request, SESSION_COOKIE, session_id.encode(), b"lax", int(SESSION_TTL))
-        request.user = user
+        log_user(request, user)
 
     async def end_session(self, request: IRequest, session_id: str | None) -> None:
         """Log the browser out: its session is gone, its cookie emptied."""
         if session_id:
             await self._sessions.take("web:" + session_id)
         self.set_cookie(request, SESSION_COOKIE, b"", b"lax", 0)
-        request.user = None
+        log_user(request, None)
 
     def visible(self, name: str, user: str | None) -> bool:
         """Whether ``user`` may see ``name`` (NOPARD_CONFIG's access rules)."""

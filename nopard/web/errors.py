@@ -6,7 +6,7 @@ handlers ``install_error_handlers`` adds, the HTML forms via ``status_of``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -77,7 +77,7 @@ def install_error_handlers(app: Klein, log: Logger) -> None:
     """JSON answers for domain errors, unknown routes and methods, bad names, and anything else."""
 
     def domain_error(request: IRequest, failure: Failure) -> bytes:
-        return error_response(request, failure.value)
+        return error_response(request, cast(NopardError, failure.value))  # handle_errors(NopardError)
 
     def route_not_found(request: IRequest, failure: Failure) -> bytes:
         return json_response(request, 404, {"error": "not found"})
@@ -101,7 +101,7 @@ def install_error_handlers(app: Klein, log: Logger) -> None:
     app.handle_errors(Exception)(unexpected)
 
 
-def raise_unsupported(method: str, kind: str) -> None:
+def raise_unsupported(method: str, kind: str) -> NoReturn:
     """Refuse a package route nopard does not serve (yet) with a clear error."""
     raise MethodNotAllowed(description=f"{method} on a package {kind} is not supported")
 

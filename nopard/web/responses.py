@@ -71,12 +71,12 @@ def _gunzip(raw: bytes, max_size: int) -> bytes:
 
 def wants_abbreviated(accept: str | None) -> bool:
     """Whether the Accept header asks for the abbreviated document."""
-    return bool(accept) and ABBREVIATED_TYPE in accept.lower()
+    return accept is not None and ABBREVIATED_TYPE in accept.lower()
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether the client takes gzip: named with q>0, or covered by a '*' with q>0."""
-    qualities = {}
+    qualities: dict[str, bool] = {}
     for part in (accept_encoding or "").lower().split(","):
         coding, _, params = part.strip().partition(";")
         refused = params.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")

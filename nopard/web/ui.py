@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import orjson
@@ -136,7 +136,8 @@ class PackagePages:
         origin = "local" if status == "LOCAL" else "upstream"  # merged documents count as mirrored
         meta = await self._mirror.meta(name) if origin != "local" else None
         sizes = await self._mirror.tarball_sizes(name, document)
-        rows = pages.version_rows(document, lambda manifest: str((manifest.get("dist") or {}).get("tarball", "")), sizes)
+        rows = pages.version_rows(
+            document, lambda manifest: str((manifest.get("dist") or {}).get("tarball", "")), sizes)
         readme = _readme_of(document)
         stored = sum(1 for size in sizes.values() if size is not None)
         page = pages.package_page(viewer, document, rows, origin, meta.fetched_at if meta else None,
@@ -259,7 +260,9 @@ class AdminPages:
 class WebUI:
     """The pages under /-/web/: their static files, their error pages, and the page groups."""
 
-    def __init__(self, browser: BrowserSessions, log: Logger, *groups: PackagePages | AccountPages | AdminPages) -> None:
+    def __init__(
+        self, browser: BrowserSessions, log: Logger, *groups: PackagePages | AccountPages | AdminPages,
+    ) -> None:
         self._browser = browser
         self._log = log
         self._app = Klein()
@@ -292,7 +295,7 @@ class WebUI:
     async def failed(self, request: IRequest, failure: Failure) -> bytes:
         """Errors as pages: not found, not allowed, or a logged internal error."""
         if failure.check(NotFound, RouteNotFound):
-            message = failure.value.message if failure.check(NotFound) else "There is no such page."
+            message = cast(NotFound, failure.value).message if failure.check(NotFound) else "There is no such page."
             viewer = await self._browser.viewer(request)
             return await html(request, pages.message_page(viewer, "Not found", message), 404)
         if failure.check(MethodNotAllowed):

@@ -12,6 +12,7 @@ from nopard.domain.errors import InvalidInput, NotFound, PermissionDenied
 from nopard.web.api.common import Gate, add_route
 from nopard.web.responses import Requests
 from nopard.web.responses import client_address, json_response
+from nopard.web.site import log_user
 
 USER_PREFIX = "org.couchdb.user:"
 
@@ -50,7 +51,7 @@ class AccountRoutes:
         if body.get("name", name) != name:
             raise InvalidInput("the body's name does not match the URL's user")
         token = await self._accounts.login(name, body.get("password"), body.get("email"), client_address(request))
-        request.user = name
+        log_user(request, name)
         return json_response(request, 201, {"ok": True, "id": userid, "rev": "1-0", "token": token})
 
     async def logout(self, request: IRequest, token: str) -> bytes:
@@ -86,6 +87,7 @@ class AccountRoutes:
             "read-only",
             "no-access",
         )
+        assert identity.user is not None  # token_owner refused anonymous callers
         created = await self._accounts.create_token(
             identity.user, body.get("password"), readonly, body.get("name"), client_address(request)
         )
@@ -96,6 +98,7 @@ class AccountRoutes:
         identity = await self.token_owner(request)
         if identity.readonly:
             raise PermissionDenied("a read-only token cannot revoke tokens")
+        assert identity.user is not None  # token_owner refused anonymous callers
         if not await self._accounts.tokens.revoke_owned(identity.user, unquote(key)):
             raise NotFound("no such token of yours")
         request.setResponseCode(204)

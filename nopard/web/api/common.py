@@ -16,6 +16,7 @@ from nopard.domain.errors import AuthenticationRequired, NotFound, PermissionDen
 from nopard.settings.acl import Policy
 from nopard.web.responses import client_address, header
 from nopard.web.services import PackageSource
+from nopard.web.site import log_user
 
 
 def add_route(app: Klein, group: str, path: str, methods: list[str] | None, handler: Callable[..., Any],
@@ -36,7 +37,7 @@ class Gate:
     async def identify(self, request: IRequest) -> Identity:
         """Who is asking; the access log learns it too."""
         identity = await self._accounts.identify(header(request, "authorization"), client_address(request))
-        request.user = identity.user
+        log_user(request, identity.user)
         return identity
 
     async def reader(self, request: IRequest) -> Identity:

@@ -5,9 +5,10 @@ owners, visibility and stars.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 from klein import Klein
+from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -99,12 +100,12 @@ class PackageRoutes:
             document = await self._packages.document(target.name, self._requests.base_url(request))
             return json_response(request, 200, document.get("dist-tags", {}))
         self._gate.hide_unreadable(target.name, identity, f"{target.name} is not published on this registry")
-        document = await self._registry.document(target.name)
-        if document is None:
+        local = await self._registry.document(target.name)
+        if local is None:
             raise NotFound(f"{target.name} is not published on this registry")
         if target.kind == "visibility":
             return json_response(request, 200, {"public": False})
-        names_ = [m["name"] for m in document.get("maintainers", []) if isinstance(m, dict) and "name" in m]
+        names_ = [m["name"] for m in local.get("maintainers", []) if isinstance(m, dict) and "name" in m]
         return json_response(request, 200, {n: "read-write" for n in names_})
 
     # Package paths ----------------------------------------------------------
@@ -125,7 +126,7 @@ class PackageRoutes:
 
     def served_as(self, request: IRequest, status: str) -> None:
         """Tell the client and the access log how the answer was served."""
-        request.cache_status = status
+        request.cache_status = status  # type: ignore[attr-defined]  # a NopardRequest attribute
         request.setHeader(b"X-Nopard-Cache", status)
 
     def document_cache_control(self, status: str) -> str:
@@ -154,6 +155,7 @@ class PackageRoutes:
         identity = await self._gate.reader(request)
         self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
         document = await self._packages.document(target.name, self._requests.base_url(request))
+        assert target.argument is not None  # a version path names the version or tag
         return json_response(request, 200, packument.resolve_version(document, target.argument))
 
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
@@ -162,6 +164,7 @@ class PackageRoutes:
         self._gate.hide_unreadable(
             target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
         )
+        assert target.argument is not None  # a tarball path names the file
         blob, status = await self._packages.tarball(target.name, target.argument)
         self.served_as(request, status)
         request.setHeader(b"Content-Type", b"application/octet-stream")
@@ -170,7 +173,7 @@ class PackageRoutes:
         if request.method == b"HEAD":
             blob.close()
             return b""
-        await blob.send_to(request)
+        await blob.send_to(cast(IConsumer, request))  # a Request is a consumer; IRequest does not say so
         return b""
 
     async def put_document(self, request: IRequest, target: names.PackagePath) -> bytes:
@@ -248,6 +251,7 @@ class PackageRoutes:
         """The last step of a one-version unpublish: the removed version's tarball."""
         user = await self._gate.writer(request)
         self._gate.require_rule("unpublish", target.name, user)
+        assert target.argument is not None  # a tarball-revision path names the file
         await self._registry.remove_tarball(target.name, user, target.argument)
         return json_response(request, 200, {"ok": True, "success": True})
 

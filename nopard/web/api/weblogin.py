@@ -17,6 +17,7 @@ from nopard.web.api.common import add_route
 from nopard.web.browser import BrowserSessions, html
 from nopard.web.errors import set_retry_after, status_of
 from nopard.web.responses import Requests, client_address, json_response
+from nopard.web.site import log_user
 
 
 class WebLoginRoutes:
@@ -77,7 +78,7 @@ class WebLoginRoutes:
             return await html(request, page, status_of(error))
         if user:
             await self._browser.start_session(request, user)  # the browser is logged in too
-        request.user = user or None
+        log_user(request, user or None)
         who = f" as {user}" if user else ""
         text = f"You are logged in{who}. Go back to your terminal; you can close this page."
         return await html(request, pages.message_page(viewer, "Logged in", text))
