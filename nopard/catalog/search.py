@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred
-
 from nopard.domain.packument import version_key
+from nopard.ops.singleflight import SingleFlight
 
 DEFAULT_SIZE = 20
 MAX_SIZE = 250
@@ -245,7 +244,7 @@ class SearchIndex:
         self._fetched: dict[str, float] = {}
         self._built_at: float | None = None
         self._dirty: set[str] = set()
-        self._waiters: list[Deferred] | None = None
+        self._updates: SingleFlight[None] = SingleFlight()  # concurrent searches share one rebuild
 
     def changed(self, name: str) -> None:
         """A write here changed ``name``: the next search re-reads it."""
@@ -265,18 +264,7 @@ class SearchIndex:
                 for name, entry in self._entries.items()]
 
     async def _update_shared(self) -> None:
-        if self._waiters is not None:
-            waiter: Deferred = Deferred()
-            self._waiters.append(waiter)
-            await waiter
-            return
-        self._waiters = []
-        try:
-            await self._update()
-        finally:
-            waiters, self._waiters = self._waiters, None
-            for waiter in waiters:
-                waiter.callback(None)
+        await self._updates.run("index", self._update)
 
     async def _update(self) -> None:
         started = self._clock.seconds()

@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import orjson
 from twisted.internet.defer import Deferred
@@ -35,6 +35,7 @@ from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailab
 from nopard.domain.integrity import Digests
 from nopard.domain.times import iso_time
 from nopard.local.packages import Registry
+from nopard.ops.singleflight import SingleFlight
 from nopard.storage import Blob, Storage, keys
 from nopard.upstream.client import Upstream
 
@@ -109,30 +110,6 @@ class Upstreams:
         return [u for u in [self.default, *self.scoped.values()] if u is not None]
 
 
-class SharedFetches:
-    """Concurrent requests for one key share one fetch."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, list[Deferred]] = {}
-
-    async def run(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
-        """The result of ``fetch()``, run once for all callers waiting on ``key``."""
-        if key in self._waiters:
-            waiter: Deferred = Deferred()
-            self._waiters[key].append(waiter)
-            return await waiter
-        self._waiters[key] = []
-        try:
-            result = await fetch()
-        except Exception as error:
-            for waiter in self._waiters.pop(key):
-                waiter.errback(error)
-            raise
-        for waiter in self._waiters.pop(key):
-            waiter.callback(result)
-        return result
-
-
 class Mirror:
     """Serves documents and tarballs: local ones, else mirrored ones by the offline-first policy."""
 
@@ -159,9 +136,9 @@ class Mirror:
         self._spool_dir = spool_dir
         self._log = log
         self._not_found: OrderedDict[str, float] = OrderedDict()
-        self._documents = SharedFetches()
-        self._tarballs = SharedFetches()
-        self._prepared = SharedFetches()
+        self._documents: SingleFlight[Any] = SingleFlight()
+        self._tarballs: SingleFlight[Any] = SingleFlight()
+        self._prepared: SingleFlight[Any] = SingleFlight()
         self._free_slots = revalidation_slots
         self._background: set[Upstream] = set()
 

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from nopard import __version__
 from nopard.domain import names
 from nopard.storage import keys
+from nopard.ops.singleflight import SingleFlight
 
 RunInThread = Callable[..., Awaitable[Any]]
 
@@ -286,29 +287,23 @@ class StoreSize:
         self.bytes: int | None = None
         self.files: int | None = None
         self._scanned_at: float | None = None
-        self._waiters: list[Deferred] | None = None  # not None while a walk runs
+        self._walks: SingleFlight[None] = SingleFlight()
 
     async def refresh(self) -> None:
         """Start a walk if the figures are older than ``max_age``; wait for it only when there are none."""
         now = self._clock.seconds()
-        if self._waiters is None and (self._scanned_at is None or now - self._scanned_at >= self._max_age):
-            self._waiters = []
+        walking = self._walks.running("walk")
+        if not walking and (self._scanned_at is None or now - self._scanned_at >= self._max_age):
             self._scanned_at = now
-            Deferred.fromCoroutine(self._walk())
-        if self.bytes is None and self._waiters is not None:
-            waiter: Deferred = Deferred()
-            self._waiters.append(waiter)
-            await waiter
+            Deferred.fromCoroutine(self._walks.run("walk", self._walk))
+        if self.bytes is None and self._walks.running("walk"):
+            await self._walks.run("walk", self._walk)  # joins the walk under way
 
     async def _walk(self) -> None:
         try:
             self.bytes, self.files = await self._measure()
         except Exception:  # an unreadable store shows in /-/nopard/health; keep the last figures
             pass
-        finally:
-            waiters, self._waiters = self._waiters or [], None
-            for waiter in waiters:
-                waiter.callback(None)
 
 
 # Health ----------------------------------------------------------------------------
