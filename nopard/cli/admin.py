@@ -322,7 +322,8 @@ def gc(options: argparse.Namespace) -> int:
 def import_registry(options: argparse.Namespace) -> int:
     """Import another registry's packages and users."""
     from nopard.cli.maintenance import open_storage, run_now
-    from nopard.cli.transfer import SourceError, detect_source, import_source
+    from nopard.cli.sources import SourceError, detect_source
+    from nopard.cli.transfer import import_source
 
     settings = registry_settings(options, must_exist=False)
     try:
@@ -343,7 +344,8 @@ def import_registry(options: argparse.Namespace) -> int:
 def export_registry(options: argparse.Namespace) -> int:
     """Write the registry's local packages and users to a new folder."""
     from nopard.cli.maintenance import open_storage, run_now
-    from nopard.cli.transfer import SourceError, check_export_target, export_registry as export
+    from nopard.cli.sources import SourceError
+    from nopard.cli.transfer import check_export_target, export_registry as export
 
     settings = registry_settings(options)
     try:

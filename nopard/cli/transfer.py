@@ -1,17 +1,7 @@
 """Moving packages and users between registries: ``nopard-admin import`` and ``export``.
 
-``import FROM`` reads three layouts, told apart by what FROM holds:
-
-- nopard's own (an export, or another nopard's registry directory):
-  ``packages/<name>/package.json`` with ``packages/<name>/tarballs/``,
-  ``htpasswd`` and ``users/<name>.json``; ``nopard-export.json`` marks an export.
-- Verdaccio or sinopia storage: ``<storage>/<name>/package.json`` (scoped:
-  ``<storage>/@scope/<name>/package.json``), its tarballs beside it, and the
-  users' ``htpasswd`` in the storage folder or its parent (next to
-  config.yaml). A Verdaccio config folder holding ``storage/`` works too.
-- nopar: ``<registry>/registry.json`` and ``<registry>/<name>/<name>.json``
-  (scoped: ``@scope/<name>/<name>.json``), its tarballs beside it. nopar
-  keeps no users.
+``import FROM`` reads nopard's own layout, Verdaccio/sinopia storage or nopar,
+told apart by what FROM holds (nopard/cli/sources.py reads them).
 
 A package published there becomes a local package here: every version whose
 tarball is present and matches its recorded checksums, with its dist-tags,
@@ -35,17 +25,17 @@ import copy
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import orjson
 
-from nopard.domain import names
-from nopard.domain import packument
 from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_name
+from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
+from nopard.cli.sources import Source, SourceError, SourcePackage
+from nopard.domain import names, packument
 from nopard.domain.errors import InvalidInput
 from nopard.domain.integrity import Digests, integrity_of
-from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
 from nopard.domain.times import iso_time
 from nopard.storage import Storage, keys
 
@@ -59,33 +49,6 @@ _SUPPORTED_HASHES = ("$2y$", "$2a$", "$2b$", "{SHA}")
 Say = Callable[[str], None]
 
 
-class SourceError(ValueError):
-    """FROM or TO cannot be used; the message says why."""
-
-
-@dataclass
-class SourcePackage:
-    """A package as another registry stored it."""
-
-    name: str
-    document: dict[str, Any]
-    directory: str  # where its tarballs lie
-    cached: bool = False  # only a copy of an upstream's package
-    upstream_urls: dict[str, str] = field(default_factory=dict)  # tarball file -> upstream URL
-
-
-@dataclass
-class Source:
-    """What ``import`` found in FROM."""
-
-    layout: str  # nopard, verdaccio or nopar
-    root: str
-    packages: list[SourcePackage]
-    unreadable: list[str]
-    htpasswd: str | None = None
-    profiles: str | None = None  # directory of users/<name>.json (nopard layout)
-
-
 @dataclass
 class TransferReport:
     """Counts for the summary line, and whether anything was left out."""
@@ -96,143 +59,6 @@ class TransferReport:
     versions: int = 0
     users: int = 0
     problems: int = 0
-
-
-# Reading FROM -----------------------------------------------------------------
-
-
-def detect_source(path: str, htpasswd: str | None = None) -> Source:
-    """Recognise the registry layout in ``path``; SourceError when there is none."""
-    if not os.path.isdir(path):
-        raise SourceError(f"{path} is not a directory")
-    root = os.path.abspath(path)
-    if os.path.isdir(os.path.join(root, "storage")) and any(
-        os.path.isfile(os.path.join(root, config)) for config in ("config.yaml", "config.yml")
-    ):
-        root = os.path.join(root, "storage")  # a Verdaccio config folder
-    if htpasswd is not None and not os.path.isfile(htpasswd):
-        raise SourceError(f"--htpasswd {htpasswd}: no such file")
-    if _is_nopard(root):
-        return _read_nopard(root, htpasswd)
-    if os.path.isfile(os.path.join(root, "registry.json")):
-        return _read_nopar(root, htpasswd)
-    if any(os.path.isfile(os.path.join(root, db)) for db in (".verdaccio-db.json", ".sinopia-db.json")) or any(
-        os.path.isfile(os.path.join(directory, "package.json")) for _name, directory in _package_dirs(root)
-    ):
-        return _read_verdaccio(root, htpasswd)
-    if any(os.path.isfile(_nopar_document(name, directory)) for name, directory in _package_dirs(root)):
-        return _read_nopar(root, htpasswd)
-    raise SourceError(
-        f"{path} holds no registry nopard can import: no nopard packages/ folder, "
-        "no Verdaccio/sinopia <name>/package.json, no nopar registry.json or <name>/<name>.json"
-    )
-
-
-def _is_nopard(root: str) -> bool:
-    if os.path.isfile(os.path.join(root, keys.EXPORT_MARKER)):
-        return True
-    packages = os.path.join(root, "packages")
-    if not os.path.isdir(packages) or os.path.exists(os.path.join(packages, "package.json")):
-        return False
-    return any(
-        os.path.isfile(os.path.join(directory, "package.json")) or os.path.isdir(os.path.join(directory, "upstream"))
-        for _name, directory in _package_dirs(packages)
-    )
-
-
-def _package_dirs(root: str) -> Iterator[tuple[str, str]]:
-    """(name as the folders spell it, folder) of every package folder, scoped ones one level down."""
-    for entry in _subdirectories(root):
-        if entry.startswith("@"):
-            for name in _subdirectories(os.path.join(root, entry)):
-                yield f"{entry}/{name}", os.path.join(root, entry, name)
-        else:
-            yield entry, os.path.join(root, entry)
-
-
-def _nopar_document(name: str, directory: str) -> str:
-    return os.path.join(directory, names.unscoped(name) + ".json")
-
-
-def _load(path: str, folder_name: str, source: Source) -> tuple[str, dict[str, Any]] | None:
-    """(name, document) from a document file, or None (recorded as unreadable)."""
-    try:
-        with open(path, "rb") as file:
-            document = parse_document(file.read())
-    except OSError as error:
-        source.unreadable.append(f"{path}: {error.strerror}")
-        return None
-    if document is None:
-        source.unreadable.append(f"{path}: not a package document")
-        return None
-    name = document.get("name") or folder_name
-    try:
-        names.validate_name(name)
-    except InvalidInput as error:
-        source.unreadable.append(f"{path}: {error.message}")
-        return None
-    return name, document
-
-
-def _read_nopard(root: str, htpasswd: str | None) -> Source:
-    source = Source("nopard", root, [], [], htpasswd or _first_file(os.path.join(root, "htpasswd")),
-                    os.path.join(root, "users"))
-    for folder_name, directory in _package_dirs(os.path.join(root, "packages")):
-        document_path = os.path.join(directory, "package.json")
-        if os.path.isfile(document_path) and (loaded := _load(document_path, folder_name, source)):
-            source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, "tarballs")))
-    return source
-
-
-def _read_verdaccio(root: str, htpasswd: str | None) -> Source:
-    found = htpasswd or _first_file(os.path.join(root, "htpasswd"), os.path.join(os.path.dirname(root), "htpasswd"))
-    source = Source("verdaccio", root, [], [], found)
-    for folder_name, directory in _package_dirs(root):
-        document_path = os.path.join(directory, "package.json")
-        if not os.path.isfile(document_path) or not (loaded := _load(document_path, folder_name, source)):
-            continue
-        name, document = loaded
-        distfiles = document.get("_distfiles")
-        distfiles = distfiles if isinstance(distfiles, dict) else {}
-        urls = {f: d["url"] for f, d in distfiles.items() if isinstance(d, dict) and isinstance(d.get("url"), str)}
-        files = [packument.dist_tarball_file(m.get("dist"))
-                 for m in document["versions"].values() if isinstance(m, dict)]
-        cached = bool(document.get("_uplinks")) and bool(files) and all(f in distfiles for f in files)
-        source.packages.append(SourcePackage(name, document, directory, cached, urls))
-    return source
-
-
-def _read_nopar(root: str, htpasswd: str | None) -> Source:
-    source = Source("nopar", root, [], [], htpasswd)
-    for folder_name, directory in _package_dirs(root):
-        document_path = _nopar_document(folder_name, directory)
-        if not os.path.isfile(document_path) or not (loaded := _load(document_path, folder_name, source)):
-            continue
-        name, document = loaded
-        urls = {}
-        attachments = document.get("_attachments")
-        attachments = attachments if isinstance(attachments, dict) else {}
-        for filename, attachment in attachments.items():
-            if isinstance(attachment, dict) and isinstance(attachment.get("forwardUrl"), str):
-                urls[filename] = attachment["forwardUrl"]
-        forwarded = document.get("_fwd-dists")  # nopar before 0.2
-        if isinstance(forwarded, dict):
-            urls.update({f: u for f, u in forwarded.items() if isinstance(u, str)})
-        cached = document.get("_proxied") is True or isinstance(forwarded, dict)
-        source.packages.append(SourcePackage(name, document, directory, cached, urls))
-    return source
-
-
-def _subdirectories(directory: str) -> list[str]:
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _first_file(*paths: str) -> str | None:
-    return next((path for path in paths if os.path.isfile(path)), None)
 
 
 # Pure parts -------------------------------------------------------------------

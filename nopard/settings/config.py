@@ -1,9 +1,10 @@
 """Settings: defaults < environment (NOPARD_*) < twistd options, validated once.
 
-(Some may then be overridden at runtime from the settings page: nopard/overrides.py.)
+(Some may then be overridden at runtime from the settings page: nopard/settings/overrides.py.)
 
-Every setting is declared once in SETTINGS; the twistd options, the
-environment variables and the README table all come from that declaration.
+Every setting is declared once in SETTINGS, with a parser from
+nopard/settings/values.py; the twistd options, the environment variables and
+the table in docs/configuration.md all come from that declaration.
 Components never copy settings at start-up: they hold a LiveSettings and read
 ``settings.current`` when they need a value, so a later settings page can
 replace values at runtime.
@@ -317,7 +318,7 @@ def load_settings(
     return settings
 
 
-# Where a setting's value comes from (the settings page adds its own, nopard/overrides.py).
+# Where a setting's value comes from (the settings page adds its own, nopard/settings/overrides.py).
 SOURCE_DEFAULT = "default"
 SOURCE_ENVIRONMENT = "environment"
 SOURCE_OPTION = "option"

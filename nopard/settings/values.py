@@ -11,7 +11,6 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 _SIZE_UNITS = {
     "": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,

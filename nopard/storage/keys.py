@@ -25,8 +25,8 @@ a package may be called ``upstream`` or ``tarballs``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from nopard.domain.errors import InvalidInput
 from nopard.domain.names import validate_name, validate_tarball_filename

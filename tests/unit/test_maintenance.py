@@ -25,11 +25,10 @@ from nopard.cli.maintenance import (
     scan,
     tarball_matches,
 )
+from nopard.cli.sources import SourceError, detect_source
 from nopard.cli.transfer import (
-    SourceError,
     check_export_target,
     choose_versions,
-    detect_source,
     local_document,
     merge_for_import,
     mirrored_document,
