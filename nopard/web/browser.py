@@ -20,8 +20,7 @@ from twisted.web.template import Tag
 from nopard.settings.acl import Policy
 from nopard.settings.config import LiveSettings
 from nopard.web import pages
-from nopard.web.responses import Requests
-from nopard.web.responses import header
+from nopard.web.responses import Requests, header
 from nopard.web.services import Sessions
 from nopard.web.site import log_user
 

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from twisted.web.iweb import IRequest
 
+from nopard.domain.errors import InvalidInput, PayloadTooLarge
 from nopard.domain.prepared import PreparedBody, PreparedDocument
 from nopard.settings.config import LiveSettings
-from nopard.domain.errors import InvalidInput, PayloadTooLarge
 from nopard.web.services import RunInThread
 
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"

@@ -7,7 +7,8 @@ layer shows up here as a type error, not as a route failing at runtime.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from nopard.domain.prepared import PreparedDocument
 from nopard.storage import Blob

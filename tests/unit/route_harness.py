@@ -8,9 +8,10 @@ the same way (StubTreq), answering 404 to everything, so nothing leaves the proc
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import treq
@@ -28,9 +29,9 @@ from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import LocalCoordination, MemorySessions
 from nopard.domain.prepared import PreparedCache
+from nopard.domain.times import iso_time
 from nopard.jobs.schedule import SyncService
 from nopard.jobs.sync import SyncJobs
-from nopard.domain.times import iso_time
 from nopard.local.packages import Registry
 from nopard.mirror.service import Mirror, Upstreams
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.unit.route_harness import build, basic
+from tests.unit.route_harness import basic, build
 
 
 @pytest_twisted.ensureDeferred

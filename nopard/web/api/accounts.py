@@ -10,8 +10,7 @@ from twisted.web.iweb import IRequest
 from nopard.auth import Accounts, Identity
 from nopard.domain.errors import InvalidInput, NotFound, PermissionDenied
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests
-from nopard.web.responses import client_address, json_response
+from nopard.web.responses import Requests, client_address, json_response
 from nopard.web.site import log_user
 
 USER_PREFIX = "org.couchdb.user:"

@@ -10,8 +10,7 @@ from nopard.domain.errors import InvalidInput
 from nopard.jobs.schedule import JOBS, SyncService
 from nopard.ops.metrics import Metrics, StoreProbe
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests
-from nopard.web.responses import header, json_response
+from nopard.web.responses import Requests, header, json_response
 from nopard.web.services import MirrorStatus
 
 

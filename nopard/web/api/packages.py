@@ -4,8 +4,9 @@ owners, visibility and stars.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.interfaces import IConsumer
@@ -19,10 +20,9 @@ from nopard.domain.publication import parse_publication
 from nopard.local.packages import Registry
 from nopard.settings.config import LiveSettings
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests
 from nopard.web.browser import package_location, root_path, wants_html
 from nopard.web.errors import raise_unsupported
-from nopard.web.responses import json_response, send_prepared
+from nopard.web.responses import Requests, json_response, send_prepared
 from nopard.web.services import ChangeListener, PackageSource, RunInThread
 
 PRIVATE_DOCUMENT_CACHE = "private, no-cache"

@@ -9,8 +9,7 @@ from twisted.web.iweb import IRequest
 from nopard.catalog import search as searching
 from nopard.catalog.search import SearchIndex
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests
-from nopard.web.responses import header, json_response
+from nopard.web.responses import Requests, header, json_response
 from nopard.web.services import AuditForwarder
 
 AUDIT_PATHS = ("/-/npm/v1/security/advisories/bulk", "/-/npm/v1/security/audits/quick", "/-/npm/v1/security/audits")

@@ -9,8 +9,7 @@ from nopard.domain.errors import InvalidInput, PermissionDenied
 from nopard.settings.config import ConfigError
 from nopard.settings.overrides import Overrides
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests
-from nopard.web.responses import json_response
+from nopard.web.responses import Requests, json_response
 
 REFUSAL = "log in as an admin to see or change settings"
 
