@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from nopard.settings.overrides import Overrides
 from nopard.storage.fs import FilesystemStorage
 from nopard.upstream.client import Upstream
 from nopard.web.app import RegistryApp
+from tests.support import Response
 
 UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to MissingUpstream
 
@@ -63,19 +64,6 @@ class MissingUpstream(Resource):
 
 
 @dataclass
-class Answer:
-    """What a client got: status, headers, body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return orjson.loads(self.body)
-
-
-@dataclass
 class InProcess:
     """The app under test, its client and the parts a test may look at."""
 
@@ -83,10 +71,9 @@ class InProcess:
     clock: task.Clock
     settings: LiveSettings
     accounts: Accounts
-    headers: dict[str, str] = field(default_factory=dict)
 
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                   token: str | None = None, **headers: str) -> Answer:
+                   token: str | None = None, **headers: str) -> Response:
         """One request; ``body`` is sent as JSON, ``token`` as a bearer token; headers by keyword."""
         sent = {name.replace("_", "-"): value for name, value in headers.items()}
         if token is not None:
@@ -99,7 +86,7 @@ class InProcess:
         response = await self._settle(pending)
         content = await self._settle(treq.content(response))
         flat = {k.decode().lower(): b", ".join(v).decode() for k, v in response.headers.getAllRawHeaders()}
-        return Answer(response.code, flat, content)
+        return Response(response.code, flat, content)
 
     async def _settle(self, pending: Deferred) -> Any:
         # Streaming a tarball yields to the reactor between chunks: pump until the result is

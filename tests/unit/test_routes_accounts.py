@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.unit.route_harness import basic, build
+from tests.support import Response
+from tests.unit.route_harness import InProcess, basic, build
 
 
 @pytest_twisted.ensureDeferred
@@ -100,17 +101,23 @@ async def test_logged_out_token_no_longer_works(tmp_path: Path) -> None:
     assert (await app.call("GET", "/-/whoami", token=token)).status == 401
 
 
-@pytest_twisted.ensureDeferred
-async def test_web_login_gives_npm_the_token_once_the_form_is_sent(tmp_path: Path) -> None:
-    """npm login --auth-type=web: 202 while waiting, the token after the form, then nothing more."""
-    app = build(tmp_path)
-    await app.user("alice", "secret-pw")
+async def web_login(app: InProcess, password: str) -> tuple[Response, str]:
+    """Start an npm web login and post its form as alice: the form's answer, and the path npm polls."""
     started = (await app.call("POST", "/-/v1/login")).json()
     done = started["doneUrl"].split("5984", 1)[1]
     assert (await app.call("GET", done)).status == 202
     form = started["loginUrl"].split("5984", 1)[1]
-    sent = await app.call("POST", form, raw=b"username=alice&password=secret-pw",
+    sent = await app.call("POST", form, raw=f"username=alice&password={password}".encode(),
                           Content_Type="application/x-www-form-urlencoded")
+    return sent, done
+
+
+@pytest_twisted.ensureDeferred
+async def test_web_login_gives_npm_the_token_once_the_form_is_sent(tmp_path: Path) -> None:
+    """npm login --auth-type=web: 202 while waiting, then the token once the form was sent."""
+    app = build(tmp_path)
+    await app.user("alice", "secret-pw")
+    sent, done = await web_login(app, "secret-pw")
     assert sent.status == 200 and b"logged in" in sent.body
     token = (await app.call("GET", done)).json()["token"]
     assert (await app.call("GET", "/-/whoami", token=token)).json() == {"username": "alice"}
@@ -118,13 +125,10 @@ async def test_web_login_gives_npm_the_token_once_the_form_is_sent(tmp_path: Pat
 
 @pytest_twisted.ensureDeferred
 async def test_web_login_form_with_a_wrong_password_is_401(tmp_path: Path) -> None:
-    """The npm login form posted with a wrong password is shown again, answered 401."""
+    """The npm login form posted with a wrong password is shown again, answered 401, no challenge."""
     app = build(tmp_path)
     await app.user("alice", "secret-pw")
-    started = (await app.call("POST", "/-/v1/login")).json()
-    form = started["loginUrl"].split("5984", 1)[1]
-    sent = await app.call("POST", form, raw=b"username=alice&password=nope",
-                          Content_Type="application/x-www-form-urlencoded")
+    sent, _done = await web_login(app, "nope")
     assert sent.status == 401 and sent.headers["content-type"].startswith("text/html")
     assert "www-authenticate" not in sent.headers
 

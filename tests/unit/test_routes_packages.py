@@ -156,3 +156,33 @@ async def test_browser_asking_for_a_package_is_sent_to_its_page(tmp_path: Path) 
     app = build(tmp_path)
     answer = await app.call("GET", "/demo", Accept="text/html,*/*")
     assert answer.status == 302 and answer.headers["location"] == "/-/web/package/demo"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unchanged_document_is_a_304(tmp_path: Path) -> None:
+    """A client sending back the document's ETag gets 304 and no body."""
+    app = build(tmp_path)
+    await published(app)
+    etag = (await app.call("GET", "/demo")).headers["etag"]
+    again = await app.call("GET", "/demo", If_None_Match=etag)
+    assert again.status == 304 and again.body == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_abbreviated_document_when_npm_asks_for_it(tmp_path: Path) -> None:
+    """npm install's Accept header gets the abbreviated document, without readmes."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo", Accept="application/vnd.npm.install-v1+json")
+    assert answer.headers["content-type"] == "application/vnd.npm.install-v1+json"
+    assert "readme" not in answer.json()["versions"]["1.0.0"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_of_a_tarball_has_its_length_and_no_body(tmp_path: Path) -> None:
+    """HEAD on a tarball says its size and sends nothing."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("HEAD", "/demo/-/demo-1.0.0.tgz")
+    assert answer.status == 200 and answer.body == b""
+    assert answer.headers["content-length"] == str(len(tarball_bytes("demo", "1.0.0")))
