@@ -9,9 +9,10 @@ and use no script at all.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from twisted.web.template import Comment, Flattenable, Tag, flattenString, tags
 
@@ -429,7 +430,7 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
 
 
 def _time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def version_rows(document: dict[str, Any], tarball_url: Any, sizes: dict[str, int | None],
