@@ -183,8 +183,9 @@ class Mirror:
         """
         if stamp is None:
             cached = self._cache.get(name, base_url)
-            fresh = cached is not None and cached.stamp is None and cached.loaded_at is not None
-            return cached if fresh and self._clock.seconds() - cached.loaded_at < DEGRADED_FRESHNESS else None
+            if cached is None or cached.stamp is not None or cached.loaded_at is None:
+                return None
+            return cached if self._clock.seconds() - cached.loaded_at < DEGRADED_FRESHNESS else None
         cached = self._cache.get(name, base_url)
         if cached is not None and cached.stamp == stamp:
             return cached
@@ -234,6 +235,7 @@ class Mirror:
             self._check_not_found(name, now)
             document, meta = await self._fetch_missing(name, upstream)
             return document, meta, action.value
+        assert meta is not None  # decide() fetches (or fails) when nothing was fetched before
         if action is Action.REVALIDATE:
             revalidated = await self._revalidate(name, upstream, meta)
             if revalidated is not None:
@@ -377,7 +379,8 @@ class Mirror:
             document = orjson.loads(body or b"")
         except orjson.JSONDecodeError:
             raise UpstreamBadContent(f"the upstream sent invalid JSON for {name}") from None
-        if not isinstance(document, dict) or document.get("name") != name or not isinstance(document.get("versions"), dict):
+        if (not isinstance(document, dict) or document.get("name") != name
+                or not isinstance(document.get("versions"), dict)):
             raise UpstreamBadContent(f"the upstream sent a document that is not {name}'s")
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
         await self._storage.write(keys.upstream_document_key(name), orjson.dumps(document))
