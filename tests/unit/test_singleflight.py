@@ -44,7 +44,8 @@ def test_other_keys_and_later_calls_run_again() -> None:
         return work
 
     flight: SingleFlight[str] = SingleFlight()
-    a, b = outcome(ensureDeferred(flight.run("a", work_of("a")))), outcome(ensureDeferred(flight.run("b", work_of("b"))))
+    a = outcome(ensureDeferred(flight.run("a", work_of("a"))))
+    b = outcome(ensureDeferred(flight.run("b", work_of("b"))))
     gates["a"].callback(None)
     gates["b"].callback(None)
     assert (a, b, calls) == (["a"], ["b"], ["a", "b"])
