@@ -345,7 +345,8 @@ def export_registry(options: argparse.Namespace) -> int:
     """Write the registry's local packages and users to a new folder."""
     from nopard.cli.maintenance import open_storage, run_now
     from nopard.cli.sources import SourceError
-    from nopard.cli.transfer import check_export_target, export_registry as export
+    from nopard.cli.transfer import check_export_target
+    from nopard.cli.transfer import export_registry as export
 
     settings = registry_settings(options)
     try:

@@ -28,6 +28,7 @@ import orjson
 
 from nopard.domain.integrity import Digests
 from nopard.domain.packument import dist_tarball_file
+from nopard.storage import keys
 from nopard.storage.fs import FilesystemStorage
 
 QUARANTINE = ".quarantine"
@@ -205,7 +206,7 @@ class _Scan:
                     self.add("temporary", path, f"left by an interrupted write ({minutes} min old)")
 
     def packages(self) -> None:
-        top = os.path.join(self.root, "packages")
+        top = os.path.join(self.root, keys.PACKAGES_FOLDER)
         for entry in _subdirectories(top):
             if entry.startswith("@"):
                 for name in _subdirectories(os.path.join(top, entry)):
@@ -215,17 +216,17 @@ class _Scan:
 
     def package(self, directory: str) -> None:
         self.area(directory, local=True)
-        upstream = os.path.join(directory, "upstream")
+        upstream = os.path.join(directory, keys.MIRRORED_FOLDER)
         if os.path.isdir(upstream):
             self.area(upstream, local=False)
-            meta = os.path.join(upstream, "meta.json")
+            meta = os.path.join(upstream, keys.META_FILE)
             if os.path.isfile(meta) and not _is_json_object(meta):
                 self.add("unreadable", meta, "not a JSON object")
 
     def area(self, directory: str, local: bool) -> None:
         """One document and the tarballs beside it (a package's local or upstream area)."""
-        document_path = os.path.join(directory, "package.json")
-        stored = _files(os.path.join(directory, "tarballs"))
+        document_path = os.path.join(directory, keys.DOCUMENT_FILE)
+        stored = _files(os.path.join(directory, keys.TARBALLS_FOLDER))
         named: dict[str, tuple[str, dict[str, Any]]] = {}
         if os.path.isfile(document_path):
             self.report.documents += 1
@@ -236,7 +237,7 @@ class _Scan:
                 return
             named = named_tarballs(document)
         for filename in stored:
-            path = os.path.join(directory, "tarballs", filename)
+            path = os.path.join(directory, keys.TARBALLS_FOLDER, filename)
             if filename not in named:
                 if self.settled(path):
                     self.add("orphan", path, "no document names it")
@@ -248,7 +249,7 @@ class _Scan:
         if local:
             for filename, (version, _dist) in sorted(named.items()):
                 if filename not in stored:
-                    path = os.path.join(directory, "tarballs", filename)
+                    path = os.path.join(directory, keys.TARBALLS_FOLDER, filename)
                     self.add("missing", path, f"version {version} names it, but it is not stored")
 
     def corrupt(self, path: str, version: str) -> None:

@@ -87,11 +87,12 @@ def detect_source(path: str, htpasswd: str | None = None) -> Source:
 def _is_nopard(root: str) -> bool:
     if os.path.isfile(os.path.join(root, keys.EXPORT_MARKER)):
         return True
-    packages = os.path.join(root, "packages")
-    if not os.path.isdir(packages) or os.path.exists(os.path.join(packages, "package.json")):
+    packages = os.path.join(root, keys.PACKAGES_FOLDER)
+    if not os.path.isdir(packages) or os.path.exists(os.path.join(packages, keys.DOCUMENT_FILE)):
         return False
     return any(
-        os.path.isfile(os.path.join(directory, "package.json")) or os.path.isdir(os.path.join(directory, "upstream"))
+        os.path.isfile(os.path.join(directory, keys.DOCUMENT_FILE))
+        or os.path.isdir(os.path.join(directory, keys.MIRRORED_FOLDER))
         for _name, directory in _package_dirs(packages)
     )
 
@@ -131,12 +132,12 @@ def _load(path: str, folder_name: str, source: Source) -> tuple[str, dict[str, A
 
 
 def _read_nopard(root: str, htpasswd: str | None) -> Source:
-    source = Source("nopard", root, [], [], htpasswd or _first_file(os.path.join(root, "htpasswd")),
-                    os.path.join(root, "users"))
-    for folder_name, directory in _package_dirs(os.path.join(root, "packages")):
-        document_path = os.path.join(directory, "package.json")
+    source = Source("nopard", root, [], [], htpasswd or _first_file(os.path.join(root, keys.EXPORTED_HTPASSWD)),
+                    os.path.join(root, keys.USERS_FOLDER))
+    for folder_name, directory in _package_dirs(os.path.join(root, keys.PACKAGES_FOLDER)):
+        document_path = os.path.join(directory, keys.DOCUMENT_FILE)
         if os.path.isfile(document_path) and (loaded := _load(document_path, folder_name, source)):
-            source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, "tarballs")))
+            source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, keys.TARBALLS_FOLDER)))
     return source
 
 

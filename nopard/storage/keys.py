@@ -32,28 +32,38 @@ from nopard.domain.errors import InvalidInput
 from nopard.domain.names import validate_name, validate_tarball_filename
 from nopard.storage import InvalidKey, check_key
 
-PACKAGES = "packages/"
-USERS = "users/"
+PACKAGES_FOLDER = "packages"
+PACKAGES = PACKAGES_FOLDER + "/"
+USERS_FOLDER = "users"
+USERS = USERS_FOLDER + "/"
 TOKENS = "tokens/"
 SETTINGS_OVERRIDES = "settings/overrides.json"
 # In an export directory, next to packages/ and users/.
 EXPORTED_HTPASSWD = "htpasswd"
 EXPORT_MARKER = "nopard-export.json"
 
-# What a package key holds (PackageKey.kind), by the segments after the name.
+# The segments of a package's places after packages/<name>/ (fsck walks the same folders).
+DOCUMENT_FILE = "package.json"
+META_FILE = "meta.json"
+TARBALLS_FOLDER = "tarballs"
+MIRRORED_FOLDER = "upstream"
+
+# What a package key holds (PackageKey.kind), and where: the one table keys are built and parsed by.
 LOCAL_DOCUMENT = "local document"
 UNPUBLISHED = "unpublished"
 LOCAL_TARBALL = "local tarball"
 MIRRORED_DOCUMENT = "mirrored document"
 MIRRORED_META = "mirrored meta"
 MIRRORED_TARBALL = "mirrored tarball"
-_FIXED_PLACES = {
-    ("package.json",): LOCAL_DOCUMENT,
-    ("unpublished.json",): UNPUBLISHED,
-    ("upstream", "package.json"): MIRRORED_DOCUMENT,
-    ("upstream", "meta.json"): MIRRORED_META,
+_FILES = {
+    LOCAL_DOCUMENT: (DOCUMENT_FILE,),
+    UNPUBLISHED: ("unpublished.json",),
+    MIRRORED_DOCUMENT: (MIRRORED_FOLDER, DOCUMENT_FILE),
+    MIRRORED_META: (MIRRORED_FOLDER, META_FILE),
 }
-_TARBALL_PLACES = {("tarballs",): LOCAL_TARBALL, ("upstream", "tarballs"): MIRRORED_TARBALL}
+_TARBALL_FOLDERS = {LOCAL_TARBALL: (TARBALLS_FOLDER,), MIRRORED_TARBALL: (MIRRORED_FOLDER, TARBALLS_FOLDER)}
+_FILE_KINDS = {place: kind for kind, place in _FILES.items()}
+_FOLDER_KINDS = {place: kind for kind, place in _TARBALL_FOLDERS.items()}
 _HASH = re.compile(r"[0-9a-f]{64}")
 _JOB = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
@@ -66,44 +76,56 @@ def package_prefix(name: str) -> str:
     return PACKAGES + validate_name(name)
 
 
+def package_key(kind: str, name: str, filename: str | None = None) -> str:
+    """The key of ``kind`` (LOCAL_DOCUMENT, ..., MIRRORED_TARBALL, which take a ``filename``) of ``name``."""
+    if kind in _FILES:
+        return "/".join((package_prefix(name), *_FILES[kind]))
+    return tarballs_prefix(kind, name) + validate_tarball_filename(name, filename or "")
+
+
+def tarballs_prefix(kind: str, name: str) -> str:
+    """The listing prefix of a package's tarballs of ``kind`` (LOCAL_TARBALL or MIRRORED_TARBALL)."""
+    return "/".join((package_prefix(name), *_TARBALL_FOLDERS[kind])) + "/"
+
+
 def local_document_key(name: str) -> str:
     """Key of the document of a package published here."""
-    return f"{package_prefix(name)}/package.json"
+    return package_key(LOCAL_DOCUMENT, name)
 
 
 def unpublished_key(name: str) -> str:
     """Key of the record of a whole package's unpublishing (its versions never come back)."""
-    return f"{package_prefix(name)}/unpublished.json"
-
-
-def tarball_key(name: str, filename: str) -> str:
-    """Key of one tarball of a package published here."""
-    return f"{local_tarballs_prefix(name)}{validate_tarball_filename(name, filename)}"
-
-
-def local_tarballs_prefix(name: str) -> str:
-    """The listing prefix of a published package's tarballs."""
-    return f"{package_prefix(name)}/tarballs/"
+    return package_key(UNPUBLISHED, name)
 
 
 def upstream_document_key(name: str) -> str:
     """Key of the document mirrored from the upstream, as the upstream sent it."""
-    return f"{package_prefix(name)}/upstream/package.json"
+    return package_key(MIRRORED_DOCUMENT, name)
 
 
 def upstream_meta_key(name: str) -> str:
     """Key of what nopard knows about its mirrored copy (ETag, fetch time)."""
-    return f"{package_prefix(name)}/upstream/meta.json"
+    return package_key(MIRRORED_META, name)
+
+
+def tarball_key(name: str, filename: str) -> str:
+    """Key of one tarball of a package published here."""
+    return package_key(LOCAL_TARBALL, name, filename)
 
 
 def upstream_tarball_key(name: str, filename: str) -> str:
     """Key of a tarball fetched from the upstream."""
-    return f"{upstream_tarballs_prefix(name)}{validate_tarball_filename(name, filename)}"
+    return package_key(MIRRORED_TARBALL, name, filename)
+
+
+def local_tarballs_prefix(name: str) -> str:
+    """The listing prefix of a published package's tarballs."""
+    return tarballs_prefix(LOCAL_TARBALL, name)
 
 
 def upstream_tarballs_prefix(name: str) -> str:
     """The listing prefix of a package's tarballs fetched from the upstream."""
-    return f"{package_prefix(name)}/upstream/tarballs/"
+    return tarballs_prefix(MIRRORED_TARBALL, name)
 
 
 @dataclass(frozen=True)
@@ -124,11 +146,11 @@ def parse_package_key(key: str) -> PackageKey | None:
     name, place = "/".join(segments[:count]), tuple(segments[count:])
     try:
         validate_name(name)
-        if place in _FIXED_PLACES:
-            return PackageKey(_FIXED_PLACES[place], name)
-        if place[:-1] in _TARBALL_PLACES:
+        if place in _FILE_KINDS:
+            return PackageKey(_FILE_KINDS[place], name)
+        if place[:-1] in _FOLDER_KINDS:
             filename = validate_tarball_filename(name, place[-1])
-            return PackageKey(_TARBALL_PLACES[place[:-1]], name, filename)
+            return PackageKey(_FOLDER_KINDS[place[:-1]], name, filename)
     except InvalidInput:  # not a name nopard validated, so not a key it made
         return None
     return None
