@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bench import access_answer, say
 from tests.support import NopardServer, Npm, locked_versions, new_project

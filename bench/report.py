@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench.wrk import PERCENTILES
 
@@ -33,7 +33,7 @@ def machine_facts(versions: dict[str, str]) -> dict[str, str]:
     """nproc, CPU, OS, date, and the tool versions handed in."""
     import twisted
 
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": str(usable_cpus()), "cpu": cpu_model(),
             "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "twisted": twisted.__version__, **versions}

@@ -20,10 +20,10 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from bench import access_answer, report, say, wrk
 from tests.fake_synthetic import Synthetic

@@ -17,7 +17,7 @@ import io
 import json
 import re
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 MTIME = 499162500  # 1985-10-26T08:15:00Z, the mtime npm pack gives every entry
 

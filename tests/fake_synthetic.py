@@ -14,13 +14,13 @@ import io
 import json
 import re
 import tarfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tests.fake_publish import digests
 
 PREFIX = "synthetic-"
 VERSIONS = ("1.0.0", "1.1.0", "2.0.0")
-EPOCH = datetime(2021, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2021, 1, 1, tzinfo=UTC)
 NAME = re.compile(r"^synthetic-(\d+)$")
 
 

@@ -26,14 +26,19 @@ import sys
 import tarfile
 import urllib.parse
 import zlib
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.protocols import policies
 from twisted.web import resource, server
 from zope.interface import implementer
@@ -54,12 +59,12 @@ ABBREVIATED = ("name", "version", "deprecated", "dependencies", "acceptDependenc
 EMPTY_AUDIT = {"actions": [], "advisories": {}, "muted": [], "metadata": {
     "vulnerabilities": {"info": 0, "low": 0, "moderate": 0, "high": 0, "critical": 0},
     "dependencies": 0, "devDependencies": 0, "optionalDependencies": 0, "totalDependencies": 0}}
-EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:
     """The registry's timestamp format: ISO-8601 in UTC with milliseconds."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_time(text: str) -> datetime | None:
@@ -68,7 +73,7 @@ def parse_time(text: str) -> datetime | None:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (AttributeError, TypeError, ValueError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def parse_http_date(text: str | None) -> datetime | None:
@@ -77,7 +82,7 @@ def parse_http_date(text: str | None) -> datetime | None:
         moment = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def abbreviate(doc: dict, modified: datetime) -> dict:
@@ -313,7 +318,7 @@ class Registry:
         else:
             raise ValueError(f"no tarball of {name} is served to make a new version from")
         # Strictly later than before, so Last-Modified moves even for two changes in one second.
-        now = max(datetime.now(timezone.utc), self.modified(doc) + timedelta(seconds=1))
+        now = max(datetime.now(UTC), self.modified(doc) + timedelta(seconds=1))
         changed = self.changes.publish(name, doc, source, b"".join(body.chunks()), iso(now))
         self.forget(name)
         return changed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from twisted.internet import protocol, reactor

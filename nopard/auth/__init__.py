@@ -6,15 +6,15 @@ import base64
 import binascii
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.tokens import TokenStore
-from nopard.settings.config import LiveSettings
 from nopard.domain.errors import (
     AuthenticationRequired,
     BadCredentials,
@@ -22,6 +22,7 @@ from nopard.domain.errors import (
     InvalidInput,
     PermissionDenied,
 )
+from nopard.settings.config import LiveSettings
 from nopard.storage import Storage, keys
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")

@@ -16,7 +16,8 @@ import re
 import secrets
 import tempfile
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import bcrypt
 from twisted.internet.defer import DeferredLock

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 

@@ -15,8 +15,9 @@ import os
 import re
 import signal
 import sys
-from datetime import datetime, timezone
-from typing import IO, Any, Callable, cast
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any, cast
 
 import orjson
 from twisted.application.service import Service
@@ -84,7 +85,7 @@ class LevelPredicate:
 
 def event_time(event: dict[str, Any]) -> str:
     """The event's time in UTC, ISO 8601 with milliseconds: 2026-11-21T21:40:26.123Z."""
-    moment = datetime.fromtimestamp(event.get("log_time") or 0.0, timezone.utc)
+    moment = datetime.fromtimestamp(event.get("log_time") or 0.0, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -11,19 +11,21 @@ store size are read at scrape time.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 
 from nopard import __version__
 from nopard.domain import names
-from nopard.storage import keys
 from nopard.ops.singleflight import SingleFlight
+from nopard.storage import keys
 
 RunInThread = Callable[..., Awaitable[Any]]
 

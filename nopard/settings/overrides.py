@@ -15,7 +15,8 @@ and applies what changed to its LiveSettings: components read
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 from twisted.application.service import Service
@@ -26,6 +27,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from nopard.domain.errors import Conflict
+from nopard.domain.times import iso_time
 from nopard.settings.config import (
     SETTINGS,
     SOURCE_DEFAULT,
@@ -35,8 +38,6 @@ from nopard.settings.config import (
     Settings,
     check_settings,
 )
-from nopard.domain.errors import Conflict
-from nopard.domain.times import iso_time
 from nopard.storage import Storage, keys
 
 # What an admin may change at runtime: each is read from settings.current at use,

@@ -20,8 +20,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Awaitable, Callable, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from twisted.internet.interfaces import IConsumer
 from twisted.protocols.basic import FileSender

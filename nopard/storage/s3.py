@@ -25,7 +25,8 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 from twisted.internet import defer

@@ -7,7 +7,8 @@ them at runtime, so ``LiveAgent`` builds a new agent when they change.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.client import HTTPConnectionPool

@@ -9,7 +9,7 @@ closes the breaker, its failure keeps it open. At most one probe is in flight.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class Breaker:

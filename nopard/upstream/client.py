@@ -7,16 +7,18 @@ fake upstream and the service builds the real one (proxy, TLS policy, pool).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterator, cast
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError, TimeoutError as TwistedTimeout
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as TwistedTimeout
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -25,10 +27,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-from nopard.upstream.breaker import Breaker
-from nopard.settings.config import LiveSettings
 from nopard.domain.errors import UpstreamUnavailable
 from nopard.ops.metrics import add_upstream_wait
+from nopard.settings.config import LiveSettings
+from nopard.upstream.breaker import Breaker
 
 DOCUMENT_ACCEPT = "application/json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 from tests.support import NopardServer, files_under, publish_body
 

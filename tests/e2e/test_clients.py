@@ -12,13 +12,19 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.support import (
-    PACKAGE_MANAGERS, NopardServer, PackageManager, Yarn1, Yarn4, make_package, publish_directory,
+    PACKAGE_MANAGERS,
+    NopardServer,
+    PackageManager,
+    Yarn1,
+    Yarn4,
+    make_package,
+    publish_directory,
 )
 from tests.upstream import FakeUpstream
 

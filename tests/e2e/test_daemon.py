@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tests.support import BIN, REPO, NopardServer, free_port, publish_body, temporary_leftovers, twistd_env
 

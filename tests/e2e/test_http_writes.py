@@ -8,7 +8,7 @@ import gzip
 import json
 import socket
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -7,11 +7,11 @@ import http.client
 import json
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
-from tests.support import until_upstream_down, REPO, NopardServer, Response, files_under, publish_body
+from tests.support import REPO, NopardServer, Response, files_under, publish_body, until_upstream_down
 from tests.upstream import FakeUpstream
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"

@@ -5,8 +5,9 @@ unpublish, owner, star and access; and the same routes refusing bad input over H
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -10,13 +10,13 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import until_upstream_down, NopardServer, publish_body
+from tests.support import NopardServer, publish_body, until_upstream_down
 from tests.upstream import FakeUpstream
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"

@@ -8,12 +8,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from tests.support import until_upstream_down, BIN, REPO, NopardServer, Npm, files_under
+from tests.support import BIN, REPO, NopardServer, Npm, files_under, until_upstream_down
 from tests.upstream import FakeUpstream
 
 

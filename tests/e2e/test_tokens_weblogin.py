@@ -6,8 +6,8 @@ import base64
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pexpect
 

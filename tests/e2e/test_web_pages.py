@@ -5,8 +5,8 @@ test-artifacts/screenshots/<test>/."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

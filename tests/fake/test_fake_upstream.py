@@ -12,7 +12,7 @@ import re
 import socket
 import tarfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

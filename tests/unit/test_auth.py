@@ -14,8 +14,8 @@ from twisted.internet.threads import deferToThread
 from nopard.auth import Accounts, Identity
 from nopard.auth.htpasswd import HtpasswdFile, hash_password, parse_htpasswd, verify_password
 from nopard.auth.tokens import TokenStore, token_hash
-from nopard.settings.config import LiveSettings, load_settings
 from nopard.domain.errors import AuthenticationRequired, BadCredentials, InvalidInput, PermissionDenied
+from nopard.settings.config import LiveSettings, load_settings
 from nopard.storage.fs import FilesystemStorage
 
 

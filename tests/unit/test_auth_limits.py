@@ -15,8 +15,8 @@ from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
-from nopard.settings.config import LiveSettings, load_settings
 from nopard.domain.errors import BadCredentials, NotFound, PermissionDenied, TooManyAttempts
+from nopard.settings.config import LiveSettings, load_settings
 from nopard.storage.fs import FilesystemStorage
 
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 from nopard.service import Options
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings
 
 CWD = "/srv/nopard"
 

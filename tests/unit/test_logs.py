@@ -14,7 +14,6 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
-from nopard.settings.config import LiveSettings, load_settings
 from nopard.ops.logs import (
     LogService,
     SizeRotatedLogFile,
@@ -24,6 +23,7 @@ from nopard.ops.logs import (
     text_value,
     twistd_log_stream,
 )
+from nopard.settings.config import LiveSettings, load_settings
 
 TOKEN = "npd_" + "A1b2C3d4" * 5
 WHEN = 1795297226.123  # 2026-11-21T21:40:26.123Z

@@ -12,8 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
-from nopard.upstream.breaker import Breaker
-from nopard.storage.fs import directory_size
+from nopard.jobs.sync import JobReport
 from nopard.ops.metrics import (
     Metrics,
     StoreProbe,
@@ -24,8 +23,8 @@ from nopard.ops.metrics import (
     route_of,
     upstream_label,
 )
-from nopard.storage.fs import FilesystemStorage
-from nopard.jobs.sync import JobReport
+from nopard.storage.fs import FilesystemStorage, directory_size
+from nopard.upstream.breaker import Breaker
 
 ABBREVIATED = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
 

@@ -10,8 +10,13 @@ import pytest
 from nopard.domain import packument
 from nopard.domain.errors import InvalidInput, NotFound, VersionExists
 from nopard.domain.packument import (
-    abbreviate, for_clients, has_install_script, merge_publication, next_revision,
-    resolve_version, version_key,
+    abbreviate,
+    for_clients,
+    has_install_script,
+    merge_publication,
+    next_revision,
+    resolve_version,
+    version_key,
 )
 from nopard.domain.publication import Publication
 

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from nopard.domain import names
-from nopard.domain import packument
+from nopard.domain import names, packument
 from nopard.domain.errors import InvalidInput, NotFound, VersionExists
 from nopard.domain.publication import Publication
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest_twisted
 import treq
+import twisted.test
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
@@ -14,9 +15,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-import twisted.test
-from nopard.upstream.proxy import ProxyingAgent
 from nopard.service import InsecureTLS
+from nopard.upstream.proxy import ProxyingAgent
 from tests.proxy_server import ForwardProxy
 
 

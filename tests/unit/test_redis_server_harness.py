@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from tests.redis_server import RedisServer, encode_command
 
 

@@ -9,7 +9,11 @@ import pytest
 
 from nopard.domain.errors import InvalidInput, PayloadTooLarge
 from nopard.web.responses import (
-    accepts_gzip, etag_matches, public_base_url, read_json_body, wants_abbreviated,
+    accepts_gzip,
+    etag_matches,
+    public_base_url,
+    read_json_body,
+    wants_abbreviated,
 )
 
 NPM_ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"

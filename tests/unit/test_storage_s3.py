@@ -5,8 +5,8 @@ contract, plus the object layout and streaming with bounded memory.
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import pytest_twisted

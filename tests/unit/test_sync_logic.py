@@ -8,8 +8,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
-from nopard.storage.fs import FilesystemStorage
 from nopard.jobs.sync import JobReport, RateLimit, StoreLock, backfill_versions, for_each, tarball_file
+from nopard.storage.fs import FilesystemStorage
 from nopard.upstream.client import retry_after_seconds
 
 DOCUMENT = {

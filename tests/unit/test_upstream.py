@@ -11,8 +11,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nopard.settings.config import LiveSettings, load_settings
 from nopard.domain.errors import UpstreamUnavailable
+from nopard.settings.config import LiveSettings, load_settings
 from nopard.upstream.client import Upstream
 
 
