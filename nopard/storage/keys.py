@@ -182,14 +182,6 @@ def user_key(user: str) -> str:
     return check_key(f"{USERS}{user}.json")
 
 
-def user_of(key: str) -> str | None:
-    """The user a profile key is of, or None for any other key."""
-    if not isinstance(key, str) or not key.startswith(USERS) or not key.endswith(".json"):
-        return None
-    user = key[len(USERS) : -len(".json")]
-    return user if user and "/" not in user else None
-
-
 def token_key(hashed: str) -> str:
     """Key of the record of a token, by the token's hex SHA-256 (never the token itself)."""
     if not isinstance(hashed, str) or not _HASH.fullmatch(hashed):
