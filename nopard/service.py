@@ -8,12 +8,14 @@ import socket
 from functools import partial
 from typing import Any, Mapping
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.web.client import (
     Agent,
@@ -37,9 +39,9 @@ from nopard.auth.tokens import TokenStore
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.weblogin import WebLogins
 from nopard.domain.prepared import PreparedCache
-from nopard.cluster.coordination import (
-    LocalCoordination, MemorySessions, RedisCoordination, RedisLink, RedisSessions,
-)
+from nopard.cluster.coordination import InProcessCoordination, RedisCoordination
+from nopard.cluster.link import RedisLink
+from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.upstream.agents import LiveAgent
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.ops.daemon import prepare as prepare_daemon
@@ -109,11 +111,30 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-class QuietConnectionPool(HTTPConnectionPool):
-    """A connection pool whose connections do not log each start and stop."""
+@implementer(IStreamClientEndpoint)
+class QuietEndpoint:
+    """An endpoint whose connections' factories do not log each start and stop."""
 
-    class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined]
-        noisy = False
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
+        """Connect ``protocolFactory``, made quiet first (``noisy`` is a Factory's public switch)."""
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self._endpoint.connect(protocolFactory)
+
+    def __repr__(self) -> str:
+        # The pool names each connection after its endpoint.
+        return repr(self._endpoint)
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """A connection pool whose connections do not log each start and stop (tests/unit/test_service.py)."""
+
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred:
+        """A cached connection, or a new one made through a QuietEndpoint."""
+        return super().getConnection(key, QuietEndpoint(endpoint))
 
 
 class UpstreamPoolService(Service):
@@ -154,6 +175,12 @@ def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -
     else:
         agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=settings.upstream_timeout)
     return ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+
+
+def listen_descriptions(settings: Settings) -> list[str]:
+    """Where nopard listens, as Twisted endpoint strings: NOPARD_HOSTNAME and NOPARD_PORT."""
+    kind = "tcp6" if ":" in settings.hostname else "tcp"
+    return [f"{kind}:{settings.port}:interface={quoteStringArgument(settings.hostname)}"]
 
 
 class Announcement(Service):
@@ -208,7 +235,7 @@ def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, lo
     """What instances share: through Redis with NOPARD_REDIS_URL, else nothing (one process)."""
     sessions = MemorySessions(reactor)
     if not settings.redis_url:
-        return LocalCoordination(), sessions
+        return InProcessCoordination(), sessions
     log = Logger(namespace="nopard.redis", observer=logs.publisher)
     link = RedisLink(settings.redis_url, reactor, log)
     RedisService(link).setServiceParent(top)
@@ -304,10 +331,8 @@ def build_service(
         StartGate(app.resource(), overrides), live, reactor,
         Logger(namespace="nopard.access", observer=logs.publisher), metrics,
     )
-    endpoint_type = TCP6ServerEndpoint if ":" in settings.hostname else TCP4ServerEndpoint
-    endpoint = endpoint_type(reactor, settings.port, interface=settings.hostname)
-    listener = StreamServerEndpointService(endpoint, site)
-    listener._raiseSynchronously = True  # a port in use stops start-up, as twistd's own do
-    listener.setServiceParent(top)
+    for description in listen_descriptions(settings):
+        # strports.service, as twistd's own plugins use it: a port in use stops start-up.
+        strports.service(description, site, reactor=reactor).setServiceParent(top)
     Announcement(Logger(namespace="nopard", observer=logs.publisher), live).setServiceParent(top)
     return top

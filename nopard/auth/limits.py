@@ -139,7 +139,7 @@ class SharedLoginLimiter:
 
     async def check(self, account: str | None, address: str | None) -> None:
         """Raise TooManyAttempts if ``account`` or ``address`` failed too often lately, on any instance."""
-        from nopard.cluster.coordination import RedisDown
+        from nopard.cluster.link import RedisDown
 
         current = self._settings.current
         keys = self._keys(account, address)
@@ -155,7 +155,7 @@ class SharedLoginLimiter:
 
     async def failed(self, account: str | None, address: str | None) -> None:
         """Count one failed password check, here and in Redis."""
-        from nopard.cluster.coordination import RedisDown
+        from nopard.cluster.link import RedisDown
 
         self._local.failed(account, address)
         keys = self._keys(account, address)
@@ -168,7 +168,7 @@ class SharedLoginLimiter:
 
     async def succeeded(self, account: str | None) -> None:
         """The account proved its password: forget its failures everywhere."""
-        from nopard.cluster.coordination import RedisDown
+        from nopard.cluster.link import RedisDown
 
         self._local.succeeded(account)
         if account:

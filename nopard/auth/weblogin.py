@@ -37,7 +37,7 @@ class WebLogins:
 
     def __init__(self, accounts: Any, clock: Any, sessions: Any = None, ttl: float = SESSION_TTL,
                  max_sessions: int = MAX_SESSIONS) -> None:
-        from nopard.cluster.coordination import MemorySessions
+        from nopard.cluster.sessions import MemorySessions
 
         self._accounts = accounts
         self._clock = clock

@@ -231,11 +231,11 @@ class SearchIndex:
 
     def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0,
                  coordination: Any = None) -> None:
-        from nopard.cluster.coordination import LocalCoordination
+        from nopard.cluster.coordination import InProcessCoordination
 
         self._registry = registry
         # Stamps tell which local documents other instances changed since the last build.
-        self._coordination = coordination or LocalCoordination()
+        self._coordination = coordination or InProcessCoordination()
         self._mirror = mirror
         self._clock = clock
         self._max_age = max_age

@@ -20,17 +20,23 @@ from nopard.settings.config import LiveSettings
 from nopard.jobs.sync import JobReport, SyncJobs
 
 JOBS = ("refresh", "backfill")
+# The one job store the schedule uses (APScheduler's in-memory default).
+JOBSTORE = "default"
 
 
 class ReactorExecutor(BaseExecutor):
-    """Runs coroutine jobs on the reactor thread, each as a Deferred."""
+    """Runs coroutine jobs on the reactor thread, each as a Deferred.
+
+    ``_do_submit_job``, ``_run_job_success`` and ``_run_job_error`` are the
+    hooks APScheduler 3 documents for writing an executor.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.running: set[Deferred] = set()
 
     def _do_submit_job(self, job: Any, run_times: Any) -> None:
-        running = Deferred.fromCoroutine(run_coroutine_job(job, job._jobstore_alias, run_times, self._logger.name))
+        running = Deferred.fromCoroutine(run_coroutine_job(job, JOBSTORE, run_times, self._logger.name))
         self.running.add(running)
 
         def done(result: Any) -> None:
@@ -69,7 +75,7 @@ class SyncService(Service):
 
     def _add_job(self, interval: float) -> None:
         first = datetime.now(timezone.utc) + timedelta(seconds=min(interval, 60))
-        self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync",
+        self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync", jobstore=JOBSTORE,
                                max_instances=1, coalesce=True, next_run_time=first)
 
     def follow_interval(self) -> None:

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from nopard.domain import names
 from nopard.domain import packument
 from nopard.domain.prepared import PreparedCache
-from nopard.cluster.coordination import LocalCoordination
+from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.publication import Publication
 from nopard.domain.times import iso_time
@@ -34,7 +34,7 @@ class Registry:
         self._cache = cache
         self._clock = clock
         # One instance at a time changes a package (a Redis lock when instances share one).
-        self._coordination = coordination or LocalCoordination()
+        self._coordination = coordination or InProcessCoordination()
 
     async def document(self, name: str) -> dict[str, Any] | None:
         """The stored document of ``name``, or None if it was never published here."""

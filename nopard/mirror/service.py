@@ -30,7 +30,8 @@ from nopard.domain import names
 from nopard.domain import packument
 from nopard.domain.prepared import CachedDocument, PreparedCache, PreparedDocument, prepare
 from nopard.settings.config import LiveSettings
-from nopard.cluster.coordination import DEGRADED_FRESHNESS, LocalCoordination, within
+from nopard.cluster.coordination import DEGRADED_FRESHNESS, InProcessCoordination
+from nopard.cluster.link import within
 from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.domain.integrity import Digests
 from nopard.domain.times import iso_time
@@ -127,7 +128,7 @@ class Mirror:
         coordination: Any = None,
     ) -> None:
         self._settings = settings
-        self._coordination = coordination or LocalCoordination()
+        self._coordination = coordination or InProcessCoordination()
         self._storage = storage
         self._registry = registry
         self.upstreams = upstreams

@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import os
 import pwd
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,10 +59,8 @@ class Daemon:
     log_observer: ILogObserver | None = None
     notes: list[str] = field(default_factory=list)
 
-    def wrap(self, app: MultiService, clock: Any = None) -> GracefulService:
+    def wrap(self, app: MultiService, clock: Any) -> GracefulService:
         """The service twistd runs: ``app`` with a graceful stop and this daemon's log."""
-        if clock is None:
-            from twisted.internet import reactor as clock
         return GracefulService(app, clock, self.log_observer, self.notes)
 
 
@@ -340,25 +337,24 @@ class RequestTracker:
     """Knows the HTTP requests a site is working on."""
 
     def __init__(self) -> None:
-        self._requests: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._requests: set[Any] = set()
 
     def track(self, site: Any) -> None:
-        """Have every request ``site`` creates from now on recorded."""
+        """Have every request ``site`` creates from now on recorded, until it is answered or abandoned."""
         make = site.requestFactory
 
         def request_factory(channel: Any, *args: Any, **kwargs: Any) -> Any:
             request = make(channel, *args, **kwargs)
             self._requests.add(request)
+            # notifyFinish fires when the answer is sent, and fails when the client goes away.
+            request.notifyFinish().addBoth(lambda _: self._requests.discard(request))
             return request
 
         site.requestFactory = request_factory
 
     def in_flight(self) -> int:
         """Requests neither answered in full nor abandoned by their client."""
-        return sum(
-            1 for request in list(self._requests)
-            if not request.finished and not getattr(request, "_disconnected", False)
-        )
+        return len(self._requests)
 
 
 class GracefulService(MultiService):

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
 from nopard.settings.config import LiveSettings
@@ -32,6 +32,21 @@ def log_user(request: IRequest, user: str | None) -> None:
     request.user = user  # type: ignore[attr-defined]
 
 
+class NopardChannel(http.HTTPChannel):
+    """An HTTP channel that keeps the line it is handling, so a request knows its own request line.
+
+    Twisted gives a request its method and path only once its body is in;
+    a body refused while it arrives is logged with them all the same.
+    """
+
+    line = b""
+
+    def lineReceived(self, line: bytes) -> None:
+        """Keep ``line`` for the request it may create, then parse it as Twisted does."""
+        self.line = line
+        super().lineReceived(line)
+
+
 class NopardRequest(server.Request):
     """A request that refuses an oversized body before buffering it.
 
@@ -42,6 +57,9 @@ class NopardRequest(server.Request):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        # Made by the channel from its request line: the method and path, for the access log.
+        words = getattr(channel, "line", b"").split(b" ")
+        self.request_line = (words[0] or b"-", words[1]) if len(words) == 3 else (b"-", b"-")
         self.started = channel.site.clock.seconds()
         self.body_received = 0
         self.rejected = False
@@ -119,6 +137,7 @@ class NopardSite(server.Site):
     """A Site that logs through twisted.logger, one line per request."""
 
     requestFactory = NopardRequest
+    protocol = NopardChannel
 
     def __init__(
         self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger,
@@ -143,9 +162,7 @@ class NopardSite(server.Site):
 
     def log_refusal(self, request: NopardRequest, status: int, length: int) -> None:
         """Emit the access line of a request refused before it was read whole."""
-        channel = request.channel
-        method = getattr(channel, "_command", b"-") or b"-"
-        path = getattr(channel, "_path", b"-") or b"-"
+        method, path = request.request_line
         self._emit(request, method.decode("latin-1"), path.decode("latin-1"), status, length)
 
     def _emit(self, request: NopardRequest, method: str, path: str, status: int, length: int) -> None:

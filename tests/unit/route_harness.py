@@ -27,7 +27,8 @@ from nopard.auth.limits import LoginLimiter
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
-from nopard.cluster.coordination import LocalCoordination, MemorySessions
+from nopard.cluster.coordination import InProcessCoordination
+from nopard.cluster.sessions import MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.jobs.schedule import SyncService
@@ -123,7 +124,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         policy = Policy(policy.rules, frozenset(admins), policy.groups, policy.enabled)
     storage = FilesystemStorage(str(tmp_path / "registry"), run_now)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
-    coordination = LocalCoordination()
+    coordination = InProcessCoordination()
     registry = Registry(storage, cache, clock, coordination)
     upstream_http = StubTreq(MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))

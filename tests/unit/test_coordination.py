@@ -14,10 +14,12 @@ from twisted.logger import Logger
 
 from nopard.domain.prepared import CachedDocument, prepare
 from nopard.settings.config import ConfigError, load_settings
-from nopard.cluster.coordination import (
-    MemorySessions, RedisCoordination, RedisLink, RedisSessions, decode_document, encode_document,
-    parse_redis_url,
-)
+from nopard.cluster.coordination import RedisCoordination
+from nopard.cluster.link import POOL_SIZE, RedisLink, RedisPool
+from nopard.cluster.sessions import MemorySessions, RedisSessions
+from nopard.cluster.stamps import decode_document, encode_document
+from nopard.settings.values import redis_arguments
+from nopard.settings.values import redis_arguments as parse_redis_url
 from tests.redis_server import RedisServer
 
 
@@ -163,3 +165,37 @@ async def test_without_redis_nothing_fails_and_recovery_starts_a_new_epoch(
     assert first.forgotten == forgotten + 1  # memory dropped before Redis is used again
     new = await first.coordination.stamp("pkg")
     assert new is not None and new.split(".")[0] != stamp.split(".")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pool_adapter_reports_a_lost_pool(redis_server: RedisServer) -> None:
+    """RedisPool builds txredisapi's pool through its public factory API and learns when the
+    last connection is gone: this fails first if txredisapi changes that API."""
+    pool = RedisPool(redis_arguments(redis_server.url), reactor)
+    try:
+        await until(lambda: pool.connected == POOL_SIZE)
+        assert await pool.client.ping() in (b"PONG", "PONG")
+        empty = pool.when_empty()
+        assert not empty.called
+        redis_server.kill()
+        await until(lambda: empty.called)
+    finally:
+        await pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_losing_every_connection_makes_nopard_degraded_before_the_next_probe(
+    redis_server: RedisServer,
+) -> None:
+    """The probe runs seldom here: the pool's word makes the link go down first."""
+    events: list[dict[str, Any]] = []
+    link = RedisLink(redis_server.url, reactor, Logger(observer=events.append), probe_interval=1.0)
+    link.start()
+    try:
+        await until(lambda: link.up)
+        redis_server.kill()
+        await until(lambda: not link.up, seconds=5)
+        [down] = [event for event in events if event.get("event") == "redis-down"]
+        assert down["reason"] == "connection lost"
+    finally:
+        await link.stop()
