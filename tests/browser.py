@@ -30,7 +30,6 @@ import json
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
+
+from tests.polling import PollTimeout, poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -209,27 +210,27 @@ class Browser:
         <html> gone stale and the new document's readyState 'complete'."""
         old = self.driver.find_element(By.TAG_NAME, "html")
         self.find(css).click()
-        deadline = time.monotonic() + TIMEOUT
-        while True:
+
+        def loaded() -> bool:
             if self._check_dialog():
                 raise AssertionError(f"submitting {css!r} opened a dialog: {self.dialogs[-1]!r}")
             try:
                 _ = old.tag_name  # raises once the old document is gone
             except UnexpectedAlertPresentException:
-                continue
+                return False
             except (StaleElementReferenceException, WebDriverException):
                 # Mid-navigation chromedriver may also answer "Node with given id does not
                 # belong to the document": the old document is gone all the same.
                 try:
-                    if self.driver.execute_script("return document.readyState") == "complete":
-                        return
-                except UnexpectedAlertPresentException:
-                    continue
-                except WebDriverException:
-                    pass  # the new document is not ready for scripts yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"submitting {css!r} did not load a new page within {TIMEOUT}s")
-            time.sleep(0.05)
+                    return self.driver.execute_script("return document.readyState") == "complete"
+                except WebDriverException:  # an alert, or the new document not ready for scripts yet
+                    return False
+            return False
+
+        try:
+            poll_until(loaded, f"submitting {css!r} to load a new page", TIMEOUT)
+        except PollTimeout:
+            raise TimeoutError(f"submitting {css!r} did not load a new page within {TIMEOUT}s") from None
 
     def execute_script(self, script: str, *args: Any) -> Any:
         """Run JavaScript in the page and return its result."""

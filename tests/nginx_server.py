@@ -16,10 +16,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from functools import lru_cache
 from pathlib import Path
 
+from tests.polling import PollTimeout, poll_until
 from tests.support import REPO, free_port
 
 CONF = REPO / "deploy" / "nginx" / "nopard.conf"
@@ -134,17 +134,23 @@ class NginxServer:
             self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def accepts() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"nginx exited at start:\n{self.error_log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
             except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not accept connections within 15 s:\n{self.error_log()}")
+                return False
+            return True
+
+        try:
+            poll_until(accepts, "nginx to accept connections", 15)
+        except PollTimeout:
+            self.stop()
+            raise RuntimeError(f"nginx did not accept connections within 15 s:\n{self.error_log()}") from None
+        return self
 
     def stop(self) -> None:
         """Stop nginx (master and workers) and remove the temporary directory."""

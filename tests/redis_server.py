@@ -13,9 +13,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from tests.polling import PollTimeout, poll_until
 from tests.support import free_port, stop_process
 
 
@@ -117,15 +117,19 @@ class RedisServer:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.directory,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"redis-server exited at start:\n{self.log()}")
-            if self.ping():
-                return self
-            time.sleep(0.05)
-        self._terminate()
-        raise RuntimeError(f"redis-server did not answer PING within 15 s:\n{self.log()}")
+            return self.ping()
+
+        try:
+            poll_until(answers, "redis-server to answer PING", 15)
+        except PollTimeout:
+            self._terminate()
+            raise RuntimeError(f"redis-server did not answer PING within 15 s:\n{self.log()}") from None
+        return self
 
     def ping(self) -> bool:
         """Whether the server answers an inline PING with +PONG."""

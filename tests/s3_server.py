@@ -9,10 +9,10 @@ from __future__ import annotations
 import http.client
 import subprocess
 import sys
-import time
 import uuid
 from typing import Any
 
+from tests.polling import PollTimeout, poll_until
 from tests.support import free_port, stop_process
 
 CREDENTIALS = {
@@ -44,20 +44,26 @@ class MotoServer:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError("moto server exited at start (is moto[server] installed?)")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 connection.request("GET", "/moto-api/")
                 connection.getresponse().read()
                 connection.close()
-                return self
             except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto server did not answer within 30 s")
+                return False
+            return True
+
+        try:
+            poll_until(answers, "moto to answer", 30)
+        except PollTimeout:
+            self.stop()
+            raise RuntimeError("moto server did not answer within 30 s") from None
+        return self
 
     def stop(self) -> None:
         """Stop the server."""

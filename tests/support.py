@@ -13,12 +13,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pexpect
+
+from tests.polling import PollTimeout, poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -106,16 +107,21 @@ class NopardServer:
             [str(BIN / "twistd"), "-n", "--pidfile=", "nopard", *self._args],
             cwd=self.workdir, env=twistd_env(self._env), stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"nopard exited at start:\n{self.log()}")
             try:
-                if self.request("GET", "/-/ping").status == 200:
-                    return self
+                return self.request("GET", "/-/ping").status == 200
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"nopard did not answer within 30 s:\n{self.log()}")
+                return False
+
+        try:
+            poll_until(answers, "nopard to answer", 30)
+        except PollTimeout:
+            raise RuntimeError(f"nopard did not answer within 30 s:\n{self.log()}") from None
+        return self
 
     def stop(self) -> None:
         """SIGTERM, and wait for a clean exit."""
@@ -550,15 +556,14 @@ PACKAGE_MANAGERS: dict[str, type[PackageManager]] = {
     "npm": NpmClient, "yarn1": Yarn1, "yarn4": Yarn4, "pnpm": Pnpm}
 
 
-def until_upstream_down(server: NopardServer, path: str, tries: int = 100) -> None:
+def until_upstream_down(server: NopardServer, path: str) -> None:
     """Read ``path`` until nopard's breaker counts the upstream as down (the fake must be failing).
 
     After the first failure, stale reads no longer wait on the upstream and one revalidation at a
     time runs in the background, so how many reads it takes depends on timing.
     """
-    for _ in range(tries):
+    def down() -> bool:
         server.request("GET", path)
-        if server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] != "closed":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the upstream never counted as down after {tries} reads of {path}")
+        return server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] != "closed"
+
+    poll_until(down, f"the upstream to count as down while {path} is read")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.polling import poll_text, poll_until
 from tests.support import REPO, NopardServer, Response, files_under, publish_body, until_upstream_down
 from tests.upstream import FakeUpstream
 
@@ -68,8 +69,7 @@ def test_access_log_says_how_it_was_served(mirror) -> None:
     server = mirror()
     server.request("GET", "/semver")
     server.request("GET", "/semver")
-    time.sleep(0.2)
-    log = server.log()
+    log = poll_text(server.log, "cache=HIT")
     assert "path=/semver status=200" in log and log.count("cache=MISS") >= 1 and "cache=HIT" in log
 
 
@@ -101,13 +101,14 @@ def test_blackholed_upstream_serves_stale_then_opens_the_breaker(mirror, fake: F
     fake.fault("blackhole")
     fake.reset()
     timings = []
-    for _ in range(100):
+
+    def stale_until_the_breaker_opens() -> bool:
         started = time.monotonic()
         assert cache_status(server.request("GET", "/debug")) == "STALE"
         timings.append(time.monotonic() - started)
-        if server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] == "open":
-            break
-        time.sleep(0.1)
+        return server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] == "open"
+
+    poll_until(stale_until_the_breaker_opens, "the breaker to open", interval=0.1)
     assert sum(1 for t in timings if t >= 0.5) == 1  # only the first read waited
     attempts = fake.stats()["connections"]
     assert 1 <= attempts <= 3
@@ -347,8 +348,7 @@ def test_status_shows_upstream_health_and_cache_use(mirror, fake: FakeUpstream) 
     assert down["upstreams"][0]["state"] == "open"
     assert time.time() - 30 < down["upstreams"][0]["down_since"] <= time.time()
     assert down["cache"]["entries"] == 1
-    time.sleep(0.2)
-    assert f"upstream {fake.url.rstrip('/')} is down after 3 failures: serving from nopard's copies" in server.log()
+    poll_text(server.log, f"upstream {fake.url.rstrip('/')} is down after 3 failures: serving from nopard's copies")
 
 
 def test_memory_held_stays_within_the_setting(mirror, fake: FakeUpstream) -> None:
@@ -404,14 +404,11 @@ def test_refused_connections_open_the_breaker(mirror, fake: FakeUpstream) -> Non
     server.request("GET", "/ms")
     fake.fault("refused")
     try:
-        states = []
-        for _ in range(50):
+        def stale_until_the_breaker_opens() -> bool:
             assert cache_status(server.request("GET", "/ms")) == "STALE"
-            states.append(server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"])
-            if states[-1] == "open":
-                break
-            time.sleep(0.05)
-        assert states[-1] == "open"
+            return server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] == "open"
+
+        poll_until(stale_until_the_breaker_opens, "the breaker to open")
         assert server.request("GET", "/never-fetched").status == 404
     finally:
         fake.fault("none")
@@ -424,10 +421,8 @@ def test_late_answer_to_a_miss_is_kept(mirror, fake: FakeUpstream) -> None:
     server = mirror(stale_deadline="0.3")
     assert server.request("GET", "/semver").status == 404
     fake.fault("none")
-    for _ in range(40):
-        time.sleep(0.1)
-        if (server.registry / "packages" / "semver" / "upstream" / "meta.json").exists():
-            break
+    poll_until((server.registry / "packages" / "semver" / "upstream" / "meta.json").exists,
+               "the late answer to be stored", 10, 0.1)
     answer = server.request("GET", "/semver")
     assert answer.status == 200 and cache_status(answer) == "HIT"
     assert upstream_gets(fake, "/semver") == 1

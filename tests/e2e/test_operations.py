@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import poll_text, poll_until
 from tests.support import NopardServer, publish_body, until_upstream_down
 from tests.upstream import FakeUpstream
 
@@ -32,17 +33,6 @@ def mirror(start_nopard: Callable[..., NopardServer], fake: FakeUpstream) -> Cal
         env.update({f"NOPARD_{k.upper()}": v for k, v in settings.items()})
         return start_nopard(env, name=f"ops-{time.monotonic_ns()}")
     return start
-
-
-def eventually(read: Callable[[], str], wanted: str, timeout: float = 10.0) -> str:
-    """What ``read`` returns once it contains ``wanted`` (log lines are written asynchronously)."""
-    deadline = time.monotonic() + timeout
-    text = read()
-    while wanted not in text and time.monotonic() < deadline:
-        time.sleep(0.05)
-        text = read()
-    assert wanted in text, f"{wanted!r} never appeared in:\n{text[-3000:]}"
-    return text
 
 
 def access_lines(text: str) -> list[str]:
@@ -75,7 +65,7 @@ def test_access_line_carries_user_cache_status_and_upstream_time(mirror) -> None
     token = server.token("alice", "pw")
     assert server.request("GET", "/debug", token=token).headers["x-nopard-cache"] == "MISS"
     assert server.request("GET", "/debug", token=token).headers["x-nopard-cache"] == "HIT"
-    text = eventually(server.log, "cache=HIT")
+    text = poll_text(server.log, "cache=HIT")
     pattern = re.compile(
         r" INFO access client=127\.0\.0\.1 user=alice method=GET path=/debug status=200 bytes=\d+ "
         r"ms=(?P<ms>[\d.]+) cache=(?P<cache>MISS|HIT) upstream_ms=(?P<upstream>[\d.]+|-)$"
@@ -92,7 +82,7 @@ def test_upstream_down_and_stale_serving_are_visible(mirror, fake: FakeUpstream)
     server.request("GET", "/debug")
     fake.fault("500")
     until_upstream_down(server, "/debug")
-    text = eventually(server.log, " WARN upstream-down ")
+    text = poll_text(server.log, " WARN upstream-down ")
     [down] = [line for line in text.splitlines() if " WARN upstream-down " in line]
     assert TEXT_LINE.match(down)
     assert f" url={fake.url.rstrip('/')} failures=3 msg=" in down and "serving from nopard's copies" in down
@@ -112,7 +102,7 @@ def test_json_lines_are_one_object_each(mirror) -> None:
     namespace, the fields and the message."""
     server = mirror(log_format="json")
     server.request("GET", "/debug", headers={"Accept": ABBREVIATED})
-    text = eventually(server.log, '"event":"access"')
+    text = poll_text(server.log, '"event":"access"')
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert not access_lines(text)
     [started] = [r for r in records if r["event"] == "started"]
@@ -137,7 +127,7 @@ def test_logfile_rotates_by_size(start_nopard: Callable[..., NopardServer], tmp_
     server = start_nopard({"NOPARD_LOGFILE": str(logfile), "NOPARD_LOG_MAX_SIZE": "4kb", "NOPARD_LOG_BACKUPS": "2"})
     for number in range(150):
         server.request("GET", f"/-/ping?{number}")
-    eventually(logfile.read_text, "path=/-/ping?149 ")
+    poll_text(logfile.read_text, "path=/-/ping?149 ")
     assert sorted(p.name for p in logfile.parent.iterdir()) == ["nopard.log", "nopard.log.1", "nopard.log.2"]
     for path in logfile.parent.iterdir():
         assert path.stat().st_size <= 4096 + 200
@@ -150,15 +140,13 @@ def test_sigusr1_reopens_the_logfile(start_nopard: Callable[..., NopardServer], 
     logfile = tmp_path / "nopard.log"
     server = start_nopard({"NOPARD_LOGFILE": str(logfile)})
     server.request("GET", "/-/ping?before")
-    eventually(logfile.read_text, "path=/-/ping?before ")
+    poll_text(logfile.read_text, "path=/-/ping?before ")
     moved = tmp_path / "nopard.log-20261121"
     os.rename(logfile, moved)
     server.process.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while not logfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll_until(logfile.exists, "SIGUSR1 to create a new logfile", 10)
     server.request("GET", "/-/ping?after")
-    eventually(logfile.read_text, "path=/-/ping?after ")
+    poll_text(logfile.read_text, "path=/-/ping?after ")
     assert server.process.poll() is None
     assert "?after" not in moved.read_text() and "?before" not in logfile.read_text()
 
@@ -187,7 +175,7 @@ def test_no_password_or_token_ever_reaches_the_log(
     shutil.rmtree(server.registry / "users")
     (server.registry / "users").write_text("not a directory")
     assert server.login("bob", other).status == 500
-    text = eventually(server.log, "unexpected error on /-/user/org.couchdb.user:bob")
+    text = poll_text(server.log, "unexpected error on /-/user/org.couchdb.user:bob")
     assert "Traceback" in text and ("NotADirectoryError" in text or "FileExistsError" in text)
     for secret in (password, wrong, other, token, token[len("npd_"):], basic, wrong_basic):
         assert secret not in text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import poll_until
 from tests.nginx_server import NginxServer
 from tests.redis_server import RedisServer
 from tests.s3_server import MotoServer
@@ -56,19 +57,11 @@ def cluster(
         }
         servers = [start_nopard(env, name=f"instance-{i}") for i in range(count)]
         for server in servers:
-            wait_for(lambda s=server: health(s)["redis"]["state"] == "up", f"redis up on {server.url}")
+            poll_until(lambda s=server: health(s)["redis"]["state"] == "up", f"redis up on {server.url}")
         return servers
 
     return start
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def health(server: NopardServer) -> dict:
@@ -162,7 +155,7 @@ def test_concurrent_publishes_of_one_package_through_different_instances_all_lan
     if not redis_up:
         redis_server.kill()
         for server in (first, second):
-            wait_for(lambda s=server: health(s)["redis"]["state"] == "down", "degraded")
+            poll_until(lambda s=server: health(s)["redis"]["state"] == "down", "degraded")
     wanted = [f"1.0.{n}" for n in range(1, 13)]
 
     def publish(index: int) -> int:
@@ -230,7 +223,7 @@ def test_redis_stopped_and_restarted_under_traffic(cluster, redis_server: RedisS
         time.sleep(0.5)
         redis_server.kill()
         for server in (first, second):
-            wait_for(lambda s=server: health(s)["status"] == "degraded", "degraded health")
+            poll_until(lambda s=server: health(s)["status"] == "degraded", "degraded health")
             assert health(server)["redis"]["state"] == "down"
             metrics = server.request("GET", "/-/metrics").body.decode()
             assert re.search(r"^nopard_redis_up 0\.0$", metrics, re.M), metrics
@@ -239,12 +232,12 @@ def test_redis_stopped_and_restarted_under_traffic(cluster, redis_server: RedisS
         assert second.request("PUT", "/steady", publish_body("steady", "1.1.0"), token=token).status == 201
         assert versions(second, "steady") == {"1.0.0", "1.1.0"}
         published = time.monotonic()
-        wait_for(lambda: versions(first, "steady") == {"1.0.0", "1.1.0"}, "the other instance", timeout=5)
+        poll_until(lambda: versions(first, "steady") == {"1.0.0", "1.1.0"}, "the other instance", timeout=5)
         assert time.monotonic() - published < 4  # 2 s, and slack for a busy machine
         time.sleep(0.5)
         redis_server.restart()
         for server in (first, second):
-            wait_for(lambda s=server: health(s)["status"] == "ok", "redis back", timeout=30)
+            poll_until(lambda s=server: health(s)["status"] == "ok", "redis back", timeout=30)
         # Published once it is back: shown by both at once again.
         assert first.request("PUT", "/steady", publish_body("steady", "1.2.0"), token=token).status == 201
         assert versions(second, "steady") == {"1.0.0", "1.1.0", "1.2.0"}
@@ -280,7 +273,7 @@ def test_stale_cache_from_before_an_outage_is_not_served_after_it(
     else:
         redis_server.restart()
     for server in (first, second):
-        wait_for(lambda s=server: health(s)["redis"]["state"] == "up", "redis back", timeout=30)
+        poll_until(lambda s=server: health(s)["redis"]["state"] == "up", "redis back", timeout=30)
     assert versions(second, "epoch") == {"1.0.0", "2.0.0"}
 
 
@@ -334,7 +327,7 @@ def test_an_instance_killed_mid_fetch_leaves_nothing_half_written(cluster, fake:
     fake.fault("slow", delay=30, paths=["/debug/-/"])
     hung = threading.Thread(target=lambda: _ignore_errors(lambda: first.request("GET", path)))
     hung.start()
-    wait_for(lambda: any(p.endswith(".tgz") for _, p in fake.stats()["requests"]), "the fetch to start")
+    poll_until(lambda: any(p.endswith(".tgz") for _, p in fake.stats()["requests"]), "the fetch to start")
     first.process.kill()
     first.process.wait()
     hung.join()

@@ -23,11 +23,13 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from nopard.ops.daemon import readable_by
+from tests.polling import PollTimeout, poll_text, poll_until
 from tests.support import BIN, REPO, free_port, publish_body, temporary_leftovers, twistd_env
 
 INSTALLER = REPO / "scripts" / "install-service"
@@ -80,15 +82,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def wait_until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def owner_ids(pid: int) -> tuple[list[int], list[int]]:
@@ -144,9 +137,9 @@ class Daemon:
     def start(self, pidfile: Path) -> Daemon:
         result = self.run()
         assert result.returncode == 0, result.stdout + result.stderr
-        assert wait_until(pidfile.exists), f"no PID file {pidfile}"
+        poll_until(pidfile.exists, f"a PID file {pidfile}")
         self.pid = int(pidfile.read_text())
-        assert wait_until(lambda: self.ping() == 200), "the daemon does not answer"
+        poll_until(lambda: self.ping() == 200, "the daemon to answer")
         return self
 
     def ping(self) -> int | None:
@@ -159,7 +152,7 @@ class Daemon:
         """SIGTERM, then wait until the process is gone."""
         if self.pid and alive(self.pid):
             os.kill(self.pid, signal.SIGTERM)
-            assert wait_until(lambda: not alive(self.pid), 40), "the daemon did not stop on SIGTERM"
+            poll_until(lambda: not alive(self.pid), "the daemon to stop on SIGTERM", 40)
 
 
 @pytest.fixture
@@ -170,7 +163,8 @@ def daemons() -> Iterator[list[Daemon]]:
     for daemon in started:
         if daemon.pid and alive(daemon.pid):
             os.kill(daemon.pid, signal.SIGKILL)
-            wait_until(lambda pid=daemon.pid: not alive(pid), 10)
+            with suppress(PollTimeout):
+                poll_until(lambda pid=daemon.pid: not alive(pid), "the killed daemon to be gone", 10)
 
 
 def hidden_files(directory: Path) -> list[Path]:
@@ -215,9 +209,9 @@ def test_daemon_pid_file_run_as_user_logfile_and_graceful_sigterm(open_dir: Path
     result = daemon.run()
     assert result.returncode == 0, result.stdout + result.stderr
     assert (result.stdout, result.stderr) == ("", "")
-    assert wait_until(pidfile.exists)
+    poll_until(pidfile.exists, "the PID file")
     daemon.pid = int(pidfile.read_text())
-    assert wait_until(lambda: daemon.ping() == 200)
+    poll_until(lambda: daemon.ping() == 200, "the daemon to answer")
 
     uids, gids = owner_ids(daemon.pid)
     assert uids == [NOBODY.pw_uid] * 4 and gids == [NOBODY.pw_gid] * 4
@@ -239,13 +233,13 @@ def test_daemon_pid_file_run_as_user_logfile_and_graceful_sigterm(open_dir: Path
     )
     time.sleep(0.3)
     os.kill(daemon.pid, signal.SIGTERM)
-    assert wait_until(lambda: "waiting for 1 requests in flight" in logfile.read_text(), 10)
+    poll_text(logfile.read_text, "waiting for 1 requests in flight", 10)
     assert daemon.ping() is None  # no new connections once stopping
     connection.sendall(body[500:])
     answer = connection.recv(65536).decode()
     connection.close()
     assert answer.startswith("HTTP/1.1 201 "), answer
-    assert wait_until(lambda: not alive(daemon.pid), 40)
+    poll_until(lambda: not alive(daemon.pid), "the daemon to stop on SIGTERM", 40)
 
     assert not pidfile.exists()
     assert hidden_files(registry) == []
@@ -515,7 +509,7 @@ def test_installed_service_verifies_and_runs(open_dir: Path, daemons: list[Daemo
     daemon.pid = process.pid
     daemons.append(daemon)
     try:
-        assert wait_until(lambda: daemon.ping() == 200 or process.poll() is not None, 30)
+        poll_until(lambda: daemon.ping() == 200 or process.poll() is not None, "the service to answer or exit", 30)
         assert process.poll() is None, process.stdout.read()
         assert owner_ids(process.pid)[0] == [NOBODY.pw_uid] * 4
         register(daemon.port)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.polling import poll_until
 from tests.support import REPO, NopardServer, Response, free_port
 from tests.upstream import FakeUpstream
 
@@ -157,10 +157,7 @@ def test_another_instance_on_the_same_store_follows(start, tmp_path: Path) -> No
     root = first.token("root", "pw-root")
     assert second.request("GET", "/debug").status == 404  # no upstream: a private registry
     assert change(first, root, auth_read="yes").status == 200
-    deadline = time.monotonic() + 15
-    while second.request("GET", "/debug").status != 401:
-        assert time.monotonic() < deadline, "the second instance did not follow within 15 s"
-        time.sleep(0.2)
+    poll_until(lambda: second.request("GET", "/debug").status == 401, "the second instance to follow", 15, 0.2)
     assert entries(second, root)["auth_read"]["source"] == "settings page"
     assert "settings-applied" in second.log()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import poll_until
 from tests.support import BIN, REPO, NopardServer, Npm, files_under, until_upstream_down
 from tests.upstream import FakeUpstream
 
@@ -86,14 +87,13 @@ def test_schedule_runs_jobs_on_its_own(syncing, fake: FakeUpstream) -> None:
     """With a short NOPARD_SYNC_INTERVAL, refresh and backfill run without being asked."""
     server = syncing(name="scheduled", sync_interval="1")
     server.request("GET", "/semver")
-    deadline = time.monotonic() + 20
-    status = {}
-    while time.monotonic() < deadline:
+
+    def ended() -> dict | None:
         status = server.request("GET", "/-/nopard/sync").json()
         backfill = status["jobs"]["backfill"]
-        if backfill and backfill["ended"]:
-            break
-        time.sleep(0.2)
+        return status if backfill and backfill["ended"] else None
+
+    status = poll_until(ended, "a scheduled backfill to end", interval=0.2)
     assert status["jobs"]["refresh"]["checked"] == 1
     assert status["jobs"]["backfill"]["ended"] and status["next_run"]
     assert "sync refresh: checked 1" in server.log()

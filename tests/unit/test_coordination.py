@@ -3,7 +3,8 @@ stand for two instances; killing the server makes them degraded."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -12,14 +13,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from nopard.domain.prepared import CachedDocument, prepare
-from nopard.settings.config import ConfigError, load_settings
 from nopard.cluster.coordination import RedisCoordination
 from nopard.cluster.link import POOL_SIZE, RedisLink, RedisPool
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.cluster.stamps import decode_document, encode_document
+from nopard.domain.prepared import CachedDocument, prepare
+from nopard.settings.config import ConfigError, load_settings
 from nopard.settings.values import redis_arguments
 from nopard.settings.values import redis_arguments as parse_redis_url
+from tests.polling import poll_until_async
 from tests.redis_server import RedisServer
 
 
@@ -31,14 +33,6 @@ def redis_server() -> Iterator[RedisServer]:
 
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
-
-
-async def until(condition: Any, seconds: float = 10) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 class Instance:
@@ -55,7 +49,7 @@ class Instance:
 
     async def start(self) -> Instance:
         self.link.start()
-        await until(lambda: self.link.up)
+        await poll_until_async(lambda: self.link.up, sleep, "the Redis link up", 10)
         return self
 
 
@@ -151,7 +145,7 @@ async def test_without_redis_nothing_fails_and_recovery_starts_a_new_epoch(
     first, _second = [await instance.start() for instance in instances]
     stamp = await first.coordination.stamp("pkg")
     redis_server.kill()
-    await until(lambda: not first.link.up)
+    await poll_until_async(lambda: not first.link.up, sleep, "the Redis link down", 10)
     assert first.coordination.state == "down"
     assert await first.coordination.stamp("pkg") is None
     assert await first.coordination.bump("pkg") is None
@@ -161,7 +155,7 @@ async def test_without_redis_nothing_fails_and_recovery_starts_a_new_epoch(
     assert await first.sessions.take("s2") == {"token": "u"}
     forgotten = first.forgotten
     redis_server.restart()
-    await until(lambda: first.link.up, seconds=15)
+    await poll_until_async(lambda: first.link.up, sleep, "the Redis link back up", 15)
     assert first.forgotten == forgotten + 1  # memory dropped before Redis is used again
     new = await first.coordination.stamp("pkg")
     assert new is not None and new.split(".")[0] != stamp.split(".")[0]
@@ -173,12 +167,12 @@ async def test_the_pool_adapter_reports_a_lost_pool(redis_server: RedisServer) -
     last connection is gone: this fails first if txredisapi changes that API."""
     pool = RedisPool(redis_arguments(redis_server.url), reactor)
     try:
-        await until(lambda: pool.connected == POOL_SIZE)
+        await poll_until_async(lambda: pool.connected == POOL_SIZE, sleep, "the whole pool connected", 10)
         assert await pool.client.ping() in (b"PONG", "PONG")
         empty = pool.when_empty()
         assert not empty.called
         redis_server.kill()
-        await until(lambda: empty.called)
+        await poll_until_async(lambda: empty.called, sleep, "the pool to report it is empty", 10)
     finally:
         await pool.close()
 
@@ -192,9 +186,9 @@ async def test_losing_every_connection_makes_nopard_degraded_before_the_next_pro
     link = RedisLink(redis_server.url, reactor, Logger(observer=events.append), probe_interval=1.0)
     link.start()
     try:
-        await until(lambda: link.up)
+        await poll_until_async(lambda: link.up, sleep, "the Redis link up", 10)
         redis_server.kill()
-        await until(lambda: not link.up, seconds=5)
+        await poll_until_async(lambda: not link.up, sleep, "the Redis link down", 5)
         [down] = [event for event in events if event.get("event") == "redis-down"]
         assert down["reason"] == "connection lost"
     finally:
