@@ -9,7 +9,8 @@ nginx, moto, chromium) can use it.
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable, Iterator, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.polling import poll_until
 from tests.nginx_server import NginxServer
+from tests.polling import poll_until
 from tests.redis_server import RedisServer
 from tests.s3_server import MotoServer
 from tests.support import NopardServer, Npm, Response, make_package, pack, publish_body, tarball_bytes
