@@ -6,7 +6,7 @@ import dataclasses
 import os
 import socket
 from functools import partial
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
@@ -171,7 +171,9 @@ def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -
     policy = InsecureTLS() if settings.ignore_cert else BrowserLikePolicyForHTTPS()
     if settings.proxy_url:
         proxy = urlsplit(settings.proxy_url)
-        agent: Any = ProxyingAgent(reactor, proxy.hostname, proxy.port or 80, policy, pool)
+        # hostname is None only for a URL naming no host ("http://:8080"), which NOPARD_PROXY_URL's check lets
+        # through; HostnameEndpoint refuses None (TypeError) as it always did.
+        agent: Any = ProxyingAgent(reactor, cast(str, proxy.hostname), proxy.port or 80, policy, pool)
     else:
         agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=settings.upstream_timeout)
     return ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
@@ -294,7 +296,8 @@ def build_service(
     UpstreamPoolService(agent).setServiceParent(top)
     http = HTTPClient(agent)
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
-    upstreams = ruled_upstreams(Upstreams, policy)(live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
+    upstreams = ruled_upstreams(Upstreams, policy)(
+        live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     mirror = Mirror(
         live, storage, registry, upstreams, cache, reactor,
         spool_dir=os.path.join(settings.registry_path, ".spool"),

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from nopard.domain.errors import Conflict
@@ -377,7 +377,7 @@ class StartGate(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: Resource, overrides: Overrides) -> None:
+    def __init__(self, inner: IResource, overrides: Overrides) -> None:
         super().__init__()
         self._inner = inner
         self._overrides = overrides

@@ -137,7 +137,8 @@ class NopardSite(server.Site):
     """A Site that logs through twisted.logger, one line per request."""
 
     requestFactory = NopardRequest
-    protocol = NopardChannel
+    # Twisted's stubs type this as its HTTP/1-or-2 wrapper; a plain HTTPChannel subclass serves HTTP/1.1.
+    protocol = NopardChannel  # type: ignore[assignment]
 
     def __init__(
         self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger,
