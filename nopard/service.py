@@ -47,12 +47,16 @@ from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
-from nopard.mirror.service import Mirror, Upstreams
+from nopard.ops.status import OperatorStatus
+from nopard.mirror import build_mirror
+from nopard.mirror.upstreams import Upstreams
 from nopard.settings.overrides import Overrides, StartGate
 from nopard.upstream.proxy import ProxyingAgent
 from nopard.jobs.schedule import SyncService
 from nopard.catalog.search import SearchIndex
 from nopard.jobs.sync import SyncJobs
+from nopard.storage.sizes import stored_tarball_sizes
+from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.domain.times import iso_time
 from nopard.local.packages import Registry
@@ -298,11 +302,10 @@ def build_service(
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
     upstreams = ruled_upstreams(Upstreams, policy)(
         live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
-    mirror = Mirror(
-        live, storage, registry, upstreams, cache, reactor,
-        spool_dir=os.path.join(settings.registry_path, ".spool"),
-        log=Logger(namespace="nopard.mirror", observer=logs.publisher), coordination=coordination,
-    )
+    parts = build_mirror(live, storage, registry, upstreams, cache, reactor,
+                         os.path.join(settings.registry_path, ".spool"),
+                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination)
+    mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.
     owner = f"{socket.gethostname()}:{settings.port}"
@@ -311,7 +314,7 @@ def build_service(
     metrics.live.coordination = coordination
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
-    jobs = SyncJobs(live, mirror, storage, reactor, sync_log, owner, metrics=metrics)
+    jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics)
     sync = SyncService(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)
@@ -325,8 +328,10 @@ def build_service(
     )
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
+        status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
+        tarball_sizes=partial(stored_tarball_sizes, storage),
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
-        search=SearchIndex(registry, mirror, reactor, coordination=coordination), metrics=metrics,
+        search=SearchIndex(registry, documents, reactor, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
         run_cpu=run_cpu, clock=reactor, log=Logger(namespace="nopard.web", observer=logs.publisher),
     )

@@ -288,7 +288,7 @@ class SearchIndex:
             for name in await self._mirror.mirrored_names():
                 if name in entries:
                     continue
-                meta = await self._mirror.meta(name)
+                meta = await self._mirror.mirrored_meta(name)
                 if meta is None:
                     continue
                 fetched[name] = meta.fetched_at
@@ -297,7 +297,7 @@ class SearchIndex:
                 if old is not None and self._origins.get(name) == "upstream" and old.stamp == stamp:
                     entries[name], origins[name] = old, "upstream"
                     continue
-                entry = await self._read(self._mirror.stored_document, name, stamp)
+                entry = await self._read(self._mirror.mirrored_document, name, stamp)
                 if entry is not None:
                     entries[name], origins[name] = entry, "upstream"
         except Exception:

@@ -18,21 +18,24 @@ A lock in the store keeps two instances from running the same job at once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import orjson
 from twisted.internet import task
-from twisted.internet.defer import gatherResults, Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nopard.domain import names
-from nopard.domain import packument
-from nopard.settings.config import LiveSettings
-from nopard.domain.errors import NopardError, UpstreamUnavailable
-from nopard.mirror.service import Mirror
+from nopard.domain import names, packument
+from nopard.domain.errors import NopardError, NotFound, UpstreamUnavailable
 from nopard.domain.times import iso_time
+from nopard.local.packages import Registry
+from nopard.mirror.documents import MirroredDocuments
+from nopard.mirror.tarballs import MirroredTarballs
+from nopard.mirror.upstreams import Upstreams
+from nopard.settings.config import LiveSettings
 from nopard.storage import Storage, keys
 from nopard.upstream.client import Upstream
 
@@ -159,12 +162,16 @@ class SyncJobs:
     """The jobs, their last reports, and the manners they keep."""
 
     def __init__(
-        self, settings: LiveSettings, mirror: Mirror, storage: Storage, clock: IReactorTime,
+        self, settings: LiveSettings, upstreams: Upstreams, registry: Registry, documents: MirroredDocuments,
+        tarballs: MirroredTarballs, storage: Storage, clock: IReactorTime,
         log: Logger, owner: str | None = None, metrics: Any = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics  # gets each finished (or skipped) JobReport
-        self._mirror = mirror
+        self._upstreams = upstreams
+        self._registry = registry
+        self._documents = documents
+        self._tarballs = tarballs
         self._clock = clock
         self._log = log
         self._lock = StoreLock(storage, clock, owner or str(uuid.uuid4()))
@@ -184,7 +191,7 @@ class SyncJobs:
         self._renewed_at[job] = self._clock.seconds()
         self._log.info("sync {job} started", job=job, event="sync-started")
         try:
-            names_ = await self._mirror.mirrored_names()
+            names_ = await self._documents.mirrored_names()
             work = self._refresh_one if job == "refresh" else self._backfill_one
             await for_each(names_, self._settings.current.sync_concurrency, lambda name: work(name, report))
         except UpstreamGone as gone:
@@ -220,10 +227,10 @@ class SyncJobs:
         return report
 
     async def _refresh_one(self, name: str, report: JobReport) -> None:
-        if not await self._mirror.follows_upstream(name):
+        if not await self._follows_upstream(name):
             return
         report.checked += 1
-        meta = await self._mirror.meta(name)
+        meta = await self._documents.mirrored_meta(name)
         current = self._settings.current
         # Stale now, or before the next run: refresh it now.
         due = self._clock.seconds() + current.sync_interval - current.meta_ttl
@@ -232,14 +239,28 @@ class SyncJobs:
         await self._politely(name, name, report, self._refresh_document, name, report)
 
     async def _refresh_document(self, name: str, report: JobReport) -> None:
-        if await self._mirror.refresh(name):
+        if await self._documents.refresh(name, self._upstream_of(name)):
             report.changed += 1
 
+    async def _follows_upstream(self, name: str) -> bool:
+        """Whether ``name`` is served from the upstream (not private, not shadowed by a local package)."""
+        if self._upstreams.for_name(name) is None:
+            return False
+        if name in self._settings.current.merge_upstream:
+            return True
+        return await self._registry.document(name) is None
+
+    def _upstream_of(self, name: str) -> Upstream:
+        upstream = self._upstreams.for_name(name)
+        if upstream is None:
+            raise NotFound(f"{name} is private: never sent upstream")
+        return upstream
+
     async def _backfill_one(self, name: str, report: JobReport) -> None:
-        if not await self._mirror.follows_upstream(name):
+        if not await self._follows_upstream(name):
             return
         report.checked += 1
-        document = await self._mirror.stored_document(name)
+        document = await self._documents.mirrored_document(name)
         if document is None:
             return
         for version in backfill_versions(document, self._settings.current.backfill):
@@ -257,12 +278,12 @@ class SyncJobs:
         if not may_read(name):
             report.fail(name, f"package not found: {name}")
             return
-        if not await self._mirror.follows_upstream(name):
+        if not await self._follows_upstream(name):
             return
-        document = await self._mirror.stored_document(name)
+        document = await self._documents.mirrored_document(name)
         if document is None or version not in document.get("versions", {}):
             await self._politely(name, name, report, self._refresh_document, name, report)
-            document = await self._mirror.stored_document(name)
+            document = await self._documents.mirrored_document(name)
         if document is None:
             return
         if version not in document.get("versions", {}):
@@ -272,12 +293,12 @@ class SyncJobs:
 
     async def _fetch_version(self, name: str, document: dict[str, Any], version: str, report: JobReport) -> None:
         filename = tarball_file(document["versions"][version])
-        if filename is None or await self._mirror.has_tarball(name, filename):
+        if filename is None or await self._tarballs.stored(name, filename):
             return
         await self._politely(name, f"{name}@{version}", report, self._fetch_tarball, name, filename, report)
 
     async def _fetch_tarball(self, name: str, filename: str, report: JobReport) -> None:
-        fetched = await self._mirror.ensure_tarball(name, filename)
+        fetched = await self._tarballs.ensure(name, filename, self._upstream_of(name))
         if fetched:
             report.tarballs += 1
             report.bytes += fetched
@@ -292,7 +313,7 @@ class SyncJobs:
         failing every package. A failure is recorded in the report (as
         ``what``), never raised.
         """
-        upstream = self._mirror.upstreams.for_name(name)
+        upstream = self._upstreams.for_name(name)
         if upstream is None:
             return
         while True:

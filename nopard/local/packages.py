@@ -7,34 +7,46 @@ create-if-absent before the document that names it.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
-from nopard.domain import names
-from nopard.domain import packument
-from nopard.domain.prepared import PreparedCache
 from nopard.cluster.coordination import InProcessCoordination
+from nopard.domain import names, packument
 from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from nopard.domain.prepared import PreparedCache
 from nopard.domain.publication import Publication
 from nopard.domain.times import iso_time
 from nopard.storage import Storage, keys
-
 
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).
 UPDATE_ATTEMPTS = 20
 
 
+class PackageLocks(Protocol):
+    """What publishing shares with other instances (nopard.cluster: Redis, or this process alone)."""
+
+    async def bump(self, name: str) -> str | None:
+        """Tell every instance that ``name`` changed."""
+
+    def lock(self, key: str, wait: float = 60.0) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` against every instance."""
+
+
 class Registry:
     """The packages published to this registry."""
 
-    def __init__(self, storage: Storage, cache: PreparedCache, clock: IReactorTime, coordination: Any = None) -> None:
+    def __init__(
+        self, storage: Storage, cache: PreparedCache, clock: IReactorTime, coordination: PackageLocks | None = None,
+    ) -> None:
         self._storage = storage
         self._cache = cache
         self._clock = clock
         # One instance at a time changes a package (a Redis lock when instances share one).
-        self._coordination = coordination or InProcessCoordination()
+        self._coordination: PackageLocks = coordination or InProcessCoordination()
 
     async def document(self, name: str) -> dict[str, Any] | None:
         """The stored document of ``name``, or None if it was never published here."""

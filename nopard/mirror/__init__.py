@@ -1,1 +1,45 @@
-"""The offline-first mirror of the upstream: documents, tarballs, the freshness policy."""
+"""The mirror: upstream documents and tarballs kept here by the offline-first policy.
+
+policy (the decision table), upstreams (which upstream serves a name),
+documents (mirrored documents), tarballs (mirrored tarballs), served (what
+clients get: local, mirrored or merged). ``build_mirror`` puts them together
+the one way nopard.service (and the tests) need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from nopard.cluster.coordination import InProcessCoordination
+from nopard.domain.prepared import PreparedCache
+from nopard.local.packages import Registry
+from nopard.mirror.documents import Coordination, MirroredDocuments
+from nopard.mirror.served import Mirror
+from nopard.mirror.tarballs import MirroredTarballs
+from nopard.mirror.upstreams import Upstreams
+from nopard.settings.config import LiveSettings
+from nopard.storage import Storage
+
+
+@dataclass(frozen=True)
+class MirrorParts:
+    """The mirror's pieces: the routes use ``mirror``, the sync jobs and search the other two."""
+
+    documents: MirroredDocuments
+    tarballs: MirroredTarballs
+    mirror: Mirror
+
+
+def build_mirror(
+    settings: LiveSettings, storage: Storage, registry: Registry, upstreams: Upstreams, cache: PreparedCache,
+    clock: IReactorTime, spool_dir: str, log: Logger, coordination: Coordination | None = None,
+) -> MirrorParts:
+    """The mirror over ``storage``, asking ``upstreams``; ``coordination`` None: this process alone."""
+    shared: Coordination = coordination or InProcessCoordination()
+    documents = MirroredDocuments(settings, storage, cache, clock, log, shared)
+    tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log)
+    return MirrorParts(documents, tarballs, Mirror(settings, storage, registry, upstreams, documents, tarballs,
+                                                   cache, clock, shared))

@@ -207,7 +207,7 @@ def _names(value: Any, where: str) -> list[str]:
 
 
 def ruled_upstreams(upstreams_type: type, policy: Policy) -> type:
-    """A subclass of mirror.Upstreams that never sends upstream a name whose rule has ``proxy = []``."""
+    """A subclass of nopard.mirror.upstreams.Upstreams that never sends upstream a name whose rule has ``proxy = []``."""
 
     class RuledUpstreams(upstreams_type):
         def for_name(self, name: str) -> Any:
@@ -216,3 +216,28 @@ def ruled_upstreams(upstreams_type: type, policy: Policy) -> type:
             return super().for_name(name)
 
     return RuledUpstreams
+
+
+# What a client is told of a name nopard lacks --------------------------------
+# One wording for the mirror's own answers and for hidden names: a name a user
+# may not read must get exactly what a name that does not exist would get.
+
+def unreachable(what: str) -> str:
+    """The answer for ``what`` (a name, or name/-/file) not stored here while its upstream is down."""
+    return f"{what} is not cached here and the upstream is unreachable"
+
+
+def not_forwarded(name: str) -> str:
+    """The answer for a name not stored here while NOPARD_AUTO_FORWARD is off."""
+    return f"package not found: {name} (NOPARD_AUTO_FORWARD is off)"
+
+
+def missing_answer(name: str, tarball: str | None, upstream_down: bool | None, auto_forward: bool) -> str | None:
+    """What a missing ``name`` (or its ``tarball``) is told; ``upstream_down`` None: private. None: plain."""
+    if upstream_down is None:
+        return None
+    if upstream_down:
+        return unreachable(f"{name}/-/{tarball}" if tarball else name)
+    if not auto_forward and tarball is None:
+        return not_forwarded(name)
+    return None

@@ -33,7 +33,7 @@ from nopard.web.api.weblogin import WebLoginRoutes
 from nopard.web.browser import BrowserSessions, wants_html
 from nopard.web.errors import Utf8PathGuard, install_error_handlers
 from nopard.web.responses import Requests, json_response
-from nopard.web.services import MirrorServices, RunInThread, Sessions
+from nopard.web.services import AuditForwarder, MirrorServices, MirrorStatus, RunInThread, Sessions, TarballSizes
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
 
 
@@ -46,6 +46,7 @@ class RegistryApp:
 
     def __init__(
         self, *, settings: LiveSettings, policy: Policy, registry: Registry, mirror: MirrorServices,
+        status: MirrorStatus, audits: AuditForwarder, tarball_sizes: TarballSizes,
         sync: SyncService, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, clock: IReactorTime, log: Logger,
@@ -53,20 +54,20 @@ class RegistryApp:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror)
         browser = BrowserSessions(sessions, policy, requests, settings)
-        self._home = PackagePages(browser, mirror, search, search, run_cpu, clock)
+        self._home = PackagePages(browser, mirror, tarball_sizes, search, search, run_cpu, clock)
         self._ui = WebUI(
             browser, log, self._home, AccountPages(browser, accounts),
-            AdminPages(browser, overrides, mirror, sync, metrics, store_size, clock),
+            AdminPages(browser, overrides, status, sync, metrics, store_size, clock),
         )
         self._app = Klein()
         install_error_handlers(self._app, log)
         add_route(self._app, "web", "/", ["GET"], self.root)
         add_route(self._app, "web", "/-/web/", None, self.web, branch=True)
         groups = (
-            OperationRoutes(requests, gate, mirror, sync, metrics, health),
+            OperationRoutes(requests, gate, status, sync, metrics, health),
             AccountRoutes(requests, gate, accounts),
             WebLoginRoutes(requests, weblogins, browser),
-            SearchRoutes(requests, gate, search, mirror, clock),
+            SearchRoutes(requests, gate, search, audits, clock),
             SettingsRoutes(requests, gate, overrides),
             PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu),
         )

@@ -1,7 +1,7 @@
 """What the routes need of the layers below, as Protocols.
 
 Each route group names the few methods it calls; nopard.service hands it the
-object that has them (today mostly ``Mirror``), so a change below the web
+object that has them (the mirror, the operator status, the audit forwarder), so a change below the web
 layer shows up here as a type error, not as a route failing at runtime.
 """
 
@@ -22,8 +22,8 @@ class PackageSource(Protocol):
     async def packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
         """The prepared document of ``name`` and how it was served (LOCAL, HIT, MISS, STALE...)."""
 
-    async def document(self, name: str, base_url: str) -> dict[str, Any]:
-        """The document of ``name`` as a dict."""
+    async def served_document(self, name: str, base_url: str) -> dict[str, Any]:
+        """The served document of ``name`` as a dict."""
 
     async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
         """The tarball ``filename`` of ``name``, opened, and how it was served."""
@@ -46,20 +46,21 @@ class AuditForwarder(Protocol):
         """(status, body, content type) of the upstream's answer."""
 
 
-class MirroredPages(PackageSource, MirrorStatus, Protocol):
+TarballSizes = Callable[[str, dict[str, Any]], Awaitable[dict[str, int | None]]]
+"""(name, document) -> version -> stored tarball size, None when only upstream."""
+
+
+class MirroredPages(PackageSource, Protocol):
     """What the browser pages show of a package beyond its document."""
 
-    async def meta(self, name: str) -> Any:
+    async def mirrored_meta(self, name: str) -> Any:
         """When the upstream copy was last confirmed (``fetched_at``), or None."""
-
-    async def tarball_sizes(self, name: str, document: dict[str, Any]) -> dict[str, int | None]:
-        """Version -> stored tarball size, None when only upstream."""
 
     async def refresh(self, name: str) -> bool:
         """Revalidate ``name`` with the upstream now; True if it changed."""
 
 
-class MirrorServices(MirroredPages, AuditForwarder, Protocol):
+class MirrorServices(MirroredPages, Protocol):
     """Everything the web layer asks of the mirror (what nopard.service passes in)."""
 
 

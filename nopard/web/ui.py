@@ -37,7 +37,7 @@ from nopard.web.browser import BrowserSessions, CsrfFailure, form_arg, has_form_
 from nopard.web.errors import set_retry_after, status_of
 from nopard.web.readme import render_readme
 from nopard.web.responses import client_address
-from nopard.web.services import ChangeListener, MirroredPages, MirrorStatus, RunInThread
+from nopard.web.services import ChangeListener, MirroredPages, MirrorStatus, RunInThread, TarballSizes
 
 _STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_LISTED = 500
@@ -67,10 +67,11 @@ STATIC = {  # name -> (content type, bytes): made once, served from memory
 class PackagePages:
     """The home page (the package list) and each package's page."""
 
-    def __init__(self, browser: BrowserSessions, mirror: MirroredPages, index: SearchIndex,
-                 changes: ChangeListener, run_cpu: RunInThread, clock: IReactorTime) -> None:
+    def __init__(self, browser: BrowserSessions, mirror: MirroredPages, tarball_sizes: TarballSizes,
+                 index: SearchIndex, changes: ChangeListener, run_cpu: RunInThread, clock: IReactorTime) -> None:
         self._browser = browser
         self._mirror = mirror
+        self._tarball_sizes = tarball_sizes
         self._index = index
         self._changes = changes
         self._run_cpu = run_cpu
@@ -134,8 +135,8 @@ class PackagePages:
         prepared, status = await self._mirror.packument(name, viewer.base_url)
         document = orjson.loads(prepared.full.identity)
         origin = "local" if status == "LOCAL" else "upstream"  # merged documents count as mirrored
-        meta = await self._mirror.meta(name) if origin != "local" else None
-        sizes = await self._mirror.tarball_sizes(name, document)
+        meta = await self._mirror.mirrored_meta(name) if origin != "local" else None
+        sizes = await self._tarball_sizes(name, document)
         rows = pages.version_rows(
             document, lambda manifest: str((manifest.get("dist") or {}).get("tarball", "")), sizes)
         readme = _readme_of(document)

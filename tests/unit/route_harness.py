@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,16 @@ from nopard.domain.times import iso_time
 from nopard.jobs.schedule import SyncService
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
-from nopard.mirror.service import Mirror, Upstreams
+from nopard.mirror import build_mirror
+from nopard.mirror.upstreams import Upstreams
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
+from nopard.ops.status import OperatorStatus
 from nopard.settings.acl import ALLOW_ALL, Policy, parse_policy
 from nopard.settings.config import LiveSettings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides
 from nopard.storage.fs import FilesystemStorage
+from nopard.storage.sizes import stored_tarball_sizes
+from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.web.app import RegistryApp
 from tests.support import Response
@@ -128,17 +133,19 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     registry = Registry(storage, cache, clock, coordination)
     upstream_http = StubTreq(MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
-    mirror = Mirror(live, storage, registry, upstreams, cache, clock, spool_dir=str(tmp_path / "spool"),
-                    log=log, coordination=coordination)
+    parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination)
     metrics = Metrics(clock)
-    jobs = SyncJobs(live, mirror, storage, clock, log, owner="test", metrics=metrics)
+    jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
+                    metrics=metrics)
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     app = RegistryApp(
-        settings=live, policy=policy, registry=registry, mirror=mirror, sync=SyncService(jobs, live, clock, log),
+        settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncService(jobs, live, clock, log),
+        status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
+        tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
-        search=SearchIndex(registry, mirror, clock, coordination=coordination), metrics=metrics,
+        search=SearchIndex(registry, parts.documents, clock, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, clock=clock, log=log,

@@ -18,7 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from nopard.upstream.agents import LiveAgent
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.cli.maintenance import call_directly
-from nopard.mirror.service import Upstreams
+from nopard.mirror.upstreams import Upstreams
 from nopard.settings.overrides import (
     OVERRIDABLE,
     POLL_SECONDS,

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from nopard.upstream.breaker import Breaker
-from nopard.mirror.service import Action, decide
+from nopard.mirror.policy import Action, decide
 
 TTL = 300.0
 

@@ -151,10 +151,10 @@ class FakeStore:
     async def mirrored_names(self) -> list[str]:
         return list(self.mirrored)
 
-    async def meta(self, name: str) -> Meta:
+    async def mirrored_meta(self, name: str) -> Meta:
         return Meta(self.mirrored[name][1])
 
-    async def stored_document(self, name: str) -> dict:
+    async def mirrored_document(self, name: str) -> dict:
         self.reads.append(name)
         return self.mirrored[name][0]
 

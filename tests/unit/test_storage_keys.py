@@ -18,7 +18,8 @@ from nopard.domain.errors import InvalidInput
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.publication import Publication
 from nopard.local.packages import Registry
-from nopard.mirror.service import Mirror, Upstreams
+from nopard.mirror import build_mirror
+from nopard.mirror.upstreams import Upstreams
 from nopard.settings.config import LiveSettings, load_settings
 from nopard.storage import InvalidKey, check_key, keys
 from nopard.storage.fs import FilesystemStorage
@@ -152,12 +153,12 @@ async def test_a_local_package_named_upstream_is_listed_and_found(tmp_path: Path
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     registry = Registry(storage, cache, clock)
     # The upstream is never asked: nothing here is missing from the store.
-    mirror = Mirror(live, storage, registry, Upstreams(live, lambda url, token: None), cache, clock,
-                    str(tmp_path / "spool"), Logger())
+    documents = build_mirror(live, storage, registry, Upstreams(live, lambda url, token: None), cache, clock,
+                             str(tmp_path / "spool"), Logger()).documents
     alice = {"name": "alice", "email": "alice@example.com"}
     for name in ("upstream", "@scope/upstream", "plain"):
         await registry.publish(published(name), alice)
     assert sorted(await registry.local_names()) == ["@scope/upstream", "plain", "upstream"]
-    assert await mirror.mirrored_names() == []
-    index = SearchIndex(registry, mirror, clock)
+    assert await documents.mirrored_names() == []
+    index = SearchIndex(registry, documents, clock)
     assert sorted(entry.name for entry in await index.entries()) == ["@scope/upstream", "plain", "upstream"]

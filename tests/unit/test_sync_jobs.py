@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor, task
@@ -14,16 +13,17 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nopard.domain.prepared import PreparedCache
-from nopard.settings.config import LiveSettings, load_settings
-from nopard.mirror.service import Mirror, Upstreams
-from nopard.local.packages import Registry
-from nopard.storage.fs import FilesystemStorage
 from nopard.jobs.sync import SyncJobs
+from nopard.local.packages import Registry
+from nopard.mirror import MirrorParts, build_mirror
+from nopard.mirror.upstreams import Upstreams
+from nopard.settings.config import LiveSettings, load_settings
+from nopard.storage.fs import FilesystemStorage
 from nopard.upstream.client import Upstream
 from tests.upstream import FakeUpstream
 
 
-def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str) -> tuple[Mirror, SyncJobs]:
+def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str) -> tuple[MirrorParts, SyncJobs]:
     """A mirror and its sync jobs whose sense of time is ``clock``; I/O is real."""
     env = {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_SYNC_RATE": "60000",
            **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
@@ -32,9 +32,10 @@ def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
     upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token))
-    mirror = Mirror(live, storage, Registry(storage, cache, clock), upstreams, cache, clock,
-                    str(tmp_path / "spool"), Logger())
-    return mirror, SyncJobs(live, mirror, storage, clock, Logger(), owner="test")
+    registry = Registry(storage, cache, clock)
+    parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), Logger())
+    jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, Logger(), owner="test")
+    return parts, jobs
 
 
 def keep_time_moving(clock: task.Clock) -> task.LoopingCall:
@@ -49,8 +50,8 @@ async def test_refresh_takes_what_will_be_stale_before_the_next_run(tmp_path: Pa
     """With META_TTL 300 and an interval of 100, a document fetched at t=0 is left alone at
     t=150 (fresh until the next run) and revalidated at t=250 (stale before the next run)."""
     clock = task.Clock()
-    mirror, jobs = build(tmp_path, fake, clock, meta_ttl="300", sync_interval="100")
-    await mirror.refresh("debug")
+    parts, jobs = build(tmp_path, fake, clock, meta_ttl="300", sync_interval="100")
+    await parts.mirror.refresh("debug")
     fake.reset()
     clock.advance(150)
     report = await jobs.run("refresh")
@@ -58,16 +59,16 @@ async def test_refresh_takes_what_will_be_stale_before_the_next_run(tmp_path: Pa
     clock.advance(100)
     report = await jobs.run("refresh")
     assert fake.stats()["requests"] == [["GET", "/debug"]]
-    assert (await mirror.meta("debug")).fetched_at == clock.seconds()
+    assert (await parts.documents.mirrored_meta("debug")).fetched_at == clock.seconds()
 
 
 @pytest_twisted.ensureDeferred
 async def test_refresh_counts_changed_documents(tmp_path: Path, fake: FakeUpstream) -> None:
     """A document that changed upstream is replaced and counted; an unchanged one is not."""
     clock = task.Clock()
-    mirror, jobs = build(tmp_path, fake, clock, meta_ttl="1", sync_interval="100")
+    parts, jobs = build(tmp_path, fake, clock, meta_ttl="1", sync_interval="100")
     for name in ("ms", "semver"):
-        await mirror.refresh(name)
+        await parts.mirror.refresh(name)
     published = fake.change("ms")
     clock.advance(10)
     nudger = keep_time_moving(clock)
@@ -76,15 +77,15 @@ async def test_refresh_counts_changed_documents(tmp_path: Path, fake: FakeUpstre
     finally:
         nudger.stop()
     assert (report.checked, report.changed, report.failures) == (2, 1, [])
-    assert (await mirror.stored_document("ms"))["dist-tags"]["latest"] == published["version"]
+    assert (await parts.documents.mirrored_document("ms"))["dist-tags"]["latest"] == published["version"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_backfill_is_idempotent(tmp_path: Path, fake: FakeUpstream) -> None:
     """A second backfill finds nothing to do: no tarball fetched, no upstream request."""
     clock = task.Clock()
-    mirror, jobs = build(tmp_path, fake, clock, backfill="all")
-    await mirror.refresh("ms")
+    parts, jobs = build(tmp_path, fake, clock, backfill="all")
+    await parts.mirror.refresh("ms")
     nudger = keep_time_moving(clock)
     try:
         first = await jobs.run("backfill")
@@ -92,7 +93,7 @@ async def test_backfill_is_idempotent(tmp_path: Path, fake: FakeUpstream) -> Non
         second = await jobs.run("backfill")
     finally:
         nudger.stop()
-    document = await mirror.stored_document("ms")
+    document = await parts.documents.mirrored_document("ms")
     assert first.tarballs == len(document["versions"]) and first.bytes > 0
     assert (second.tarballs, second.failures) == (0, [])
     assert fake.stats()["requests"] == []
@@ -102,9 +103,9 @@ async def test_backfill_is_idempotent(tmp_path: Path, fake: FakeUpstream) -> Non
 async def test_jobs_wait_out_a_429(tmp_path: Path, fake: FakeUpstream) -> None:
     """While the upstream's Retry-After runs, a job makes no request; afterwards it goes on."""
     clock = task.Clock()
-    mirror, jobs = build(tmp_path, fake, clock, meta_ttl="1")
-    await mirror.refresh("ms")
-    upstream = mirror.upstreams.default
+    parts, jobs = build(tmp_path, fake, clock, meta_ttl="1")
+    await parts.mirror.refresh("ms")
+    upstream = parts.mirror.upstream_of("ms")
     upstream.paused_until = clock.seconds() + 120
     clock.advance(5)
     fake.reset()

@@ -97,7 +97,7 @@ class PackageRoutes:
             if target.argument is not None:
                 raise_unsupported("GET", "dist-tag")
             self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
-            document = await self._packages.document(target.name, self._requests.base_url(request))
+            document = await self._packages.served_document(target.name, self._requests.base_url(request))
             return json_response(request, 200, document.get("dist-tags", {}))
         self._gate.hide_unreadable(target.name, identity, f"{target.name} is not published on this registry")
         local = await self._registry.document(target.name)
@@ -154,7 +154,7 @@ class PackageRoutes:
         """One version's manifest, by version or dist-tag."""
         identity = await self._gate.reader(request)
         self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
-        document = await self._packages.document(target.name, self._requests.base_url(request))
+        document = await self._packages.served_document(target.name, self._requests.base_url(request))
         assert target.argument is not None  # a version path names the version or tag
         return json_response(request, 200, packument.resolve_version(document, target.argument))
 
