@@ -207,7 +207,7 @@ def _names(value: Any, where: str) -> list[str]:
 
 
 def ruled_upstreams(upstreams_type: type, policy: Policy) -> type:
-    """A subclass of nopard.mirror.upstreams.Upstreams that never sends upstream a name whose rule has ``proxy = []``."""
+    """A subclass of mirror.upstreams.Upstreams that never sends upstream a name whose rule has ``proxy = []``."""
 
     class RuledUpstreams(upstreams_type):
         def for_name(self, name: str) -> Any:

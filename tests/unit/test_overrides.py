@@ -15,24 +15,24 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from nopard.upstream.agents import LiveAgent
-from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.cli.maintenance import call_directly
+from nopard.jobs.schedule import SyncService
 from nopard.mirror.upstreams import Upstreams
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import (
     OVERRIDABLE,
     POLL_SECONDS,
     START_PATIENCE,
     STORE_KEY,
-    Overrides,
     OverrideError,
+    Overrides,
     StartGate,
     describe,
     effective_settings,
     scrub,
 )
-from nopard.jobs.schedule import SyncService
 from nopard.storage.fs import FilesystemStorage
+from nopard.upstream.agents import LiveAgent
 
 CWD = "/srv/nopard"
 

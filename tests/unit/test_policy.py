@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from nopard.upstream.breaker import Breaker
 from nopard.mirror.policy import Action, decide
+from nopard.upstream.breaker import Breaker
 
 TTL = 300.0
 
