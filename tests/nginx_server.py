@@ -19,7 +19,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from tests.polling import PollTimeout, poll_until
+from tests.polling import wait_for_start
 from tests.support import REPO, free_port
 
 CONF = REPO / "deploy" / "nginx" / "nopard.conf"
@@ -134,23 +134,12 @@ class NginxServer:
             self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        process = self.process
-
-        def accepts() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited at start:\n{self.error_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                return False
-            return True
-
-        try:
-            poll_until(accepts, "nginx to accept connections", 15)
-        except PollTimeout:
-            self.stop()
-            raise RuntimeError(f"nginx did not accept connections within 15 s:\n{self.error_log()}") from None
+        wait_for_start(self.process, self._accepts, "nginx", 15, self.error_log, self.stop)
         return self
+
+    def _accepts(self) -> bool:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        return True
 
     def stop(self) -> None:
         """Stop nginx (master and workers) and remove the temporary directory."""

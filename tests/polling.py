@@ -8,6 +8,7 @@ nginx, moto, chromium) can use it.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -89,3 +90,30 @@ def poll_text(read: Callable[[], str], wanted: str, timeout: float = 10.0) -> st
     poll_until(contains, lambda: f"{wanted!r} in:\n{last[0][-3000:]}", timeout)
     return last[0]
 
+
+
+def wait_for_start(
+    process: subprocess.Popen,
+    ready: Callable[[], bool],
+    name: str,
+    timeout: float,
+    log: Callable[[], str] = lambda: "",
+    on_timeout: Callable[[], object] = lambda: None,
+) -> None:
+    """Poll ``ready`` until the just-started ``process`` serves; an ``OSError`` from ``ready`` (a
+    refused connection) counts as not yet. RuntimeError with ``log()`` when the process exits
+    first, or (after ``on_timeout()``, which stops it) when ``timeout`` passes."""
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited at start:\n{log()}")
+        try:
+            return bool(ready())
+        except OSError:
+            return False
+
+    try:
+        poll_until(serving, f"{name} to answer", timeout)
+    except PollTimeout:
+        on_timeout()
+        raise RuntimeError(f"{name} did not answer within {timeout:g} s:\n{log()}") from None

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.polling import PollTimeout, poll_until
+from tests.polling import wait_for_start
 from tests.support import free_port, stop_process
 
 
@@ -117,18 +117,7 @@ class RedisServer:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             cwd=self.directory,
         )
-        process = self.process
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start:\n{self.log()}")
-            return self.ping()
-
-        try:
-            poll_until(answers, "redis-server to answer PING", 15)
-        except PollTimeout:
-            self._terminate()
-            raise RuntimeError(f"redis-server did not answer PING within 15 s:\n{self.log()}") from None
+        wait_for_start(self.process, self.ping, "redis-server", 15, self.log, self._terminate)
         return self
 
     def ping(self) -> bool:

@@ -12,7 +12,7 @@ import sys
 import uuid
 from typing import Any
 
-from tests.polling import PollTimeout, poll_until
+from tests.polling import wait_for_start
 from tests.support import free_port, stop_process
 
 CREDENTIALS = {
@@ -44,26 +44,15 @@ class MotoServer:
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        process = self.process
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError("moto server exited at start (is moto[server] installed?)")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/moto-api/")
-                connection.getresponse().read()
-                connection.close()
-            except OSError:
-                return False
-            return True
-
-        try:
-            poll_until(answers, "moto to answer", 30)
-        except PollTimeout:
-            self.stop()
-            raise RuntimeError("moto server did not answer within 30 s") from None
+        wait_for_start(self.process, self._answers, "moto server", 30, lambda: "is moto[server] installed?", self.stop)
         return self
+
+    def _answers(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        connection.request("GET", "/moto-api/")
+        connection.getresponse().read()
+        connection.close()
+        return True
 
     def stop(self) -> None:
         """Stop the server."""

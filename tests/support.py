@@ -19,7 +19,7 @@ from typing import Any
 
 import pexpect
 
-from tests.polling import PollTimeout, poll_until
+from tests.polling import poll_until, wait_for_start
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -107,20 +107,7 @@ class NopardServer:
             [str(BIN / "twistd"), "-n", "--pidfile=", "nopard", *self._args],
             cwd=self.workdir, env=twistd_env(self._env), stdout=log, stderr=subprocess.STDOUT,
         )
-        process = self.process
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"nopard exited at start:\n{self.log()}")
-            try:
-                return self.request("GET", "/-/ping").status == 200
-            except OSError:
-                return False
-
-        try:
-            poll_until(answers, "nopard to answer", 30)
-        except PollTimeout:
-            raise RuntimeError(f"nopard did not answer within 30 s:\n{self.log()}") from None
+        wait_for_start(self.process, lambda: self.request("GET", "/-/ping").status == 200, "nopard", 30, self.log)
         return self
 
     def stop(self) -> None:

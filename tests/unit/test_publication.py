@@ -11,6 +11,7 @@ import pytest
 from nopard.domain.errors import IntegrityMismatch, InvalidInput
 from nopard.domain.integrity import integrity_matches, integrity_of
 from nopard.domain.publication import parse_publication
+from tests.support import publish_body
 
 DATA = b"\x1f\x8b pretend this is a tarball"
 
@@ -22,25 +23,7 @@ def sri(algorithm: str, data: bytes = DATA) -> str:
 
 def body(name: str = "pkg", version: str = "1.0.0", data: bytes = DATA) -> dict[str, Any]:
     """A publish body shaped as npm 11 sends it (attachment key carries the full name)."""
-    filename = f"{name}-{version}.tgz"
-    return {
-        "_id": name,
-        "name": name,
-        "description": "a package",
-        "dist-tags": {"latest": version},
-        "versions": {
-            version: {
-                "name": name, "version": version, "_id": f"{name}@{version}", "readme": "# hi",
-                "dist": {"integrity": sri("sha512", data), "shasum": hashlib.sha1(data).hexdigest(),
-                         "tarball": f"http://localhost:4873/{name}/-/{filename}"},
-            }
-        },
-        "access": None,
-        "_attachments": {
-            filename: {"content_type": "application/octet-stream",
-                       "data": base64.b64encode(data).decode(), "length": len(data)}
-        },
-    }
+    return publish_body(name, version, data, readme="# hi")
 
 
 def test_npm_body_parses() -> None:
