@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 import uuid
 from collections import OrderedDict, deque
-from typing import Any
 
-from nopard.settings.config import LiveSettings
+from twisted.internet.interfaces import IReactorTime
+
+from nopard.cluster.link import RedisLink
 from nopard.domain.errors import TooManyAttempts
+from nopard.settings.config import LiveSettings
 
 MAX_KEYS = 100_000  # memory bound: the least recently failed keys are forgotten first
 
@@ -26,7 +28,7 @@ MAX_KEYS = 100_000  # memory bound: the least recently failed keys are forgotten
 class LoginLimiter:
     """Counts failed password checks in a sliding window; ``clock`` has ``seconds()``."""
 
-    def __init__(self, settings: LiveSettings, clock: Any, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, settings: LiveSettings, clock: IReactorTime, max_keys: int = MAX_KEYS) -> None:
         self._settings = settings
         self._clock = clock
         self._max_keys = max_keys
@@ -128,7 +130,7 @@ class SharedLoginLimiter:
     decides alone while Redis is unreachable.
     """
 
-    def __init__(self, link: Any, local: LoginLimiter, settings: LiveSettings, clock: Any) -> None:
+    def __init__(self, link: RedisLink, local: LoginLimiter, settings: LiveSettings, clock: IReactorTime) -> None:
         self._link = link
         self._local = local
         self._settings = settings

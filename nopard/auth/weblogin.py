@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
+from nopard.auth import Accounts
+from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.errors import NotFound, TooManyAttempts
 
 SESSION_TTL = 300.0
@@ -35,14 +38,13 @@ class WebLogins:
     through Redis when it is configured, so npm may poll any of them); ``clock`` has ``seconds()``.
     """
 
-    def __init__(self, accounts: Any, clock: Any, sessions: Any = None, ttl: float = SESSION_TTL,
-                 max_sessions: int = MAX_SESSIONS) -> None:
-        from nopard.cluster.sessions import MemorySessions
-
+    def __init__(self, accounts: Accounts, clock: IReactorTime, sessions: MemorySessions | RedisSessions | None = None,
+                 ttl: float = SESSION_TTL, max_sessions: int = MAX_SESSIONS) -> None:
         self._accounts = accounts
         self._clock = clock
         self._ttl = ttl
-        self._sessions = sessions if sessions is not None else MemorySessions(clock, max_sessions)
+        self._sessions: MemorySessions | RedisSessions = (
+            sessions if sessions is not None else MemorySessions(clock, max_sessions))
 
     async def start(self, create: bool = False) -> str:
         """A new session's id."""

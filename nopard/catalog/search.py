@@ -14,10 +14,14 @@ name contains > keyword > description. Qualifiers npm users know work too:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
+
+from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.packument import version_key
 from nopard.ops.singleflight import SingleFlight
 
@@ -219,23 +223,67 @@ def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool
         }
         for points, entry in page
     ]
-    moment = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
+    moment = datetime.fromtimestamp(now, tz=UTC).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
     return {"objects": objects, "total": len(found), "time": moment}
 
 
 # The index ------------------------------------------------------------------
 
 
+class LocalDocuments(Protocol):
+    """The documents of the packages published here (the Registry), as search reads them."""
+
+    async def local_names(self) -> list[str]:
+        """Every name published here."""
+
+    async def document(self, name: str) -> dict[str, Any] | None:
+        """``name``'s stored document, or None."""
+
+
+class ChangeStamps(Protocol):
+    """Stamps that move when any instance changes a local document (the coordination's)."""
+
+    async def stamps(self, names: list[str]) -> dict[str, str] | None:
+        """Each name's current stamp; None while they cannot be known (read every document)."""
+
+
+class FetchedCopy(Protocol):
+    """What the mirror knows of its stored copy of an upstream document."""
+
+    @property
+    def fetched_at(self) -> float:
+        """When it was fetched."""
+
+    @property
+    def etag(self) -> str | None:
+        """Upstream's ETag of it."""
+
+    @property
+    def last_modified(self) -> str | None:
+        """Upstream's Last-Modified of it."""
+
+
+class MirroredCopies(Protocol):
+    """The mirror's stored upstream documents, as search reads them."""
+
+    async def mirrored_names(self) -> list[str]:
+        """Every name with a stored upstream document."""
+
+    async def mirrored_meta(self, name: str) -> FetchedCopy | None:
+        """What is known of ``name``'s stored copy, or None."""
+
+    async def mirrored_document(self, name: str) -> dict[str, Any] | None:
+        """``name``'s stored upstream document, or None."""
+
+
 class SearchIndex:
     """Search entries of every stored document, kept up to date cheaply (see the module's doc)."""
 
-    def __init__(self, registry: Any, mirror: Any, clock: Any, max_age: float = 30.0,
-                 coordination: Any = None) -> None:
-        from nopard.cluster.coordination import InProcessCoordination
-
+    def __init__(self, registry: LocalDocuments, mirror: MirroredCopies, clock: IReactorTime,
+                 max_age: float = 30.0, coordination: ChangeStamps | None = None) -> None:
         self._registry = registry
         # Stamps tell which local documents other instances changed since the last build.
-        self._coordination = coordination or InProcessCoordination()
+        self._coordination: ChangeStamps = coordination or InProcessCoordination()
         self._mirror = mirror
         self._clock = clock
         self._max_age = max_age
@@ -292,12 +340,12 @@ class SearchIndex:
                 if meta is None:
                     continue
                 fetched[name] = meta.fetched_at
-                stamp = (meta.etag, meta.last_modified) if meta.etag else meta.fetched_at
+                copy = (meta.etag, meta.last_modified) if meta.etag else meta.fetched_at
                 old = self._entries.get(name)
-                if old is not None and self._origins.get(name) == "upstream" and old.stamp == stamp:
+                if old is not None and self._origins.get(name) == "upstream" and old.stamp == copy:
                     entries[name], origins[name] = old, "upstream"
                     continue
-                entry = await self._read(self._mirror.mirrored_document, name, stamp)
+                entry = await self._read(self._mirror.mirrored_document, name, copy)
                 if entry is not None:
                     entries[name], origins[name] = entry, "upstream"
         except Exception:

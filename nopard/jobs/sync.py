@@ -35,6 +35,7 @@ from nopard.local.packages import Registry
 from nopard.mirror.documents import MirroredDocuments
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
+from nopard.ops.metrics import Metrics
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage, keys
 from nopard.upstream.client import Upstream
@@ -164,7 +165,7 @@ class SyncJobs:
     def __init__(
         self, settings: LiveSettings, upstreams: Upstreams, registry: Registry, documents: MirroredDocuments,
         tarballs: MirroredTarballs, storage: Storage, clock: IReactorTime,
-        log: Logger, owner: str | None = None, metrics: Any = None,
+        log: Logger, owner: str | None = None, metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics  # gets each finished (or skipped) JobReport

@@ -33,6 +33,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     ILogObserver,
     Logger,
@@ -59,7 +60,7 @@ class Daemon:
     log_observer: ILogObserver | None = None
     notes: list[str] = field(default_factory=list)
 
-    def wrap(self, app: MultiService, clock: Any) -> GracefulService:
+    def wrap(self, app: MultiService, clock: IReactorTime) -> GracefulService:
         """The service twistd runs: ``app`` with a graceful stop and this daemon's log."""
         return GracefulService(app, clock, self.log_observer, self.notes)
 
@@ -373,7 +374,7 @@ class GracefulService(MultiService):
     def __init__(
         self,
         app: MultiService,
-        clock: Any,
+        clock: IReactorTime,
         log_observer: ILogObserver | None = None,
         notes: list[str] | None = None,
         grace: float = GRACE_SECONDS,

@@ -21,6 +21,7 @@ from typing import IO, Any, cast
 
 import orjson
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
@@ -247,7 +248,8 @@ class LogService(Service):
     when given, else into twistd's log. Installs the SIGUSR1 handler that reopens the logfile.
     """
 
-    def __init__(self, settings: LiveSettings, stream: IO[str] | None = None, reactor: Any = None) -> None:
+    def __init__(self, settings: LiveSettings, stream: IO[str] | None = None,
+                 reactor: IReactorFromThreads | None = None) -> None:
         self._settings = settings
         self._stream = stream
         self._reactor = reactor
@@ -309,14 +311,15 @@ class LogService(Service):
             logfile.close()
 
     def _install_sigusr1(self) -> None:
-        if self._reactor is None or not hasattr(signal, "SIGUSR1"):
+        reactor = self._reactor
+        if reactor is None or not hasattr(signal, "SIGUSR1"):
             return
         previous = signal.getsignal(signal.SIGUSR1)
 
         def on_sigusr1(number: int, frame: Any) -> None:
             # The handler runs between two bytecodes, maybe inside a write: the
             # reopen itself runs from the reactor loop, as twistd's own handler does.
-            self._reactor.callFromThread(self.reopen)
+            reactor.callFromThread(self.reopen)
             if callable(previous):
                 previous(number, frame)
 

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from nopard import __version__
 from nopard.domain import names
 from nopard.ops.singleflight import SingleFlight
-from nopard.storage import keys
+from nopard.storage import Storage, keys
 
 RunInThread = Callable[..., Awaitable[Any]]
 
@@ -314,7 +314,7 @@ class StoreSize:
 class StoreProbe:
     """Whether the store works: a small write, read back and delete, under a deadline."""
 
-    def __init__(self, storage: Any, clock: IReactorTime, timeout: float = 5.0) -> None:
+    def __init__(self, storage: Storage, clock: IReactorTime, timeout: float = 5.0) -> None:
         self._storage = storage
         self._clock = clock
         self._timeout = timeout

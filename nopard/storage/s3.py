@@ -25,8 +25,8 @@ from __future__ import annotations
 import builtins
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 from twisted.internet import defer
@@ -52,15 +52,87 @@ class ProducerStopped(Exception):
     """The consumer asked the blob to stop before the object was sent."""
 
 
+class ObjectBody(Protocol):
+    """A GetObject body (botocore's StreamingBody): read in chunks, then closed."""
+
+    def read(self, amt: int | None = None) -> bytes:
+        """Up to ``amt`` more bytes (all the rest when None); b"" at the end."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+class Paginator(Protocol):
+    """A boto3 paginator: the pages of one listing."""
+
+    def paginate(self, **kwargs: Any) -> Iterable[dict[str, Any]]:
+        """Each page of the answer, requested as they are iterated."""
+
+
+class S3Client(Protocol):
+    """The calls of a boto3 S3 client that S3Storage makes (boto3 ships no types of its own)."""
+
+    def put_object(self, **kwargs: Any) -> dict[str, Any]:
+        """PutObject."""
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        """GetObject."""
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        """HeadObject."""
+
+    def delete_object(self, **kwargs: Any) -> dict[str, Any]:
+        """DeleteObject."""
+
+    def create_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
+        """CreateMultipartUpload."""
+
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]:
+        """UploadPart."""
+
+    def complete_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
+        """CompleteMultipartUpload."""
+
+    def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
+        """AbortMultipartUpload."""
+
+    def get_paginator(self, operation_name: str) -> Paginator:
+        """The paginator of ``operation_name``."""
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _conditional(put: Callable[[], Any], refused: tuple[str, ...] = _EXISTS) -> bool:
+    """Run a conditional write: True if it was applied, False if S3 refused it with a ``refused`` code."""
+    for attempt in range(_CONFLICT_RETRIES):
+        try:
+            put()
+        except ClientError as error:
+            code = _code(error)
+            if code in refused:
+                return False
+            if code in _CONFLICT and attempt + 1 < _CONFLICT_RETRIES:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise
+        return True
+    raise AssertionError("unreachable")
+
+
+def _abort(client: S3Client, bucket: str, name: str, upload: str) -> None:
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload)
+    except ClientError:
+        pass  # a refused complete may already have ended it; the bucket's lifecycle rule cleans up
 
 
 @implementer(IPushProducer)
 class S3Blob:
     """An object's GetObject body, streamed to a consumer chunk by chunk with flow control."""
 
-    def __init__(self, body: Any, size: int, run_in_thread: RunInThread, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(self, body: ObjectBody, size: int, run_in_thread: RunInThread, chunk_size: int = CHUNK_SIZE) -> None:
         self._body = body
         self.size = size
         self._run = run_in_thread
@@ -114,7 +186,7 @@ class S3Blob:
 class S3Storage:
     """Storage in an S3 bucket (or any S3-compatible server) under an optional prefix."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str, run_in_thread: RunInThread,
+    def __init__(self, client: S3Client, bucket: str, prefix: str, run_in_thread: RunInThread,
                  multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE) -> None:
         self._client = client
         self.bucket = bucket
@@ -140,7 +212,7 @@ class S3Storage:
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
         name = self.object_key(key)
-        return await self._run(self._conditional, lambda: self._client.put_object(
+        return await self._run(_conditional, lambda: self._client.put_object(
             Bucket=self.bucket, Key=name, Body=data, IfNoneMatch="*"))
 
     async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
@@ -155,7 +227,7 @@ class S3Storage:
         """
         name = self.object_key(key)
         condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
-        return await self._run(self._conditional, lambda: self._client.put_object(
+        return await self._run(_conditional, lambda: self._client.put_object(
             Bucket=self.bucket, Key=name, Body=data, **condition), _EXISTS + _MISSING)
 
     async def create_from_file(self, key: str, path: str) -> bool:
@@ -242,22 +314,6 @@ class S3Storage:
         self._client.delete_object(Bucket=self.bucket, Key=name)
         return True
 
-    def _conditional(self, put: Callable[[], Any], refused: tuple[str, ...] = _EXISTS) -> bool:
-        """Run a conditional write: True if it was applied, False if S3 refused it with a ``refused`` code."""
-        for attempt in range(_CONFLICT_RETRIES):
-            try:
-                put()
-            except ClientError as error:
-                code = _code(error)
-                if code in refused:
-                    return False
-                if code in _CONFLICT and attempt + 1 < _CONFLICT_RETRIES:
-                    time.sleep(0.05 * (attempt + 1))
-                    continue
-                raise
-            return True
-        raise AssertionError("unreachable")
-
     def _create_from_file(self, name: str, path: str) -> bool:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
@@ -269,7 +325,7 @@ class S3Storage:
                 file.seek(0)  # a retry after a 409 sends the file again
                 self._client.put_object(Bucket=self.bucket, Key=name, Body=file, IfNoneMatch="*")
 
-            return self._conditional(put)
+            return _conditional(put)
 
     def _multipart_upload(self, name: str, file: Any) -> bool:
         """A multipart upload holding one part in memory; completed only if the key is free."""
@@ -282,21 +338,15 @@ class S3Storage:
                     Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=chunk)
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
                 del chunk
-            created = self._conditional(lambda: self._client.complete_multipart_upload(
+            created = _conditional(lambda: self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload,
                 MultipartUpload={"Parts": parts}, IfNoneMatch="*"))
         except BaseException:
-            self._abort(name, upload)
+            _abort(self._client, self.bucket, name, upload)
             raise
         if not created:
-            self._abort(name, upload)
+            _abort(self._client, self.bucket, name, upload)
         return created
-
-    def _abort(self, name: str, upload: str) -> None:
-        try:
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
-        except ClientError:
-            pass  # a refused complete may already have ended it; the bucket's lifecycle rule cleans up
 
     def _list(self, prefix: str) -> builtins.list[str]:  # list: the method above
         return sorted(self._sizes(prefix))
@@ -316,7 +366,7 @@ class S3Storage:
         return sizes
 
 
-def s3_client(max_connections: int) -> Any:
+def s3_client(max_connections: int) -> S3Client:
     """A boto3 S3 client configured the standard way (AWS_* variables, AWS_ENDPOINT_URL, ~/.aws)."""
     import boto3
     from botocore.config import Config

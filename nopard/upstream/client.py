@@ -28,7 +28,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from nopard.domain.errors import UpstreamUnavailable
-from nopard.ops.metrics import add_upstream_wait
+from nopard.ops.metrics import Metrics, add_upstream_wait
 from nopard.settings.config import LiveSettings
 from nopard.upstream.breaker import Breaker
 
@@ -61,7 +61,7 @@ class Upstream:
         clock: IReactorTime,
         token: str | None = None,
         log: Logger | None = None,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._host = urlsplit(self.base_url).netloc

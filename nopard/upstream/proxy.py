@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTCP, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ProxyAgent
@@ -95,7 +95,7 @@ class _TunnelProtocol(Protocol):
 
 @implementer(IAgentEndpointFactory)
 class _TunnelEndpointFactory:
-    def __init__(self, reactor: Any, proxy: IStreamClientEndpoint, policy: IPolicyForHTTPS) -> None:
+    def __init__(self, reactor: IReactorTCP, proxy: IStreamClientEndpoint, policy: IPolicyForHTTPS) -> None:
         self._reactor = reactor
         self._proxy = proxy
         self._policy = policy
@@ -110,7 +110,7 @@ class ProxyingAgent:
     """Sends http:// requests to the proxy and tunnels https:// ones through it."""
 
     def __init__(
-        self, reactor: Any, proxy_host: str, proxy_port: int, policy: IPolicyForHTTPS,
+        self, reactor: IReactorTCP, proxy_host: str, proxy_port: int, policy: IPolicyForHTTPS,
         pool: HTTPConnectionPool,
     ) -> None:
         proxy = HostnameEndpoint(reactor, proxy_host, proxy_port)
