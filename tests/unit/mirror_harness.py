@@ -1,0 +1,147 @@
+"""The mirror in-process: a fake upstream resource reached through StubTreq, a Clock for time.
+
+The fake serves a few packuments and their tarballs, counts every request,
+and can be switched to a fault: ``5xx``, ``404``, ``silent`` (a request whose
+answer never comes: its Deferred never fires) or corrupt tarball bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from treq.testing import StubTreq
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from nopard.cluster.coordination import InProcessCoordination
+from nopard.domain.prepared import PreparedCache
+from nopard.local.packages import Registry
+from nopard.mirror import MirrorParts, build_mirror
+from nopard.mirror.upstreams import Upstreams
+from nopard.settings.config import LiveSettings, load_settings
+from nopard.storage.fs import FilesystemStorage
+from nopard.upstream.client import Upstream
+from tests.unit.route_harness import run_now
+
+UPSTREAM = "http://127.0.0.1:9"  # never dialled: StubTreq hands every request to FakeRegistry
+
+
+def tarball(name: str, version: str) -> bytes:
+    """Some bytes standing for the tarball of ``name@version``."""
+    return f"tarball of {name}@{version}".encode()
+
+
+def packument(name: str, *versions: str) -> dict[str, Any]:
+    """An upstream document of ``name`` whose versions' dist point at the fake's tarballs."""
+    manifests = {}
+    for version in versions:
+        data = tarball(name, version)
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        url = f"{UPSTREAM}/{name}/-/{name.split('/')[-1]}-{version}.tgz"
+        manifests[version] = {"name": name, "version": version, "dist": {"tarball": url, "integrity": integrity}}
+    return {"name": name, "dist-tags": {"latest": versions[-1]}, "versions": manifests}
+
+
+@dataclass
+class FakeRegistry(Resource):
+    """An upstream registry: documents by name, tarballs by path, every request recorded."""
+
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    fault: str | None = None  # None, "5xx", "404", "silent", "corrupt"
+    isLeaf = True
+
+    def __post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def etag(self, name: str) -> str:
+        """The ETag of ``name``'s current document."""
+        return '"' + hashlib.sha1(orjson.dumps(self.documents[name])).hexdigest() + '"'
+
+    def asked(self, part: str = "") -> int:
+        """How many requests reached the upstream (whose path contains ``part``)."""
+        return sum(1 for path, _ in self.requests if part in path)
+
+    def render(self, request: Any) -> Any:
+        """Answer as a registry would, or with the fault set."""
+        path = unquote(request.path.decode())
+        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        self.requests.append((path, headers))
+        if self.fault == "silent":
+            Deferred().addCallback(lambda _: request.finish())  # never fires: no answer, ever
+            return NOT_DONE_YET
+        if self.fault in ("5xx", "404"):
+            request.setResponseCode(503 if self.fault == "5xx" else 404)
+            return b'{"error":"fault"}'
+        name, _, file = path.lstrip("/").partition("/-/")
+        if name not in self.documents:
+            request.setResponseCode(404)
+            return b'{"error":"Not found"}'
+        if file:
+            version = file[len(name.split("/")[-1]) + 1 : -len(".tgz")]
+            data = tarball(name, version)
+            return data[::-1] if self.fault == "corrupt" else data
+        if headers.get("if-none-match") == self.etag(name):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"ETag", self.etag(name).encode())
+        request.setHeader(b"Content-Type", b"application/json")
+        return orjson.dumps(self.documents[name])
+
+
+@dataclass
+class MirrorUnderTest:
+    """The mirror's parts, the fake upstream, the clock, and a way to await the mirror's work."""
+
+    parts: MirrorParts
+    upstream: FakeRegistry
+    http: StubTreq
+    clock: task.Clock
+    registry: Registry
+    upstreams: Upstreams
+    storage: FilesystemStorage
+
+    async def settle(self, work: Coroutine[Any, Any, Any] | Deferred[Any]) -> Any:
+        """The result of ``work``, delivering the fake upstream's answers until it is there."""
+        pending = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
+        results: list[Any] = []
+        pending.addBoth(lambda result: results.append(result) or result)
+        for _ in range(200):
+            self.http.flush()
+            if results:
+                return await pending
+            await task.deferLater(reactor, 0, lambda: None)  # a turn for work the flush started
+        raise AssertionError("the mirror's work never finished")
+
+    def started(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
+        """Start ``work`` without waiting on it (answers are delivered by the next ``settle``)."""
+        return Deferred.fromCoroutine(work)
+
+
+def build(tmp_path: Path, upstream: FakeRegistry | None = None, **settings: str) -> MirrorUnderTest:
+    """The mirror as nopard.service wires it, over ``upstream``; settings as NOPARD_* keywords."""
+    env = {"NOPARD_FORWARDER_URL": UPSTREAM, **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
+    live = LiveSettings(load_settings({}, env, cwd=str(tmp_path)))
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    fake = upstream if upstream is not None else FakeRegistry()
+    http = StubTreq(fake)
+    storage = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    cache = PreparedCache(lambda: live.current.memory_cache_size)
+    coordination = InProcessCoordination()
+    registry = Registry(storage, cache, clock, coordination)
+    log = Logger(namespace="nopard.test")
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token, log))
+    parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log,
+                         coordination)
+    return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage)
