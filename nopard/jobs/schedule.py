@@ -7,21 +7,33 @@ hang the reactor's shutdown.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from apscheduler.executors.base import BaseExecutor, run_coroutine_job
 from apscheduler.schedulers.twisted import TwistedScheduler
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from nopard.settings.config import LiveSettings
 from nopard.jobs.sync import JobReport, SyncJobs
+from nopard.settings.config import LiveSettings
 
 JOBS = ("refresh", "backfill")
 # The one job store the schedule uses (APScheduler's in-memory default).
 JOBSTORE = "default"
+
+
+class SchedulerReactor(Protocol):
+    """What TwistedScheduler calls on its reactor: timers, and handing calls to the reactor thread."""
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> IDelayedCall:
+        """Call ``callable`` in ``delay`` seconds."""
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Call ``callable`` on the reactor thread."""
 
 
 class ReactorExecutor(BaseExecutor):
@@ -57,13 +69,13 @@ class ReactorExecutor(BaseExecutor):
 class SyncService(Service):
     """Starts the schedule with nopard and stops it (and any running job) with it."""
 
-    def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: Any, log: Logger) -> None:
+    def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: SchedulerReactor, log: Logger) -> None:
         self.jobs = jobs
         self._settings = settings
         self._log = log
         self._executor = ReactorExecutor()
         self._interval = 0.0  # the interval the schedule runs at (0: none)
-        self.scheduler = TwistedScheduler(reactor=reactor, timezone=timezone.utc,
+        self.scheduler = TwistedScheduler(reactor=reactor, timezone=UTC,
                                           executors={"default": self._executor})
 
     def startService(self) -> None:
@@ -74,7 +86,7 @@ class SyncService(Service):
         self.scheduler.start()
 
     def _add_job(self, interval: float) -> None:
-        first = datetime.now(timezone.utc) + timedelta(seconds=min(interval, 60))
+        first = datetime.now(UTC) + timedelta(seconds=min(interval, 60))
         self.scheduler.add_job(self._cycle, "interval", seconds=interval, id="sync", jobstore=JOBSTORE,
                                max_instances=1, coalesce=True, next_run_time=first)
 
