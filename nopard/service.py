@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping, cast
-
-from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -26,41 +31,36 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
-from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
-from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
-from nopard.auth.tokens import TokenStore
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
+from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
-from nopard.domain.prepared import PreparedCache
+from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import InProcessCoordination, RedisCoordination
 from nopard.cluster.link import RedisLink
 from nopard.cluster.sessions import MemorySessions, RedisSessions
-from nopard.upstream.agents import LiveAgent
-from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
+from nopard.domain.prepared import PreparedCache
+from nopard.domain.times import iso_time
+from nopard.jobs.schedule import SyncSchedule
+from nopard.jobs.sync import SyncJobs
+from nopard.local.packages import Registry
+from nopard.mirror import build_mirror
+from nopard.mirror.upstreams import Upstreams
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
-from nopard.mirror import build_mirror
-from nopard.mirror.upstreams import Upstreams
+from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
+from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides, StartGate
-from nopard.upstream.proxy import ProxyingAgent
-from nopard.jobs.schedule import SyncService
-from nopard.catalog.search import SearchIndex
-from nopard.jobs.sync import SyncJobs
+from nopard.storage.fs import FilesystemStorage
 from nopard.storage.sizes import stored_tarball_sizes
+from nopard.upstream.agents import LiveAgent
 from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
-from nopard.domain.times import iso_time
-from nopard.local.packages import Registry
-from nopard.storage.fs import FilesystemStorage
+from nopard.upstream.proxy import ProxyingAgent
 from nopard.web.app import RegistryApp
 from nopard.web.site import NopardSite
 
@@ -70,12 +70,23 @@ class Options(usage.Options):
 
     optParameters = [
         [s.option, None, None, f"{s.help} [{s.env}, default: {s.default or '(empty)'}]"]
-        for s in SETTINGS
+        for s in SETTINGS if s.name != "listen"
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on this Twisted endpoint string, e.g. tcp:5984:interface=127.0.0.1 or
+        unix:/run/nopard/nopard.sock; may be repeated [NOPARD_LISTEN, space-separated]."""
+        self["listen"].append(description)
 
     def given(self) -> dict[str, str | None]:
         """Setting name -> the text given on the command line, or None."""
-        return {s.name: self[s.option] for s in SETTINGS}
+        given = {s.name: self[s.option] for s in SETTINGS if s.name != "listen"}
+        given["listen"] = " ".join(self["listen"]) if self["listen"] else None
+        return given
 
 
 def makeService(options: Options) -> IService:
@@ -96,8 +107,11 @@ def makeService(options: Options) -> IService:
         raise SystemExit(
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
-    return daemon.wrap(build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy,
-                                     sources=sources), reactor)
+    try:
+        app = build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy, sources=sources)
+    except ConfigError as error:
+        raise SystemExit(f"nopard: {error}") from None
+    return daemon.wrap(app, reactor)
 
 
 class ThreadPoolService(Service):
@@ -184,9 +198,27 @@ def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -
 
 
 def listen_descriptions(settings: Settings) -> list[str]:
-    """Where nopard listens, as Twisted endpoint strings: NOPARD_HOSTNAME and NOPARD_PORT."""
+    """Where nopard listens, as Twisted endpoint strings: NOPARD_LISTEN, else NOPARD_HOSTNAME and NOPARD_PORT."""
+    if settings.listen:
+        return list(settings.listen)
     kind = "tcp6" if ":" in settings.hostname else "tcp"
     return [f"{kind}:{settings.port}:interface={quoteStringArgument(settings.hostname)}"]
+
+
+def listeners(settings: Settings, site: NopardSite, reactor: Any, source: str) -> list[IService]:
+    """One service per endpoint; ConfigError naming ``source`` for a string Twisted cannot use.
+
+    strports.service, as twistd's own plugins use it: it listens before twistd
+    drops privileges, and a port in use stops start-up.
+    """
+    made: list[IService] = []
+    for description in listen_descriptions(settings):
+        try:
+            made.append(strports.service(description, site, reactor=reactor))
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            # KeyError/IndexError: systemd: with no such inherited socket (LISTEN_FDS).
+            raise ConfigError(f"{source}: cannot listen on {description!r}: {error or type(error).__name__}") from None
+    return made
 
 
 class Announcement(Service):
@@ -200,9 +232,10 @@ class Announcement(Service):
         super().startService()
         current = self._settings.current
         self._log.info(
-            "nopard serving {registry_path} on {hostname}:{port}",
+            "nopard serving {registry_path} on {listen}",
             event="started",
             registry_path=current.registry_path,
+            listen=" ".join(listen_descriptions(current)),
             hostname=current.hostname,
             port=current.port,
         )
@@ -308,14 +341,14 @@ def build_service(
     mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.
-    owner = f"{socket.gethostname()}:{settings.port}"
+    owner = f"{socket.gethostname()}:{' '.join(settings.listen) or settings.port}"
     metrics.live.upstreams = upstreams.all
     metrics.live.cache = cache
     metrics.live.coordination = coordination
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics)
-    sync = SyncService(jobs, live, reactor, sync_log)
+    sync = SyncSchedule(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)
     accounts = Accounts(
@@ -339,8 +372,8 @@ def build_service(
         StartGate(app.resource(), overrides), live, reactor,
         Logger(namespace="nopard.access", observer=logs.publisher), metrics,
     )
-    for description in listen_descriptions(settings):
-        # strports.service, as twistd's own plugins use it: a port in use stops start-up.
-        strports.service(description, site, reactor=reactor).setServiceParent(top)
+    source = {"option": "--listen", "environment": "NOPARD_LISTEN"}.get(sources["listen"], "NOPARD_PORT")
+    for listener in listeners(settings, site, reactor, source):
+        listener.setServiceParent(top)
     Announcement(Logger(namespace="nopard", observer=logs.publisher), live).setServiceParent(top)
     return top

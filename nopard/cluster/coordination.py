@@ -25,8 +25,8 @@ request go on without Redis.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import AsyncIterator, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

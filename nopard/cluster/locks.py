@@ -9,8 +9,8 @@ conditional writes still keep the data whole.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime

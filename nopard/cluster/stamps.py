@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 from twisted.internet.defer import Deferred

@@ -66,7 +66,7 @@ class ReactorExecutor(BaseExecutor):
             running.cancel()
 
 
-class SyncService(Service):
+class SyncSchedule(Service):
     """Starts the schedule with nopard and stops it (and any running job) with it."""
 
     def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: SchedulerReactor, log: Logger) -> None:

@@ -28,6 +28,7 @@ from nopard.settings.values import (
     parse_host,
     parse_interval,
     parse_level,
+    parse_listen,
     parse_log_format,
     parse_names,
     parse_optional_url,
@@ -73,6 +74,14 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("hostname", "127.0.0.1", parse_host, "Address to listen on."),
     Setting("port", "5984", parse_port, "TCP port to listen on."),
+    Setting(
+        "listen",
+        "",
+        parse_listen,
+        "Where to listen instead, as Twisted endpoint strings separated by spaces (`--listen` may be "
+        "repeated): `tcp:5984:interface=127.0.0.1`, `ssl:5985:privateKey=key.pem:certKey=cert.pem`, "
+        "`unix:/run/nopard/nopard.sock`, `systemd:domain=INET:index=0` (empty: NOPARD_HOSTNAME and NOPARD_PORT).",
+    ),
     Setting(
         "base_url",
         "",
@@ -226,6 +235,7 @@ class Settings:
 
     hostname: str
     port: int
+    listen: tuple[str, ...]
     base_url: str
     registry_path: str
     storage: str

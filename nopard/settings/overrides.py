@@ -42,7 +42,7 @@ from nopard.storage import Storage, keys
 
 # What an admin may change at runtime: each is read from settings.current at use,
 # or followed by the component that copies it (mirror.Upstreams for forwarder_url,
-# agents.LiveAgent for proxy_url/ignore_cert, SyncService for sync_interval).
+# agents.LiveAgent for proxy_url/ignore_cert, SyncSchedule for sync_interval).
 # Not here, because they are fixed at start: where nopard listens and keeps its
 # data (hostname, port, storage, paths, redis), logging's format and files,
 # probe_interval (each upstream's breaker), the per-scope upstreams and tokens
@@ -202,7 +202,7 @@ class Overrides(Service):
 
     ``base`` is what load_settings built; ``sources`` says where each of its
     values came from (config.setting_sources). ``on_change`` callbacks run
-    after any effective value changed (SyncService.follow_interval).
+    after any effective value changed (SyncSchedule.follow_interval).
     """
 
     def __init__(

@@ -108,6 +108,19 @@ def _listed(text: str, pattern: str, what: str) -> tuple[str, ...]:
     return items
 
 
+def parse_listen(text: str) -> tuple[str, ...]:
+    """Twisted server endpoint strings separated by whitespace (they contain colons and commas).
+
+    Only their shape is checked here: the endpoint is built at start-up (service.py),
+    where a string Twisted cannot parse stops nopard naming the setting.
+    """
+    items = tuple(text.split())
+    for item in items:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+._-]*:\S*", item):
+            raise ValueError(f"{item!r} is not a Twisted endpoint string like tcp:5984 or unix:/run/nopard.sock")
+    return items
+
+
 def parse_scopes(text: str) -> tuple[str, ...]:
     """Comma- or space-separated npm scopes such as ``@acme,@acme-internal``."""
     return _listed(text.lower(), r"@[a-z0-9~-][a-z0-9._~-]*", "a scope like @acme")

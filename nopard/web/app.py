@@ -17,7 +17,7 @@ from nopard import __version__
 from nopard.auth import Accounts
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
-from nopard.jobs.schedule import SyncService
+from nopard.jobs.schedule import SyncSchedule
 from nopard.local.packages import Registry
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.settings.acl import Policy
@@ -47,7 +47,7 @@ class RegistryApp:
     def __init__(
         self, *, settings: LiveSettings, policy: Policy, registry: Registry, mirror: MirrorServices,
         status: MirrorStatus, audits: AuditForwarder, tarball_sizes: TarballSizes,
-        sync: SyncService, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
+        sync: SyncSchedule, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, clock: IReactorTime, log: Logger,
     ) -> None:

@@ -14,9 +14,8 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
-from nopard.settings.config import LiveSettings
 from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
-
+from nopard.settings.config import LiveSettings
 
 _SECRET_IN_PATH = re.compile(r"(/-/user/token/|/-/npm/v1/tokens/token/|/-/v1/login/|/-/v1/done/)[^/?#]+")
 

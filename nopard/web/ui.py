@@ -27,7 +27,7 @@ from nopard.auth import Accounts
 from nopard.catalog.search import SearchIndex, parse_query, score
 from nopard.domain import names
 from nopard.domain.errors import NotFound, TooManyAttempts
-from nopard.jobs.schedule import SyncService
+from nopard.jobs.schedule import SyncSchedule
 from nopard.ops.metrics import Metrics, StoreSize
 from nopard.settings.config import ConfigError
 from nopard.settings.overrides import Overrides
@@ -195,7 +195,7 @@ class AccountPages:
 class AdminPages:
     """The settings page (admins) and the status page."""
 
-    def __init__(self, browser: BrowserSessions, overrides: Overrides, mirror: MirrorStatus, sync: SyncService,
+    def __init__(self, browser: BrowserSessions, overrides: Overrides, mirror: MirrorStatus, sync: SyncSchedule,
                  metrics: Metrics, store_size: StoreSize, clock: IReactorTime) -> None:
         self._browser = browser
         self._overrides = overrides

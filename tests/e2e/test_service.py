@@ -356,9 +356,10 @@ def test_run_as_mistakes_stop_startup_with_one_line(open_dir: Path) -> None:
 # The installer and the units ----------------------------------------------------------------
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess:
+def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([str(INSTALLER), *args, "--root", str(root)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
@@ -478,6 +479,20 @@ def test_systemd_unit_settings() -> None:
         assert expected in lines, expected
 
 
+def test_systemd_socket_unit_hands_its_socket_to_the_service() -> None:
+    """nopard.socket listens where nopard would; the drop-in makes nopard take that socket
+    (the endpoint tests/e2e/test_listen.py runs under systemd-socket-activate)."""
+    socket_unit = set((REPO / "systemd" / "nopard.socket").read_text().splitlines())
+    assert {"[Socket]", "ListenStream=127.0.0.1:5984", "WantedBy=sockets.target"} <= socket_unit
+    drop_in = set((REPO / "systemd" / "nopard.service.d" / "socket.conf").read_text().splitlines())
+    assert {"Requires=nopard.socket", "After=nopard.socket",
+            "Environment=NOPARD_LISTEN=systemd:domain=INET:index=0"} <= drop_in
+    empty = Path(tempfile.mkdtemp())
+    refused = install(empty, "upstart", "--socket", "--dry-run", "--no-venv", check=False)
+    empty.rmdir()
+    assert refused.returncode == 2 and "--socket is for systemd only" in refused.stderr
+
+
 @needs_root
 def test_installed_service_verifies_and_runs(open_dir: Path, daemons: list[Daemon]) -> None:
     """A full install into a fake root (virtualenv with `pip install .` from this checkout):
@@ -498,6 +513,16 @@ def test_installed_service_verifies_and_runs(open_dir: Path, daemons: list[Daemo
     broken = verify(root)
     assert broken.returncode != 0 and "/opt/nopard/bin/twistd" in broken.stderr
     twistd.with_name("twistd.moved").rename(twistd)
+
+    # Socket activation: --socket adds nopard.socket and the drop-in; both verify with the service.
+    with_socket = install(root, "systemd", "--socket")
+    assert "+ install /etc/systemd/system/nopard.socket" in with_socket.stdout
+    assert "+ install /etc/systemd/system/nopard.service.d/socket.conf" in with_socket.stdout
+    assert install(root, "systemd", "--socket").stdout.strip() == (
+        "nopard (systemd): already installed, nothing to change")
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "nopard.socket", "nopard.service"],
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
     # The installed nopard runs as a service would under Upstart: root binds, then nobody serves.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOPARD_", "PYTHON"))}

@@ -32,7 +32,7 @@ from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.sessions import MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
-from nopard.jobs.schedule import SyncService
+from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import build_mirror
@@ -141,7 +141,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     app = RegistryApp(
-        settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncService(jobs, live, clock, log),
+        settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncSchedule(jobs, live, clock, log),
         status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
         tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,

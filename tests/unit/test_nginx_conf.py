@@ -11,13 +11,16 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nopard.settings.config import SETTINGS, parse_size
-from tests.nginx_server import CONF, NginxServer, render
+from tests.nginx_server import CONF, NginxServer, full_config, render
+from tests.support import NopardServer, free_port, publish_body
 
 MB = 1024 * 1024
 
@@ -291,3 +294,33 @@ def test_a_post_or_a_streamed_publish_is_not_replayed_on_another_instance(
     # Each request reached exactly one instance: a's drops became 502s, not second attempts on b.
     assert statuses.count(502) == a.count(method)
     assert statuses.count(200) == b.count(method)
+
+
+def test_nginx_proxies_to_nopard_over_a_unix_socket(tmp_path: Path) -> None:
+    """The conf's commented `server unix:...;` alternative, with a real nopard listening on a UNIX
+    socket (NOPARD_LISTEN): nginx reaches it, and tarball URLs name nginx's address."""
+    [line] = re.findall(r"^[ \t]*#[ \t]*(server unix:\S+;)", CONF.read_text(), re.M)
+    sock, port = tmp_path / "nopard.sock", free_port()
+    nopard = NopardServer(tmp_path / "nopard", args=(f"--listen=tcp:{port}:interface=127.0.0.1",
+                                                     f"--listen=unix:{sock}"))
+    nopard.port = port  # NopardServer waits for /-/ping there
+    nopard.start()
+    try:
+        nginx = NginxServer([5984])
+        unix_only = re.sub(r"^([ \t]*)server 127\.0\.0\.1:5984[^;\n]*;", lambda m: m.group(1) + re.sub(
+            r"unix:\S+;", f"unix:{sock};", line), nginx.snippet, flags=re.M)
+        assert f"server unix:{sock};" in unix_only
+        nginx.config_path.write_text(full_config(unix_only, nginx.directory))
+        with nginx:
+            assert request(nginx.url, "GET", "/-/ping")[0] == 200
+            token = nopard.token("alice", "pw")
+            body = json.dumps(publish_body("over-unix", "1.0.0")).encode()
+            status, _ = request(nginx.url, "PUT", "/over-unix", body,
+                                {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+            assert status == 201
+            status, document = request(nginx.url, "GET", "/over-unix")
+            assert status == 200
+            tarball = document["versions"]["1.0.0"]["dist"]["tarball"]
+            assert tarball == f"{nginx.url}/over-unix/-/over-unix-1.0.0.tgz"
+    finally:
+        nopard.stop()

@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from nopard.cli.maintenance import call_directly
-from nopard.jobs.schedule import SyncService
+from nopard.jobs.schedule import SyncSchedule
 from nopard.mirror.upstreams import Upstreams
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import (
@@ -328,7 +328,7 @@ class SchedulerReactor(Clock):
 def test_sync_schedule_follows_the_interval() -> None:
     live = LiveSettings(base(NOPARD_SYNC_INTERVAL="300"))
     jobs = type("NoJobs", (), {"reports": {}})()
-    sync = SyncService(jobs, live, SchedulerReactor(), Logger())  # type: ignore[arg-type]
+    sync = SyncSchedule(jobs, live, SchedulerReactor(), Logger())  # type: ignore[arg-type]
     sync.startService()
     assert sync.scheduler.get_job("sync").trigger.interval.total_seconds() == 300
     live.update(sync_interval=120.0)

@@ -7,7 +7,7 @@ from twisted.web.iweb import IRequest
 
 from nopard import __version__
 from nopard.domain.errors import InvalidInput
-from nopard.jobs.schedule import JOBS, SyncService
+from nopard.jobs.schedule import JOBS, SyncSchedule
 from nopard.ops.metrics import Metrics, StoreProbe
 from nopard.web.api.common import Gate, add_route
 from nopard.web.responses import Requests, header, json_response
@@ -17,7 +17,7 @@ from nopard.web.services import MirrorStatus
 class OperationRoutes:
     """``/-/ping``, ``/-/metrics`` and ``/-/nopard/{status,health,sync,prefetch}``."""
 
-    def __init__(self, requests: Requests, gate: Gate, mirror: MirrorStatus, sync: SyncService, metrics: Metrics,
+    def __init__(self, requests: Requests, gate: Gate, mirror: MirrorStatus, sync: SyncSchedule, metrics: Metrics,
                  health: StoreProbe) -> None:
         self._requests = requests
         self._gate = gate
