@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.polling import poll_text
 from tests.support import BIN, REPO, NopardServer, free_port, publish_body, temporary_leftovers, twistd_env
 
 
@@ -92,8 +93,8 @@ def test_access_log_line_per_request(nopard: NopardServer) -> None:
     token = nopard.token("alice", "pw")
     nopard.request("GET", "/-/whoami", token=token)
     nopard.request("GET", "/missing-package")
-    time.sleep(0.2)
-    lines = [line for line in nopard.log().splitlines() if " INFO access " in line]
+    log = poll_text(nopard.log, " path=/missing-package status=404 ")
+    lines = [line for line in log.splitlines() if " INFO access " in line]
     assert any(" client=127.0.0.1 user=alice method=GET path=/-/whoami status=200 bytes=20 " in line for line in lines)
     assert any(" client=127.0.0.1 user=- method=GET path=/missing-package status=404 " in line
                and line.endswith(" cache=- upstream_ms=-") for line in lines)
