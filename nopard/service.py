@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
@@ -155,13 +155,21 @@ class QuietConnectionPool(HTTPConnectionPool):
         return super().getConnection(key, QuietEndpoint(endpoint))
 
 
+class ClosesConnections(Protocol):
+    """A pool, or an agent over pools, whose kept connections can be closed at stop."""
+
+    def closeCachedConnections(self) -> Deferred:
+        """Close every kept connection; fires when they are closed."""
+        ...
+
+
 class UpstreamPoolService(Service):
     """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open.
 
     ``pool``: anything with closeCachedConnections (a pool, or agents.LiveAgent and its pools).
     """
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: ClosesConnections) -> None:
         self.pool = pool
 
     def stopService(self) -> Any:
@@ -257,7 +265,7 @@ def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiServic
 class RedisService(Service):
     """Connects to Redis at start and lets go of it at stop."""
 
-    def __init__(self, link: Any) -> None:
+    def __init__(self, link: RedisLink) -> None:
         self.link = link
 
     def startService(self) -> None:

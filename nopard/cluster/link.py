@@ -72,7 +72,8 @@ class RedisPool:
     the loss. tests/unit/test_coordination.py fails if that API changes.
     """
 
-    def __init__(self, arguments: dict[str, Any], reactor: Any) -> None:
+    def __init__(self, arguments: dict[str, Any], reactor: IReactorTime) -> None:
+        # A whole reactor in practice: HostnameEndpoint also connects with it (Twisted types it Any).
         import txredisapi
 
         host, port = arguments["host"], arguments["port"]
@@ -106,7 +107,7 @@ class RedisLink:
     ``reactor``: the clock, and what the connections are made with.
     """
 
-    def __init__(self, url: str, reactor: Any, log: Logger, probe_interval: float = 1.0,
+    def __init__(self, url: str, reactor: IReactorTime, log: Logger, probe_interval: float = 1.0,
                  timeout: float = COMMAND_TIMEOUT) -> None:
         self._arguments = redis_arguments(url)
         self._reactor = reactor

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 from nopard.settings.config import LiveSettings
@@ -54,12 +55,12 @@ class NopardRequest(server.Request):
     gets a 413 JSON answer at once and its connection is closed.
     """
 
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
         # Made by the channel from its request line: the method and path, for the access log.
         words = getattr(channel, "line", b"").split(b" ")
         self.request_line = (words[0] or b"-", words[1]) if len(words) == 3 else (b"-", b"-")
-        self.started = channel.site.clock.seconds()
+        self.started = self._site().clock.seconds()
         self.body_received = 0
         self.rejected = False
         # The account, for the access log; Twisted's own bytes ``user`` (filled by getUser) goes unused.
@@ -140,7 +141,7 @@ class NopardSite(server.Site):
     protocol = NopardChannel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: Any, settings: LiveSettings, clock: IReactorTime, log: Logger,
+        self, resource: IResource, settings: LiveSettings, clock: IReactorTime, log: Logger,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__(resource)
