@@ -4,12 +4,25 @@ Closed: requests go upstream. After ``threshold`` consecutive failures
 (timeouts, refused connections, 5xx) it opens: nothing goes upstream, so
 stale documents are served at once and missing ones fail fast. Every
 ``probe_interval`` seconds one request is let through as a probe; its success
-closes the breaker, its failure keeps it open. At most one probe is in flight.
+closes the breaker, its failure keeps it open. At most one probe is in flight,
+and every probe ends: an answer that is neither (a 429), a cancelled request or
+an error in nopard itself ends it without a verdict (``end``), and the next
+probe is due ``probe_interval`` later, so the upstream never stays "probing"
+for good.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+
+class Admission:
+    """One request let through by the breaker; ``probe``: it is the probe of an open breaker."""
+
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
 
 
 class Breaker:
@@ -25,6 +38,7 @@ class Breaker:
         self.last_success_at: float | None = None
         self.opened_at: float | None = None
         self._probe_in_flight = False
+        self._probe: Admission | None = None  # the request that is the probe in flight
         self._next_probe = 0.0
         self.transitions: list[tuple[float, str]] = []  # for logs and tests
 
@@ -53,12 +67,35 @@ class Breaker:
 
     def allow(self) -> bool:
         """Whether a request may go upstream now; if open, this caller may become the probe."""
+        return self.admit() is not None
+
+    def admit(self) -> Admission | None:
+        """An admission for one request to go upstream now (None: not now).
+
+        While open, the one caller admitted is the probe; it must be ended by
+        ``succeeded``, ``failed`` or ``end(admission)``, whatever happens to the request.
+        """
         if self.opened_at is None:
-            return True
+            return Admission(probe=False)
         if self._probe_in_flight or self._now() < self._next_probe:
-            return False
+            return None
         self._probe_in_flight = True
-        return True
+        self._probe = Admission(probe=True)
+        return self._probe
+
+    def end(self, admission: Admission | None) -> None:
+        """The request ``admission`` let through is over; a probe still in flight ends without a verdict.
+
+        Called after every request (answered or not); a no-op when
+        ``succeeded`` or ``failed`` already ended the probe, or for a request
+        that was not the probe.
+        """
+        if admission is None or admission is not self._probe or not self._probe_in_flight:
+            return
+        self._probe_in_flight = False
+        self._probe = None
+        if self.opened_at is not None:
+            self._next_probe = self._now() + self.probe_interval
 
     def trusted(self, window: float) -> bool:
         """Whether the upstream answered within ``window`` seconds, with no failure since.
@@ -72,7 +109,7 @@ class Breaker:
         """An upstream request got an answer that was not a failure."""
         self.failures = 0
         self.last_success_at = self._now()
-        self._probe_in_flight = False
+        self._probe_in_flight, self._probe = False, None
         if self.opened_at is not None:
             self.opened_at = None
             self.transitions.append((self._now(), "closed"))
@@ -80,7 +117,7 @@ class Breaker:
     def failed(self) -> None:
         """An upstream request timed out, was refused or got a 5xx."""
         self.failures += 1
-        self._probe_in_flight = False
+        self._probe_in_flight, self._probe = False, None
         now = self._now()
         if self.opened_at is None and self.failures >= self.threshold:
             self.opened_at = now

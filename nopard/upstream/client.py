@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from nopard.domain.errors import UpstreamUnavailable
 from nopard.ops.metrics import Metrics, add_upstream_wait
 from nopard.settings.config import LiveSettings
-from nopard.upstream.breaker import Breaker
+from nopard.upstream.breaker import Admission, Breaker
 
 DOCUMENT_ACCEPT = "application/json"
 
@@ -43,6 +43,15 @@ class Fetched:
     body: bytes | None = None
     etag: str | None = None
     last_modified: str | None = None
+
+
+class _Call:
+    """One call to the upstream: the breaker's admission of its request, once it was sent."""
+
+    __slots__ = ("admission",)
+
+    def __init__(self) -> None:
+        self.admission: Admission | None = None
 
 
 def document_url(base_url: str, name: str) -> str:
@@ -78,17 +87,27 @@ class Upstream:
         self._metrics = metrics
 
     @contextmanager
-    def _timed(self, kind: str) -> Iterator[None]:
-        """Record an upstream call's time: for metrics, and for the request waiting on it."""
+    def _call(self, kind: str) -> Iterator[_Call]:
+        """One upstream call: its time recorded (metrics, the request waiting on it), its probe ended.
+
+        Whatever ends the call (an answer, a failure, a 429, a cancel, an
+        error of nopard's own), a probe it was is over afterwards.
+        """
+        call = _Call()
         started = self._clock.seconds()
         try:
-            yield
+            yield call
+        except CancelledError:
+            raise  # the caller gave up: not the upstream's failure, nothing to count
         except Exception as error:
             reason = getattr(error, "reason", "error")
             if reason != "breaker_open":  # nothing was sent
                 self._observe(kind, started, reason)
             raise
-        self._observe(kind, started, None)
+        else:
+            self._observe(kind, started, None)
+        finally:
+            self.breaker.end(call.admission)
 
     def _observe(self, kind: str, started: float, error: str | None) -> None:
         seconds = self._clock.seconds() - started
@@ -126,17 +145,33 @@ class Upstream:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    async def _request(self, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
-        """One request through the breaker; raises UpstreamUnavailable on failure."""
-        if not self.breaker.allow():
+    async def _request(self, call: _Call, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
+        """One request through the breaker; raises UpstreamUnavailable on failure.
+
+        A request its caller cancels raises CancelledError and counts as no
+        failure: the upstream did nothing wrong (a timeout is a failure).
+        """
+        call.admission = self.breaker.admit()
+        if call.admission is None:
             raise _unavailable(f"the upstream {self.base_url} is unreachable (breaker open)", "breaker_open")
         self.requests_made += 1
         waiting = object()
         self._awaiting[waiting] = self._clock.seconds()
+        sent = self._http.request(method, url, timeout=timeout, **kwargs)
+        caller_cancelled: list[bool] = []
+
+        def cancel(_: Deferred) -> None:
+            caller_cancelled.append(True)
+            sent.cancel()
+
+        answer: Deferred = Deferred(cancel)
+        sent.chainDeferred(answer)
         try:
-            response = await self._http.request(method, url, timeout=timeout, **kwargs)
+            response = await answer
         except Exception as error:  # timeouts, refused, reset, DNS, TLS: all mean "down" here
             del self._awaiting[waiting]
+            if caller_cancelled:
+                raise CancelledError() from error
             self._failed()
             words = _describe(error)
             reason = "timeout" if words == _NO_ANSWER else "unreachable"
@@ -165,8 +200,8 @@ class Upstream:
         if etag:
             extra["If-None-Match"] = etag
         full = self._settings.current.upstream_timeout
-        with self._timed("document"):
-            response = await self._request("GET", url, timeout or full, headers=self._headers(url, extra))
+        with self._call("document") as call:
+            response = await self._request(call, "GET", url, timeout or full, headers=self._headers(url, extra))
             try:
                 body = await _with_deadline(treq.content(response), full, self._clock)
             except Exception as error:
@@ -190,9 +225,9 @@ class Upstream:
         A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
         """
         timeout = self._settings.current.upstream_timeout
-        with self._timed("tarball"):
+        with self._call("tarball") as call:
             # unbuffered: treq would otherwise keep the whole body in memory.
-            response = await self._request("GET", url, timeout, headers=self._headers(url), unbuffered=True)
+            response = await self._request(call, "GET", url, timeout, headers=self._headers(url), unbuffered=True)
             if response.code != 200:
                 await response.text()
                 self._succeeded()
@@ -211,8 +246,8 @@ class Upstream:
         """Pass a request (an audit) through; returns status, body and content type."""
         url = self.base_url + path
         timeout = self._settings.current.upstream_timeout
-        with self._timed("forward"):
-            response = await self._request(method, url, timeout, data=body, headers=self._headers(url, headers))
+        with self._call("forward") as call:
+            response = await self._request(call, method, url, timeout, data=body, headers=self._headers(url, headers))
             content = await _with_deadline(treq.content(response), timeout, self._clock)
         self._succeeded()
         return response.code, content, _header(response.headers, "content-type") or "application/json"

@@ -1,8 +1,9 @@
 """The mirror in-process: a fake upstream resource reached through StubTreq, a Clock for time.
 
 The fake serves a few packuments and their tarballs, counts every request,
-and can be switched to a fault: ``5xx``, ``404``, ``silent`` (a request whose
-answer never comes: its Deferred never fires) or corrupt tarball bytes.
+and can be switched to a fault: ``5xx``, ``404``, ``429`` (slow down, with a
+Retry-After), ``silent`` (a request whose answer never comes: its Deferred
+never fires) or corrupt tarball bytes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class FakeRegistry(Resource):
 
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    fault: str | None = None  # None, "5xx", "404", "silent", "corrupt"
+    fault: str | None = None  # None, "5xx", "404", "429", "silent", "corrupt"
     isLeaf = True
 
     def __post_init__(self) -> None:
@@ -80,6 +81,10 @@ class FakeRegistry(Resource):
         if self.fault == "silent":
             Deferred().addCallback(lambda _: request.finish())  # never fires: no answer, ever
             return NOT_DONE_YET
+        if self.fault == "429":
+            request.setResponseCode(429)
+            request.setHeader(b"Retry-After", b"5")
+            return b'{"error":"slow down"}'
         if self.fault in ("5xx", "404"):
             request.setResponseCode(503 if self.fault == "5xx" else 404)
             return b'{"error":"fault"}'

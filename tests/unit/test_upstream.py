@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -13,7 +14,9 @@ from twisted.web.server import Site
 
 from nopard.domain.errors import UpstreamUnavailable
 from nopard.settings.config import LiveSettings, load_settings
+from nopard.upstream import client as client_module
 from nopard.upstream.client import Upstream
+from tests.unit import mirror_harness
 
 
 class Scripted(Resource):
@@ -75,3 +78,83 @@ async def test_conditional_request_and_headers() -> None:
     first = resource.seen[0]
     assert first["if-none-match"] == '"e1"' and first["user-agent"] == "nopard-test"
     assert first["authorization"] == "Bearer t0k" and first["accept"] == "application/json"
+
+
+# The breaker's probe, in-process on a Clock ---------------------------------
+
+
+def _tripped(tmp_path, probe_interval: float = 10.0):
+    """A mirror whose fake upstream answers 5xx (three requests open the breaker)."""
+    m = mirror_harness.build(tmp_path, mirror_harness.FakeRegistry(
+        {"demo": mirror_harness.packument("demo", "1.0.0")}), probe_interval=str(probe_interval))
+    upstream = m.parts.mirror.upstream_of("demo")
+    m.upstream.fault = "5xx"
+    return m, upstream
+
+
+async def _fails(m, work) -> UpstreamUnavailable:
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await m.settle(work)
+    return caught.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_probe_answered_429_ends_and_the_next_probe_closes_the_breaker(tmp_path) -> None:
+    """A 429 to the breaker's probe ends the probe: a probe interval later the next request
+    goes upstream again, and its success closes the breaker (it used to stay "probing" for good)."""
+    m, upstream = _tripped(tmp_path)
+    for _ in range(3):
+        await _fails(m, upstream.document("demo"))
+    assert upstream.breaker.state == "open"
+    m.clock.advance(10)
+    m.upstream.fault = "429"
+    assert "slow down" in (await _fails(m, upstream.document("demo"))).message
+    assert upstream.breaker.state == "open" and upstream.breaker.down
+    m.upstream.fault = None
+    m.clock.advance(10)
+    assert (await m.settle(upstream.document("demo"))).status == 200
+    assert upstream.breaker.state == "closed" and m.upstream.asked() == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_probe_ends_without_counting_a_failure(tmp_path) -> None:
+    """A probe its caller cancels (the upstream silent) ends the probe, counts no failure, and
+    a probe interval later the next request is the probe."""
+    m, upstream = _tripped(tmp_path)
+    for _ in range(3):
+        await _fails(m, upstream.document("demo"))
+    m.clock.advance(10)
+    m.upstream.fault = "silent"
+    probe = m.started(upstream.document("demo"))
+    m.http.flush()
+    assert upstream.breaker.state == "probing"
+    probe.cancel()
+    with pytest.raises(CancelledError):
+        await probe
+    assert (upstream.breaker.state, upstream.breaker.failures) == ("open", 3)
+    m.upstream.fault = None
+    m.clock.advance(10)
+    assert (await m.settle(upstream.document("demo"))).status == 200
+    assert upstream.breaker.state == "closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_probe_whose_answer_cannot_be_read_ends(tmp_path, monkeypatch) -> None:
+    """An error of nopard's own while handling the probe's answer ends the probe too."""
+    m, upstream = _tripped(tmp_path)
+    for _ in range(3):
+        await _fails(m, upstream.document("demo"))
+    m.clock.advance(10)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("broken while reading")
+
+    monkeypatch.setattr(client_module, "retry_after_seconds", broken)
+    m.upstream.fault = "429"
+    with pytest.raises(RuntimeError):
+        await m.settle(upstream.document("demo"))
+    assert upstream.breaker.state == "open"
+    monkeypatch.undo()
+    m.upstream.fault = None
+    m.clock.advance(10)
+    assert (await m.settle(upstream.document("demo"))).status == 200
