@@ -29,6 +29,7 @@ from nopard.domain.prepared import PreparedCache
 from nopard.local.packages import Registry
 from nopard.mirror import MirrorParts, build_mirror
 from nopard.mirror.upstreams import Upstreams
+from nopard.ops.metrics import Metrics
 from nopard.settings.config import LiveSettings, load_settings
 from nopard.storage.fs import FilesystemStorage
 from nopard.upstream.client import Upstream
@@ -60,6 +61,8 @@ class FakeRegistry(Resource):
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     fault: str | None = None  # None, "5xx", "404", "429", "silent", "corrupt"
+    hold_tarballs: bool = False  # tarball answers wait for release()
+    held: list[Any] = field(default_factory=list)
     isLeaf = True
 
     def __post_init__(self) -> None:
@@ -72,6 +75,13 @@ class FakeRegistry(Resource):
     def asked(self, part: str = "") -> int:
         """How many requests reached the upstream (whose path contains ``part``)."""
         return sum(1 for path, _ in self.requests if part in path)
+
+    def release(self) -> None:
+        """Send the tarball answers held so far (``hold_tarballs``)."""
+        held, self.held = self.held, []
+        for request, data in held:
+            request.write(data)
+            request.finish()
 
     def render(self, request: Any) -> Any:
         """Answer as a registry would, or with the fault set."""
@@ -95,7 +105,11 @@ class FakeRegistry(Resource):
         if file:
             version = file[len(name.split("/")[-1]) + 1 : -len(".tgz")]
             data = tarball(name, version)
-            return data[::-1] if self.fault == "corrupt" else data
+            data = data[::-1] if self.fault == "corrupt" else data
+            if self.hold_tarballs:
+                self.held.append((request, data))
+                return NOT_DONE_YET
+            return data
         if headers.get("if-none-match") == self.etag(name):
             request.setResponseCode(304)
             return b""
@@ -115,6 +129,7 @@ class MirrorUnderTest:
     registry: Registry
     upstreams: Upstreams
     storage: FilesystemStorage
+    metrics: Metrics
 
     async def settle(self, work: Coroutine[Any, Any, Any] | Deferred[Any]) -> Any:
         """The result of ``work``, delivering the fake upstream's answers until it is there."""
@@ -146,7 +161,8 @@ def build(tmp_path: Path, upstream: FakeRegistry | None = None, **settings: str)
     coordination = InProcessCoordination()
     registry = Registry(storage, cache, clock, coordination)
     log = Logger(namespace="nopard.test")
-    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token, log))
+    metrics = Metrics(clock)
+    upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token, log, metrics))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log,
                          coordination)
-    return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage)
+    return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage, metrics)

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.defer import CancelledError
 
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.storage import keys
 from tests.unit.mirror_harness import FakeRegistry, build, packument, tarball
+from tests.unit.storage_contract import CollectingConsumer
 
 BASE = "http://127.0.0.1:5984"
 
@@ -63,3 +66,49 @@ async def test_tarball_of_a_private_scope_is_never_fetched(tmp_path: Path) -> No
     with pytest.raises(NotFound):
         await m.settle(m.parts.mirror.tarball("@acme/secret", "secret-1.0.0.tgz"))
     assert m.upstream.asked() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_hanging_up_leaves_the_shared_fetch_to_the_others(tmp_path: Path) -> None:
+    """Of two clients waiting on one tarball fetch, the first hangs up (its Deferred cancelled):
+    the second still gets the whole tarball, the upstream saw one tarball request, the tarball
+    is stored, and no upstream failure is counted."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    await m.settle(m.parts.mirror.packument("demo", BASE))
+    m.upstream.hold_tarballs = True
+    first = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    second = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    m.http.flush()
+    assert len(m.upstream.held) == 1  # both wait on one upstream answer
+    first.cancel()
+    with pytest.raises(CancelledError):
+        await first
+    m.upstream.release()
+    blob, status = await m.settle(second)
+    consumer = CollectingConsumer()
+    await blob.send_to(consumer)
+    assert status == "MISS" and consumer.data == tarball("demo", "1.0.0")
+    assert m.upstream.asked("/-/") == 1 and await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+    breaker = m.parts.mirror.upstream_of("demo").breaker
+    assert (breaker.state, breaker.failures) == ("closed", 0)
+    assert m.metrics.upstream_errors._metrics == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_fetch_finishes_and_stores_when_every_waiter_hung_up(tmp_path: Path) -> None:
+    """A tarball fetch whose only client hung up still completes and stores the tarball."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    await m.settle(m.parts.mirror.packument("demo", BASE))
+    m.upstream.hold_tarballs = True
+    only = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    m.http.flush()
+    only.cancel()
+    with pytest.raises(CancelledError):
+        await only
+    m.upstream.release()
+    for _ in range(100):  # deliver the upstream's answer to the fetch nobody waits on
+        m.http.flush()
+        if await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz"):
+            break
+        await task.deferLater(reactor, 0, lambda: None)
+    assert await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz") and m.upstream.asked("/-/") == 1

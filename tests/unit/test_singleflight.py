@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from nopard.ops.singleflight import SingleFlight
 
@@ -84,3 +84,44 @@ def test_work_that_finishes_at_once_leaves_nothing_running() -> None:
     flight: SingleFlight[int] = SingleFlight()
     assert outcome(ensureDeferred(flight.run("k", immediate))) == [7]
     assert not flight.running("k")
+
+
+def test_a_caller_going_away_leaves_the_run_to_the_others() -> None:
+    """The first caller's wait cancelled: the work is not cancelled, the other caller gets its result."""
+    gate: Deferred = Deferred()
+    cancelled: list[bool] = []
+
+    async def work() -> str:
+        try:
+            await gate
+        except CancelledError:
+            cancelled.append(True)
+            raise
+        return "result"
+
+    flight: SingleFlight[str] = SingleFlight()
+    first = ensureDeferred(flight.run("k", work))
+    second = outcome(ensureDeferred(flight.run("k", work)))
+    first.addErrback(lambda failure: failure.trap(CancelledError))
+    first.cancel()
+    assert flight.running("k") and not cancelled and not gate.called
+    gate.callback(None)
+    assert second == ["result"] and not flight.running("k")
+
+
+def test_the_run_finishes_when_every_caller_went_away() -> None:
+    """With its only caller gone the work still runs to its end, and the key is free afterwards."""
+    gate: Deferred = Deferred()
+    done: list[str] = []
+
+    async def work() -> str:
+        await gate
+        done.append("stored")
+        return "result"
+
+    flight: SingleFlight[str] = SingleFlight()
+    only = ensureDeferred(flight.run("k", work))
+    only.addErrback(lambda failure: failure.trap(CancelledError))
+    only.cancel()
+    gate.callback(None)
+    assert done == ["stored"] and not flight.running("k")
