@@ -26,12 +26,25 @@ _VERSION = re.compile(
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
     r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
 )
-_TAG = re.compile(r"[A-Za-z0-9._~-]{1,100}")
-# What semver.validRange would accept: comparators over numbers and x/X/* wildcards.
-_PART = r"[\dxX*]+"
-_RANGE_LIKE = re.compile(
-    rf"^\s*[=v<>~^]*\s*(?:{_PART}(?:\.{_PART}){{2}}(?:-[0-9A-Za-z.-]+)?|{_PART}(?:\.{_PART}){{0,2}})"
-    r"(?:\+[0-9A-Za-z.-]*)?\s*$|\|\||\s-\s|^\s*$"
+# npm reads versions with node-semver, which refuses a major, minor or patch number above
+# JavaScript's Number.MAX_SAFE_INTEGER: a version past it installs nowhere.
+MAX_VERSION_NUMBER = 2**53 - 1
+MAX_TAG_LENGTH = 100
+_TAG = re.compile(r"[A-Za-z0-9._~-]+")
+# Properties every JavaScript object has: clients reading ``dist-tags[tag]`` would get them.
+_OBJECT_KEYS = frozenset({
+    "__proto__", "constructor", "prototype", "hasOwnProperty", "isPrototypeOf", "propertyIsEnumerable",
+    "toLocaleString", "toString", "valueOf", "__defineGetter__", "__defineSetter__", "__lookupGetter__",
+    "__lookupSetter__",
+})
+# node-semver's range grammar (strict and loose: npm-package-arg reads specs loosely) as it
+# applies to the tag alphabet, which has no spaces, "|", "<", ">", "=", "^", "*" or "+":
+# an optional "~", "v"s, then x-range parts, a prerelease only after three parts. (Without
+# "~", node-semver reads "x.1" as no range at all; tests compare this with npm's semver.)
+_XPART = r"(?:\d+|[xX])"
+_PRERELEASE_ID = r"(?:\d*[A-Za-z-][A-Za-z0-9-]*|\d+)"
+_RANGE_TAG = re.compile(
+    rf"(?:~v*|v*(?![xX]\.\d)){_XPART}(?:\.{_XPART}(?:\.{_XPART}(?:-?{_PRERELEASE_ID}(?:\.{_PRERELEASE_ID})*)?)?)?"
 )
 
 
@@ -56,24 +69,61 @@ def unscoped(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
+def version_problem(version: object) -> str | None:
+    """Why ``version`` is not a version npm can install (strict semver, numbers npm can hold), or None."""
+    if not isinstance(version, str):
+        return "a version must be a string"
+    if len(version) > 256:
+        return "a version is at most 256 characters"
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        return "not a semver version (major.minor.patch[-prerelease][+build])"
+    if any(int(number) > MAX_VERSION_NUMBER for number in match.groups()[:3]):
+        return f"a major, minor or patch number above {MAX_VERSION_NUMBER} (2^53-1), which npm cannot read"
+    return None
+
+
 def validate_version(version: str) -> str:
-    """Return ``version`` if it is strict semver, else raise InvalidInput."""
-    if not isinstance(version, str) or len(version) > 256 or not _VERSION.fullmatch(version):
-        raise InvalidInput(f"invalid version: {version!r}")
+    """Return ``version`` if npm can read it as a version, else raise InvalidInput saying why."""
+    problem = version_problem(version)
+    if problem is not None:
+        raise InvalidInput(f"invalid version {version!r}: {problem}")
     return version
 
 
 def is_version(text: str) -> bool:
-    """Whether ``text`` is a strict semver version."""
-    return isinstance(text, str) and len(text) <= 256 and bool(_VERSION.fullmatch(text))
+    """Whether ``text`` is a version npm can read (``version_problem`` finds nothing)."""
+    return version_problem(text) is None
+
+
+def tag_problem(tag: object) -> str | None:
+    """Why ``tag`` cannot be a dist-tag, or None.
+
+    A tag travels in URL paths and is read by clients as a key of a JavaScript
+    object and, in ``npm install name@tag``, as a spec: it must be URL-safe,
+    no path segment of its own, no property every object has, and nothing
+    node-semver reads as a version range (as npm dist-tag and publish refuse).
+    """
+    if not isinstance(tag, str) or not tag:
+        return "a dist-tag must be a non-empty string"
+    if len(tag) > MAX_TAG_LENGTH:
+        return f"a dist-tag is at most {MAX_TAG_LENGTH} characters"
+    if not _TAG.fullmatch(tag):
+        return "a dist-tag may hold only letters, digits and . _ ~ - (no '/', no whitespace)"
+    if not tag.strip("."):
+        return "'.' and '..' are path segments, not tags"
+    if tag in _OBJECT_KEYS:
+        return "the name of a property every JavaScript object has"
+    if _RANGE_TAG.fullmatch(tag):
+        return "it is a valid semver range, which npm would read as a version range rather than a tag"
+    return None
 
 
 def validate_tag(tag: str) -> str:
-    """A dist-tag: URL-safe, and never something a client would read as a range."""
-    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-        raise InvalidInput(f"invalid dist-tag: {tag!r}")
-    if _RANGE_LIKE.search(tag):
-        raise InvalidInput(f"dist-tag {tag!r} looks like a version range")
+    """Return ``tag`` if it may be a dist-tag (``tag_problem``), else raise InvalidInput saying why."""
+    problem = tag_problem(tag)
+    if problem is not None:
+        raise InvalidInput(f"invalid dist-tag {tag!r}: {problem}")
     return tag
 
 

@@ -258,6 +258,7 @@ def set_dist_tag(document: dict[str, Any], tag: Any, version: Any) -> dict[str, 
     names.validate_tag(tag)
     if not isinstance(version, str) or version not in document.get("versions", {}):
         raise InvalidInput(f"version {version!r} of {document['name']} does not exist")
+    names.validate_version(version)  # stored before nopard refused numbers npm cannot read
     changed = copy.deepcopy(document)
     changed.setdefault("dist-tags", {})[tag] = version
     _copy_latest_fields(changed)

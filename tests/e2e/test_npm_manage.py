@@ -185,7 +185,8 @@ class TestRefused:
     @pytest.mark.parametrize("tag, body, text", [
         ("1.x", '"1.0.0"', "range"), ("v1.0.0", '"1.0.0"', "range"), ("beta", '"9.9.9"', "does not exist"),
         ("beta", "1", "does not exist"), ("beta", '{"v": 1}', "does not exist"), ("beta", '"1.0.', "not valid JSON"),
-        ("latest", '""', "does not exist"),
+        ("latest", '""', "does not exist"), ("__proto__", '"1.0.0"', "property"), ("%2e%2e", '"1.0.0"', "path segment"),
+        ("1.2.3beta", '"1.0.0"', "semver range"),
     ])
     def test_bad_dist_tags(self, registry: NopardServer, tokens: dict, tag: str, body: str, text: str) -> None:
         refused(registry.request("PUT", f"{TAGS}/{tag}", body, token=tokens["alice"]), 400, text)

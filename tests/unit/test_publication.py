@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
+import json
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from nopard.domain import names
 from nopard.domain.errors import IntegrityMismatch, InvalidInput
 from nopard.domain.integrity import integrity_matches, integrity_of
 from nopard.domain.publication import parse_publication
-from tests.support import publish_body
+from tests.support import clients_bin, publish_body
 
 DATA = b"\x1f\x8b pretend this is a tarball"
 
@@ -185,3 +192,87 @@ def test_integrity_matches_known_hashes(integrity: str) -> None:
 def test_integrity_does_not_match(integrity: str) -> None:
     """A wrong hash among several, or only unknown algorithms, means no match."""
     assert integrity_matches(DATA, integrity) is False
+
+
+# Versions and tags npm cannot use (issue 13, item 12) ------------------------
+
+@pytest.mark.parametrize("version", ["9007199254740993.0.0", "1.9007199254740992.0", "0.0.99999999999999999999"])
+def test_versions_with_numbers_npm_cannot_hold_are_refused(version: str) -> None:
+    """A major, minor or patch above 2^53-1 is refused at publish, saying so."""
+    given_body = publish_body("pkg", version, DATA)
+    with pytest.raises(InvalidInput, match="2\\^53-1"):
+        parse_publication("pkg", given_body)
+
+
+def test_largest_safe_version_is_accepted() -> None:
+    """2^53-1 itself is a number npm reads, so the version publishes."""
+    version = f"{2**53 - 1}.0.0"
+    assert list(parse_publication("pkg", publish_body("pkg", version, DATA)).versions) == [version]
+
+
+@pytest.mark.parametrize("tag", ["..", ".", "__proto__", "constructor", "hasOwnProperty", "1.x", "v1", "01",
+                                 "1.2.3beta", "~1.2", "1.0.0-rc.1", "", "a/b", "a b", " latest"])
+def test_publish_with_a_tag_npm_cannot_use_is_refused(tag: str) -> None:
+    """Path segments, object properties, semver ranges, empty tags, '/' and spaces: 400, saying why."""
+    given_body = publish_body("pkg", "1.0.0", DATA)
+    given_body["dist-tags"] = {tag: "1.0.0"}
+    with pytest.raises(InvalidInput, match="invalid dist-tag"):
+        parse_publication("pkg", given_body)
+
+
+def test_publish_with_a_tag_naming_an_unreadable_version_is_refused() -> None:
+    """A dist-tag in the body pointing at a version past 2^53-1 is refused."""
+    given_body = body()
+    given_body["dist-tags"] = {"next": "9007199254740993.0.0"}
+    with pytest.raises(InvalidInput):
+        parse_publication("pkg", given_body)
+
+
+@given(st.text(min_size=1, max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_a_tag_is_refused_or_safe(tag: str) -> None:
+    """Whatever the text, an accepted tag is URL-safe, not all dots, not an object key, not a version."""
+    if names.tag_problem(tag) is None:
+        assert all(c.isascii() and (c.isalnum() or c in "._~-") for c in tag)
+        assert tag.strip(".") and tag not in ("__proto__", "constructor") and not names.is_version(tag)
+
+
+@given(st.integers(0, 2**60), st.integers(0, 2**60), st.integers(0, 2**60))
+@settings(max_examples=200, deadline=None)
+def test_versions_are_readable_exactly_up_to_2_53(major: int, minor: int, patch: int) -> None:
+    """A version is accepted exactly when all three numbers fit in a JavaScript safe integer."""
+    fits = max(major, minor, patch) <= 2**53 - 1
+    assert names.is_version(f"{major}.{minor}.{patch}") is fits
+
+
+@given(st.from_regex(r"[0-9]{1,3}(\.([0-9]{1,3}|x|X)){0,2}", fullmatch=True))
+def test_every_version_and_x_range_is_refused_as_a_tag(text: str) -> None:
+    """Numbers and x-ranges (1, 1.2, 1.x, 1.2.3) are never tags."""
+    assert names.tag_problem(text) is not None
+
+
+# Pieces of which npm's range grammar is made, within the tag alphabet.
+_PIECES = ["", "v", "~", "1", "0", "01", "x", "X", ".", "-", "beta", "b1", "_", "2"]
+
+
+def _tag_corpus() -> list[str]:
+    candidates = {"".join(parts) for size in range(1, 5) for parts in itertools.product(_PIECES, repeat=size)}
+    return sorted(t for t in candidates if t and names.tag_problem(t) != names.tag_problem("a b"))
+
+
+def test_range_rule_agrees_with_npm_semver() -> None:
+    """Over thousands of candidate tags, a tag is refused as a range exactly when npm's own semver
+    (validRange, strict or loose as npm-package-arg reads specs) parses it as one."""
+    semver = clients_bin().parent / "npm" / "node_modules" / "semver"
+    node = shutil.which("node")
+    if node is None or not semver.exists():
+        pytest.skip("node and npm's semver are installed by scripts/test")
+    corpus = _tag_corpus()
+    script = ("const s=require(process.argv[1]);const t=JSON.parse(require('fs').readFileSync(0));"
+              "process.stdout.write(JSON.stringify(t.map(x=>s.validRange(x)!==null||s.validRange(x,true)!==null)))")
+    ranges = json.loads(subprocess.run([node, "-e", script, str(semver)], input=json.dumps(corpus).encode(),
+                                       capture_output=True, check=True).stdout)
+    ours = [names.tag_problem(t) is not None and "semver range" in str(names.tag_problem(t)) for t in corpus]
+    disagree = [(t, npm) for t, npm, mine in zip(corpus, ranges, ours, strict=True)
+                if npm != mine and not (t.strip(".") == "")]
+    assert len(corpus) > 1000 and disagree == []

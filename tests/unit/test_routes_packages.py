@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
+import pytest
 import pytest_twisted
 
 from tests.support import publish_body, tarball_bytes
@@ -186,3 +188,61 @@ async def test_head_of_a_tarball_has_its_length_and_no_body(tmp_path: Path) -> N
     answer = await app.call("HEAD", "/demo/-/demo-1.0.0.tgz")
     assert answer.status == 200 and answer.body == b""
     assert answer.headers["content-length"] == str(len(tarball_bytes("demo", "1.0.0")))
+
+
+# Versions and tags npm cannot use (issue 13, item 12) ------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_publish_of_a_version_past_2_53_is_a_400_and_stores_nothing(tmp_path: Path) -> None:
+    """9007199254740993.0.0 is refused at publish, saying why; no document or tarball is kept."""
+    app = build(tmp_path)
+    answer = await app.call("PUT", "/demo", publish_body("demo", "9007199254740993.0.0"), token=await app.user("pat"))
+    assert answer.status == 400 and "2^53-1" in answer.json()["error"]
+    assert (await app.call("GET", "/demo")).status == 404
+    assert not (tmp_path / "registry" / "packages" / "demo").exists()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("tag, why", [
+    ("__proto__", "property"), ("constructor", "property"), ("%2e%2e", "path segment"), ("1.x", "semver range"),
+    ("%5E1.0.0", "only letters"), ("v1", "semver range"), ("a%20b", "only letters"),
+])
+async def test_publish_with_a_bad_tag_is_a_400(tmp_path: Path, tag: str, why: str) -> None:
+    """A publish whose dist-tags name a tag npm cannot use is refused, saying why, and stores nothing."""
+    app = build(tmp_path)
+    body = publish_body("demo", "1.0.0", tag=unquote(tag))
+    answer = await app.call("PUT", "/demo", body, token=await app.user("pat"))
+    assert answer.status == 400 and why in answer.json()["error"]
+    assert (await app.call("GET", "/demo")).status == 404
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("tag, why", [
+    ("__proto__", "property"), ("constructor", "property"), ("%2e%2e", "path segment"), ("1.x", "semver range"),
+    ("%5E1.0.0", "only letters"), ("a%20b", "only letters"), ("1.2.3beta", "semver range"),
+])
+async def test_dist_tag_add_of_a_bad_tag_is_a_400(tmp_path: Path, tag: str, why: str) -> None:
+    """npm dist-tag add with a tag npm cannot use: 400 saying why; the tags stay as they were."""
+    app = build(tmp_path)
+    token = await app.user("pat")
+    await published(app, token=token)
+    answer = await app.call("PUT", f"/-/package/demo/dist-tags/{tag}", "1.0.0", token=token)
+    assert answer.status == 400 and why in answer.json()["error"], answer.body
+    assert (await app.call("GET", "/-/package/demo/dist-tags")).json() == {"latest": "1.0.0"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_document_sent_back_cannot_bring_in_bad_tags_or_versions(tmp_path: Path) -> None:
+    """A document sent back (npm deprecate) adds no tag and no version: a __proto__ tag and a
+    version past 2^53-1 in it are not taken, while the deprecation is."""
+    app = build(tmp_path)
+    token = await app.user("pat")
+    await published(app, token=token)
+    document = (await app.call("GET", "/demo", token=token)).json()
+    document["versions"]["1.0.0"]["deprecated"] = "use 2"
+    document["versions"]["9007199254740993.0.0"] = dict(document["versions"]["1.0.0"], version="9007199254740993.0.0")
+    document["dist-tags"].update({"__proto__": "1.0.0", "next": "9007199254740993.0.0"})
+    assert (await app.call("PUT", f"/demo/-rev/{document['_rev']}", document, token=token)).status == 200
+    after = (await app.call("GET", "/demo")).json()
+    assert after["dist-tags"] == {"latest": "1.0.0"} and list(after["versions"]) == ["1.0.0"]
+    assert after["versions"]["1.0.0"]["deprecated"] == "use 2"
