@@ -103,7 +103,13 @@ class RedisLocks:
             pause = min(pause * 2, 0.2)
 
     async def _renew(self, redis_key: bytes, token: bytes) -> None:
+        # Renew and release are compare-and-swap on the token (the scripts above): a holder that
+        # stalled past lock_ttl never extends or deletes the lock another instance took since.
         try:
-            await self._link.call("eval", _RENEW, [redis_key], [token, str(int(self._lock_ttl * 1000)).encode()])
+            renewed = await self._link.call(
+                "eval", _RENEW, [redis_key], [token, str(int(self._lock_ttl * 1000)).encode()])
         except RedisDown:
-            pass
+            return
+        if not renewed:
+            self._log.warn("lock {key} expired and was taken over while held; going on without it",
+                           key=redis_key.decode(), event="lock-lost")

@@ -24,9 +24,10 @@ from typing import Any
 
 import orjson
 from twisted.internet import task
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nopard.domain import names, packument
 from nopard.domain.errors import NopardError, NotFound, UpstreamUnavailable
@@ -115,48 +116,93 @@ class RateLimit:
 
 
 async def for_each(items: Iterable[Any], workers: int, work: Callable[[Any], Awaitable[None]]) -> None:
-    """Run ``work`` over ``items``, ``workers`` at a time."""
+    """Run ``work`` over ``items``, ``workers`` at a time.
+
+    An error of ``work`` stops the run: the other workers finish the item in
+    hand and take no more, and then that error (the first) is raised as itself.
+    """
     iterator = iter(items)
+    errors: list[Failure] = []
 
     async def worker() -> None:
         for item in iterator:
-            await work(item)
+            if errors:
+                return
+            try:
+                await work(item)
+            except BaseException:
+                errors.append(Failure())
+                return
 
-    await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(workers)], consumeErrors=True)
+    await DeferredList([Deferred.fromCoroutine(worker()) for _ in range(workers)])
+    if errors:
+        errors[0].raiseException()
+
+
+class LockLost(Exception):
+    """Another instance took the job's lock over (this one stalled past LOCK_SECONDS): stop the run."""
 
 
 class StoreLock:
-    """A lock object in the store, so one instance at a time runs a job."""
+    """A lock object in the store, so one instance at a time runs a job.
+
+    Every change after taking it is a compare-and-swap on the holder: a renew
+    or release by an instance that stalled past LOCK_SECONDS, after another
+    took the lock over, changes nothing, and the renew tells it it lost.
+    """
 
     def __init__(self, storage: Storage, clock: IReactorTime, owner: str) -> None:
         self._storage = storage
         self._clock = clock
         self.owner = owner
+        self._tokens: dict[str, str] = {}  # job -> the token of this holder's record
 
     async def acquire(self, job: str) -> bool:
         """Take the lock of ``job``, or take over one whose holder stopped renewing it."""
         key = keys.sync_lock_key(job)
-        record = orjson.dumps({"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS})
-        if await self._storage.create(key, record):
-            return True
-        stored = await self._storage.read_versioned(key)
-        held = orjson.loads(stored[0]) if stored else None
-        if held and held.get("owner") != self.owner and held.get("expires", 0) > self._clock.seconds():
-            return False
-        # Compare-and-swap: of two instances taking over an expired lock, one wins.
-        return await self._storage.replace(key, record, stored[1] if stored else None)
+        token = uuid.uuid4().hex
+        record = self._record(token)
+        if not await self._storage.create(key, record):
+            stored = await self._storage.read_versioned(key)
+            held = _lock_record(stored)
+            if held and held.get("owner") != self.owner and held.get("expires", 0) > self._clock.seconds():
+                return False
+            # Compare-and-swap: of two instances taking over an expired lock, one wins.
+            if not await self._storage.replace(key, record, stored[1] if stored else None):
+                return False
+        self._tokens[job] = token
+        return True
 
-    async def renew(self, job: str) -> None:
-        """Push the lock's expiry forward while a long run goes on."""
-        record = {"owner": self.owner, "expires": self._clock.seconds() + LOCK_SECONDS}
-        await self._storage.write(keys.sync_lock_key(job), orjson.dumps(record))
+    async def renew(self, job: str) -> bool:
+        """Push the lock's expiry forward while a long run goes on; False: it is not ours any more."""
+        key = keys.sync_lock_key(job)
+        token = self._tokens.get(job)
+        stored = await self._storage.read_versioned(key)
+        if token is None or stored is None or _lock_record(stored).get("token") != token:
+            return False
+        return await self._storage.replace(key, self._record(token), stored[1])
 
     async def release(self, job: str) -> None:
-        """Let others run the job."""
+        """Let others run the job; a lock another instance holds by now is left alone."""
         key = keys.sync_lock_key(job)
-        raw = await self._storage.read(key)
-        if raw and orjson.loads(raw).get("owner") == self.owner:
-            await self._storage.delete(key)
+        token = self._tokens.pop(job, None)
+        stored = await self._storage.read_versioned(key)
+        if token is not None and stored is not None and _lock_record(stored).get("token") == token:
+            await self._storage.delete_versioned(key, stored[1])
+
+    def _record(self, token: str) -> bytes:
+        return orjson.dumps({"owner": self.owner, "token": token, "expires": self._clock.seconds() + LOCK_SECONDS})
+
+
+def _lock_record(stored: tuple[bytes, str] | None) -> dict[str, Any]:
+    """The holder record of a stored lock ({} when there is none or it is unreadable)."""
+    if stored is None:
+        return {}
+    try:
+        record = orjson.loads(stored[0])
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class SyncJobs:
@@ -179,6 +225,7 @@ class SyncJobs:
         self._rate = RateLimit(clock, lambda: settings.current.sync_rate)
         self.reports: dict[str, JobReport] = {}
         self._renewed_at: dict[str, float] = {}
+        self._lost: set[str] = set()  # jobs whose lock another instance took over during this run
 
     async def run(self, job: str) -> JobReport:
         """Run ``refresh`` or ``backfill`` once, unless another instance is running it."""
@@ -197,8 +244,12 @@ class SyncJobs:
             await for_each(names_, self._settings.current.sync_concurrency, lambda name: work(name, report))
         except UpstreamGone as gone:
             report.fail("*", f"{gone}; run abandoned, the next one continues")
+        except LockLost:
+            self._log.warn("sync {job} stopped: another instance took its lock over", job=job, event="sync-lock-lost")
+            report.fail("*", "another nopard instance took the job's lock over (this one stalled); run stopped")
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
+            self._lost.discard(job)
             await self._lock.release(job)
             self._log.info("sync {summary}", summary=report.summary(), event="sync-finished", **asdict(report))
             self._count(report)
@@ -357,7 +408,14 @@ class SyncJobs:
             report.paused_since = None if not upstream.breaker.is_open else report.paused_since
 
     async def _renew_lock(self, job: str) -> None:
+        """Renew the job's lock now and then; LockLost once another instance holds it."""
+        if job not in ("refresh", "backfill"):
+            return
+        if job in self._lost:
+            raise LockLost(job)
         now = self._clock.seconds()
-        if job in ("refresh", "backfill") and now - self._renewed_at.get(job, now) > LOCK_SECONDS / 4:
+        if now - self._renewed_at.get(job, now) > LOCK_SECONDS / 4:
             self._renewed_at[job] = now
-            await self._lock.renew(job)
+            if not await self._lock.renew(job):
+                self._lost.add(job)  # the other workers of this run stop at their next item too
+                raise LockLost(job)

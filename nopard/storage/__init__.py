@@ -99,6 +99,13 @@ class Storage(Protocol):
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""
 
+    async def delete_versioned(self, key: str, version: str) -> bool:
+        """Remove the object only if it still has ``version`` (from ``read_versioned``).
+
+        Compare-and-delete, atomically, as ``replace`` is compare-and-swap:
+        False, and nothing removed, when the object changed since (or is gone).
+        """
+
     async def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""
 

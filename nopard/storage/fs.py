@@ -106,6 +106,10 @@ class FilesystemStorage:
         """Remove the object; False if there was none."""
         return await self._run(_delete_file, self.path_of(key))
 
+    async def delete_versioned(self, key: str, version: str) -> bool:
+        """Remove the object only if it still has ``version``: the compare and the unlink under the lock."""
+        return await self._run(_delete_versioned, self.path_of(key), version, self.lock_path(key))
+
     async def sizes(self, prefix: str) -> dict[str, int]:
         """Every key under ``prefix`` with its size in bytes."""
         check_prefix(prefix)
@@ -280,6 +284,16 @@ def _delete_file(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def _delete_versioned(path: str, version: str, lock_path: str) -> bool:
+    with _lock(lock_path):  # the lock replace() takes: no swap lands between compare and unlink
+        if not _has_version(path, version):
+            return False
+        deleted = _delete_file(path)
+    if deleted:
+        _fsync_directory(os.path.dirname(path))
+    return deleted
 
 
 def _sizes(root: str, prefix: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ thread pool), never on the reactor.
 - ``replace`` is compare-and-swap on the ETag ``read_versioned`` gave: a
   PutObject with ``If-Match: <etag>`` (``If-None-Match: *`` for "only if
   absent"), which S3 checks and applies atomically, so it also holds across
-  processes and machines.
+  processes and machines; ``delete_versioned`` is the same for DeleteObject.
 - Big objects are streamed: files are uploaded from disk (one streamed
   PutObject, or a multipart upload holding one part at a time), and ``open``
   hands out a producer that reads the next chunk of GetObject's body in the
@@ -237,6 +237,15 @@ class S3Storage:
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""
         return await self._run(self._delete, self.object_key(key))
+
+    async def delete_versioned(self, key: str, version: str) -> bool:
+        """Remove the object only if it still has ETag ``version``: one DeleteObject with ``If-Match``.
+
+        S3 refuses it with 412 when the ETag differs and 404 when the object is gone: False.
+        """
+        name = self.object_key(key)
+        return await self._run(_conditional, lambda: self._client.delete_object(
+            Bucket=self.bucket, Key=name, IfMatch=version), _EXISTS + _MISSING)
 
     async def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.prepared import PreparedCache
+from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import MirrorParts, build_mirror
 from nopard.mirror.upstreams import Upstreams
@@ -130,6 +131,7 @@ class MirrorUnderTest:
     upstreams: Upstreams
     storage: FilesystemStorage
     metrics: Metrics
+    settings: LiveSettings
 
     async def settle(self, work: Coroutine[Any, Any, Any] | Deferred[Any]) -> Any:
         """The result of ``work``, delivering the fake upstream's answers until it is there."""
@@ -142,6 +144,25 @@ class MirrorUnderTest:
                 return await pending
             await task.deferLater(reactor, 0, lambda: None)  # a turn for work the flush started
         raise AssertionError("the mirror's work never finished")
+
+    def sync_jobs(self, owner: str = "a") -> SyncJobs:
+        """The sync jobs over this mirror, as instance ``owner``."""
+        return SyncJobs(self.settings, self.upstreams, self.registry, self.parts.documents, self.parts.tarballs,
+                        self.storage, self.clock, Logger(namespace="nopard.test"), owner=owner,
+                        metrics=self.metrics)
+
+    async def run_job(self, work: Coroutine[Any, Any, Any] | Deferred[Any], step: float = 1.0) -> Any:
+        """Like ``settle``, moving the clock ``step`` seconds each turn (the jobs' rate limit waits on it)."""
+        pending = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
+        results: list[Any] = []
+        pending.addBoth(lambda result: results.append(result) or result)
+        for _ in range(500):
+            self.http.flush()
+            if results:
+                return await pending
+            self.clock.advance(step)
+            await task.deferLater(reactor, 0, lambda: None)
+        raise AssertionError("the job never finished")
 
     def started(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
         """Start ``work`` without waiting on it (answers are delivered by the next ``settle``)."""
@@ -165,4 +186,4 @@ def build(tmp_path: Path, upstream: FakeRegistry | None = None, **settings: str)
     upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token, log, metrics))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log,
                          coordination)
-    return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage, metrics)
+    return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage, metrics, live)

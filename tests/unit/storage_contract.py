@@ -197,6 +197,32 @@ class StorageContract:
         assert await storage.read("k/never") is None
 
     @pytest_twisted.ensureDeferred
+    async def test_delete_versioned_with_the_version_read(self, storage) -> None:
+        """delete_versioned() from the version just read removes the object."""
+        await storage.write("k/doc", b"mine")
+        _data, version = await storage.read_versioned("k/doc")
+        assert await storage.delete_versioned("k/doc", version) is True
+        assert await storage.read("k/doc") is None
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_versioned_of_a_changed_object_is_refused(self, storage) -> None:
+        """delete_versioned() from a version someone has since replaced says False and leaves their bytes."""
+        await storage.write("k/doc", b"mine")
+        _data, stale = await storage.read_versioned("k/doc")
+        assert await storage.replace("k/doc", b"theirs", stale) is True
+        assert await storage.delete_versioned("k/doc", stale) is False
+        assert await storage.read("k/doc") == b"theirs"
+
+    @pytest_twisted.ensureDeferred
+    async def test_delete_versioned_of_a_missing_object_is_false(self, storage) -> None:
+        """delete_versioned() of an object deleted since (or never stored) says False."""
+        await storage.write("k/doc", b"mine")
+        _data, version = await storage.read_versioned("k/doc")
+        assert await storage.delete("k/doc") is True
+        assert await storage.delete_versioned("k/doc", version) is False
+        assert await storage.delete_versioned("k/never", version) is False
+
+    @pytest_twisted.ensureDeferred
     async def test_concurrent_replaces_have_one_winner(self, storage) -> None:
         """Many concurrent replace()s from one version: exactly one succeeds, its bytes stay."""
         await storage.write("k/race", b"start")
@@ -236,6 +262,8 @@ class StorageContract:
         for version in (None, "v"):
             with pytest.raises(InvalidKey):
                 await storage.replace(key, b"x", version)
+        with pytest.raises(InvalidKey):
+            await storage.delete_versioned(key, "v")
 
     @pytest.mark.parametrize("prefix", ["../", "a", "/", "a/../"])
     @pytest_twisted.ensureDeferred

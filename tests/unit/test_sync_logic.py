@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
-from nopard.jobs.sync import JobReport, RateLimit, StoreLock, backfill_versions, for_each, tarball_file
+from nopard.jobs.sync import (
+    LOCK_SECONDS,
+    JobReport,
+    RateLimit,
+    StoreLock,
+    backfill_versions,
+    for_each,
+    tarball_file,
+)
+from nopard.storage import keys
 from nopard.storage.fs import FilesystemStorage
 from nopard.upstream.client import retry_after_seconds
 
@@ -99,3 +110,74 @@ def test_report_keeps_a_bounded_list_of_failures() -> None:
         report.fail(f"p{n}", "down")
     assert len(report.failures) == 50
     assert report.summary() == "refresh: checked 0, changed 0, tarballs 0 (0 bytes), failures 1000"
+
+
+class Interleaving:
+    """A store whose first read of ``key`` lets ``meanwhile`` run before the reader goes on."""
+
+    def __init__(self, storage: FilesystemStorage, key: str, meanwhile) -> None:
+        self._storage = storage
+        self._key = key
+        self._meanwhile = meanwhile
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
+
+    async def _then(self, result):
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            await meanwhile()
+        return result
+
+    async def read(self, key: str):
+        result = await self._storage.read(key)
+        return await self._then(result) if key == self._key else result
+
+    async def read_versioned(self, key: str):
+        result = await self._storage.read_versioned(key)
+        return await self._then(result) if key == self._key else result
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_holders_renew_fails_once_another_took_over(tmp_path) -> None:
+    """A holds, stalls past the lock's time, B takes over: A's renew says False and B's record stays."""
+    clock = Clock()
+    storage = FilesystemStorage(str(tmp_path), deferToThread)
+    a, b = StoreLock(storage, clock, "a"), StoreLock(storage, clock, "b")
+    assert await a.acquire("backfill") is True
+    clock.advance(LOCK_SECONDS + 1)
+    assert await b.acquire("backfill") is True
+    assert await a.renew("backfill") is False
+    assert json.loads(await storage.read(keys.sync_lock_key("backfill")))["owner"] == "b"
+    assert await a.acquire("backfill") is False  # B's renewed-looking lock still excludes A
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_holders_release_leaves_the_new_holders_lock(tmp_path) -> None:
+    """A's release reads its own (expired) record, B takes over right then: A deletes nothing of B's."""
+    clock = Clock()
+    plain = FilesystemStorage(str(tmp_path), deferToThread)
+    b = StoreLock(plain, clock, "b")
+    key = keys.sync_lock_key("backfill")
+    a = StoreLock(Interleaving(plain, key, lambda: b.acquire("backfill")), clock, "a")
+    assert await a.acquire("backfill") is True  # a create: no read yet
+    clock.advance(LOCK_SECONDS + 1)
+    await a.release("backfill")
+    assert json.loads(await plain.read(key))["owner"] == "b"
+    assert await b.renew("backfill") is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_holder_renews_and_releases_its_own_lock(tmp_path) -> None:
+    """The holder's renew pushes the expiry forward; its release frees the lock for another."""
+    clock = Clock()
+    storage = FilesystemStorage(str(tmp_path), deferToThread)
+    a, b = StoreLock(storage, clock, "a"), StoreLock(storage, clock, "b")
+    assert await a.acquire("refresh") is True
+    clock.advance(LOCK_SECONDS - 1)
+    assert await a.renew("refresh") is True
+    clock.advance(LOCK_SECONDS - 1)
+    assert await b.acquire("refresh") is False
+    await a.release("refresh")
+    assert await storage.read(keys.sync_lock_key("refresh")) is None
+    assert await b.acquire("refresh") is True
