@@ -356,6 +356,31 @@ def _remove_versions(document: dict[str, Any], removed: list[str]) -> dict[str, 
     return document
 
 
+# Fields a change may touch without being a change of the package itself.
+_BOOKKEEPING = ("_rev", "time", "users")
+
+
+def required_action(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """The access rule (NOPARD_CONFIG) a change from ``before`` to ``after`` needs.
+
+    ``unpublish`` when a version stored in ``before`` is gone (or the whole
+    package is), ``access`` when only stars changed (what any reader may do
+    for themselves), else ``publish`` (new versions, tags, deprecations,
+    owners). Decided on the document the change is applied to, never an
+    earlier read, so a concurrent publish cannot turn a deprecation into an
+    unpublish.
+    """
+    if after is None:
+        return "unpublish"
+    if before is None:
+        return "publish"
+    if any(version not in after.get("versions", {}) for version in before.get("versions", {})):
+        return "unpublish"
+    rest_before = {k: v for k, v in before.items() if k not in _BOOKKEEPING}
+    rest_after = {k: v for k, v in after.items() if k not in _BOOKKEEPING}
+    return "access" if rest_before == rest_after else "publish"
+
+
 def retired_versions(document: dict[str, Any] | None) -> set[str]:
     """Versions once published and since unpublished: they can never be published again."""
     if not document:

@@ -25,6 +25,12 @@ from nopard.storage import Storage, keys
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).
 UPDATE_ATTEMPTS = 20
 
+# The access rules' check of one change: given the action the change needs
+# (packument.required_action: access, publish, unpublish), raise
+# PermissionDenied (or NotFound, for a name the user may not see) when the
+# user may not. The routes hand one in; None: no rules apply.
+Authorize = Callable[[str], None]
+
 
 class PackageLocks(Protocol):
     """What publishing shares with other instances (nopard.cluster: Redis, or this process alone)."""
@@ -54,14 +60,15 @@ class Registry:
         return orjson.loads(raw) if raw is not None else None
 
     async def publish(
-        self, publication: Publication, publisher: dict[str, str], check_owner: bool = True
+        self, publication: Publication, publisher: dict[str, str], check_owner: bool = True,
+        authorize: Authorize | None = None,
     ) -> dict[str, Any]:
         """Store the publication's tarballs, then the merged document; return the document.
 
         Raises VersionExists for a version already published, PermissionDenied
         when the publisher does not maintain an existing package (unless
-        ``check_owner`` is off: anonymous writes), and Conflict when different
-        bytes are already stored for a version's tarball.
+        ``check_owner`` is off: anonymous writes) or ``authorize`` refuses, and
+        Conflict when different bytes are already stored for a version's tarball.
         """
         name = publication.name
 
@@ -74,6 +81,7 @@ class Registry:
             now = iso_time(self._clock.seconds())
             retired = packument.retired_versions(await self._unpublished(name))
             merged = packument.merge_publication(document, publication, publisher, now, retired)
+            _authorized(name, document, merged, publisher["name"] if check_owner else None, authorize)
             for version, data in publication.tarballs.items():
                 await self._store_tarball(name, names.tarball_filename(name, version), data)
             merged["_rev"] = packument.next_revision(merged, orjson.dumps(merged))
@@ -85,27 +93,40 @@ class Registry:
     async def change(
         self, name: str, user: str | None, revision: str | None,
         apply: Callable[[dict[str, Any]], dict[str, Any]], maintainer: bool = True,
+        authorize: Authorize | None = None,
     ) -> dict[str, Any]:
         """Store ``apply(document)`` with a new ``_rev``; return it.
 
-        ``user`` must maintain the package when ``maintainer`` (None: anonymous
-        writes allowed); ``revision``, when given, must be the stored one.
-        Raises NotFound when the package was not published here.
+        ``user`` must maintain the package when ``maintainer``, or whenever the
+        change is more than stars (None: anonymous writes allowed); ``revision``,
+        when given, must be the stored one; ``authorize`` must allow what the
+        change needs, judged on the document it is applied to. Raises NotFound
+        when the package was not published here.
         """
         async def changed(document: dict[str, Any] | None) -> dict[str, Any]:
-            return self._revised(apply(self._writable(name, document, user, revision, maintainer)))
+            before = self._writable(name, document, user, revision, maintainer)
+            after = apply(before)
+            _authorized(name, before, after, user, authorize)
+            return self._revised(after)
 
         async with self._coordination.lock("doc:" + name):
             return await self._update(name, changed)
 
     async def unpublish_versions(
-        self, name: str, user: str | None, revision: str | None, body: dict[str, Any]
+        self, name: str, user: str | None, revision: str | None, body: dict[str, Any],
+        authorize: Authorize | None = None,
     ) -> dict[str, Any]:
-        """Apply a document sent back (deprecations, removed versions); removed tarballs go too."""
+        """Apply a document sent back (deprecations, removed versions); removed tarballs go too.
+
+        Whether it is an unpublish (versions dropped) or a deprecation is
+        decided against the document it is applied to, inside the swap.
+        """
         removed: list[str] = []
 
         async def applied(document: dict[str, Any] | None) -> dict[str, Any]:
-            changed, gone = packument.apply_document(self._writable(name, document, user, revision, True), body)
+            before = self._writable(name, document, user, revision, True)
+            changed, gone = packument.apply_document(before, body)
+            _authorized(name, before, changed, user, authorize)
             removed[:] = gone
             return self._revised(changed)
 
@@ -123,10 +144,13 @@ class Registry:
                 raise InvalidInput(f"{filename} belongs to a published version: unpublish the version first")
             await self._storage.delete(keys.tarball_key(name, filename))
 
-    async def unpublish(self, name: str, user: str | None, revision: str | None) -> None:
+    async def unpublish(
+        self, name: str, user: str | None, revision: str | None, authorize: Authorize | None = None,
+    ) -> None:
         """Remove a whole package: record its versions, then the document, then its tarballs."""
         async with self._coordination.lock("doc:" + name):
             document = self._writable(name, await self.document(name), user, revision, True)
+            _authorized(name, document, None, user, authorize)
             record = await self._unpublished(name) or {"name": name, "time": {}}
             record["time"].update(document.get("time", {}))
             now = iso_time(self._clock.seconds())
@@ -193,6 +217,18 @@ class Registry:
         # bytes may be published again, different bytes never replace them.
         if await self._storage.read(key) != data:
             raise Conflict(f"a different tarball is already stored as {name}/-/{filename}")
+
+
+def _authorized(
+    name: str, before: dict[str, Any] | None, after: dict[str, Any] | None, user: str | None,
+    authorize: Authorize | None,
+) -> None:
+    """Refuse the change from ``before`` to ``after`` unless ``user`` may make it (inside the swap)."""
+    action = packument.required_action(before, after)
+    if authorize is not None:
+        authorize(action)
+    if action != "access" and user is not None and before is not None and not _maintains(before, user):
+        raise PermissionDenied(f"{user} is not a maintainer of {name}")
 
 
 def _maintains(document: dict[str, Any], user: str) -> bool:

@@ -201,3 +201,31 @@ class TestPaths:
     def test_bad_package_actions(self, path: bytes) -> None:
         with pytest.raises(InvalidInput):
             names.parse_package_action(path)
+
+
+class TestRequiredAction:
+    """What the access rules must allow, judged on the document a change is applied to."""
+
+    def test_dropping_a_version_of_the_document_changed_is_an_unpublish(self) -> None:
+        """A body listing only 1.0.0, applied to a document that gained 1.0.1 since, needs unpublish."""
+        newer = document("1.0.0", "1.0.1")
+        body = sent_back(document("1.0.0"), **{"1_0_0": "old"})
+        after, removed = packument.apply_document(newer, body)
+        assert removed == ["1.0.1"] and packument.required_action(newer, after) == "unpublish"
+
+    def test_deprecation_tags_and_owners_need_publish(self) -> None:
+        """Deprecating, tagging and changing owners need publish; whole-package removal unpublish."""
+        doc = document("1.0.0", "1.0.1")
+        deprecated, _ = packument.apply_document(doc, sent_back(doc, **{"1_0_0": "old"}))
+        tagged = packument.set_dist_tag(doc, "next", "1.0.0")
+        owned = packument.set_maintainers(doc, [ALICE, BOB])
+        assert {packument.required_action(doc, after) for after in (deprecated, tagged, owned)} == {"publish"}
+        assert packument.required_action(doc, None) == "unpublish"
+        assert packument.required_action(None, doc) == "publish"
+
+    def test_a_star_needs_only_access(self) -> None:
+        """Starring changes users only: any reader may."""
+        doc = document("1.0.0")
+        starred = packument.set_star(doc, "bob", {"users": {"bob": True}})
+        starred["_rev"], starred["time"]["modified"] = "4-def", NOW
+        assert packument.required_action(doc, starred) == "access"

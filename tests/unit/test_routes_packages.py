@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
+import orjson
 import pytest
 import pytest_twisted
+from twisted.internet import task
 
+from nopard.domain.prepared import PreparedCache
+from nopard.domain.publication import parse_publication
+from nopard.local.packages import Registry
+from nopard.storage import keys
+from nopard.storage.fs import FilesystemStorage
 from tests.support import publish_body, tarball_bytes
-from tests.unit.route_harness import InProcess, build
+from tests.unit.route_harness import InProcess, build, run_now
 
 
 async def published(app: InProcess, name: str = "demo", version: str = "1.0.0", token: str | None = None) -> None:
@@ -246,3 +253,88 @@ async def test_document_sent_back_cannot_bring_in_bad_tags_or_versions(tmp_path:
     after = (await app.call("GET", "/demo")).json()
     assert after["dist-tags"] == {"latest": "1.0.0"} and list(after["versions"]) == ["1.0.0"]
     assert after["versions"]["1.0.0"]["deprecated"] == "use 2"
+
+
+# Authorization inside the compare-and-swap (issue 13, item 4) -----------------
+
+RACE_RULES = {"packages": [{"pattern": "**", "access": ["$all"], "publish": ["alice", "bob"],
+                            "unpublish": ["alice"], "proxy": ["$all"]}]}
+
+
+async def maintained_by_alice_and_bob(app: InProcess) -> tuple[str, str]:
+    """demo@1.0.0 published by alice, bob added as a maintainer; their tokens."""
+    alice, bob = await app.user("alice"), await app.user("bob")
+    await published(app, "demo", "1.0.0", token=alice)
+    owners = {"_id": "demo", "maintainers": [{"name": "alice", "email": "a@example.test"},
+                                             {"name": "bob", "email": "b@example.test"}]}
+    assert (await app.call("PUT", "/demo", owners, token=alice)).status == 200
+    return alice, bob
+
+
+def publish_when_the_swap_reads(monkeypatch: pytest.MonkeyPatch, registry_path: Path, version: str) -> list[str]:
+    """The next compare-and-swap read of demo's document first lets another instance (its own
+    Registry on the same store, so no shared lock) publish ``version`` as alice: a publish landing
+    after a route read the document, before its change is applied. Returns the versions injected."""
+    injected: list[str] = []
+    original = FilesystemStorage.read_versioned
+    other = Registry(FilesystemStorage(str(registry_path), run_now), PreparedCache(lambda: 1 << 20), task.Clock())
+
+    async def read_versioned(self: FilesystemStorage, key: str) -> tuple[bytes, str] | None:
+        if key == keys.local_document_key("demo") and not injected:
+            injected.append(version)
+            publication = parse_publication("demo", publish_body("demo", version))
+            await other.publish(publication, {"name": "alice", "email": "a@example.test"})
+        return await original(self, key)
+
+    monkeypatch.setattr(FilesystemStorage, "read_versioned", read_versioned)
+    return injected
+
+
+@pytest_twisted.ensureDeferred
+async def test_deprecation_racing_a_publish_cannot_unpublish_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob may publish but not unpublish: his document sent back (a deprecation of 1.0.0, read before
+    alice published 1.0.1) is refused 403 once it would drop 1.0.1, and 1.0.1 and its tarball stay."""
+    app = build(tmp_path, rules=RACE_RULES)
+    _alice, bob = await maintained_by_alice_and_bob(app)
+    sent_back = (await app.call("GET", "/demo", token=bob)).json()
+    sent_back["versions"]["1.0.0"]["deprecated"] = "use 1.0.1"
+    injected = publish_when_the_swap_reads(monkeypatch, tmp_path / "registry", "1.0.1")
+    answer = await app.call("PUT", "/demo", sent_back, token=bob)
+    assert injected == ["1.0.1"]
+    assert answer.status == 403 and "unpublish" in answer.json()["error"]
+    store = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    stored = orjson.loads(await store.read(keys.local_document_key("demo")) or b"{}")
+    assert sorted(stored["versions"]) == ["1.0.0", "1.0.1"] and "deprecated" not in stored["versions"]["1.0.0"]
+    assert await store.read(keys.tarball_key("demo", "demo-1.0.1.tgz")) == tarball_bytes("demo", "1.0.1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_deprecation_racing_a_publish_still_deprecates_when_nothing_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race with bob's document listing both versions is a plain deprecation: 200, both stay."""
+    app = build(tmp_path, rules=RACE_RULES)
+    _alice, bob = await maintained_by_alice_and_bob(app)
+    sent_back = (await app.call("GET", "/demo", token=bob)).json()
+    sent_back["versions"]["1.0.0"]["deprecated"] = "use 1.0.1"
+    sent_back["versions"]["1.0.1"] = {"deprecated": ""}
+    publish_when_the_swap_reads(monkeypatch, tmp_path / "registry", "1.0.1")
+    assert (await app.call("PUT", "/demo", sent_back, token=bob)).status == 200
+    stored = (await app.call("GET", "/demo/1.0.0")).json()
+    assert stored["deprecated"] == "use 1.0.1"
+    assert (await app.call("GET", "/demo/-/demo-1.0.1.tgz")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_who_may_unpublish_still_drops_versions(tmp_path: Path) -> None:
+    """alice (in unpublish) drops 1.0.0 with a document sent back; bob's attempt is 403."""
+    app = build(tmp_path, rules=RACE_RULES)
+    alice, bob = await maintained_by_alice_and_bob(app)
+    await published(app, "demo", "1.0.1", token=alice)
+    sent_back = (await app.call("GET", "/demo", token=bob)).json()
+    del sent_back["versions"]["1.0.0"]
+    assert (await app.call("PUT", "/demo", sent_back, token=bob)).status == 403
+    assert (await app.call("PUT", "/demo", sent_back, token=alice)).status == 200
+    assert list((await app.call("GET", "/demo")).json()["versions"]) == ["1.0.1"]

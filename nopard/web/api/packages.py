@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, cast
+from typing import cast
 
 from klein import Klein
 from twisted.internet.interfaces import IConsumer
@@ -86,7 +86,7 @@ class PackageRoutes:
             change = partial(packument.set_dist_tag, tag=tag, version=version)
         else:
             change = partial(packument.remove_dist_tag, tag=tag)
-        await self._registry.change(target.name, user, None, change)
+        await self._registry.change(target.name, user, None, change, authorize=self.rules_for(target.name, user))
         self._changes.changed(target.name)
         return json_response(request, 200, {"ok": True})
 
@@ -191,8 +191,12 @@ class PackageRoutes:
             self._gate.require_rule("publish", target.name, user)
             document = await self.change_owners(target.name, user, revision, body)
         else:
-            self._gate.require_rule(await self.removal_action(target.name, body), target.name, user)
-            document = await self._registry.unpublish_versions(target.name, user, revision, body)
+            # Deprecate (publish) or drop versions (unpublish): the Registry decides which on the
+            # document it changes, so a publish landing meanwhile cannot be dropped by a publisher.
+            self._gate.require_rule("access", target.name, user)
+            document = await self._registry.unpublish_versions(
+                target.name, user, revision, body, authorize=self.rules_for(target.name, user)
+            )
         self._changes.changed(target.name)
         return json_response(
             request, 200, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
@@ -204,7 +208,9 @@ class PackageRoutes:
             raise PermissionDenied(f"{user or 'anonymous'} may not publish {target.name} on this registry")
         publication = await self._run_cpu(parse_publication, target.name, body)
         publisher = await self._accounts.profile(user) if user else {"name": "anonymous", "email": ""}
-        document = await self._registry.publish(publication, publisher, check_owner=user is not None)
+        document = await self._registry.publish(
+            publication, publisher, check_owner=user is not None, authorize=self.rules_for(target.name, user)
+        )
         self._changes.changed(target.name)
         return json_response(
             request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
@@ -215,7 +221,8 @@ class PackageRoutes:
         if user is None:
             raise AuthenticationRequired("log in to star packages")
         return await self._registry.change(
-            name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False
+            name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False,
+            authorize=self.rules_for(name, user),
         )
 
     async def change_owners(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
@@ -225,25 +232,20 @@ class PackageRoutes:
             raise InvalidInput(f"no such user: {', '.join(unknown)}")
         profiles = [await self._accounts.profile(n) for n in packument.maintainer_names(body)]
         return await self._registry.change(
-            name, user, revision, lambda d: packument.set_maintainers(d, profiles)
+            name, user, revision, lambda d: packument.set_maintainers(d, profiles),
+            authorize=self.rules_for(name, user),
         )
 
-    async def removal_action(self, name: str, body: Any) -> str:
-        """``unpublish`` when a document sent back drops stored versions, else ``publish`` (deprecate)."""
-        if not self._gate.policy.enabled:
-            return "publish"
-        document = await self._registry.document(name)
-        sent = body.get("versions") if isinstance(body, dict) else None
-        stored = document.get("versions", {}) if isinstance(document, dict) else {}
-        if isinstance(sent, dict) and any(version not in sent for version in stored):
-            return "unpublish"
-        return "publish"
+    def rules_for(self, name: str, user: str | None) -> Callable[[str], None]:
+        """NOPARD_CONFIG's check of one change to ``name`` by ``user``, run by the Registry inside
+        the compare-and-swap with the action the change needs (packument.required_action)."""
+        return partial(self._gate.require_rule, name=name, user=user)
 
     async def delete_revision(self, request: IRequest, target: names.PackagePath) -> bytes:
         """Unpublish a whole package (npm unpublish --force)."""
         user = await self._gate.writer(request)
         self._gate.require_rule("unpublish", target.name, user)
-        await self._registry.unpublish(target.name, user, target.argument)
+        await self._registry.unpublish(target.name, user, target.argument, authorize=self.rules_for(target.name, user))
         self._changes.changed(target.name)
         return json_response(request, 200, {"ok": True, "success": True})
 
