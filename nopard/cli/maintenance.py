@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 
 from nopard.domain.integrity import Digests
-from nopard.domain.packument import dist_tarball_file
+from nopard.domain.packument import dist_tarball_file, version_tarball_file
 from nopard.storage import keys
 from nopard.storage.fs import FilesystemStorage
 
@@ -119,9 +119,11 @@ class ScanReport:
 def named_tarballs(document: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Tarball file name -> (version, dist) of every version of a document."""
     named = {}
+    name = document.get("name")
     for version, manifest in (document.get("versions") or {}).items():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
-        filename = dist_tarball_file(dist)
+        # The file nopard stores it under (odd upstream URLs get the conventional name).
+        filename = version_tarball_file(name, version, dist) if isinstance(name, str) else dist_tarball_file(dist)
         if filename is not None and isinstance(dist, dict):  # a file name comes from a dist block
             named[filename] = (version, dist)
     return named

@@ -312,7 +312,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
     document = mirrored_document(package.document, package.upstream_urls)
     stored = 0
     for version, data in kept.items():
-        filename = packument.dist_tarball_file(document["versions"][version]["dist"])
+        filename = packument.version_tarball_file(name, version, document["versions"][version]["dist"])
         try:
             key = keys.upstream_tarball_key(name, filename or "")
         except InvalidInput:

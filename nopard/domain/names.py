@@ -142,14 +142,35 @@ def tarball_file_from_url(url: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def version_tarball_file(name: str, version: str, tarball: str) -> str | None:
+    """The file version ``version`` of ``name``'s tarball is stored and served under here.
+
+    The file its ``dist.tarball`` (URL or bare name) ends in when that is a
+    tarball name of ``name``, as the npm registry gives; else the conventional
+    ``<unscoped>-<version>.tgz`` (some registries serve tarballs at URLs such
+    as ``.../download/@s/p/1.0.0/<hash>``; nopard keeps that URL to fetch
+    from). None when neither is a tarball name (a version nopard cannot name).
+    """
+    for candidate in (tarball_file_from_url(tarball), tarball_filename(name, version)):
+        if is_tarball_filename(name, candidate):
+            return candidate
+    return None
+
+
+def is_tarball_filename(name: str, filename: str) -> bool:
+    """Whether ``filename`` is a tarball file name of package ``name`` (``<unscoped>-<version>.tgz``)."""
+    prefix = unscoped(name) + "-"
+    return (
+        isinstance(filename, str)
+        and filename.startswith(prefix)
+        and filename.endswith(".tgz")
+        and is_version(filename[len(prefix) : -len(".tgz")])
+    )
+
+
 def validate_tarball_filename(name: str, filename: str) -> str:
     """Return ``filename`` if it is a tarball file of package ``name``, else raise InvalidInput."""
-    prefix = unscoped(name) + "-"
-    if (
-        not filename.startswith(prefix)
-        or not filename.endswith(".tgz")
-        or not is_version(filename[len(prefix) : -len(".tgz")])
-    ):
+    if not is_tarball_filename(name, filename):
         raise InvalidInput(f"invalid tarball file name for {name}: {filename!r}")
     return filename
 

@@ -147,21 +147,26 @@ def tarball_url(base_url: str, name: str, tarball: str) -> str:
 
 
 def for_clients(document: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """The document as served: every dist.tarball points at ``base_url``."""
+    """The document as served: every dist.tarball points at ``base_url``.
+
+    Under the file ``version_tarball_file`` names, so a tarball an upstream
+    keeps at an odd URL is served at nopard's conventional one.
+    """
     served = dict(document)
     served["versions"] = {
-        version: _with_tarball_url(manifest, base_url, document["name"])
+        version: _with_tarball_url(manifest, base_url, document["name"], version)
         for version, manifest in document.get("versions", {}).items()
     }
     return served
 
 
-def _with_tarball_url(manifest: dict[str, Any], base_url: str, name: str) -> dict[str, Any]:
-    dist = manifest.get("dist")
+def _with_tarball_url(manifest: Any, base_url: str, name: str, version: str) -> Any:
+    dist = manifest.get("dist") if isinstance(manifest, dict) else None
     if not isinstance(dist, dict) or "tarball" not in dist:
         return manifest
     served = dict(manifest)
-    served["dist"] = {**dist, "tarball": tarball_url(base_url, name, str(dist["tarball"]))}
+    filename = version_tarball_file(name, version, dist) or names.tarball_file_from_url(str(dist["tarball"]))
+    served["dist"] = {**dist, "tarball": tarball_url(base_url, name, filename)}
     return served
 
 
@@ -212,16 +217,31 @@ def merge_documents(local: dict[str, Any], upstream: dict[str, Any]) -> dict[str
 
 
 def dist_tarball_file(dist: Any) -> str | None:
-    """The file name a dist block's ``tarball`` (bare name or URL) ends in, if it has one."""
+    """The file name a dist block's ``tarball`` (bare name or URL) ends in, if it has one.
+
+    As written there (for reading other registries' layouts); the file nopard
+    stores and serves a version's tarball under is ``version_tarball_file``.
+    """
     if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
         return None
     return names.tarball_file_from_url(dist["tarball"]) or None
 
 
+def version_tarball_file(name: str, version: str, dist: Any) -> str | None:
+    """The file a version's tarball is stored and served under here (names.version_tarball_file).
+
+    None without a ``dist.tarball``, or when no file name of ``name`` fits.
+    """
+    if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+        return None
+    return names.version_tarball_file(name, version, dist["tarball"])
+
+
 def find_version_by_file(document: dict[str, Any], filename: str) -> dict[str, Any] | None:
-    """The manifest whose dist.tarball ends in ``filename``, if any."""
-    for manifest in document.get("versions", {}).values():
-        if dist_tarball_file(manifest.get("dist")) == filename:
+    """The manifest whose tarball is stored and served as ``filename``, if any."""
+    name = str(document.get("name", ""))
+    for version, manifest in document.get("versions", {}).items():
+        if isinstance(manifest, dict) and version_tarball_file(name, version, manifest.get("dist")) == filename:
             return manifest
     return None
 

@@ -58,9 +58,9 @@ def backfill_versions(document: dict[str, Any], policy: str) -> list[str]:
     return [v for v in versions if v in tagged]
 
 
-def tarball_file(manifest: dict[str, Any]) -> str | None:
-    """The tarball file name a manifest's dist.tarball ends in."""
-    return packument.dist_tarball_file(manifest.get("dist"))
+def tarball_file(name: str, version: str, manifest: Any) -> str | None:
+    """The file a version's tarball is stored under here (None: the manifest names none nopard can serve)."""
+    return packument.version_tarball_file(name, version, manifest.get("dist") if isinstance(manifest, dict) else None)
 
 
 @dataclass
@@ -241,7 +241,8 @@ class SyncJobs:
         try:
             names_ = await self._documents.mirrored_names()
             work = self._refresh_one if job == "refresh" else self._backfill_one
-            await for_each(names_, self._settings.current.sync_concurrency, lambda name: work(name, report))
+            await for_each(names_, self._settings.current.sync_concurrency,
+                           lambda name: self._guarded(name, report, work, name, report))
         except UpstreamGone as gone:
             report.fail("*", f"{gone}; run abandoned, the next one continues")
         except LockLost:
@@ -254,6 +255,22 @@ class SyncJobs:
             self._log.info("sync {summary}", summary=report.summary(), event="sync-finished", **asdict(report))
             self._count(report)
         return report
+
+    async def _guarded(self, what: str, report: JobReport, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """One package's work: whatever goes wrong with it is logged, counted and reported, and the run goes on.
+
+        Only what ends the whole run (the upstream gone for good, the lock
+        lost) passes through.
+        """
+        try:
+            await work(*args)
+        except (UpstreamGone, LockLost):
+            raise
+        except NopardError as error:
+            report.fail(what, error.message)
+        except Exception as error:  # one bad package (an odd upstream document) must not end the run
+            self._log.failure("sync {what} failed", what=what, event="sync-error")
+            report.fail(what, f"{type(error).__name__}: {error}")
 
     def _count(self, report: JobReport) -> None:
         if self._metrics is not None:
@@ -271,7 +288,8 @@ class SyncJobs:
         self.reports["prefetch"] = report
         try:
             await for_each(packages, self._settings.current.sync_concurrency,
-                           lambda item: self._prefetch_one(item[0], item[1], report, may_read))
+                           lambda item: self._guarded(f"{item[0]}@{item[1]}", report, self._prefetch_one,
+                                                      item[0], item[1], report, may_read))
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             self._log.info("sync {summary}", summary=report.summary(), event="prefetch-finished")
@@ -344,8 +362,11 @@ class SyncJobs:
         await self._fetch_version(name, document, version, report)
 
     async def _fetch_version(self, name: str, document: dict[str, Any], version: str, report: JobReport) -> None:
-        filename = tarball_file(document["versions"][version])
-        if filename is None or await self._tarballs.stored(name, filename):
+        filename = tarball_file(name, version, document["versions"][version])
+        if filename is None:
+            report.fail(f"{name}@{version}", "the upstream document names no tarball nopard can keep for it")
+            return
+        if await self._tarballs.stored(name, filename):
             return
         await self._politely(name, f"{name}@{version}", report, self._fetch_tarball, name, filename, report)
 

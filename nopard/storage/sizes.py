@@ -16,5 +16,5 @@ async def stored_tarball_sizes(storage: Storage, name: str, document: dict[str, 
     sizes: dict[str, int | None] = {}
     for version, manifest in (document.get("versions") or {}).items():
         dist = manifest.get("dist") if isinstance(manifest, dict) else None
-        sizes[version] = by_file.get(packument.dist_tarball_file(dist) or "")
+        sizes[version] = by_file.get(packument.version_tarball_file(name, version, dist) or "")
     return sizes

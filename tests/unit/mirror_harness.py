@@ -55,6 +55,16 @@ def packument(name: str, *versions: str) -> dict[str, Any]:
     return {"name": name, "dist-tags": {"latest": versions[-1]}, "versions": manifests}
 
 
+def odd_packument(name: str, *versions: str) -> dict[str, Any]:
+    """Like ``packument``, with tarball URLs as some hosted registries give them:
+    ``/download/<name>/<version>/<hash>``, not ending in ``<name>-<version>.tgz``."""
+    document = packument(name, *versions)
+    for version, manifest in document["versions"].items():
+        digest = hashlib.sha1(tarball(name, version)).hexdigest()
+        manifest["dist"]["tarball"] = f"{UPSTREAM}/download/{name}/{version}/{digest}"
+    return document
+
+
 @dataclass
 class FakeRegistry(Resource):
     """An upstream registry: documents by name, tarballs by path, every request recorded."""
@@ -99,7 +109,11 @@ class FakeRegistry(Resource):
         if self.fault in ("5xx", "404"):
             request.setResponseCode(503 if self.fault == "5xx" else 404)
             return b'{"error":"fault"}'
-        name, _, file = path.lstrip("/").partition("/-/")
+        if path.startswith("/download/"):  # odd_packument's tarball URLs
+            name, version, _digest = path[len("/download/"):].rsplit("/", 2)
+            file = f"{name.split('/')[-1]}-{version}.tgz"
+        else:
+            name, _, file = path.lstrip("/").partition("/-/")
         if name not in self.documents:
             request.setResponseCode(404)
             return b'{"error":"Not found"}'

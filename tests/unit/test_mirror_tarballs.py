@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -9,9 +11,11 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError
 
+from nopard.cli.maintenance import scan
+from nopard.domain import names
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.storage import keys
-from tests.unit.mirror_harness import FakeRegistry, build, packument, tarball
+from tests.unit.mirror_harness import UPSTREAM, FakeRegistry, build, odd_packument, packument, tarball
 from tests.unit.storage_contract import CollectingConsumer
 
 BASE = "http://127.0.0.1:5984"
@@ -112,3 +116,34 @@ async def test_the_fetch_finishes_and_stores_when_every_waiter_hung_up(tmp_path:
             break
         await task.deferLater(reactor, 0, lambda: None)
     assert await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz") and m.upstream.asked("/-/") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tarball_at_an_odd_upstream_url_is_served_under_the_conventional_one(tmp_path: Path) -> None:
+    """An upstream whose dist.tarball is /download/@s/p/1.0.0/<hash>: the document served points
+    at <base>/@s/p/-/p-1.0.0.tgz, that tarball is fetched from the upstream's URL, and its bytes
+    match the document's integrity."""
+    m = build(tmp_path, FakeRegistry({"@s/p": odd_packument("@s/p", "1.0.0")}))
+    document = await m.settle(m.parts.mirror.served_document("@s/p", BASE))
+    dist = document["versions"]["1.0.0"]["dist"]
+    assert dist["tarball"] == f"{BASE}/@s/p/-/p-1.0.0.tgz"
+    filename = names.tarball_file_from_url(dist["tarball"])
+    names.validate_tarball_filename("@s/p", filename)  # a path the tarball route accepts
+    blob, status = await m.settle(m.parts.mirror.tarball("@s/p", filename))
+    consumer = CollectingConsumer()
+    await blob.send_to(consumer)
+    assert status == "MISS" and consumer.data == tarball("@s/p", "1.0.0")
+    assert dist["integrity"] == "sha512-" + base64.b64encode(hashlib.sha512(consumer.data).digest()).decode()
+    assert m.upstream.asked("/download/@s/p/1.0.0/") == 1
+    stored = await m.parts.documents.mirrored_document("@s/p")
+    assert stored["versions"]["1.0.0"]["dist"]["tarball"].startswith(UPSTREAM + "/download/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fsck_counts_a_tarball_kept_under_its_conventional_name_as_named(tmp_path: Path) -> None:
+    """fsck (and so gc) reads the odd-URL document's tarball as named by it, not as an orphan."""
+    m = build(tmp_path, FakeRegistry({"@s/p": odd_packument("@s/p", "1.0.0")}))
+    await m.settle(m.parts.mirror.served_document("@s/p", BASE))
+    await m.settle(m.parts.mirror.tarball("@s/p", "p-1.0.0.tgz"))
+    report = scan(str(tmp_path / "registry"), quarantine=False)
+    assert report.tarballs == 1 and [f.kind for f in report.findings] == []

@@ -9,7 +9,7 @@ import pytest_twisted
 
 from nopard.jobs.sync import LOCK_SECONDS, StoreLock
 from nopard.storage import keys
-from tests.unit.mirror_harness import FakeRegistry, build, packument
+from tests.unit.mirror_harness import FakeRegistry, build, odd_packument, packument
 
 BASE = "http://127.0.0.1:5984"
 
@@ -38,3 +38,54 @@ async def test_an_instance_that_lost_its_lock_stops_the_job(tmp_path: Path) -> N
     assert m.upstream.asked("/two/-/") == 0 and not await m.parts.tarballs.stored("two", "two-1.0.0.tgz")
     assert json.loads(await m.storage.read(keys.sync_lock_key("backfill")))["owner"] == "b"
     assert await b.renew("backfill") is True
+
+
+def odd_broken_good() -> FakeRegistry:
+    """An upstream with an odd tarball URL (@s/odd), a document nopard cannot sort (broken:
+    version "v1.0.0") and a plain package (good)."""
+    broken = packument("broken", "1.0.0")
+    broken["versions"] = {"v1.0.0": broken["versions"]["1.0.0"]}
+    broken["dist-tags"] = {"latest": "v1.0.0"}
+    return FakeRegistry({"@s/odd": odd_packument("@s/odd", "1.0.0"), "broken": broken,
+                         "good": packument("good", "1.0.0")})
+
+
+async def mirrored(m, *names: str) -> None:
+    for name in names:
+        await m.settle(m.parts.documents.refresh(name, m.parts.mirror.upstream_of(name)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_backfill_over_odd_broken_and_good_packages_completes(tmp_path: Path) -> None:
+    """backfill over [odd, broken, good]: the run ends, reports the broken package (counted in the
+    metrics too), and keeps the odd package's tarball (under its conventional name) and the good one's."""
+    m = build(tmp_path, odd_broken_good(), sync_rate="60000", backfill="all")
+    await mirrored(m, "@s/odd", "broken", "good")
+    report = await m.run_job(m.sync_jobs().run("backfill"))
+    assert report.checked == 3 and [f["package"] for f in report.failures] == ["broken"]
+    assert await m.parts.tarballs.stored("@s/odd", "odd-1.0.0.tgz")
+    assert await m.parts.tarballs.stored("good", "good-1.0.0.tgz")
+    assert report.tarballs == 2 and m.upstream.asked("/download/@s/odd/1.0.0/") == 1
+    assert m.metrics.sync_failures.labels("backfill")._value.get() == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_prefetch_over_odd_broken_and_good_packages_completes(tmp_path: Path) -> None:
+    """prefetch of odd, broken and good: each is tried, the broken one reported, the others kept."""
+    m = build(tmp_path, odd_broken_good(), sync_rate="60000")
+    await mirrored(m, "broken")
+    m.parts.documents.mirrored_document = broken_for("broken", m.parts.documents.mirrored_document)
+    wanted = [("@s/odd", "1.0.0"), ("broken", "1.0.0"), ("good", "1.0.0")]
+    report = await m.run_job(m.sync_jobs().prefetch(wanted))
+    assert report.checked == 3 and [f["package"] for f in report.failures] == ["broken@1.0.0"]
+    assert await m.parts.tarballs.stored("@s/odd", "odd-1.0.0.tgz")
+    assert await m.parts.tarballs.stored("good", "good-1.0.0.tgz")
+
+
+def broken_for(name: str, read):
+    """A mirrored_document reader that fails for ``name`` as an unforeseen bug would."""
+    async def reading(asked: str):
+        if asked == name:
+            raise KeyError("versions")
+        return await read(asked)
+    return reading

@@ -44,8 +44,16 @@ def test_backfill_policies_choose_versions(policy, expected) -> None:
 
 def test_tarball_file_is_the_url_basename() -> None:
     """The file a manifest's tarball URL names; None without one."""
-    assert tarball_file(DOCUMENT["versions"]["1.0.0"]) == "p-1.0.0.tgz"
-    assert tarball_file({"dist": {}}) is None
+    assert tarball_file("p", "1.0.0", DOCUMENT["versions"]["1.0.0"]) == "p-1.0.0.tgz"
+    assert tarball_file("p", "1.0.0", {"dist": {}}) is None
+    assert tarball_file("p", "1.0.0", 42) is None
+
+
+def test_an_odd_tarball_url_gets_the_conventional_file_name() -> None:
+    """A tarball URL not ending in <name>-<version>.tgz is kept under the conventional name."""
+    odd = {"dist": {"tarball": "http://registry.invalid/download/@s/p/1.0.0/0a1b2c"}}
+    assert tarball_file("@s/p", "1.0.0", odd) == "p-1.0.0.tgz"
+    assert tarball_file("@s/p", "v1", odd) is None
 
 
 def test_rate_limit_spreads_requests_over_the_minute() -> None:
