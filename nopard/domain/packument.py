@@ -9,11 +9,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import secrets
+from datetime import datetime
 from typing import Any
 
 from nopard.domain import names
 from nopard.domain.errors import InvalidInput, NotFound, VersionExists
 from nopard.domain.publication import Publication
+from nopard.domain.times import iso_time
 
 # Top-level fields copied from the latest version, as the npm registry does.
 _FROM_LATEST = (
@@ -399,6 +401,47 @@ def required_action(before: dict[str, Any] | None, after: dict[str, Any] | None)
     rest_before = {k: v for k, v in before.items() if k not in _BOOKKEEPING}
     rest_after = {k: v for k, v in after.items() if k not in _BOOKKEEPING}
     return "access" if rest_before == rest_after else "publish"
+
+
+def unpublished_record(
+    record: dict[str, Any] | None, document: dict[str, Any], user: str | None, now: str
+) -> dict[str, Any]:
+    """The unpublish record (``unpublished.json``) after ``user`` removed the whole ``document`` at ``now``.
+
+    As the npm registry's tombstone: ``time`` keeps every version's time, and
+    ``time.unpublished`` says when, by whom, which versions, and who the
+    maintainers were (the name stays theirs for NOPARD_UNPUBLISH_GRACE).
+    """
+    kept = copy.deepcopy(record) if record else {"name": document["name"], "time": {}}
+    kept.setdefault("time", {}).update(document.get("time", {}))
+    kept["time"]["unpublished"] = {
+        "time": now, "name": user, "versions": list(document.get("versions", {})),
+        "maintainers": copy.deepcopy(document.get("maintainers", [])),
+    }
+    return kept
+
+
+def name_reserved(record: dict[str, Any] | None, user: str, now: float, grace: float) -> str | None:
+    """Why ``user`` may not publish a name whose whole package was unpublished less than
+    ``grace`` seconds before ``now`` (only its former maintainers may), or None.
+
+    Admins are let through by the caller; a ``grace`` of 0 reserves nothing.
+    """
+    unpublished = (record or {}).get("time", {}).get("unpublished")
+    if grace <= 0 or not isinstance(unpublished, dict):
+        return None
+    try:
+        since = datetime.fromisoformat(str(unpublished.get("time"))).timestamp()
+    except ValueError:
+        return None
+    if now >= since + grace:
+        return None
+    former = unpublished.get("maintainers") or []
+    if any(isinstance(m, dict) and m.get("name") == user for m in former):
+        return None
+    name = (record or {}).get("name", "this package")
+    return (f"{name} was unpublished at {unpublished['time']}; until {iso_time(since + grace)} only its "
+            "former maintainers (or an admin) may publish it")
 
 
 def retired_versions(document: dict[str, Any] | None) -> set[str]:

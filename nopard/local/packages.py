@@ -61,25 +61,32 @@ class Registry:
 
     async def publish(
         self, publication: Publication, publisher: dict[str, str], check_owner: bool = True,
-        authorize: Authorize | None = None,
+        authorize: Authorize | None = None, grace: float = 0.0, admin: bool = False,
     ) -> dict[str, Any]:
         """Store the publication's tarballs, then the merged document; return the document.
 
         Raises VersionExists for a version already published, PermissionDenied
         when the publisher does not maintain an existing package (unless
-        ``check_owner`` is off: anonymous writes) or ``authorize`` refuses, and
-        Conflict when different bytes are already stored for a version's tarball.
+        ``check_owner`` is off: anonymous writes), when the whole package was
+        unpublished less than ``grace`` seconds ago and the publisher was not
+        one of its maintainers (nor an ``admin``), or when ``authorize``
+        refuses; Conflict when different bytes are already stored for a
+        version's tarball.
         """
         name = publication.name
 
         async def merge(document: dict[str, Any] | None) -> dict[str, Any]:
+            record = await self._unpublished(name)
             if document is None:
                 names.validate_name(name, new=True)
+                reserved = packument.name_reserved(record, publisher["name"], self._clock.seconds(), grace)
+                if reserved is not None and check_owner and not admin:
+                    raise PermissionDenied(reserved)
             owned = document is None or not check_owner or _maintains(document, publisher["name"])
             if not owned:
                 raise PermissionDenied(f"{publisher['name']} is not a maintainer of {name}")
             now = iso_time(self._clock.seconds())
-            retired = packument.retired_versions(await self._unpublished(name))
+            retired = packument.retired_versions(record)
             merged = packument.merge_publication(document, publication, publisher, now, retired)
             _authorized(name, document, merged, publisher["name"] if check_owner else None, authorize)
             for version, data in publication.tarballs.items():
@@ -151,10 +158,8 @@ class Registry:
         async with self._coordination.lock("doc:" + name):
             document = self._writable(name, await self.document(name), user, revision, True)
             _authorized(name, document, None, user, authorize)
-            record = await self._unpublished(name) or {"name": name, "time": {}}
-            record["time"].update(document.get("time", {}))
             now = iso_time(self._clock.seconds())
-            record["time"]["unpublished"] = {"time": now, "versions": list(document["versions"])}
+            record = packument.unpublished_record(await self._unpublished(name), document, user, now)
             await self._storage.write(keys.unpublished_key(name), orjson.dumps(record))
             await self._storage.delete(keys.local_document_key(name))
             await self._changed(name)

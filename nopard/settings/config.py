@@ -171,6 +171,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("not_found_ttl", "60", parse_seconds, "Seconds an upstream 404 is remembered."),
     Setting(
+        "unpublish_grace",
+        "86400",
+        parse_interval,
+        "Seconds a wholly unpublished name stays reserved to its former maintainers and admins; 0: none.",
+    ),
+    Setting(
         "probe_interval",
         "10",
         parse_seconds,
@@ -269,6 +275,7 @@ class Settings:
     upstream_timeout: float
     stale_deadline: float
     not_found_ttl: float
+    unpublish_grace: float
     probe_interval: float
     private_scopes: tuple[str, ...]
     merge_upstream: tuple[str, ...]

@@ -96,10 +96,12 @@ def test_unpublish_one_version_then_republish_is_refused(
     failed(alice.run("publish", cwd=again, check=False), "unpublished")
 
 
-def test_unpublish_whole_package(registry: NopardServer, alice: Npm, tmp_path: Path) -> None:
-    """`npm unpublish pkg --force` removes document and tarballs; old versions stay retired."""
+def test_unpublish_whole_package(registry: NopardServer, alice: Npm, bob: Npm, tmp_path: Path) -> None:
+    """`npm unpublish pkg --force` removes document and tarballs; old versions stay retired; the
+    name stays alice's for NOPARD_UNPUBLISH_GRACE, so bob's npm publish of it is 403."""
     publish(alice, tmp_path, "whole-pkg", "1.0.0", "1.1.0")
     assert alice.run("unpublish", "whole-pkg", "--force").stdout == "- whole-pkg\n"
+    failed(bob.run("publish", cwd=make_package(tmp_path / "b", "whole-pkg", "3.0.0"), check=False), "was unpublished")
     assert registry.request("GET", "/whole-pkg").status == 404
     assert registry.request("GET", "/whole-pkg/-/whole-pkg-1.0.0.tgz").status == 404
     assert files_under(registry.registry / "packages/whole-pkg") == ["unpublished.json"]

@@ -338,3 +338,71 @@ async def test_who_may_unpublish_still_drops_versions(tmp_path: Path) -> None:
     assert (await app.call("PUT", "/demo", sent_back, token=bob)).status == 403
     assert (await app.call("PUT", "/demo", sent_back, token=alice)).status == 200
     assert list((await app.call("GET", "/demo")).json()["versions"]) == ["1.0.1"]
+
+
+# A wholly unpublished name stays its maintainers' for a while (issue 13, item 7) ----
+
+DAY = 24 * 3600
+
+
+async def unpublished_by_alice(app: InProcess) -> tuple[str, str]:
+    """demo@1.0.0 published by alice, then the whole package unpublished (npm unpublish --force)."""
+    alice, bob = await app.user("alice"), await app.user("bob")
+    await published(app, "demo", "1.0.0", token=alice)
+    revision = (await app.call("GET", "/demo", token=alice)).json()["_rev"]
+    assert (await app.call("DELETE", f"/demo/-rev/{revision}", token=alice)).status == 200
+    assert (await app.call("GET", "/demo")).status == 404
+    return alice, bob
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_user_cannot_take_an_unpublished_name_within_the_grace(tmp_path: Path) -> None:
+    """Right after alice unpublished demo, bob's publish of it is 403 saying when the name frees;
+    nothing of his is stored."""
+    app = build(tmp_path)
+    _alice, bob = await unpublished_by_alice(app)
+    app.clock.advance(DAY - 1)
+    answer = await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=bob)
+    assert answer.status == 403
+    assert "was unpublished" in answer.json()["error"] and "until 2027-01-16T08:00:00.000Z" in answer.json()["error"]
+    assert (await app.call("GET", "/demo")).status == 404
+    store = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    assert await store.read(keys.tarball_key("demo", "demo-2.0.0.tgz")) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_former_maintainer_may_publish_the_name_again(tmp_path: Path) -> None:
+    """alice, who maintained demo, publishes it again within the grace and stays its maintainer."""
+    app = build(tmp_path)
+    alice, _bob = await unpublished_by_alice(app)
+    assert (await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=alice)).status == 201
+    assert [m["name"] for m in (await app.call("GET", "/demo")).json()["maintainers"]] == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admin_may_publish_an_unpublished_name(tmp_path: Path) -> None:
+    """An admin (NOPARD_ADMINS) is not held by the grace."""
+    app = build(tmp_path, admins=("root",))
+    await unpublished_by_alice(app)
+    root = await app.user("root")
+    assert (await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=root)).status == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_anyone_may_publish_the_name_after_the_grace_but_never_its_old_versions(tmp_path: Path) -> None:
+    """24h after the unpublish bob may publish demo; version 1.0.0, once published, never comes back."""
+    app = build(tmp_path)
+    _alice, bob = await unpublished_by_alice(app)
+    app.clock.advance(DAY)
+    again = await app.call("PUT", "/demo", publish_body("demo", "1.0.0"), token=bob)
+    assert again.status == 403 and "unpublished" in again.json()["error"]
+    assert (await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=bob)).status == 201
+    assert [m["name"] for m in (await app.call("GET", "/demo")).json()["maintainers"]] == ["bob"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_grace_of_zero_reserves_nothing(tmp_path: Path) -> None:
+    """NOPARD_UNPUBLISH_GRACE=0: another user may publish the name right after the unpublish."""
+    app = build(tmp_path, unpublish_grace="0")
+    _alice, bob = await unpublished_by_alice(app)
+    assert (await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=bob)).status == 201

@@ -209,7 +209,8 @@ class PackageRoutes:
         publication = await self._run_cpu(parse_publication, target.name, body)
         publisher = await self._accounts.profile(user) if user else {"name": "anonymous", "email": ""}
         document = await self._registry.publish(
-            publication, publisher, check_owner=user is not None, authorize=self.rules_for(target.name, user)
+            publication, publisher, check_owner=user is not None, authorize=self.rules_for(target.name, user),
+            grace=self._settings.current.unpublish_grace, admin=self._gate.policy.is_admin(user),
         )
         self._changes.changed(target.name)
         return json_response(
