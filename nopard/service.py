@@ -62,6 +62,8 @@ from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.upstream.proxy import ProxyingAgent
 from nopard.web.app import RegistryApp
+from nopard.web.readme_renders import ReadmeRenders
+from nopard.web.readme_worker import ReadmeWorker
 from nopard.web.site import NopardSite
 
 
@@ -326,6 +328,9 @@ def build_service(
     ThreadPoolService(cpu_pool).setServiceParent(top)
     run_io = partial(deferToThreadPool, reactor, io_pool)
     run_cpu = partial(deferToThreadPool, reactor, cpu_pool)
+    # Readmes render in a child process of their own, never in cpu_pool (bcrypt logins, publishes).
+    readme_worker = ReadmeWorker(reactor, Logger(namespace="nopard.readme", observer=logs.publisher))
+    readme_worker.setServiceParent(top)
 
     storage = open_storage(settings, reactor, run_io, top)
     # Started early: the first read of the stored overrides begins before anything else serves.
@@ -374,7 +379,8 @@ def build_service(
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
         search=SearchIndex(registry, documents, reactor, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
-        run_cpu=run_cpu, clock=reactor, log=Logger(namespace="nopard.web", observer=logs.publisher),
+        run_cpu=run_cpu, readmes=ReadmeRenders(readme_worker, reactor), clock=reactor,
+        log=Logger(namespace="nopard.web", observer=logs.publisher),
     )
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,

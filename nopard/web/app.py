@@ -32,6 +32,7 @@ from nopard.web.api.settings import SettingsRoutes
 from nopard.web.api.weblogin import WebLoginRoutes
 from nopard.web.browser import BrowserSessions, wants_html
 from nopard.web.errors import Utf8PathGuard, install_error_handlers
+from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.responses import Requests, json_response
 from nopard.web.services import AuditForwarder, MirrorServices, MirrorStatus, RunInThread, Sessions, TarballSizes
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
@@ -41,7 +42,8 @@ class RegistryApp:
     """Every route of the registry, mounted into one Klein app; no global state.
 
     ``clock`` is the reactor's time (nothing here reads the global reactor);
-    ``run_cpu`` runs parsing and rendering in the CPU thread pool.
+    ``run_cpu`` runs parsing in the CPU thread pool; ``readmes`` renders
+    readmes, away from that pool (nopard.web.readme_renders).
     """
 
     def __init__(
@@ -49,12 +51,12 @@ class RegistryApp:
         status: MirrorStatus, audits: AuditForwarder, tarball_sizes: TarballSizes,
         sync: SyncSchedule, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
-        run_cpu: RunInThread, clock: IReactorTime, log: Logger,
+        run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror)
         browser = BrowserSessions(sessions, policy, requests, settings)
-        self._home = PackagePages(browser, mirror, tarball_sizes, search, search, run_cpu, clock)
+        self._home = PackagePages(browser, mirror, tarball_sizes, search, search, readmes, clock)
         self._ui = WebUI(
             browser, log, self._home, AccountPages(browser, accounts),
             AdminPages(browser, overrides, status, sync, metrics, store_size, clock),

@@ -9,6 +9,7 @@ and use no script at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,31 @@ async def render(page: Tag, readme_html: str | None = None) -> bytes:
     if readme_html is not None:
         body = body.replace(f"<!--{README_MARKER}-->".encode(), readme_html.encode("utf-8"), 1)
     return body
+
+
+def text_of(value: Any) -> str:
+    """Any JSON value of a document's field as the text a page shows.
+
+    Package documents come from anyone who can publish, or from the upstream:
+    a description may be a number, an author an object, keywords a list. A
+    string shows as itself, null as nothing, anything else as its JSON.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """A field that should be an object (versions, dist-tags, time, dist...), or {} when it is not."""
+    return value if isinstance(value, dict) else {}
+
+
+def latest_manifest(document: dict[str, Any]) -> dict[str, Any]:
+    """The manifest dist-tags.latest names, or {} (no such tag, version or object)."""
+    latest = mapping(document.get("dist-tags")).get("latest")
+    return mapping(mapping(document.get("versions")).get(latest)) if isinstance(latest, str) else {}
 
 
 def link(viewer: Viewer, path: str) -> str:
@@ -216,17 +242,18 @@ def start_page(viewer: Viewer) -> Tag:
 
 
 def package_page(
-    viewer: Viewer, document: dict[str, Any], rows: list[VersionRow], origin: str,
+    viewer: Viewer, name: str, document: dict[str, Any], rows: list[VersionRow], origin: str,
     fetched_at: float | None, now: float, has_readme: bool, stored: int = 0,
 ) -> Tag:
     """One package: install command, readme, versions, tags, dependencies.
 
-    ``rows``: the newest versions shown; ``stored``: how many of all versions have their tarball here.
+    ``name``: the package asked for (the document's own ``name`` field may be
+    anything); ``rows``: the newest versions shown; ``stored``: how many of all
+    versions have their tarball here. Every field is read through ``text_of``
+    and ``mapping``: the page shows whatever JSON the document holds.
     """
-    name = document.get("name", "")
-    latest = (document.get("dist-tags") or {}).get("latest")
-    manifest = (document.get("versions") or {}).get(latest) or {}
-    description = document.get("description") or manifest.get("description") or ""
+    manifest = latest_manifest(document)
+    description = text_of(document.get("description")) or text_of(manifest.get("description"))
     badge = (tags.span("local", class_="badge local") if origin == "local"
              else tags.span("cached", class_="badge cached"))
     parts: list[Any] = [
@@ -236,7 +263,7 @@ def package_page(
         tags.pre(tags.code(f"npm install {name}")),
     ]
     if origin != "local":
-        total = len(document.get("versions") or {})
+        total = len(mapping(document.get("versions")))
         parts.append(_mirror_section(viewer, name, fetched_at, now, stored, total))
     parts += [
         tags.h2("Readme"),
@@ -263,8 +290,8 @@ def _mirror_section(viewer: Viewer, name: str, fetched_at: float | None, now: fl
 
 
 def _tags_table(document: dict[str, Any]) -> Tag:
-    dist_tags = document.get("dist-tags") or {}
-    rows = [tags.tr(tags.th(tag, scope="row"), tags.td(str(version))) for tag, version in sorted(dist_tags.items())]
+    dist_tags = mapping(document.get("dist-tags"))
+    rows = [tags.tr(tags.th(tag, scope="row"), tags.td(text_of(version))) for tag, version in sorted(dist_tags.items())]
     return tags.section(**{"aria-labelledby": "tags-h"})(
         tags.h2("Dist-tags", id="tags-h"),
         tags.table(tags.thead(tags.tr(tags.th("Tag", scope="col"), tags.th("Version", scope="col"))),
@@ -281,7 +308,7 @@ def _dependencies(viewer: Viewer, manifest: dict[str, Any]) -> Tag:
         if not isinstance(deps, dict) or not deps:
             continue
         found = True
-        items = [tags.li(tags.a(dep, href=package_path(viewer, dep)), " ", tags.code(str(spec)))
+        items = [tags.li(tags.a(dep, href=package_path(viewer, dep)), " ", tags.code(text_of(spec)))
                  for dep, spec in sorted(deps.items())]
         section(tags.h3(label), tags.ul(*items))
     if not found:
@@ -435,19 +462,19 @@ def _time(seconds: float) -> str:
 
 def version_rows(document: dict[str, Any], tarball_url: Any, sizes: dict[str, int | None],
                  limit: int = 200) -> list[VersionRow]:
-    """The versions of ``document``, newest first, at most ``limit``."""
-    times = document.get("time") or {}
+    """The versions of ``document``, newest first, at most ``limit`` (any field may hold any JSON)."""
+    times = mapping(document.get("time"))
     tag_of: dict[str, list[str]] = {}
-    for tag, version in (document.get("dist-tags") or {}).items():
-        tag_of.setdefault(str(version), []).append(tag)
-    versions: Iterable[str] = (document.get("versions") or {}).keys()
-    ordered = sorted(versions, key=lambda v: str(times.get(v, "")), reverse=True)[:limit]
+    for tag, version in mapping(document.get("dist-tags")).items():
+        tag_of.setdefault(text_of(version), []).append(tag)
+    versions = mapping(document.get("versions"))
+    ordered: Iterable[str] = sorted(versions, key=lambda v: text_of(times.get(v)), reverse=True)[:limit]
     rows = []
     for version in ordered:
-        manifest = document["versions"][version] or {}
+        manifest = mapping(versions[version])
         deprecated = manifest.get("deprecated")
         rows.append(VersionRow(
-            version=version, published=str(times.get(version, ""))[:19].replace("T", " "),
+            version=version, published=text_of(times.get(version))[:19].replace("T", " "),
             deprecated=deprecated if isinstance(deprecated, str) and deprecated else None,
             tarball_url=tarball_url(manifest), size=sizes.get(version),
             tags=sorted(tag_of.get(version, [])),

@@ -35,9 +35,9 @@ from nopard.web import pages
 from nopard.web.api.common import add_route
 from nopard.web.browser import BrowserSessions, CsrfFailure, form_arg, has_form_arg, html, redirect
 from nopard.web.errors import set_retry_after, status_of
-from nopard.web.readme import render_readme
+from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.responses import client_address
-from nopard.web.services import ChangeListener, MirroredPages, MirrorStatus, RunInThread, TarballSizes
+from nopard.web.services import ChangeListener, MirroredPages, MirrorStatus, TarballSizes
 
 _STATIC = os.path.join(os.path.dirname(__file__), "static")
 MAX_LISTED = 500
@@ -65,16 +65,16 @@ STATIC = {  # name -> (content type, bytes): made once, served from memory
 
 
 class PackagePages:
-    """The home page (the package list) and each package's page."""
+    """The home page (the package list) and each package's page (readmes rendered by ``readmes``)."""
 
     def __init__(self, browser: BrowserSessions, mirror: MirroredPages, tarball_sizes: TarballSizes,
-                 index: SearchIndex, changes: ChangeListener, run_cpu: RunInThread, clock: IReactorTime) -> None:
+                 index: SearchIndex, changes: ChangeListener, readmes: ReadmeRenders, clock: IReactorTime) -> None:
         self._browser = browser
         self._mirror = mirror
         self._tarball_sizes = tarball_sizes
         self._index = index
         self._changes = changes
-        self._run_cpu = run_cpu
+        self._readmes = readmes
         self._clock = clock
 
     def mount(self, app: Klein) -> None:
@@ -136,14 +136,16 @@ class PackagePages:
         document = orjson.loads(prepared.full.identity)
         origin = "local" if status == "LOCAL" else "upstream"  # merged documents count as mirrored
         meta = await self._mirror.mirrored_meta(name) if origin != "local" else None
-        sizes = await self._tarball_sizes(name, document)
+        # Only the versions object goes below: it may be anything in a document from anywhere.
+        sizes = await self._tarball_sizes(name, {"versions": pages.mapping(document.get("versions"))})
         rows = pages.version_rows(
-            document, lambda manifest: str((manifest.get("dist") or {}).get("tarball", "")), sizes)
+            document, lambda manifest: pages.text_of(pages.mapping(manifest.get("dist")).get("tarball")), sizes)
         readme = _readme_of(document)
         stored = sum(1 for size in sizes.values() if size is not None)
-        page = pages.package_page(viewer, document, rows, origin, meta.fetched_at if meta else None,
+        page = pages.package_page(viewer, name, document, rows, origin, meta.fetched_at if meta else None,
                                   self._clock.seconds(), bool(readme), stored)
-        readme_html = await self._run_cpu(render_readme, readme) if readme else None
+        latest = pages.text_of(pages.mapping(document.get("dist-tags")).get("latest"))
+        readme_html = await self._readmes.html(name, latest, readme) if readme else None
         return await html(request, page, readme_html=readme_html)
 
 
@@ -312,6 +314,5 @@ class WebUI:
 def _readme_of(document: dict[str, Any]) -> str:
     readme = document.get("readme")
     if not isinstance(readme, str) or not readme.strip():
-        latest = (document.get("dist-tags") or {}).get("latest")
-        readme = ((document.get("versions") or {}).get(latest) or {}).get("readme")
+        readme = pages.latest_manifest(document).get("readme")
     return readme if isinstance(readme, str) else ""

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.browser import Browser, artifacts_dir
+from tests.polling import poll_until
 from tests.support import NopardServer, publish_body
 from tests.upstream import FakeUpstream
 
@@ -279,3 +281,28 @@ def test_npm_login_uses_the_same_login_page_and_logs_the_browser_in(site: Nopard
     session = posted.headers["set-cookie"].split(";", 1)[0]
     home = site.request("GET", "/", headers={"Accept": "text/html", "Cookie": session})
     assert b"Signed in as <strong>bob</strong>" in home.body
+
+
+def test_a_hostile_readme_is_rendered_once_in_its_own_process_and_logins_do_not_wait(site: NopardServer) -> None:
+    """Issue 13 item 1: 150,000 `![` (seconds of markdown-it) while two pages show it and bob logs in.
+
+    The pages answer with the text and a note, the login answers meanwhile, the rendering is killed
+    at its budget and the readme stays escaped text, never rendered again.
+    """
+    bob = site.token("bob", "pw-bob")
+    publish_with_readme(site, bob, "hostile-readme", "1.0.0", "<b>bold</b> & " + "![" * 150_000)
+    with ThreadPoolExecutor(2) as pool:
+        views = [pool.submit(site.request, "GET", "/-/web/package/hostile-readme") for _ in range(2)]
+        assert site.login("bob", "pw-bob").status == 201
+        for view in views:
+            answer = view.result()
+            assert answer.status == 200 and b"shown as plain text" in answer.body
+    def given_up() -> bytes | None:
+        body = site.request("GET", "/-/web/package/hostile-readme").body
+        return body if b"took more than 2 s to render: it is shown as plain text" in body else None
+
+    body = poll_until(given_up, "the rendering to be given up")
+    assert b'<pre class="readme-text">&lt;b&gt;bold&lt;/b&gt; &amp; ![![' in body and b"<b>bold</b>" not in body
+    assert site.login("bob", "pw-bob").status == 201
+    publish_with_readme(site, bob, "fine-readme", "1.0.0", "# Still *rendered*")
+    assert b"<h3>Still <em>rendered</em></h3>" in site.request("GET", "/-/web/package/fine-readme").body

@@ -47,7 +47,9 @@ from nopard.storage.sizes import stored_tarball_sizes
 from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.web.app import RegistryApp
+from nopard.web.readme_renders import ReadmeRenders, Renderer
 from tests.support import Response
+from tests.unit.readme_fakes import InlineRenderer
 
 UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to MissingUpstream
 
@@ -77,6 +79,7 @@ class InProcess:
     clock: task.Clock
     settings: LiveSettings
     accounts: Accounts
+    readmes: ReadmeRenders
 
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                    token: str | None = None, **headers: str) -> Response:
@@ -114,8 +117,12 @@ class InProcess:
 
 
 def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str, ...] = (),
-          **settings: str) -> InProcess:
-    """nopard's app as makeService wires it, settings as NOPARD_* keywords (lower case)."""
+          renderer: Renderer | None = None, upstream: Resource | None = None, **settings: str) -> InProcess:
+    """nopard's app as makeService wires it, settings as NOPARD_* keywords (lower case).
+
+    ``renderer`` renders readmes (default: at once, in-process); ``upstream``
+    is the upstream registry's resource (default: one that holds nothing).
+    """
     env = {"NOPARD_REGISTRY_PATH": str(tmp_path / "registry"), "NOPARD_FORWARDER_URL": UPSTREAM_URL,
            "NOPARD_MAX_USERS": "100",
            **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
@@ -131,7 +138,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     coordination = InProcessCoordination()
     registry = Registry(storage, cache, clock, coordination)
-    upstream_http = StubTreq(MissingUpstream())
+    upstream_http = StubTreq(upstream if upstream is not None else MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination)
     metrics = Metrics(clock)
@@ -140,6 +147,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
+    readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncSchedule(jobs, live, clock, log),
         status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
@@ -148,9 +156,9 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         search=SearchIndex(registry, parts.documents, clock, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
-        run_cpu=run_now, clock=clock, log=log,
+        run_cpu=run_now, readmes=readmes, clock=clock, log=log,
     )
-    return InProcess(StubTreq(app.resource()), clock, live, accounts)
+    return InProcess(StubTreq(app.resource()), clock, live, accounts, readmes)
 
 
 def basic(user: str, password: str) -> str:
