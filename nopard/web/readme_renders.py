@@ -6,9 +6,9 @@ kept, keyed by (name, version, SHA-256 of the text), so views after the first
 cost a look-up, and views during the first share its rendering. Renderings
 wait in one queue for one renderer (nopard.web.readme_worker's child process
 in nopard, a fake in tests), which enforces the time budget; a readme found
-too slow or failing stays text for as long as it is kept, and is not tried
-again. A page waits at most PAGE_WAIT_SECONDS: past that it shows the text and
-the rendering goes on for the next view. With QUEUE readmes waiting, a new one
+too slow or failing stays text, and is not tried again for RETRY_SECONDS. A
+page waits at most PAGE_WAIT_SECONDS: past that it shows the text and the
+rendering goes on for the next view. With QUEUE readmes waiting, a new one
 is shown as text and not queued: a flood of page views of hostile readmes
 costs the renderer at most QUEUE budgets, and nothing else in nopard.
 """
@@ -33,6 +33,9 @@ from nopard.web.readme_worker import RenderTooSlow
 # a small share of what nopard's document cache (NOPARD_MEMORY_CACHE_SIZE) may hold.
 CACHE_BYTES = 32 * 1024 * 1024
 QUEUE = 16  # renderings waiting for the renderer at most (each costs up to RENDER_SECONDS)
+# A readme found too slow (or failing) is tried again after this: the machine may just have
+# been busy; a hostile one costs one budget per version per hour.
+RETRY_SECONDS = 3600.0
 _ENTRY_OVERHEAD = 200  # bytes a kept entry costs beyond its HTML (key, hash, node)
 
 
@@ -50,6 +53,7 @@ class Rendered:
 
     html: str | None
     reason: str = ""
+    at: float = 0.0  # when it was rendered (or given up)
 
     @property
     def size(self) -> int:
@@ -88,6 +92,9 @@ class ReadmeRenders:
             return plain_readme(text, TOO_LARGE)
         key = (name, version, hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
         kept = self._kept.get(key)
+        if kept is not None and kept.html is None and self._clock.seconds() - kept.at >= RETRY_SECONDS:
+            self._forget(key)
+            kept = None
         if kept is not None:
             self._kept.move_to_end(key)
             return _shown(kept, text)
@@ -124,6 +131,7 @@ class ReadmeRenders:
 
     def _done(self, outcome: Rendered, key: Key) -> None:
         self._busy = False
+        outcome = Rendered(outcome.html, outcome.reason, self._clock.seconds())
         self._keep(key, outcome)
         for waiter in self._waiters.pop(key, []):
             waiter.callback(outcome)
@@ -135,8 +143,10 @@ class ReadmeRenders:
         self._kept[key] = outcome
         self.kept_bytes += outcome.size
         while self.kept_bytes > self._cache_bytes:
-            _, evicted = self._kept.popitem(last=False)
-            self.kept_bytes -= evicted.size
+            self._forget(next(iter(self._kept)))
+
+    def _forget(self, key: Key) -> None:
+        self.kept_bytes -= self._kept.pop(key).size
 
 
 _PENDING = Rendered(None, PENDING)

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from nopard.web import readme
 from nopard.web.readme import PAGE_WAIT_SECONDS, render_readme
-from nopard.web.readme_renders import ReadmeRenders
+from nopard.web.readme_renders import RETRY_SECONDS, ReadmeRenders
 from nopard.web.readme_worker import ReadmeWorker, RenderTooSlow, serve
 from tests.polling import poll_until_async
 from tests.support import publish_body
@@ -224,6 +224,24 @@ async def test_a_flood_of_distinct_readmes_queues_a_bounded_number(tmp_path: Pat
         renderer.finish()
     assert [await w for w in waiting] == [render_readme(f"# {n}") for n in range(3)]
     assert readmes.renders == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_readme_found_too_slow_is_tried_again_only_after_an_hour() -> None:
+    """Views within RETRY_SECONDS of a too-slow verdict show the text without rendering; after it, one more try."""
+    renderer = HeldRenderer()
+    clock = task.Clock()
+    readmes = ReadmeRenders(renderer, clock)
+    first = Deferred.fromCoroutine(readmes.html("p", "1.0.0", "# p"))
+    renderer.too_slow()
+    assert "took more than" in await first
+    clock.advance(RETRY_SECONDS - 1)
+    assert "took more than" in await readmes.html("p", "1.0.0", "# p")
+    assert readmes.renders == 1
+    clock.advance(1)
+    again = Deferred.fromCoroutine(readmes.html("p", "1.0.0", "# p"))
+    renderer.finish()
+    assert await again == render_readme("# p") and readmes.renders == 2
 
 
 def test_the_kept_renderings_stay_within_their_memory_budget() -> None:
