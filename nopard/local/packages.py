@@ -154,17 +154,30 @@ class Registry:
     async def unpublish(
         self, name: str, user: str | None, revision: str | None, authorize: Authorize | None = None,
     ) -> None:
-        """Remove a whole package: record its versions, then the document, then its tarballs."""
+        """Remove a whole package: record its versions, then the document, then its tarballs.
+
+        Read, record, compare-and-delete: a version published meanwhile (by an
+        instance that could not have the lock) makes the delete fail and the
+        round start again, so it is judged, recorded as unpublished and removed
+        with the rest, never deleted unrecorded.
+        """
+        key = keys.local_document_key(name)
         async with self._coordination.lock("doc:" + name):
-            document = self._writable(name, await self.document(name), user, revision, True)
-            _authorized(name, document, None, user, authorize)
-            now = iso_time(self._clock.seconds())
-            record = packument.unpublished_record(await self._unpublished(name), document, user, now)
-            await self._storage.write(keys.unpublished_key(name), orjson.dumps(record))
-            await self._storage.delete(keys.local_document_key(name))
+            for _attempt in range(UPDATE_ATTEMPTS):
+                stored = await self._storage.read_versioned(key)
+                document = self._writable(name, orjson.loads(stored[0]) if stored else None, user, revision, True)
+                assert stored is not None  # _writable raised NotFound otherwise
+                _authorized(name, document, None, user, authorize)
+                now = iso_time(self._clock.seconds())
+                record = packument.unpublished_record(await self._unpublished(name), document, user, now)
+                await self._storage.write(keys.unpublished_key(name), orjson.dumps(record))
+                if await self._storage.delete_versioned(key, stored[1]):
+                    break
+            else:
+                raise Conflict(f"{name} kept changing while it was unpublished; try again")
             await self._changed(name)
-            for key in await self._storage.list(keys.local_tarballs_prefix(name)):
-                await self._storage.delete(key)
+            for tarball in await self._storage.list(keys.local_tarballs_prefix(name)):
+                await self._storage.delete(tarball)
 
     async def local_names(self) -> list[str]:
         """The names of every package published here."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
@@ -406,3 +407,40 @@ async def test_a_grace_of_zero_reserves_nothing(tmp_path: Path) -> None:
     app = build(tmp_path, unpublish_grace="0")
     _alice, bob = await unpublished_by_alice(app)
     assert (await app.call("PUT", "/demo", publish_body("demo", "2.0.0"), token=bob)).status == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_published_during_a_whole_unpublish_is_never_lost_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another instance publishing 1.0.1 between the unpublish's read and its delete: npm's
+    revision is no longer current, so the unpublish is 409 and removes nothing (before, 1.0.1 was
+    deleted unrecorded, free to be published again with other bytes); sent again, it records 1.0.1."""
+    app = build(tmp_path)
+    alice = await app.user("alice")
+    await published(app, "demo", "1.0.0", token=alice)
+    other = Registry(FilesystemStorage(str(tmp_path / "registry"), run_now), PreparedCache(lambda: 1 << 20),
+                     task.Clock())
+    injected: list[str] = []
+
+    def publishing_first(original: Any) -> Any:
+        async def delete(self: FilesystemStorage, key: str, *rest: str) -> bool:
+            if key == keys.local_document_key("demo") and not injected:
+                injected.append("1.0.1")
+                publication = parse_publication("demo", publish_body("demo", "1.0.1"))
+                await other.publish(publication, {"name": "alice", "email": "a@example.test"})
+            return bool(await original(self, key, *rest))
+        return delete
+
+    for method in ("delete", "delete_versioned"):
+        monkeypatch.setattr(FilesystemStorage, method, publishing_first(getattr(FilesystemStorage, method)))
+    revision = (await app.call("GET", "/demo", token=alice)).json()["_rev"]
+    assert (await app.call("DELETE", f"/demo/-rev/{revision}", token=alice)).status == 409
+    store = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    stored = orjson.loads(await store.read(keys.local_document_key("demo")) or b"{}")
+    assert injected == ["1.0.1"] and sorted(stored["versions"]) == ["1.0.0", "1.0.1"]
+    assert await store.read(keys.tarball_key("demo", "demo-1.0.1.tgz")) == tarball_bytes("demo", "1.0.1")
+    assert (await app.call("DELETE", f"/demo/-rev/{stored['_rev']}", token=alice)).status == 200
+    different = publish_body("demo", "1.0.1", b"other bytes")
+    again = await app.call("PUT", "/demo", different, token=alice)
+    assert again.status == 403 and "unpublished" in again.json()["error"]
