@@ -12,6 +12,7 @@ from twisted.web.iweb import IRequest
 from nopard.domain.errors import InvalidInput, PayloadTooLarge
 from nopard.domain.prepared import PreparedBody, PreparedDocument
 from nopard.settings.config import LiveSettings
+from nopard.web.bodies import body_limit, check_parse_cost
 from nopard.web.services import RunInThread
 
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
@@ -42,31 +43,58 @@ def json_response(request: IRequest, status: int, value: Any) -> bytes:
 def read_json_body(content: Any, encoding: str | None, max_size: int) -> Any:
     """Parse a request body as JSON (gunzipping it first when it says so).
 
-    Runs in a thread: it may read and parse up to NOPARD_MAX_BODY_SIZE bytes.
+    ``max_size`` is the route's body limit, which the inflated body must keep too.
+    A body whose parse would cost more than its share (``bodies.check_parse_cost``)
+    is refused before it is parsed. Runs in a thread: it may read and parse up to
+    NOPARD_MAX_BODY_SIZE bytes.
     """
     content.seek(0)
     raw = content.read()
     if encoding and encoding.strip().lower() == "gzip":
-        raw = _gunzip(raw, max_size)
+        raw = gunzip(raw, max_size)
     elif encoding and encoding.strip().lower() != "identity":
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
     if not raw:
         raise InvalidInput("the request body is empty; JSON was expected")
+    check_parse_cost(raw)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidInput(f"the request body is not valid JSON: {error}") from None
 
 
-def _gunzip(raw: bytes, max_size: int) -> bytes:
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(raw, max_size + 1)
-    except zlib.error:
-        raise InvalidInput("the request body is not valid gzip") from None
-    if len(data) > max_size:
-        raise PayloadTooLarge(f"the decompressed body is larger than {max_size} bytes")
-    return data
+# Concatenated gzip members are one body (RFC 1952); each starts a new inflater and copies
+# what follows it, so their number is bounded (no client needs more than a few).
+MAX_GZIP_MEMBERS = 64
+
+
+def gunzip(raw: bytes, max_size: int) -> bytes:
+    """A gzip body inflated, strictly: every member whole (its trailer checked), nothing after.
+
+    Never inflates more than ``max_size`` + 1 bytes: each member is decompressed with a
+    bound on its output, the room left. Raises InvalidInput for a corrupt or truncated
+    body, PayloadTooLarge past ``max_size``.
+    """
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    for _ in range(MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, max_size - size + 1)
+        except zlib.error as error:
+            raise InvalidInput(f"the request body is not valid gzip: {error}") from None
+        size += len(part)
+        if size > max_size:
+            raise PayloadTooLarge(f"the decompressed body is larger than {max_size} bytes, this route's body limit")
+        if not inflater.eof:
+            # Room was left, so the inflater stopped because its input ran out.
+            raise InvalidInput("the request body is not valid gzip: it is truncated")
+        parts.append(part)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+    raise InvalidInput(f"the gzip request body has more than {MAX_GZIP_MEMBERS} members")
 
 
 def wants_abbreviated(accept: str | None) -> bool:
@@ -169,13 +197,9 @@ class Requests:
         )
 
     async def json_body(self, request: IRequest) -> Any:
-        """The request body parsed as JSON, in a thread (it can be large)."""
-        return await self._run_cpu(
-            read_json_body,
-            request.content,
-            header(request, "content-encoding"),
-            self._settings.current.max_body_size,
-        )
+        """The request body parsed as JSON, in a thread (it can be large), within its route's limit."""
+        limit = body_limit(request.method, request.uri, self._settings.current.max_body_size)
+        return await self._run_cpu(read_json_body, request.content, header(request, "content-encoding"), limit.size)
 
     async def optional_json_body(self, request: IRequest) -> Any:
         """The JSON body, or ``{}`` when the request has none."""

@@ -1,4 +1,4 @@
-"""The HTTP site: a request that enforces the body limit while the body arrives,
+"""The HTTP site: a request that enforces its route's body limit while the body arrives,
 and one access-log line (and the request metrics) per request.
 """
 
@@ -17,6 +17,7 @@ from twisted.web.resource import IResource
 
 from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 from nopard.settings.config import LiveSettings
+from nopard.web.bodies import BodyLimit, body_limit
 
 _SECRET_IN_PATH = re.compile(r"(/-/user/token/|/-/npm/v1/tokens/token/|/-/v1/login/|/-/v1/done/)[^/?#]+")
 
@@ -50,9 +51,10 @@ class NopardChannel(http.HTTPChannel):
 class NopardRequest(server.Request):
     """A request that refuses an oversized body before buffering it.
 
-    The limit is checked against Content-Length as soon as the headers are in,
-    and against the bytes received for chunked bodies; an oversized request
-    gets a 413 JSON answer at once and its connection is closed.
+    The limit is its route's (``bodies.body_limit``, from the request line), checked
+    against Content-Length as soon as the headers are in, and against the bytes
+    received as they arrive; an oversized request gets a 413 JSON answer at once and
+    its connection is closed, so at most the limit (and one read) is ever buffered.
     """
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
@@ -62,6 +64,7 @@ class NopardRequest(server.Request):
         self.request_line = (words[0] or b"-", words[1]) if len(words) == 3 else (b"-", b"-")
         self.started = self._site().clock.seconds()
         self.body_received = 0
+        self.body_limit: BodyLimit | None = None
         self.rejected = False
         # The account, for the access log; Twisted's own bytes ``user`` (filled by getUser) goes unused.
         self.user: str | None = None  # type: ignore[assignment]
@@ -78,12 +81,15 @@ class NopardRequest(server.Request):
         channel: Any = self.channel  # Site.buildProtocol sets .site, which HTTPChannel does not declare
         return channel.site
 
-    def _limit(self) -> int:
-        return self._site().settings.current.max_body_size
+    def _limit(self) -> BodyLimit:
+        if self.body_limit is None:
+            method, path = self.request_line
+            self.body_limit = body_limit(method, path, self._site().settings.current.max_body_size)
+        return self.body_limit
 
     def gotLength(self, length: int | None) -> None:
-        """Refuse at once a declared length above the limit."""
-        if length is not None and length > self._limit():
+        """Decide the route's limit (the headers are in); refuse at once a declared length above it."""
+        if length is not None and length > self._limit().size:
             self._refuse_oversized()
             return
         super().gotLength(length)
@@ -93,7 +99,7 @@ class NopardRequest(server.Request):
         if self.rejected:
             return
         self.body_received += len(data)
-        if self.body_received > self._limit():
+        if self.body_received > self._limit().size:
             self._refuse_oversized()
             return
         super().handleContentChunk(data)
@@ -118,9 +124,7 @@ class NopardRequest(server.Request):
         # No "100 Continue" after the refusal: the client must not send the body.
         self.requestHeaders.removeHeader(b"expect")
         limit = self._limit()
-        body = orjson.dumps(
-            {"error": f"request body is larger than {limit} bytes (NOPARD_MAX_BODY_SIZE)"}
-        )
+        body = orjson.dumps({"error": f"request body is larger than {limit.size} bytes ({limit.name})"})
         head = (
             b"HTTP/1.1 413 Payload Too Large\r\n"
             b"Content-Type: application/json\r\n"

@@ -8,7 +8,7 @@ the same way (StubTreq), answering 404 to everything, so nothing leaves the proc
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,9 +18,11 @@ import orjson
 import treq
 from treq.testing import StubTreq
 from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
@@ -48,6 +50,7 @@ from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.web.app import RegistryApp
 from nopard.web.readme_renders import ReadmeRenders, Renderer
+from nopard.web.site import NopardRequest, NopardSite
 from tests.support import Response
 from tests.unit.readme_fakes import InlineRenderer
 
@@ -72,6 +75,24 @@ class MissingUpstream(Resource):
 
 
 @dataclass
+class RawExchange:
+    """What one request written as bytes through nopard's own site came to."""
+
+    reply: bytes
+    request: NopardRequest
+    closed: bool  # the server closed the connection
+
+    @property
+    def status(self) -> int:
+        """The status of the reply (0: none came)."""
+        return int(self.reply.split(b" ", 2)[1]) if self.reply else 0
+
+    def json(self) -> Any:
+        """The reply's body, as JSON."""
+        return orjson.loads(self.reply.partition(b"\r\n\r\n")[2])
+
+
+@dataclass
 class InProcess:
     """The app under test, its client and the parts a test may look at."""
 
@@ -80,6 +101,35 @@ class InProcess:
     settings: LiveSettings
     accounts: Accounts
     readmes: ReadmeRenders
+    resource: IResource
+
+    async def raw(self, head: bytes, body: Iterable[bytes] = ()) -> RawExchange:
+        """One request through NopardSite and NopardRequest (as twistd serves them): ``head``
+        (request line and headers), then each piece of ``body`` as one read from the network,
+        until the server closes the connection; returns once the reply is whole (or a request
+        still reading its body has waited 10,000 turns of the reactor for it)."""
+        made: list[NopardRequest] = []
+
+        class Recorded(NopardRequest):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        site = NopardSite(self.resource, self.settings, self.clock, Logger(namespace="nopard.test"))
+        site.requestFactory = Recorded
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5984))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(head)
+        for piece in body:
+            if transport.disconnecting:
+                break
+            channel.dataReceived(piece)
+        for _ in range(10_000):  # reactor turns; a request still waiting for its body gets no reply
+            if transport.disconnecting or _whole(transport.value()):
+                break
+            await task.deferLater(reactor, 0, lambda: None)
+        return RawExchange(transport.value(), made[0], transport.disconnecting)
 
     async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                    token: str | None = None, **headers: str) -> Response:
@@ -158,7 +208,18 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log,
     )
-    return InProcess(StubTreq(app.resource()), clock, live, accounts, readmes)
+    resource = app.resource()
+    return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource)
+
+
+def _whole(reply: bytes) -> bool:
+    """Whether ``reply`` holds a whole HTTP response with a Content-Length."""
+    head, found, body = reply.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:] if found else ():
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def basic(user: str, password: str) -> str:

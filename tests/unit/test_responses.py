@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import tracemalloc
 
 import pytest
 
@@ -195,3 +196,61 @@ def test_gzip_exactly_at_the_limit_is_read() -> None:
     """A body decompressing to exactly the limit is accepted."""
     payload = b'"' + b"a" * 98 + b'"'
     assert read_json_body(io.BytesIO(gzip.compress(payload)), "gzip", len(payload)) == "a" * 98
+
+
+# gzip bodies, decoded strictly ------------------------------------------------
+
+
+def test_gzip_missing_its_trailer_is_refused() -> None:
+    """A member cut before its CRC and length trailer is truncated: 400, not the bytes so far."""
+    whole = gzip.compress(b'{"audit": true}')
+    for cut in (4, 8):
+        with pytest.raises(InvalidInput, match="truncated"):
+            read_json_body(io.BytesIO(whole[:-cut]), "gzip", 100)
+
+
+def test_gzip_with_a_wrong_checksum_is_refused() -> None:
+    """A trailer whose CRC does not match the data: 400."""
+    whole = bytearray(gzip.compress(b'{"audit": true}'))
+    whole[-8] ^= 0xFF
+    with pytest.raises(InvalidInput, match="not valid gzip"):
+        read_json_body(io.BytesIO(bytes(whole)), "gzip", 100)
+
+
+def test_gzip_with_bytes_after_its_last_member_is_refused() -> None:
+    """Garbage after a complete member is no gzip member: 400."""
+    with pytest.raises(InvalidInput, match="not valid gzip"):
+        read_json_body(io.BytesIO(gzip.compress(b"[1]") + b"garbage!!"), "gzip", 100)
+
+
+def test_multi_member_gzip_is_one_body() -> None:
+    """Concatenated members (RFC 1952) are inflated one after the other, as gzip -d does."""
+    body = gzip.compress(b'{"a": ') + gzip.compress(b"") + gzip.compress(b"[1, 2]}")
+    assert read_json_body(io.BytesIO(body), "gzip", 100) == {"a": [1, 2]}
+
+
+def test_multi_member_gzip_is_bounded_across_its_members() -> None:
+    """Members each under the limit but together over it: 413."""
+    member = gzip.compress(b" " * 60)
+    with pytest.raises(PayloadTooLarge, match="100 bytes"):
+        read_json_body(io.BytesIO(member + member + gzip.compress(b"[]")), "gzip", 100)
+
+
+def test_gzip_members_are_bounded_in_number() -> None:
+    """Thousands of empty members (each a new inflater) are refused."""
+    body = gzip.compress(b"") * 10_000 + gzip.compress(b"[]")
+    with pytest.raises(InvalidInput, match="members"):
+        read_json_body(io.BytesIO(body), "gzip", 10**6)
+
+
+def test_a_gzip_bomb_is_never_inflated_past_the_limit() -> None:
+    """A 200 MB bomb against a 1 MB limit: memory allocated while refusing it stays near the limit."""
+    bomb = gzip.compress(b"0" * (200 * 1024 * 1024), compresslevel=9)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            read_json_body(io.BytesIO(bomb), "gzip", 1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 1024 * 1024 + 2 * len(bomb)

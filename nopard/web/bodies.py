@@ -1,0 +1,104 @@
+"""What a request body may cost: its size limit by route, and what parsing it as JSON may take.
+
+Both rules are pure functions of what the request says, decided before the body is read
+(``body_limit``, from the method and path as the headers arrive) or parsed
+(``check_parse_cost``, from a count of the body's structural characters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from nopard.domain import names
+from nopard.domain.errors import NopardError, PayloadTooLarge
+
+# Logins, tokens, user profiles, web logins, settings, dist-tags, sync triggers and the
+# browser's forms: what npm sends for these is under 1 KB (the largest, `npm token create`
+# with package, scope and CIDR lists, a few KB). 16 KB leaves room for those lists, and
+# is so little that no body of this size is expensive to parse, whatever its shape.
+SMALL_BODY_LIMIT = 16 * 1024
+# npm audit bodies (forwarded to the upstream as bytes, never parsed here; npm gzips them,
+# and its bulk request lists each installed name once) and nopard-admin prefetch's list
+# of every name and version some lockfiles pin (a few hundred KB for big monorepos).
+LIST_BODY_LIMIT = 16 * 1024 * 1024
+AUDIT_PREFIX = b"/-/npm/v1/security/"
+PREFETCH_PATH = b"/-/nopard/prefetch"
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """How many bytes a route's body may hold, and the words a refusal names the limit with."""
+
+    size: int
+    name: str
+
+
+def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
+    """The body limit of a request, from its method and raw path (the query is ignored).
+
+    Only a PUT of a package document (publish; and the whole document npm sends back to
+    deprecate, unpublish one version, star or change owners) gets NOPARD_MAX_BODY_SIZE;
+    audits and prefetch lists get LIST_BODY_LIMIT; everything else, bodies or not, the
+    small limit. No limit is above NOPARD_MAX_BODY_SIZE.
+    """
+    path = path.split(b"?", 1)[0]
+    decoded = unquote_to_bytes(path)
+    if method == b"PUT" and not decoded.startswith(b"/-/") and _is_package_document(path):
+        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE, for package documents")
+    if method == b"POST" and (decoded.startswith(AUDIT_PREFIX) or decoded == PREFETCH_PATH):
+        return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies")
+    return _within(SMALL_BODY_LIMIT, max_body_size, f"the limit of {method.decode('latin-1')} bodies on this path")
+
+
+def _within(size: int, max_body_size: int, name: str) -> BodyLimit:
+    if max_body_size <= size:
+        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE")
+    return BodyLimit(size, name)
+
+
+def _is_package_document(path: bytes) -> bool:
+    try:
+        return names.parse_package_path(path).kind in ("document", "revision")
+    except NopardError:
+        return False
+
+
+# What orjson's parse of a body costs at its peak, per structural character, in bytes (its
+# own document of 16 bytes a value, then the Python objects): measured with VmHWM on
+# bodies of millions of `0,`, `0.5,`, `{},`, `[],`, `[[[[]]]],`, `{"a":0},`, `"ab",` and
+# `{"<n>":0,...}`, each of which this estimate meets or exceeds.
+_COST_OF = {b"{": 160, b"[": 96, b",": 64, b":": 48, b'"': 16}
+# Plus this much per byte of the body: the copy orjson keeps, and the strings' characters.
+_COST_PER_BYTE = 2
+# Package documents estimate at 4 to 10.4 times their size (every recorded packument,
+# a 315-version one, npm's own package.json files) and publish bodies at 2 (mostly a base64
+# tarball); `[0,0,...]` at 34, `[{},{},...]` at 77. Past 16 times, a body is refused.
+PARSE_COST_MULTIPLE = 16
+# Any body this cheap is parsed whatever its shape (`{}` alone estimates at 80 times its size).
+PARSE_COST_ALLOWANCE = 1024 * 1024
+
+
+def parse_cost(raw: bytes) -> int:
+    """An upper bound, in bytes, of the memory parsing ``raw`` as JSON takes at its peak.
+
+    Counted at C speed (one ``bytes.count`` per character), without building anything:
+    characters inside strings are counted too, which only overestimates.
+    """
+    return _COST_PER_BYTE * len(raw) + sum(cost * raw.count(char) for char, cost in _COST_OF.items())
+
+
+def parse_cost_limit(size: int) -> int:
+    """The most parsing a body of ``size`` bytes may cost."""
+    return PARSE_COST_MULTIPLE * size + PARSE_COST_ALLOWANCE
+
+
+def check_parse_cost(raw: bytes) -> None:
+    """Refuse (PayloadTooLarge, 413) a body whose parse would cost more than its share."""
+    cost, limit = parse_cost(raw), parse_cost_limit(len(raw))
+    if cost > limit:
+        raise PayloadTooLarge(
+            f"the request body holds too many JSON values for its {len(raw)} bytes: parsing it would take "
+            f"about {cost // 1024 ** 2} MB, more than {PARSE_COST_MULTIPLE} times its size plus "
+            f"{PARSE_COST_ALLOWANCE // 1024 ** 2} MB"
+        )
