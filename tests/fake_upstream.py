@@ -48,6 +48,8 @@ from tests.fake_synthetic import Synthetic
 
 PLACEHOLDER = b"{{UPSTREAM}}"
 BIG, HUGE = "big-package", "huge-tarball-package"
+# A package whose tarball URL does not end in <name>-<version>.tgz, as some hosted registries give.
+ODD = "@hosted/odd-url"
 MODES = ("none", "refused", "blackhole", "slow", "500", "404", "corrupt", "truncated")
 NAME = re.compile(r"^(@[^/@]+/)?[^/@.][^/]*$")
 CHUNK = 64 * 1024
@@ -137,6 +139,14 @@ def manifest(name: str, version: str, dist: dict, dependencies: dict) -> dict:
                      "fileCount": 2, "unpackedSize": 150,
                      "signatures": [{"keyid": "SHA256:fake", "sig": base64.b64encode(
                          hashlib.sha256(dist["integrity"].encode()).digest()).decode()}]}}
+
+
+def odd_url_package() -> tuple[dict, bytes]:
+    """ODD's document (version 1.0.0 at ``{{UPSTREAM}}/download/<name>/1.0.0/<sha1>``) and its tarball."""
+    data = small_tarball(ODD, "1.0.0")
+    version = manifest(ODD, "1.0.0", digests(data), {})
+    version["dist"]["tarball"] = f"{{{{UPSTREAM}}}}/download/{ODD}/1.0.0/{hashlib.sha1(data).hexdigest()}"
+    return package_doc(ODD, {"1.0.0": version}, {"1.0.0": iso(EPOCH)}), data
 
 
 def package_doc(name: str, versions: dict[str, dict], times: dict[str, str]) -> dict:
@@ -256,6 +266,8 @@ class Registry:
         if name not in self.docs:
             if name == BIG:
                 self.docs[BIG], self.big_tarballs = big_package(self.big_versions, self.recorded)
+            elif name == ODD:
+                self.docs[ODD], _ = odd_url_package()
             elif name == HUGE:
                 version = manifest(HUGE, "1.0.0", self.huge.digests(), {})
                 version["dist"]["unpackedSize"] = self.huge.payload + len(self.huge.package_json)
@@ -289,6 +301,12 @@ class Registry:
             etag = '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
             self.served[key] = (body, etag, email.utils.format_datetime(modified, usegmt=True))
         return self.served[key]
+
+    def download(self, path: str) -> Body | None:
+        """The tarball at ODD's odd URL path (``download/<name>/<version>/<sha1>``), or None."""
+        doc, data = odd_url_package()
+        wanted = doc["versions"]["1.0.0"]["dist"]["tarball"].replace("{{UPSTREAM}}/", "")
+        return Body.of(data) if path == wanted else None
 
     def tarball(self, name: str, filename: str) -> Body | None:
         """The tarball ``filename`` of ``name``, or None."""
@@ -429,9 +447,12 @@ class RegistryResource(resource.Resource):
         method = request.method
         if name.startswith("-/npm/v1/security/") and method == b"POST":
             return self.audit(request, name)
-        if "/-/" in name and method in (b"GET", b"HEAD"):
-            name, filename = name.split("/-/", 1)
-            body = self.upstream.registry.tarball(name, filename) if NAME.match(name) else None
+        if (name.startswith("download/") or "/-/" in name) and method in (b"GET", b"HEAD"):
+            if name.startswith("download/"):
+                body = self.upstream.registry.download(name)
+            else:
+                name, filename = name.split("/-/", 1)
+                body = self.upstream.registry.tarball(name, filename) if NAME.match(name) else None
             if body is None:
                 return error(request, 404, "Not found")
             request.setHeader("Content-Type", "application/octet-stream")

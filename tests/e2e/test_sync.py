@@ -258,3 +258,25 @@ def test_prefetch_never_sends_local_names_upstream(syncing, fake: FakeUpstream) 
     assert answer.status == 200 and answer.json()["failures"] == []
     paths = [p for _, p in fake.stats()["requests"]]
     assert "/debug" not in paths and "/ms" in paths
+
+
+def test_npm_installs_a_package_whose_upstream_tarball_url_is_odd(syncing, fake: FakeUpstream, tmp_path: Path) -> None:
+    """An upstream tarball at /download/@hosted/odd-url/1.0.0/<sha1>: nopard serves it as
+    <base>/@hosted/odd-url/-/odd-url-1.0.0.tgz, backfill keeps it (no failure, no 500), and npm
+    installs it from nopard with the upstream silent."""
+    server = syncing(name="odd-url", backfill="all")
+    base = server.url.rstrip("/")
+    document = server.request("GET", "/@hosted%2fodd-url").json()
+    assert document["versions"]["1.0.0"]["dist"]["tarball"] == f"{base}/@hosted/odd-url/-/odd-url-1.0.0.tgz"
+    [backfill] = run_sync(server, "backfill")
+    assert (backfill["tarballs"], backfill["failures"]) == (1, [])
+    assert [r for r in fake.stats()["requests"] if r[1].startswith("/download/")] != []
+    fake.fault("blackhole")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "p", "version": "1.0.0"}')
+    Npm(server.url, tmp_path / "npm").run("install", "@hosted/odd-url", cwd=project)
+    installed = json.loads((project / "node_modules" / "@hosted" / "odd-url" / "package.json").read_text())
+    lock = json.loads((project / "package-lock.json").read_text())
+    assert installed["version"] == "1.0.0"
+    assert lock["packages"]["node_modules/@hosted/odd-url"]["resolved"] == f"{base}/@hosted/odd-url/-/odd-url-1.0.0.tgz"
