@@ -62,6 +62,22 @@ class Coordination(Protocol):
         """Hold ``key`` against every instance (at most ``wait`` seconds to get it)."""
 
 
+def servable(document: dict[str, Any]) -> dict[str, Any]:
+    """An upstream document without the parts no client could use and nopard could not serve.
+
+    Versions whose manifest is not an object, a ``time`` or ``dist-tags`` that
+    is not an object (and entries of them that are not strings) are dropped,
+    so one malformed field costs that field, never the whole package (a 500).
+    """
+    kept = dict(document)
+    kept["versions"] = {v: m for v, m in document["versions"].items() if isinstance(m, dict)}
+    for field in ("time", "dist-tags"):
+        if field in document:
+            value = document[field]
+            kept[field] = {k: t for k, t in value.items() if isinstance(t, str)} if isinstance(value, dict) else {}
+    return kept
+
+
 class MirroredDocuments:
     """nopard's copies of upstream documents, and keeping them by the offline-first table."""
 
@@ -86,7 +102,7 @@ class MirroredDocuments:
         return MirrorMeta(**orjson.loads(raw)) if raw else None
 
     async def mirrored_document(self, name: str) -> dict[str, Any] | None:
-        """nopard's copy of ``name``'s upstream document, as the upstream sent it, or None."""
+        """nopard's copy of ``name``'s upstream document (as sent, less ``servable``'s drops), or None."""
         raw = await self._storage.read(keys.upstream_document_key(name))
         return orjson.loads(raw) if raw else None
 
@@ -266,6 +282,7 @@ class MirroredDocuments:
         if (not isinstance(document, dict) or document.get("name") != name
                 or not isinstance(document.get("versions"), dict)):
             raise UpstreamBadContent(f"the upstream sent a document that is not {name}'s")
+        document = servable(document)
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
         await self._storage.write(keys.upstream_document_key(name), orjson.dumps(document))
         await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 import pytest_twisted
 
@@ -167,3 +168,19 @@ async def test_locally_published_name_is_never_sent_upstream(tmp_path: Path) -> 
     await m.settle(m.registry.publish(publication, {"name": "pat", "email": "pat@example.test"}))
     _, status = await m.settle(m.parts.mirror.packument("mine", BASE))
     assert status == "LOCAL" and m.upstream.asked() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_parts_of_an_upstream_document_are_dropped_not_fatal(tmp_path: Path) -> None:
+    """An upstream document whose time is a list, one version a number and a tag an object is
+    served (the good version kept) instead of answering 500."""
+    document = packument("demo", "1.0.0")
+    document["versions"]["2.0.0"] = 42
+    document["time"] = ["not", "an", "object"]
+    document["dist-tags"]["odd"] = {"x": 1}
+    m = build(tmp_path, FakeRegistry({"demo": document}))
+    prepared, status = await m.settle(m.parts.mirror.packument("demo", BASE))
+    served = orjson.loads(prepared.full.identity)
+    assert status == "MISS" and set(served["versions"]) == {"1.0.0"}
+    assert served["dist-tags"] == {"latest": "1.0.0"} and served["time"] == {}
+    assert set(orjson.loads(prepared.abbreviated.identity)["versions"]) == {"1.0.0"}
