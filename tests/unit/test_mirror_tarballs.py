@@ -26,8 +26,10 @@ async def test_tarball_is_fetched_once_then_served_from_the_store(tmp_path: Path
     """The first read fetches (MISS), the second is a HIT with no further upstream request."""
     m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
     await m.settle(m.parts.mirror.packument("demo", BASE))
-    _, first = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
-    _, second = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    blob, first = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    blob.close()
+    blob, second = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    blob.close()
     assert (first, second) == ("MISS", "HIT") and m.upstream.asked("/-/") == 1
 
 
@@ -58,8 +60,9 @@ async def test_concurrent_tarball_misses_share_one_download(tmp_path: Path) -> N
     await m.settle(m.parts.mirror.packument("demo", BASE))
     first = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
     second = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
-    await m.settle(first)
-    await m.settle(second)
+    for waiter in (first, second):
+        blob, _ = await m.settle(waiter)
+        blob.close()
     assert m.upstream.asked("/-/") == 1
 
 
@@ -144,6 +147,7 @@ async def test_fsck_counts_a_tarball_kept_under_its_conventional_name_as_named(t
     """fsck (and so gc) reads the odd-URL document's tarball as named by it, not as an orphan."""
     m = build(tmp_path, FakeRegistry({"@s/p": odd_packument("@s/p", "1.0.0")}))
     await m.settle(m.parts.mirror.served_document("@s/p", BASE))
-    await m.settle(m.parts.mirror.tarball("@s/p", "p-1.0.0.tgz"))
+    blob, _ = await m.settle(m.parts.mirror.tarball("@s/p", "p-1.0.0.tgz"))
+    blob.close()
     report = scan(str(tmp_path / "registry"), quarantine=False)
     assert report.tarballs == 1 and [f.kind for f in report.findings] == []
