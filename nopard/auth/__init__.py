@@ -78,21 +78,33 @@ class Accounts:
     async def login(self, name: Any, password: Any, email: Any = None, address: str | None = None) -> str:
         """A new token for ``name``, registering them while registration is open.
 
-        Raises BadCredentials on a wrong password, PermissionDenied when the
-        user is unknown and registration is closed, TooManyAttempts after too
-        many failures (``address``: the client's, for that count).
+        Raises BadCredentials on a wrong password and, once registration is
+        closed, for an unknown user too, with the same message after the same
+        bcrypt work (so no answer tells whether a name exists); TooManyAttempts
+        after too many failures (``address``: the client's, for that count).
         """
         validate_user_name(name)
         if not isinstance(password, str) or not password:
             raise InvalidInput("a password is required")
         if len(password.encode()) > MAX_PASSWORD_LENGTH:
             raise InvalidInput(f"passwords are at most {MAX_PASSWORD_LENGTH} bytes")
-        if name in self.users:
+        if name in self.users or self.registration_closed():
+            # An unknown name gets HtpasswdFile's equal-time dummy check, and is counted alike.
             if not await self.check_password(name, password, address):
-                raise BadCredentials("incorrect user name or password")
+                raise BadCredentials(self._refusal())
         else:
             await self._register(name, password, email)
         return await self.tokens.create(name, self._now())
+
+    def registration_closed(self) -> bool:
+        """Whether new users can no longer register (NOPARD_MAX_USERS reached, or 0)."""
+        return len(self.users.users()) >= self._settings.current.max_users
+
+    def _refusal(self) -> str:
+        """The one answer to a failed login, the same for a known and an unknown name."""
+        if self.registration_closed():
+            return "incorrect user name or password (registration of new users is closed)"
+        return "incorrect user name or password"
 
     async def _register(self, name: str, password: str, email: Any) -> None:
         if email is not None and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
@@ -100,10 +112,10 @@ class Accounts:
         max_users = self._settings.current.max_users
         try:
             await self.users.add(name, password, max_users=max_users)
-        except Conflict as error:
-            if name in self.users:  # registered by a concurrent request
-                raise BadCredentials("incorrect user name or password") from None
-            raise PermissionDenied(f"user registration is closed: {error.message}") from None
+        except Conflict:
+            # Registered, or registration closed, by a concurrent request: answered as any failed
+            # login (add already spent a bcrypt hash's time).
+            raise BadCredentials(self._refusal()) from None
         profile = {"name": name, "email": email or "", "created": self._now()}
         await self._storage.write(keys.user_key(name), orjson.dumps(profile))
 

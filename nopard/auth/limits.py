@@ -12,6 +12,7 @@ too, so attempts spread over several instances add up (SharedLoginLimiter).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import uuid
 from collections import OrderedDict, deque
@@ -23,6 +24,27 @@ from nopard.domain.errors import TooManyAttempts
 from nopard.settings.config import LiveSettings
 
 MAX_KEYS = 100_000  # memory bound: the least recently failed keys are forgotten first
+IPV6_CLIENT_PREFIX = 64  # one IPv6 client usually holds a whole /64
+
+
+def address_group(address: str | None) -> str:
+    """The client an address counts as, for every per-address limit: an IPv4 address itself, an
+    IPv6 one its /64 (a single host may use any address of its /64), "" when unknown (a UNIX socket).
+
+    The address is the connection's peer: nopard never trusts X-Forwarded-For, so behind a reverse
+    proxy every client counts as the proxy (the limits then bound the proxy as a whole).
+    """
+    if not address:
+        return ""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_CLIENT_PREFIX), strict=False))
+    return str(parsed)
 
 
 class LoginLimiter:
@@ -41,7 +63,7 @@ class LoginLimiter:
         if account:
             keys.append(f"user:{account}")
         if address:
-            keys.append(f"addr:{address}")
+            keys.append(f"addr:{address_group(address)}")
         return keys
 
     def _recent(self, key: str, now: float) -> deque[float] | None:

@@ -3,8 +3,11 @@
 A browser session is a random id in an HttpOnly, SameSite=Lax cookie (Secure
 when the registry is reached over https), kept in the same session store as
 `npm login`'s (Redis when instances share one). Every form that changes
-something carries a CSRF token: the session's, or for the login form a random
-one also set as a SameSite=Strict cookie.
+something carries a CSRF token: the session's, or for the login forms a random
+one also set as a SameSite=Strict cookie; and a post the browser marks as sent
+from another site (Sec-Fetch-Site, Origin) is refused even with a token.
+Browser sessions are bounded per user (MAX_SESSIONS_PER_USER: a new login
+pushes out that user's oldest) and in all (MAX_SESSIONS).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from nopard.web.site import log_user
 SESSION_COOKIE = b"nopard_session"
 CSRF_COOKIE = b"nopard_csrf"
 SESSION_TTL = 12 * 3600.0
+SESSION_POOL = "browser"
+MAX_SESSIONS_PER_USER = 10
+MAX_SESSIONS = 10_000
 PAGE_HEADERS = {
     b"Content-Type": b"text/html; charset=utf-8",
     b"Cache-Control": b"no-store",
@@ -46,6 +52,30 @@ class CsrfFailure(Exception):
 def _token_ok(text: str) -> bool:
     """Whether a cookie value has the shape of nopard's random tokens."""
     return 20 <= len(text) <= 100 and all(c.isalnum() or c in "-_" for c in text)
+
+
+def cross_site(request: IRequest, base_url: str) -> bool:
+    """Whether the browser says this request comes from another site (a form posted from elsewhere).
+
+    Sec-Fetch-Site is the browser's own verdict; Origin, when sent and not "null", must be the
+    registry's (its base URL's, or the Host it was reached at).
+    """
+    fetch_site = (header(request, "sec-fetch-site") or "").strip().lower()
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    origin = (header(request, "origin") or "").strip()
+    if not origin or origin == "null":
+        return False
+    sent = urlsplit(origin).netloc.lower()
+    ours = {urlsplit(base_url).netloc.lower(), (header(request, "host") or "").strip().lower()}
+    return sent not in ours
+
+
+async def csrf_refused(request: IRequest, viewer: pages.Viewer) -> bytes:
+    """The 403 page of a form that did not come from nopard's own page (nothing was changed)."""
+    page = pages.message_page(viewer, "Form expired", "This form was not sent from nopard's own page "
+                              "(or your session ended). Go back, reload the page and try again.")
+    return await html(request, page, 403)
 
 
 def wants_html(request: IRequest) -> bool:
@@ -140,23 +170,28 @@ class BrowserSessions:
                             base_url=base_url, query=query)
 
     def check_csrf(self, request: IRequest, viewer: pages.Viewer) -> None:
-        """Refuse a form post without the viewer's token (a cross-site request)."""
+        """Refuse a form post without the viewer's token, or one the browser says is cross-site."""
         sent = form_arg(request, "csrf")
         if not viewer.csrf or not hmac.compare_digest(sent.encode(), viewer.csrf.encode()):
             raise CsrfFailure()
+        if cross_site(request, viewer.base_url):
+            raise CsrfFailure()
 
-    async def start_session(self, request: IRequest, user: str) -> None:
-        """Log the browser in as ``user``."""
+    async def start_session(self, request: IRequest, user: str) -> bool:
+        """Log the browser in as ``user``; False (and no cookie) when the session could not be stored."""
         session_id = secrets.token_urlsafe(32)
         record = {"user": user, "csrf": secrets.token_urlsafe(24)}
-        await self._sessions.put("web:" + session_id, record, SESSION_TTL)
+        if not await self._sessions.admit(SESSION_POOL, "web:" + session_id, record, SESSION_TTL, user,
+                                          MAX_SESSIONS_PER_USER, MAX_SESSIONS):
+            return False
         self.set_cookie(request, SESSION_COOKIE, session_id.encode(), b"lax", int(SESSION_TTL))
         log_user(request, user)
+        return True
 
     async def end_session(self, request: IRequest, session_id: str | None) -> None:
         """Log the browser out: its session is gone, its cookie emptied."""
         if session_id:
-            await self._sessions.take("web:" + session_id)
+            await self._sessions.take("web:" + session_id, SESSION_POOL)
         self.set_cookie(request, SESSION_COOKIE, b"", b"lax", 0)
         log_user(request, None)
 

@@ -67,14 +67,19 @@ class MirrorServices(MirroredPages, Protocol):
 class Sessions(Protocol):
     """Records with a lifetime, shared between instances when Redis is configured."""
 
+    async def admit(self, pool: str, key: str, value: dict[str, Any], ttl: float, owner: str,
+                    per_owner: int, total: int) -> bool:
+        """Store a new pending ``value`` for ``ttl`` seconds, evicting the oldest pending records of
+        ``owner`` past ``per_owner`` and of ``pool`` past ``total``; True when stored."""
+
     async def put(self, key: str, value: dict[str, Any], ttl: float) -> bool:
         """Store ``value`` for ``ttl`` seconds; False when the store is full."""
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """The live record, or None."""
 
-    async def take(self, key: str) -> dict[str, Any] | None:
-        """The live record, removed."""
+    async def take(self, key: str, pool: str | None = None) -> dict[str, Any] | None:
+        """The live record, removed (from ``pool``'s counts too)."""
 
     async def ttl(self, key: str) -> float:
         """Seconds ``key`` has left."""

@@ -33,7 +33,15 @@ from nopard.settings.config import ConfigError
 from nopard.settings.overrides import Overrides
 from nopard.web import pages
 from nopard.web.api.common import add_route
-from nopard.web.browser import BrowserSessions, CsrfFailure, form_arg, has_form_arg, html, redirect
+from nopard.web.browser import (
+    BrowserSessions,
+    CsrfFailure,
+    csrf_refused,
+    form_arg,
+    has_form_arg,
+    html,
+    redirect,
+)
 from nopard.web.errors import set_retry_after, status_of
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.responses import client_address
@@ -182,7 +190,9 @@ class AccountPages:
             return await html(request, pages.login_page(viewer, action, error.message, username), status_of(error))
         if not ok:
             return await html(request, pages.login_page(viewer, action, "Wrong user name or password.", username), 401)
-        await self._browser.start_session(request, username)
+        if not await self._browser.start_session(request, username):
+            page = pages.login_page(viewer, action, "Too many sessions are open; try again later.", username)
+            return await html(request, page, 503)
         return redirect(request, pages.link(viewer, "/"))
 
     async def logout(self, request: IRequest) -> bytes:
@@ -290,10 +300,7 @@ class WebUI:
 
     async def csrf_failed(self, request: IRequest, failure: Failure) -> bytes:
         """A form from elsewhere (or from an ended session): refused, with a way back."""
-        viewer = await self._browser.viewer(request)
-        page = pages.message_page(viewer, "Form expired", "This form was not sent from nopard's own page "
-                                  "(or your session ended). Go back, reload the page and try again.")
-        return await html(request, page, 403)
+        return await csrf_refused(request, await self._browser.viewer(request))
 
     async def failed(self, request: IRequest, failure: Failure) -> bytes:
         """Errors as pages: not found, not allowed, or a logged internal error."""

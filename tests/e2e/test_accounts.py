@@ -14,18 +14,19 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_registration_closes_after_the_first_user(nopard: NopardServer) -> None:
-    """By default the first login registers; a second new user is refused with 403."""
+    """By default the first login registers; a second new user is refused as a wrong password is (401)."""
     assert nopard.login("alice", "pw").status == 201
     answer = nopard.login("mallory", "pw")
-    assert answer.status == 403
-    assert "registration is closed" in answer.json()["error"]
+    assert answer.status == 401
+    assert "registration of new users is closed" in answer.json()["error"]
+    assert nopard.login("alice", "wrong").json() == answer.json()
     assert (nopard.registry / "htpasswd").read_text().count("\n") == 1
 
 
 def test_max_users_zero_disables_registration(start_nopard: Callable[..., NopardServer]) -> None:
     """NOPARD_MAX_USERS=0: nobody can register, and nothing is written."""
     server = start_nopard({"NOPARD_MAX_USERS": "0"})
-    assert server.login("alice", "pw").status == 403
+    assert server.login("alice", "pw").status == 401
     assert files_under(server.registry) == []
 
 

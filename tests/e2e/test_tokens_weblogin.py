@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import re
 import time
 import urllib.parse
@@ -21,15 +22,30 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def submit_form(server: NopardServer, login_url: str, **fields: str):
-    """What a browser does: load the page, post its form back to the same URL."""
+    """What a browser does: load the page (keeping its CSRF cookie), post its form back to the same URL."""
     path = urllib.parse.urlsplit(login_url).path
     page = server.request("GET", path)
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     assert b'name="password"' in page.body
+    token = re.search(r'name="csrf" value="([^"]+)"', page.body.decode()).group(1)
     return server.request(
-        "POST", path, urllib.parse.urlencode(fields),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        "POST", path, urllib.parse.urlencode({**fields, "csrf": token}),
+        headers={"Content-Type": "application/x-www-form-urlencoded",
+                 "Cookie": page.headers["set-cookie"].split(";", 1)[0], "Origin": server.url.rstrip("/")},
     )
+
+
+def flood_logins(server: NopardServer, count: int, source: str) -> None:
+    """``count`` anonymous `POST /-/v1/login` from the loopback address ``source``, each answered 200."""
+    for _ in range(count):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30, source_address=(source, 0))
+        try:
+            connection.request("POST", "/-/v1/login", body=b"{}", headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 200
+        finally:
+            connection.close()
 
 
 def web_npm(server: NopardServer, home: Path) -> Npm:
@@ -68,6 +84,26 @@ def test_npm_login_default_web_flow(start_nopard: Callable[..., NopardServer], t
     assert "/-/v1/done/<redacted>" in log and "/-/v1/login/<redacted>" in log
 
 
+def test_npm_login_works_after_a_session_flood_from_another_address(
+    start_nopard: Callable[..., NopardServer], tmp_path: Path,
+) -> None:
+    """1,010 anonymous web login sessions from 127.0.0.2 (past the old 1,000 slots), then `npm login`
+    from 127.0.0.1 logs in through its page; a cross-site post of that page is refused."""
+    server = start_nopard()
+    assert server.login("alice", "pw").status == 201
+    flood_logins(server, 1010, "127.0.0.2")
+    npm = web_npm(server, tmp_path / "npm")
+    status, output = npm_web_login(npm, server, "login", username="alice", password="pw")
+    assert status == 0, output
+    assert npm.run("whoami").stdout.strip() == "alice"
+    started = server.request("POST", "/-/v1/login", {}).json()
+    forged = server.request(
+        "POST", urllib.parse.urlsplit(started["loginUrl"]).path, "username=alice&password=pw",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://attacker.invalid"})
+    assert forged.status == 403 and "nopard_session" not in forged.headers.get("set-cookie", "")
+    assert server.request("GET", urllib.parse.urlsplit(started["doneUrl"]).path).status == 202
+
+
 def test_web_login_over_http(nopard: NopardServer) -> None:
     """POST /-/v1/login, 202 + Retry-After while waiting, 401 page on a wrong password, token once."""
     nopard.login("alice", "pw")
@@ -83,7 +119,7 @@ def test_web_login_over_http(nopard: NopardServer) -> None:
     assert wrong.status == 401 and b"incorrect" in wrong.body
     assert nopard.request("GET", done).status == 202
     refused = submit_form(nopard, urls["loginUrl"], username="mallory", password="pw")
-    assert refused.status == 403 and b"registration is closed" in refused.body
+    assert refused.status == 401 and b"registration of new users is closed" in refused.body
     assert submit_form(nopard, urls["loginUrl"], username="alice", password="pw").status == 200
     token = nopard.request("GET", done).json()["token"]
     assert nopard.request("GET", "/-/whoami", token=token).json() == {"username": "alice"}

@@ -74,6 +74,24 @@ class MissingUpstream(Resource):
         return b'{"error":"Not found"}'
 
 
+class AsPeer(Resource):
+    """Serves ``inner`` as if each request came from the address in its X-Test-Peer header
+    (StubTreq's requests all come from 127.0.0.1): for per-address limits."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: Any) -> Any:
+        """Set the peer address, then let the app answer."""
+        peer = request.getHeader(b"x-test-peer")
+        if peer:
+            request.client = IPv4Address("TCP", peer.decode(), 31337)
+        return self._inner.render(request)
+
+
 @dataclass
 class RawExchange:
     """What one request written as bytes through nopard's own site came to."""
@@ -102,6 +120,11 @@ class InProcess:
     accounts: Accounts
     readmes: ReadmeRenders
     resource: IResource
+    sessions: MemorySessions
+
+    def new_browser(self) -> None:
+        """Go on as another browser: a client without the cookies answers set so far."""
+        self.client = StubTreq(self.resource)
 
     async def raw(self, head: bytes, body: Iterable[bytes] = ()) -> RawExchange:
         """One request through NopardSite and NopardRequest (as twistd serves them): ``head``
@@ -208,8 +231,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log,
     )
-    resource = app.resource()
-    return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource)
+    resource = AsPeer(app.resource())
+    return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions)
 
 
 def _whole(reply: bytes) -> bool:

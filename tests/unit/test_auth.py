@@ -60,10 +60,11 @@ def test_parse_skips_comments_and_blank_lines() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_first_login_registers_then_registration_closes(tmp_path: Path) -> None:
-    """With the default NOPARD_MAX_USERS=1, the first login registers and the second new user is refused."""
+    """With the default NOPARD_MAX_USERS=1, the first login registers and the second new user is refused
+    (as a wrong password is: BadCredentials)."""
     accounts = make_accounts(tmp_path)
     assert (await accounts.login("alice", "pw", "a@example.com")).startswith("npd_")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(BadCredentials):
         await accounts.login("bob", "pw", "b@example.com")
     assert accounts.users.users() == ["alice"]
     assert await accounts.profile("alice") == {"name": "alice", "email": "a@example.com"}
@@ -226,3 +227,27 @@ async def test_changed_password_in_file_invalidates_cached_check(tmp_path: Path)
     path.write_text(f"alice:{hash_password('new')}\n")
     assert await users.check("alice", "old") is False
     assert await users.check("alice", "new") is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_registry_spends_the_same_bcrypt_work_and_answer_on_known_and_unknown_names(
+    tmp_path: Path,
+) -> None:
+    """Registration closed: a wrong password and an unknown name each cost one bcrypt check and get
+    the same BadCredentials message, whatever else the body carries (an invalid email)."""
+    accounts = make_accounts(tmp_path)
+    await accounts.login("alice", "pw")
+    checks: list[str] = []
+
+    def counted(function, *args, **kwargs):
+        checks.append(function.__name__)
+        return deferToThread(function, *args, **kwargs)
+
+    accounts.users._run = counted
+    messages = []
+    for name, email in (("alice", None), ("nobody", "not-an-email")):
+        with pytest.raises(BadCredentials) as refused:
+            await accounts.login(name, "wrong", email)
+        messages.append(refused.value.message)
+    assert messages[0] == messages[1] and "incorrect user name or password" in messages[0]
+    assert checks == ["verify_password", "verify_password"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest_twisted
 
@@ -101,14 +103,22 @@ async def test_logged_out_token_no_longer_works(tmp_path: Path) -> None:
     assert (await app.call("GET", "/-/whoami", token=token)).status == 401
 
 
-async def web_login(app: InProcess, password: str) -> tuple[Response, str]:
-    """Start an npm web login and post its form as alice: the form's answer, and the path npm polls."""
-    started = (await app.call("POST", "/-/v1/login")).json()
+async def post_form(app: InProcess, path: str, fields: dict[str, str], **headers: str) -> Response:
+    """What a browser does: load the page, then post its form back (the client keeps the CSRF cookie)."""
+    page = await app.call("GET", path, **headers)
+    found = re.search(r'name="csrf" value="([^"]+)"', page.body.decode())
+    assert found, page.body
+    return await app.call("POST", path, raw=urlencode({**fields, "csrf": found.group(1)}).encode(),
+                          Content_Type="application/x-www-form-urlencoded", **headers)
+
+
+async def web_login(app: InProcess, password: str, user: str = "alice", **headers: str) -> tuple[Response, str]:
+    """Start an npm web login and post its form as ``user``: the form's answer, and the path npm polls."""
+    started = (await app.call("POST", "/-/v1/login", **headers)).json()
     done = started["doneUrl"].split("5984", 1)[1]
     assert (await app.call("GET", done)).status == 202
     form = started["loginUrl"].split("5984", 1)[1]
-    sent = await app.call("POST", form, raw=f"username=alice&password={password}".encode(),
-                          Content_Type="application/x-www-form-urlencoded")
+    sent = await post_form(app, form, {"username": user, "password": password})
     return sent, done
 
 

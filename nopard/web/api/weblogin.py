@@ -14,7 +14,7 @@ from nopard.auth.weblogin import Session, WebLogins
 from nopard.domain.errors import BadCredentials, InvalidInput, NotFound, PermissionDenied, TooManyAttempts
 from nopard.web import pages
 from nopard.web.api.common import add_route
-from nopard.web.browser import BrowserSessions, html
+from nopard.web.browser import BrowserSessions, CsrfFailure, csrf_refused, html
 from nopard.web.errors import set_retry_after, status_of
 from nopard.web.responses import Requests, client_address, json_response
 from nopard.web.site import log_user
@@ -39,7 +39,7 @@ class WebLoginRoutes:
         """Open a web login session: the page's URL and the URL to poll."""
         body = await self._requests.optional_json_body(request)
         create = isinstance(body, dict) and body.get("create") is True
-        session_id = await self._weblogins.start(create)
+        session_id = await self._weblogins.start(create, client_address(request))
         base = self._requests.base_url(request).rstrip("/")
         return json_response(
             request, 200, {"loginUrl": f"{base}/-/v1/login/{session_id}", "doneUrl": f"{base}/-/v1/done/{session_id}"}
@@ -57,10 +57,15 @@ class WebLoginRoutes:
     async def submit(self, request: IRequest, session_id: str) -> bytes:
         """The form posted back: log in or register; the polling npm then gets the token.
 
-        The session id in the URL is a 256-bit secret only npm and this browser
-        know, so it is what protects this form (no CSRF token needed).
+        Anyone can open a session, so its id proves nothing about who posts the form: the
+        browser pages' CSRF check refuses a form sent from elsewhere (which would log the
+        victim's browser in as the attacker) before anything is looked at or changed.
         """
         viewer = await self._browser.viewer(request)
+        try:
+            self._browser.check_csrf(request, viewer)
+        except CsrfFailure:
+            return await csrf_refused(request, viewer)
         try:
             session = await self._weblogins.session(session_id)
         except NotFound as error:
@@ -72,12 +77,15 @@ class WebLoginRoutes:
         }
         try:
             user = await self._weblogins.submit(session_id, form, client_address(request))
+        except NotFound as error:
+            return await html(request, pages.message_page(viewer, "Login expired", error.message), 404)
         except (InvalidInput, BadCredentials, PermissionDenied, TooManyAttempts) as error:
             set_retry_after(request, error)
             page = login_page(viewer, session, session_id, error.message, form.get("username", ""))
             return await html(request, page, status_of(error))
-        if user:
-            await self._browser.start_session(request, user)  # the browser is logged in too
+        if user and not await self._browser.start_session(request, user):  # the browser is logged in too
+            text = "npm is logged in, but this browser could not be: log in on the registry's own page."
+            return await html(request, pages.message_page(viewer, "Logged in (npm only)", text), 503)
         log_user(request, user or None)
         who = f" as {user}" if user else ""
         text = f"You are logged in{who}. Go back to your terminal; you can close this page."
