@@ -122,8 +122,10 @@ def test_web_login_started_on_one_instance_finishes_on_another(cluster) -> None:
     assert third.request("GET", f"/-/v1/done/{session}").status == 202
     page = second.request("GET", f"/-/v1/login/{session}")
     assert page.status == 200 and b'name="password"' in page.body
-    posted = second.request("POST", f"/-/v1/login/{session}", "username=bob&password=pw-bob",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.body.decode()).group(1)
+    posted = second.request("POST", f"/-/v1/login/{session}", f"username=bob&password=pw-bob&csrf={csrf}",
+                            headers={"Content-Type": "application/x-www-form-urlencoded",
+                                     "Cookie": page.headers["set-cookie"].split(";", 1)[0]})
     assert posted.status == 200, posted.body
     done = third.request("GET", f"/-/v1/done/{session}")
     assert done.status == 200
