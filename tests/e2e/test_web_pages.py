@@ -275,8 +275,10 @@ def test_npm_login_uses_the_same_login_page_and_logs_the_browser_in(site: Nopard
     login_url = opened.json()["loginUrl"]
     page = site.request("GET", login_url[len(site.url) - 1:])
     assert page.status == 200 and b"Log in to nopard" in page.body and b'class="skip"' in page.body
-    posted = site.request("POST", login_url[len(site.url) - 1:], "username=bob&password=pw-bob",
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.body.decode()).group(1)
+    posted = site.request("POST", login_url[len(site.url) - 1:], f"username=bob&password=pw-bob&csrf={csrf}",
+                          headers={"Content-Type": "application/x-www-form-urlencoded",
+                                   "Cookie": page.headers["set-cookie"].split(";", 1)[0]})
     assert posted.status == 200 and b"You are logged in as bob" in posted.body
     session = posted.headers["set-cookie"].split(";", 1)[0]
     home = site.request("GET", "/", headers={"Accept": "text/html", "Cookie": session})
