@@ -62,6 +62,16 @@ def publish_with_readme(server: NopardServer, token: str, name: str, version: st
     assert answer.status == 201, answer.body
 
 
+def rendered(server: NopardServer, name: str) -> bytes:
+    """The page of ``name`` once its readme is rendered: a first view on a busy machine may show it as text
+    ("still being rendered") while the renderer process works."""
+    def page() -> bytes | None:
+        body = server.request("GET", f"/-/web/package/{name}").body
+        return None if b"still being rendered" in body else body
+
+    return poll_until(page, f"the readme of {name} rendered")
+
+
 def only_local(server: NopardServer, browser: Browser) -> None:
     """The page loaded nothing from anywhere but nopard."""
     urls = browser.requested_urls()
@@ -93,6 +103,7 @@ def test_browse_search_read_log_in_and_out(site: NopardServer, fake: FakeUpstrea
                             dependencies={"debug": "^4.0.0", '<img src=x onerror=alert("dep")>': "1.0.0"})
         publish_with_readme(site, root, "@secret/plans", "1.0.0", "# secret plans")
         assert site.request("GET", "/debug").status == 200  # cached from the upstream
+        rendered(site, "hello-web")
 
         browser.open(site.url)
         text = browser.text()
@@ -208,6 +219,7 @@ def test_pages_work_on_a_phone_and_with_the_keyboard(site: NopardServer, request
     """No sideways scrolling at 390 px; TAB reaches the skip link, navigation and search in order."""
     bob = site.token("bob", "pw-bob")
     publish_with_readme(site, bob, "wide-package-name-for-a-narrow-screen", "1.0.0", "# Readme\n\n" + "word " * 200)
+    rendered(site, "wide-package-name-for-a-narrow-screen")
     with Browser(artifacts_dir(request), mobile=True) as browser:
         for path in ("", "-/web/package/wide-package-name-for-a-narrow-screen", "-/web/login", "-/web/status"):
             browser.open(site.url + path)
@@ -307,4 +319,4 @@ def test_a_hostile_readme_is_rendered_once_in_its_own_process_and_logins_do_not_
     assert b'<pre class="readme-text">&lt;b&gt;bold&lt;/b&gt; &amp; ![![' in body and b"<b>bold</b>" not in body
     assert site.login("bob", "pw-bob").status == 201
     publish_with_readme(site, bob, "fine-readme", "1.0.0", "# Still *rendered*")
-    assert b"<h3>Still <em>rendered</em></h3>" in site.request("GET", "/-/web/package/fine-readme").body
+    assert b"<h3>Still <em>rendered</em></h3>" in rendered(site, "fine-readme")
