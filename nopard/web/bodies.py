@@ -28,10 +28,16 @@ PREFETCH_PATH = b"/-/nopard/prefetch"
 
 @dataclass(frozen=True)
 class BodyLimit:
-    """How many bytes a route's body may hold, and the words a refusal names the limit with."""
+    """How many bytes a route's body may hold, and the words a refusal names the limit with.
+
+    ``forms``: whether a form body (urlencoded or multipart) is parsed into the request's
+    arguments, as Twisted does for POSTs. Only small bodies are: the browser's forms are
+    all small, and Twisted's form parsers cost many times a body's size.
+    """
 
     size: int
     name: str
+    forms: bool = True
 
 
 def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
@@ -45,16 +51,16 @@ def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
     path = path.split(b"?", 1)[0]
     decoded = unquote_to_bytes(path)
     if method == b"PUT" and not decoded.startswith(b"/-/") and _is_package_document(path):
-        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE, for package documents")
+        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE, for package documents", forms=False)
     if method == b"POST" and (decoded.startswith(AUDIT_PREFIX) or decoded == PREFETCH_PATH):
-        return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies")
+        return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies", forms=False)
     return _within(SMALL_BODY_LIMIT, max_body_size, f"the limit of {method.decode('latin-1')} bodies on this path")
 
 
-def _within(size: int, max_body_size: int, name: str) -> BodyLimit:
+def _within(size: int, max_body_size: int, name: str, forms: bool = True) -> BodyLimit:
     if max_body_size <= size:
-        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE")
-    return BodyLimit(size, name)
+        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE", forms)
+    return BodyLimit(size, name, forms)
 
 
 def _is_package_document(path: bytes) -> bool:

@@ -89,6 +89,8 @@ class NopardRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         """Decide the route's limit (the headers are in); refuse at once a declared length above it."""
+        # Twisted parses a POSTed form body into ``args`` (its flag, read in requestReceived).
+        self._parsePOSTFormSubmission = self._limit().forms
         if length is not None and length > self._limit().size:
             self._refuse_oversized()
             return
