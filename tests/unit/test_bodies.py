@@ -19,6 +19,8 @@ from nopard.web.bodies import (
     body_limit,
     check_parse_cost,
     parse_cost,
+    parse_cost_limit,
+    parse_cost_outside_strings,
 )
 from tests.support import publish_body
 
@@ -103,4 +105,20 @@ def test_the_estimate_bounds_the_objects_a_parse_makes(value: Any) -> None:
     finally:
         tracemalloc.stop()
     del parsed
-    assert allocated <= parse_cost(raw) + 2 * len(raw) + 1024
+    assert parse_cost_outside_strings(raw) <= parse_cost(raw)
+    assert allocated <= parse_cost_outside_strings(raw) + 2 * len(raw) + 1024
+
+
+@pytest.mark.parametrize("text", ["![" * 300_000, "{[:,]}" * 100_000, 'say \\"[{\\"' * 50_000])
+def test_punctuation_inside_strings_is_no_value(text: str) -> None:
+    """A readme of 600 KB of `![` (or of JSON examples, escaped quotes and all) is text: accepted."""
+    body = publish_body("pkg", "1.0.0", readme=text)
+    raw = orjson.dumps(body)
+    assert parse_cost(raw.replace(b'"', b" ")) > parse_cost_limit(len(raw))  # as brackets: refused
+    check_parse_cost(raw)
+
+
+def test_escaped_quotes_do_not_hide_values() -> None:
+    """Values after an escaped backslash at a string's end still count: `["\\\\",0,0,...]` is refused."""
+    with pytest.raises(PayloadTooLarge):
+        check_parse_cost(b'["\\\\",' + b"0," * 2_000_000 + b"0]")
