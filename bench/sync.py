@@ -120,9 +120,10 @@ def make_fresh(server: NopardServer) -> str:
 class SyncRequest(threading.Thread):
     """``POST /-/nopard/sync`` in a thread; it answers when refresh and backfill have finished."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.headers = headers
         self.sent = threading.Event()
         self.started = self.ended = None
         self.status: int | None = None
@@ -133,7 +134,8 @@ class SyncRequest(threading.Thread):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=SYNC_TIMEOUT)
         try:
             self.started = time.monotonic()
-            connection.request("POST", "/-/nopard/sync", body=b"{}", headers={"Content-Type": "application/json"})
+            connection.request("POST", "/-/nopard/sync", body=b"{}",
+                               headers={"Content-Type": "application/json", **self.headers})
             self.sent.set()
             answer = connection.getresponse()
             self.status, self.body = answer.status, answer.read()
@@ -224,7 +226,7 @@ def sync_phase(args, wrk_path: str, work: Path, results: dict, start: Start) -> 
             time.sleep(wait)
         make_fresh(server)
         upstream.reset()
-        sync = SyncRequest(server.port)
+        sync = SyncRequest(server.port, server.operator_headers())
         sync.start()
         sync.sent.wait(30)
         wrk_started = time.monotonic()

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
+from nopard.auth.operator import OperatorCredential, OperatorTokenService
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
@@ -372,6 +373,10 @@ def build_service(
         now=lambda: iso_time(reactor.seconds()),
         limiter=login_limiter(live, reactor, coordination),
     )
+    # nopard-admin's credential for sync and prefetch, its file made at start (after privileges drop).
+    operator = OperatorCredential()
+    OperatorTokenService(operator, settings.admin_token_path,
+                         Logger(namespace="nopard", observer=logs.publisher)).setServiceParent(top)
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
         status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
@@ -380,7 +385,7 @@ def build_service(
         search=SearchIndex(registry, documents, reactor, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
         run_cpu=run_cpu, readmes=ReadmeRenders(readme_worker, reactor), clock=reactor,
-        log=Logger(namespace="nopard.web", observer=logs.publisher),
+        log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
     )
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,

@@ -143,6 +143,11 @@ class NopardServer:
         finally:
             connection.close()
 
+    def operator_headers(self) -> dict[str, str]:
+        """The header nopard-admin sends: the operator token this nopard wrote at start."""
+        token = (self.registry / ".nopard-admin-token").read_text().strip()
+        return {"X-Nopard-Operator-Token": token}
+
     def login(self, name: str, password: str, email: str | None = "x@example.com") -> Response:
         """The legacy login/registration PUT npm sends."""
         body = {"_id": f"org.couchdb.user:{name}", "name": name, "password": password,

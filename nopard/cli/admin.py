@@ -2,7 +2,9 @@
 
 These talk to the running nopard over HTTP (it does the work with its own
 upstream client, caches and locks; --registry URL, default from
-NOPARD_HOSTNAME/NOPARD_PORT):
+NOPARD_HOSTNAME/NOPARD_PORT), sending the operator token nopard writes at start
+(--token-file, default NOPARD_ADMIN_TOKEN_FILE or <NOPARD_REGISTRY_PATH>/.nopard-admin-token,
+readable by root and the user nopard runs as):
 
   nopard-admin sync                  each sync job's last run and the next one
   nopard-admin sync --now [--job J]  run refresh and backfill (or job J) now; print the summary
@@ -62,11 +64,34 @@ class AdminError(Exception):
     """A command could not talk to nopard; the message says why."""
 
 
-def call(registry: str, method: str, path: str, body: Any = None, timeout: float = 3600) -> Any:
-    """One JSON request to nopard."""
+def operator_token(options: argparse.Namespace, required: bool) -> str | None:
+    """The operator token nopard wrote at start (--token-file, else NOPARD_ADMIN_TOKEN_FILE, else
+    <NOPARD_REGISTRY_PATH>/.nopard-admin-token); None when not ``required`` and it cannot be read."""
+    from nopard.auth.operator import TokenFileError, read_token_file
+    from nopard.settings.config import ConfigError, load_settings
+
+    path = options.token_file
+    if path is None:
+        try:
+            path = load_settings({}, os.environ).admin_token_path
+        except ConfigError as error:
+            raise AdminError(str(error)) from None
+    try:
+        return read_token_file(path)
+    except TokenFileError as error:
+        if required:
+            raise AdminError(f"{error}; or use --token-file FILE") from None
+        return None
+
+
+def call(registry: str, method: str, path: str, body: Any = None, timeout: float = 3600,
+         token: str | None = None) -> Any:
+    """One JSON request to nopard, with the operator token when given."""
+    from nopard.auth.operator import OPERATOR_HEADER
+
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(registry.rstrip("/") + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({OPERATOR_HEADER: token} if token else {})}
+    request = urllib.request.Request(registry.rstrip("/") + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
@@ -97,7 +122,8 @@ def print_report(report: dict[str, Any]) -> bool:
 def sync(options: argparse.Namespace) -> int:
     """Show the sync jobs, or run them now."""
     if not options.now:
-        status = call(options.registry, "GET", "/-/nopard/sync")
+        # With the token (when this user can read it) the reports name every package.
+        status = call(options.registry, "GET", "/-/nopard/sync", token=operator_token(options, required=False))
         print(f"interval {status['interval']} s, next run {status['next_run'] or 'not scheduled'}")
         for job, report in status["jobs"].items():
             if report is None:
@@ -106,7 +132,8 @@ def sync(options: argparse.Namespace) -> int:
                 print(f"{job}: last run {report['started']} .. {report['ended'] or 'running'}")
                 print_report(report)
         return 0
-    reports = call(options.registry, "POST", "/-/nopard/sync", {"job": options.job})["reports"]
+    reports = call(options.registry, "POST", "/-/nopard/sync", {"job": options.job},
+                   token=operator_token(options, required=True))["reports"]
     return 0 if all([print_report(report) for report in reports]) else 1
 
 
@@ -122,7 +149,8 @@ def prefetch(options: argparse.Namespace) -> int:
             raise AdminError(str(error)) from None
         print(f"{path}: {len(locked)} packages")
         packages.update((entry.name, entry.version) for entry in locked)
-    report = call(options.registry, "POST", "/-/nopard/prefetch", {"packages": sorted(map(list, packages))})
+    report = call(options.registry, "POST", "/-/nopard/prefetch", {"packages": sorted(map(list, packages))},
+                  token=operator_token(options, required=True))
     return 0 if print_report(report) else 1
 
 
@@ -369,6 +397,9 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--registry", default=default_registry(),
                      help="the nopard to talk to (default: from NOPARD_HOSTNAME/NOPARD_PORT: %(default)s)")
+    top.add_argument("--token-file", metavar="FILE",
+                     help="the operator token nopard writes at start, for sync and prefetch (default: "
+                     "NOPARD_ADMIN_TOKEN_FILE, else <NOPARD_REGISTRY_PATH>/.nopard-admin-token)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sync_command = commands.add_parser("sync", help="show or run the sync jobs")
     sync_command.add_argument("--now", action="store_true", help="run now and print the summary")

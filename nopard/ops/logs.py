@@ -36,6 +36,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from nopard.domain.tokens import TOKEN_PREFIX
+from nopard.domain.urls import without_credentials
 from nopard.settings.config import LiveSettings
 
 _RANK = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
@@ -57,7 +58,6 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(_authToken\s*=\s*)\S+", re.IGNORECASE), r"\1" + REDACTED),
     (re.compile(r"((?:\\?[\"'])(?:password|token|_authToken)(?:\\?[\"'])\s*:\s*)(\\?[\"'])(?:(?!\2).)*\2",
                 re.IGNORECASE), r"\1\2" + REDACTED + r"\2"),
-    (re.compile(r"\b(https?://)[^/\s:@\"']+:[^/\s@\"']+@"), r"\1" + REDACTED + "@"),
 )
 
 
@@ -65,7 +65,7 @@ def redact(text: str) -> str:
     """``text`` with every credential-looking part replaced by <redacted>."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return without_credentials(text)
 
 
 @implementer(ILogFilterPredicate)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from nopard import __version__
 from nopard.domain import names
+from nopard.domain.urls import without_credentials
 from nopard.ops.singleflight import SingleFlight
 from nopard.storage import Storage, keys
 
@@ -113,10 +114,7 @@ def route_of(method: str, path: str, accept: str | None = None) -> str:
 
 def upstream_label(url: str) -> str:
     """An upstream's URL as a label: without any user:password@."""
-    scheme, separator, rest = url.partition("://")
-    if separator and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{separator}{rest}"
+    return without_credentials(url, marked=False)
 
 
 # Metrics -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
+from nopard.domain.urls import without_credentials
 
 
 class Breaker(Protocol):
@@ -54,15 +55,16 @@ class OperatorStatus:
         self._upstreams = upstreams
 
     def status(self) -> dict[str, Any]:
-        """What an operator wants at a glance: upstream health and cache use."""
+        """What an operator wants at a glance: upstream health and cache use (URLs without credentials)."""
         shared = self._shared
         since = iso_time(shared.since) if shared.since is not None else None
         return {
             "cache": self._cache.stats(),
             "redis": {"state": shared.state, "since": since},
             "upstreams": [
-                {"url": u.base_url, "state": u.breaker.state, "consecutive_failures": u.breaker.failures,
-                 "requests": u.requests_made, "down_since": u.breaker.opened_at}
+                {"url": without_credentials(u.base_url), "state": u.breaker.state,
+                 "consecutive_failures": u.breaker.failures, "requests": u.requests_made,
+                 "down_since": u.breaker.opened_at}
                 for u in self._upstreams()
             ],
         }

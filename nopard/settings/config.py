@@ -123,6 +123,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("home", "", parse_text, "Working directory of the daemon (empty: where it is started)."),
     Setting("htpasswd", "", parse_text, "htpasswd file of users (empty: <registry_path>/htpasswd)."),
     Setting(
+        "admin_token_file",
+        "",
+        parse_text,
+        "File of the operator token nopard-admin sends for sync and prefetch, made at start if absent, "
+        "mode 0600 (empty: <registry_path>/.nopard-admin-token).",
+    ),
+    Setting(
         "max_users",
         "1",
         parse_count,
@@ -258,6 +265,7 @@ class Settings:
     runas_user: str
     home: str
     htpasswd: str
+    admin_token_file: str
     max_users: int
     admins: tuple[str, ...]
     auth_read: bool
@@ -293,6 +301,11 @@ class Settings:
         """The htpasswd file, defaulting to one inside the registry directory."""
         return self.htpasswd or os.path.join(self.registry_path, "htpasswd")
 
+    @property
+    def admin_token_path(self) -> str:
+        """The operator token's file (nopard writes it, nopard-admin reads it), by default in the registry."""
+        return self.admin_token_file or os.path.join(self.registry_path, ".nopard-admin-token")
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (already parsed)."""
         return dataclasses.replace(self, **changes)
@@ -325,6 +338,8 @@ def load_settings(
     values["registry_path"] = os.path.abspath(os.path.join(base, values["registry_path"]))
     if values["htpasswd"]:
         values["htpasswd"] = os.path.abspath(os.path.join(base, values["htpasswd"]))
+    if values["admin_token_file"]:
+        values["admin_token_file"] = os.path.abspath(os.path.join(base, values["admin_token_file"]))
     if values["logfile"]:
         values["logfile"] = os.path.abspath(os.path.join(base, values["logfile"]))
     if values.get("config"):

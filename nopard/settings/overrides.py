@@ -14,7 +14,6 @@ and applies what changed to its LiveSettings: components read
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from nopard.domain.errors import Conflict
 from nopard.domain.times import iso_time
+from nopard.domain.urls import without_credentials
 from nopard.settings.config import (
     SETTINGS,
     SOURCE_DEFAULT,
@@ -77,7 +77,6 @@ START_PATIENCE = 10.0
 MAX_ATTEMPTS = 10
 
 _BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")
 
 
 class OverrideError(ConfigError):
@@ -182,7 +181,7 @@ def describe(settings: Settings, sources: Mapping[str, str], overrides: Mapping[
 
 def scrub(text: str) -> str:
     """``text`` without the user:password@ part of any URL in it (a proxy URL may carry one)."""
-    return _CREDENTIALS.sub("<redacted>@", text)
+    return without_credentials(text)
 
 
 def decode_stored(data: bytes) -> dict[str, str]:

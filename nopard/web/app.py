@@ -15,6 +15,7 @@ from twisted.web.resource import IResource
 
 from nopard import __version__
 from nopard.auth import Accounts
+from nopard.auth.operator import OperatorCredential
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
 from nopard.jobs.schedule import SyncSchedule
@@ -52,9 +53,10 @@ class RegistryApp:
         sync: SyncSchedule, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
+        operator: OperatorCredential | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
-        gate = Gate(accounts, policy, mirror)
+        gate = Gate(accounts, policy, mirror, operator)
         browser = BrowserSessions(sessions, policy, requests, settings)
         self._home = PackagePages(browser, mirror, tarball_sizes, search, search, readmes, clock)
         self._ui = WebUI(

@@ -196,7 +196,8 @@ def test_metrics_count_requests_cache_upstream_sync_and_storage(mirror, fake: Fa
     version = document["dist-tags"]["latest"]
     tarball = "/" + document["versions"][version]["dist"]["tarball"][len(server.url):]
     assert server.request("GET", tarball).status == 200
-    assert server.request("POST", "/-/nopard/sync", {"job": "refresh"}).status == 200
+    assert server.request("POST", "/-/nopard/sync", {"job": "refresh"},
+                          headers=server.operator_headers()).status == 200
     scraped = scrape(server)
     upstream = fake.url.rstrip("/")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -30,13 +31,15 @@ def syncing(start_nopard: Callable[..., NopardServer], fake: FakeUpstream) -> Ca
 
 
 def run_sync(server: NopardServer, job: str | None = None) -> list[dict]:
-    answer = server.request("POST", "/-/nopard/sync", {"job": job})
+    answer = server.request("POST", "/-/nopard/sync", {"job": job}, headers=server.operator_headers())
     assert answer.status == 200, answer.body
     return answer.json()["reports"]
 
 
 def admin(server: NopardServer, *args: str) -> subprocess.CompletedProcess:
+    # NOPARD_REGISTRY_PATH as the daemon's: nopard-admin reads the operator token from it.
     return subprocess.run([str(BIN / "nopard-admin"), "--registry", server.url, *args],
+                          env={**os.environ, "NOPARD_REGISTRY_PATH": str(server.registry)},
                           capture_output=True, text=True, timeout=300)
 
 
@@ -153,7 +156,8 @@ def test_killed_backfill_leaves_nothing_partial_and_resumes(syncing, fake: FakeU
     for name in names:
         server.request("GET", "/" + name.replace("/", "%2f"))
     fake.fault("slow", delay=0.3)
-    threading.Thread(target=lambda: suppress_errors(server.request, "POST", "/-/nopard/sync", {"job": "backfill"}),
+    threading.Thread(target=lambda: suppress_errors(server.request, "POST", "/-/nopard/sync", {"job": "backfill"},
+                                                          server.operator_headers()),
                      daemon=True).start()
     time.sleep(2)
     server.process.send_signal(signal.SIGKILL)
@@ -254,7 +258,8 @@ def test_prefetch_never_sends_local_names_upstream(syncing, fake: FakeUpstream) 
     from tests.support import publish_body
     assert server.request("PUT", "/debug", publish_body("debug", "9.0.0"), token=token).status == 201
     fake.reset()
-    answer = server.request("POST", "/-/nopard/prefetch", {"packages": [["debug", "9.0.0"], ["ms", "2.1.3"]]})
+    answer = server.request("POST", "/-/nopard/prefetch", {"packages": [["debug", "9.0.0"], ["ms", "2.1.3"]]},
+                            headers=server.operator_headers())
     assert answer.status == 200 and answer.json()["failures"] == []
     paths = [p for _, p in fake.stats()["requests"]]
     assert "/debug" not in paths and "/ms" in paths

@@ -27,6 +27,7 @@ from twisted.web.resource import IResource, Resource
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter
+from nopard.auth.operator import OperatorCredential
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
@@ -54,6 +55,7 @@ from nopard.web.site import NopardRequest, NopardSite
 from tests.support import Response
 from tests.unit.readme_fakes import InlineRenderer
 
+OPERATOR_TOKEN = "o" * 43  # the operator token nopard-admin would read from the token file
 UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to MissingUpstream
 
 
@@ -229,7 +231,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         search=SearchIndex(registry, parts.documents, clock, coordination=coordination), metrics=metrics,
         health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
-        run_cpu=run_now, readmes=readmes, clock=clock, log=log,
+        run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions)

@@ -13,11 +13,18 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from nopard.auth import Accounts, Identity
+from nopard.auth.operator import OPERATOR_HEADER, OperatorCredential
 from nopard.domain.errors import AuthenticationRequired, NotFound, PermissionDenied
 from nopard.settings.acl import Policy
 from nopard.web.responses import client_address, header
 from nopard.web.services import PackageSource
 from nopard.web.site import log_user
+
+OPERATOR_NAME = "(operator)"  # the access log's user for the operator token: no user name has parentheses
+
+
+def _every_name(name: str) -> bool:
+    return True
 
 
 def add_route(app: Klein, group: str, path: str, methods: list[str] | None, handler: Callable[..., Any],
@@ -30,10 +37,12 @@ def add_route(app: Klein, group: str, path: str, methods: list[str] | None, hand
 class Gate:
     """Who is asking, and NOPARD_CONFIG's rules for what they may do."""
 
-    def __init__(self, accounts: Accounts, policy: Policy, packages: PackageSource) -> None:
+    def __init__(self, accounts: Accounts, policy: Policy, packages: PackageSource,
+                 operator: OperatorCredential | None = None) -> None:
         self._accounts = accounts
         self.policy = policy
         self._packages = packages
+        self._operator = operator or OperatorCredential()
 
     async def identify(self, request: IRequest) -> Identity:
         """Who is asking; the access log learns it too."""
@@ -58,14 +67,41 @@ class Gate:
             raise AuthenticationRequired(refusal)
         return identity
 
-    async def operator(self, request: IRequest) -> Identity:
-        """Admin actions: from this machine (nopard-admin), or by a logged-in user."""
-        address = getattr(request.getClientAddress(), "host", "")
-        local = address in ("127.0.0.1", "::1") and not header(request, "x-forwarded-for")
-        identity = await self.identify(request)
-        if not local and identity.user is None:
-            raise AuthenticationRequired("log in, or run nopard-admin on the registry's machine")
-        return identity
+    def holds_operator_token(self, request: IRequest) -> bool:
+        """Whether the request carries nopard-admin's operator token; a wrong one is 401.
+
+        The operator is whoever can read the token file on the registry's machine (root or the
+        service user): where a request comes from grants nothing, since behind a reverse proxy
+        every request comes from 127.0.0.1.
+        """
+        presented = header(request, OPERATOR_HEADER)
+        if presented is None:
+            return False
+        if not self._operator.admits(presented):
+            raise AuthenticationRequired(f"the {OPERATOR_HEADER} sent is not this nopard's: nopard-admin reads it "
+                                         "from NOPARD_ADMIN_TOKEN_FILE (default <registry>/.nopard-admin-token)")
+        log_user(request, OPERATOR_NAME)
+        return True
+
+    async def operator(self, request: IRequest) -> Callable[[str], bool]:
+        """The operator routes (sync, prefetch): nopard-admin's operator token, or an admin's login.
+
+        Answers which package names the caller may read. Anonymous is 401, other users and
+        read-only tokens are 403.
+        """
+        if self.holds_operator_token(request):
+            return _every_name
+        identity = await self.admin(request, "log in as an admin, or run nopard-admin on the registry's machine "
+                                             "(it sends the operator token nopard writes at start)")
+        if identity.readonly:
+            raise PermissionDenied("a read-only token cannot run sync jobs")
+        return self.may_read(identity.user)
+
+    async def names_readable(self, request: IRequest) -> Callable[[str], bool]:
+        """Which package names a reader may see: all with the operator token, else the access rules."""
+        if self.holds_operator_token(request):
+            return _every_name
+        return self.may_read((await self.reader(request)).user)
 
     async def admin(self, request: IRequest, refusal: str) -> Identity:
         """An admin (Policy.is_admin): 401 with ``refusal`` when anonymous, 403 for other users."""

@@ -1,12 +1,22 @@
-"""Operator routes: ping, health, metrics, status, and the sync and prefetch triggers."""
+"""Operator routes: ping, health, metrics, status, and the sync and prefetch triggers.
+
+Who may call each: ``/-/ping`` and ``/-/nopard/health`` anyone (load balancers);
+``/-/nopard/status``, ``/-/metrics`` and ``GET /-/nopard/sync`` readers (NOPARD_AUTH_READ),
+the sync reports showing only the packages the caller may read; ``POST /-/nopard/sync``
+and ``/-/nopard/prefetch`` admins and nopard-admin's operator token (Gate.operator).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
 from nopard import __version__
 from nopard.domain.errors import InvalidInput
+from nopard.domain.urls import without_credentials
 from nopard.jobs.schedule import JOBS, SyncSchedule
 from nopard.ops.metrics import Metrics, StoreProbe
 from nopard.web.api.common import Gate, add_route
@@ -69,30 +79,45 @@ class OperationRoutes:
         return body
 
     async def sync_status(self, request: IRequest) -> bytes:
-        """Each sync job's last run and the next one."""
-        await self._gate.reader(request)
-        return json_response(request, 200, self._sync.status())
+        """Each sync job's last run and the next one, naming only packages the caller may read."""
+        may_read = await self._gate.names_readable(request)
+        status = self._sync.status()
+        jobs = {job: visible_report(report, may_read) if report else report for job, report in status["jobs"].items()}
+        return json_response(request, 200, {**status, "jobs": jobs})
 
     async def sync_now(self, request: IRequest) -> bytes:
         """Run the sync jobs now and answer their reports (nopard-admin sync --now)."""
-        await self._gate.operator(request)
+        may_read = await self._gate.operator(request)
         body = await self._requests.optional_json_body(request)
         job = body.get("job") if isinstance(body, dict) else None
         if job not in (None, *JOBS):
             raise InvalidInput(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
         reports = await self._sync.run_now(job)
-        return json_response(request, 200, {"reports": [r.__dict__ for r in reports]})
+        return json_response(request, 200, {"reports": [visible_report(r.__dict__, may_read) for r in reports]})
 
     async def prefetch(self, request: IRequest) -> bytes:
         """Fetch the documents and tarballs of the given name/version pairs (nopard-admin prefetch)."""
-        identity = await self._gate.operator(request)
+        may_read = await self._gate.operator(request)
         body = await self._requests.json_body(request)
         packages = body.get("packages") if isinstance(body, dict) else None
         if not isinstance(packages, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in packages
         ):
             raise InvalidInput('the body must be {"packages": [["name", "version"], ...]}')
-        report = await self._sync.jobs.prefetch(
-            [(name, version) for name, version in packages], may_read=self._gate.may_read(identity.user)
-        )
-        return json_response(request, 200, report.__dict__)
+        report = await self._sync.jobs.prefetch([(name, version) for name, version in packages], may_read=may_read)
+        return json_response(request, 200, visible_report(report.__dict__, may_read))
+
+
+def failed_package(what: str) -> str:
+    """The package a sync failure names: ``name``, ``name@version`` (scoped names start with @), or ``*``."""
+    at = what.rfind("@")
+    return what[:at] if at > 0 else what
+
+
+def visible_report(report: dict[str, Any], may_read: Callable[[str], bool]) -> dict[str, Any]:
+    """A job report as a reader sees it: failures of packages they may not read left out (and
+    uncounted, as for a package that does not exist), URLs in reasons without credentials."""
+    failures = [{"package": f["package"], "reason": without_credentials(f["reason"])} for f in report["failures"]
+                if f["package"] == "*" or may_read(failed_package(f["package"]))]
+    hidden = len(report["failures"]) - len(failures)
+    return {**report, "failures": failures, "failure_count": report["failure_count"] - hidden}
