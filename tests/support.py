@@ -145,7 +145,9 @@ class NopardServer:
 
     def operator_headers(self) -> dict[str, str]:
         """The header nopard-admin sends: the operator token this nopard wrote at start."""
-        token = (self.registry / ".nopard-admin-token").read_text().strip()
+        registry = Path(self._env["NOPARD_REGISTRY_PATH"])  # a test may share another server's
+        path = self._env.get("NOPARD_ADMIN_TOKEN_FILE") or registry / ".nopard-admin-token"
+        token = Path(path).read_text().strip()
         return {"X-Nopard-Operator-Token": token}
 
     def login(self, name: str, password: str, email: str | None = "x@example.com") -> Response:
