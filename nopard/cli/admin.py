@@ -385,9 +385,16 @@ def export_registry(options: argparse.Namespace) -> int:
     os.makedirs(options.target, exist_ok=True)
     storage, target = open_storage(settings.registry_path), open_storage(options.target)
     report = run_now(export(storage, settings.htpasswd_path, target, print))
-    print(f"export: packages {report.local}, tarballs {report.versions}, users {report.users} to "
-          f"{os.path.abspath(options.target)}"
+    skipped = ", ".join(f"{kind} {count}" for kind, count in report.not_exported.items())
+    print(f"export: packages {report.local}, versions {report.versions}, tarballs {report.tarballs}, "
+          f"unpublished {report.unpublished}, users {report.users}, profiles {report.profiles} to "
+          f"{os.path.abspath(options.target)}" + (f"; not exported: {skipped}" if skipped else "")
           + (f"; {report.problems} things left out (listed)" if report.problems else ""))
+    if report.left_out:
+        lost = ", ".join(f"{count} {kind}" for kind, count in report.left_out.items())
+        print(f"nopard-admin: export INCOMPLETE: the store holds more than was written ({lost}); "
+              "nopard-admin fsck lists what it can", file=sys.stderr)
+        return 1
     return 1 if report.problems else 0
 
 

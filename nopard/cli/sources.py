@@ -52,6 +52,7 @@ class Source:
     unreadable: list[str]
     htpasswd: str | None = None
     profiles: str | None = None  # directory of users/<name>.json (nopard layout)
+    unpublished: dict[str, str] = field(default_factory=dict)  # name -> its unpublished.json (nopard layout)
 
 
 # Reading FROM -----------------------------------------------------------------
@@ -138,6 +139,9 @@ def _read_nopard(root: str, htpasswd: str | None) -> Source:
         document_path = os.path.join(directory, keys.DOCUMENT_FILE)
         if os.path.isfile(document_path) and (loaded := _load(document_path, folder_name, source)):
             source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, keys.TARBALLS_FOLDER)))
+        record = os.path.join(directory, "unpublished.json")
+        if os.path.isfile(record):  # a whole package's unpublishing: its versions never come back
+            source.unpublished[folder_name] = record
     return source
 
 

@@ -25,8 +25,9 @@ import copy
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -60,6 +61,12 @@ class TransferReport:
     versions: int = 0
     users: int = 0
     problems: int = 0
+    tarballs: int = 0
+    profiles: int = 0
+    unpublished: int = 0
+    # Export: kinds the store holds more of than were written (a loss), and kinds not exported by design.
+    left_out: dict[str, int] = field(default_factory=dict)
+    not_exported: dict[str, int] = field(default_factory=dict)
 
 
 # Pure parts -------------------------------------------------------------------
@@ -236,8 +243,25 @@ async def import_source(source: Source, storage: Storage, htpasswd_path: str, sa
             await _import_mirrored(package, storage, say, report)
         else:
             await _import_local(package, storage, source.layout == "nopard", say, report)
+    await _import_unpublished(source, storage, say, report)
     await _import_users(source, storage, htpasswd_path, say, report)
     return report
+
+
+async def _import_unpublished(source: Source, storage: Storage, say: Say, report: TransferReport) -> None:
+    """Records of whole packages unpublished there, so their versions stay refused here too."""
+    for name, path in sorted(source.unpublished.items()):
+        try:
+            key = keys.unpublished_key(name)
+            with open(path, "rb") as file:
+                data = file.read()
+        except (InvalidInput, OSError) as error:
+            say(f"unreadable {path}: {getattr(error, 'message', None) or error}")
+            report.problems += 1
+            continue
+        if await storage.create(key, data):
+            say(f"imported the unpublishing of {name}")
+            report.unpublished += 1
 
 
 async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool, say: Say,
@@ -383,10 +407,31 @@ def _profile(source: Source, user: str) -> bytes:
 # Export -----------------------------------------------------------------------
 
 
+# Kinds an export leaves out by design: secrets, the upstream's packages, per-instance state.
+NOT_EXPORTED = frozenset({keys.TOKEN_RECORD, keys.MIRRORED_DOCUMENT, keys.MIRRORED_META, keys.MIRRORED_TARBALL,
+                          keys.SYNC_LOCK, keys.SETTINGS, keys.HEALTH_PROBE, keys.MARKER})
+
+
+def compare_holdings(held: Counter[str], written: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """(kinds held more often than written: lost by the export, kinds not exported by design), by count."""
+    left_out = {kind: count - written[kind] for kind, count in sorted(held.items())
+                if kind not in NOT_EXPORTED and count > written[kind]}
+    skipped = {kind: count for kind, count in sorted(held.items()) if kind in NOT_EXPORTED}
+    return left_out, skipped
+
+
 async def export_registry(storage: Storage, htpasswd_path: str, target: Storage, say: Say) -> TransferReport:
-    """Copy every local package (document and tarballs) and every user of ``storage`` to ``target``."""
+    """Copy every local package (document, tarballs, unpublishing) and every user of ``storage`` to ``target``,
+    then count what the store holds by key kind, independently, against what was written."""
     report = TransferReport()
-    for name in keys.names_of(await storage.list(keys.PACKAGES), keys.LOCAL_DOCUMENT):
+    written: Counter[str] = Counter()
+
+    async def write(key: str, data: bytes) -> None:
+        await target.write(key, data)
+        written[keys.key_kind(key)] += 1
+
+    listing = await storage.list("")
+    for name in keys.names_of(listing, keys.LOCAL_DOCUMENT):
         key = keys.local_document_key(name)
         raw = await storage.read(key)
         document = parse_document(raw) if raw is not None else None
@@ -408,25 +453,37 @@ async def export_registry(storage: Storage, htpasswd_path: str, target: Storage,
                 say(f"skipped {name}@{version}: its tarball is {state} (see nopard-admin fsck)")
                 report.problems += 1
                 continue
-            await target.write(keys.tarball_key(name, filename), data)
+            await write(keys.tarball_key(name, filename), data)
             copied += 1
-        await target.write(key, raw)
+        await write(key, raw)
         say(f"exported {name}: {copied} versions")
         report.local += 1
-        report.versions += copied
+        report.versions += len(document.get("versions") or {})
+        report.tarballs += copied
+    for name in keys.names_of(listing, keys.UNPUBLISHED):
+        data = await storage.read(keys.unpublished_key(name))
+        if data is not None:
+            await write(keys.unpublished_key(name), data)
+            report.unpublished += 1
     if os.path.isfile(htpasswd_path):
         with open(htpasswd_path, "rb") as file:
             content = file.read()
-        await target.write(keys.EXPORTED_HTPASSWD, content)
+        await write(keys.EXPORTED_HTPASSWD, content)
         report.users = len(parse_htpasswd(content.decode("utf-8", "replace")))
     for key in await storage.list(keys.USERS):
         data = await storage.read(key)
-        if data is not None:
-            await target.write(key, data)
+        if data is not None and keys.key_kind(key) == keys.USER_PROFILE:
+            await write(key, data)
+            report.profiles += 1
     say(f"exported {report.users} users (tokens are not exported)")
     marker = {"format": "nopard-export", "version": 1, "exported": iso_time(time.time()),
               "packages": report.local, "users": report.users}
     await target.write(keys.EXPORT_MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    held = Counter(keys.key_kind(key) for key in await storage.list(""))
+    report.left_out, report.not_exported = compare_holdings(held, written)
+    for kind, count in report.left_out.items():
+        say(f"left out {count} {kind} {'key' if count == 1 else 'keys'} the store holds "
+            f"({held[kind]} held, {written[kind]} written)")
     return report
 
 

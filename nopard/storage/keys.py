@@ -199,3 +199,33 @@ def sync_lock_key(job: str) -> str:
 def health_probe_key(unique: str) -> str:
     """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
     return check_key(f"health/probe-{unique}")
+
+
+# What any key is, for counting a store by kind (export compares what it wrote with what is held).
+USER_PROFILE = "user profile"
+TOKEN_RECORD = "token"
+SYNC_LOCK = "sync lock"
+SETTINGS = "settings"
+HEALTH_PROBE = "health probe"
+HTPASSWD = "htpasswd"
+MARKER = "export marker"
+UNKNOWN = "unknown"
+
+
+def key_kind(key: str) -> str:
+    """The kind of what ``key`` holds: a PackageKey kind, USER_PROFILE, ..., or UNKNOWN (no key nopard writes)."""
+    parsed = parse_package_key(key)
+    if parsed is not None:
+        return parsed.kind
+    folder, _, rest = key.partition("/")
+    if folder == USERS_FOLDER and rest.endswith(".json") and "/" not in rest:
+        return USER_PROFILE
+    if key.startswith(TOKENS) and _HASH.fullmatch(rest.removesuffix(".json")) and rest.endswith(".json"):
+        return TOKEN_RECORD
+    if folder == "sync" and rest.endswith(".lock") and _JOB.fullmatch(rest.removesuffix(".lock")):
+        return SYNC_LOCK
+    if key == SETTINGS_OVERRIDES:
+        return SETTINGS
+    if folder == "health" and rest.startswith("probe-"):
+        return HEALTH_PROBE
+    return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)

@@ -634,13 +634,56 @@ def test_export_then_import_gives_the_same_documents(closed: NopardServer, tmp_p
     target = tmp_path / "export"
     result = admin(closed.registry, "export", str(target))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == f"export: packages 2, tarballs 3, users 1 to {target}"
+    assert result.stdout.splitlines()[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 0, users 1, "
+                                              f"profiles 1 to {target}; not exported: token 1")
     assert "tokens" not in {Path(name).parts[0] for name in files_under(target)}
     fresh = tmp_path / "fresh"
     imported = admin(fresh, "import", str(target))
     assert imported.returncode == 0, imported.stdout
     wanted = ("packages/", "users/", "htpasswd")
     assert contents(fresh) == {k: v for k, v in contents(closed.registry).items() if k.startswith(wanted)}
+
+
+def test_export_fails_when_the_store_holds_more_than_it_wrote(registry: Path, tmp_path: Path) -> None:
+    """A package folder whose name nopard cannot parse and a key of no kind export knows: export
+    still writes the rest, then exits 1 saying what the store holds that it did not write."""
+    local_copy(registry, "greeter", "1.0.0")
+    odd = registry / "packages" / "Not A Name"
+    odd.mkdir(parents=True)
+    (odd / "package.json").write_text('{"name": "Not A Name", "versions": {}}')
+    (registry / "packages" / "greeter" / "notes.json").write_text("{}")
+    target = tmp_path / "export"
+    result = admin(registry, "export", str(target))
+    assert result.returncode == 1
+    assert "left out 2 unknown keys the store holds (2 held, 0 written)" in result.stdout.splitlines()
+    assert result.stderr.startswith("nopard-admin: export INCOMPLETE: the store holds more than was written "
+                                    "(2 unknown)")
+    assert (target / "packages" / "greeter" / "package.json").exists()
+
+
+def test_export_and_import_round_trip_packages_named_upstream(registry: Path, tmp_path: Path) -> None:
+    """Packages called upstream and @scope/upstream, and a whole unpublishing, are exported (exit 0,
+    counted) and imported back into a fresh registry unchanged."""
+    local_copy(registry, "upstream", "1.0.0", "1.1.0")
+    local_copy(registry, "@scope/upstream", "2.0.0")
+    gone = registry / "packages" / "retired"
+    gone.mkdir(parents=True)
+    (gone / "unpublished.json").write_text('{"versions": ["1.0.0"]}')
+    target = tmp_path / "export"
+    result = admin(registry, "export", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 1, "
+                                              f"users 0, profiles 0 to {target}")
+    fresh = tmp_path / "fresh"
+    imported = admin(fresh, "import", str(target))
+    assert imported.returncode == 0, imported.stdout
+    back, before = contents(fresh), contents(registry)
+    assert set(back) == set(before)  # every document, tarball and the unpublishing, nothing else
+    for key in before:
+        if key.endswith("package.json"):
+            assert json.loads(back[key])["versions"] == json.loads(before[key])["versions"], key
+        else:
+            assert back[key] == before[key], key
 
 
 def test_export_refuses_a_folder_that_is_not_empty(registry: Path, tmp_path: Path) -> None:
