@@ -7,6 +7,8 @@ errors become JSON answers through one table (nopard.web.errors.STATUS_OF).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -37,6 +39,20 @@ from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.responses import Requests, json_response
 from nopard.web.services import AuditForwarder, MirrorServices, MirrorStatus, RunInThread, Sessions, TarballSizes
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
+
+
+class Route(NamedTuple):
+    """One mounted route: its werkzeug path rule, its methods (None: any) and its endpoint's name."""
+
+    path: str
+    methods: frozenset[str] | None
+    endpoint: str
+
+
+def route_table(app: Klein) -> list[Route]:
+    """The routes of one Klein app, from its URL map."""
+    return [Route(rule.rule, frozenset(rule.methods) if rule.methods else None, str(rule.endpoint))
+            for rule in app.url_map.iter_rules()]
 
 
 class RegistryApp:
@@ -81,6 +97,11 @@ class RegistryApp:
     def resource(self) -> IResource:
         """The Twisted resource serving this app."""
         return Utf8PathGuard(self._app.resource())
+
+    def routes(self) -> list[Route]:
+        """Every route mounted, the pages' under /-/web/ too (the property tests cover each one)."""
+        pages = [Route("/-/web" + route.path, route.methods, route.endpoint) for route in route_table(self._ui.klein)]
+        return route_table(self._app) + pages
 
     async def root(self, request: IRequest) -> bytes:
         """A browser sees the registry's home page; a client a small JSON document."""

@@ -289,6 +289,11 @@ class WebUI:
         """The Twisted resource of the pages (mounted at /-/web/)."""
         return self._app.resource()
 
+    @property
+    def klein(self) -> Klein:
+        """The pages' Klein app (RegistryApp.routes lists its routes)."""
+        return self._app
+
     def static(self, request: IRequest, name: str) -> bytes:
         """nopard's stylesheet and icon: the only assets the pages load."""
         if name not in STATIC:

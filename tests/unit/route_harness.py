@@ -56,6 +56,7 @@ from tests.support import Response
 from tests.unit.readme_fakes import InlineRenderer
 
 OPERATOR_TOKEN = "o" * 43  # the operator token nopard-admin would read from the token file
+MAX_TURNS = 5000  # a request still unanswered after this many reactor turns hangs
 UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to MissingUpstream
 
 
@@ -123,6 +124,11 @@ class InProcess:
     readmes: ReadmeRenders
     resource: IResource
     sessions: MemorySessions
+    app: RegistryApp | None = None
+    storage: Any = None  # the store the app writes to (FilesystemStorage, or what wraps it)
+    upstream_http: StubTreq | None = None  # the upstream's client: flushed with the app's
+    # When a request waits on the clock (a sync job's pacing, say), jump to its next call.
+    skip_idle_time: bool = False
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -177,11 +183,16 @@ class InProcess:
         # there (``called`` is no use: a Deferred waiting on another one counts as called).
         results: list[Any] = []
         pending.addBoth(lambda result: results.append(result) or result)
-        while not results:
+        for turn in range(MAX_TURNS):
             self.client.flush()
-            if not results:
-                await task.deferLater(reactor, 0, lambda: None)
-        return await pending
+            if self.upstream_http is not None:
+                self.upstream_http.flush()
+            if results:
+                return await pending
+            await task.deferLater(reactor, 0, lambda: None)
+            if self.skip_idle_time and turn % 10 == 9 and self.clock.getDelayedCalls():
+                self.clock.advance(min(call.getTime() for call in self.clock.getDelayedCalls()) - self.clock.seconds())
+        raise AssertionError(f"no answer after {MAX_TURNS} turns of the reactor: the request hangs")
 
     async def user(self, name: str, password: str = "secret-pw") -> str:
         """Register ``name`` and return a token of theirs."""
@@ -192,11 +203,13 @@ class InProcess:
 
 
 def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str, ...] = (),
-          renderer: Renderer | None = None, upstream: Resource | None = None, **settings: str) -> InProcess:
+          renderer: Renderer | None = None, upstream: Resource | None = None,
+          wrap_storage: Callable[[FilesystemStorage], Any] | None = None, **settings: str) -> InProcess:
     """nopard's app as makeService wires it, settings as NOPARD_* keywords (lower case).
 
     ``renderer`` renders readmes (default: at once, in-process); ``upstream``
-    is the upstream registry's resource (default: one that holds nothing).
+    is the upstream registry's resource (default: one that holds nothing);
+    ``wrap_storage`` wraps the store every part uses (to count its calls, say).
     """
     env = {"NOPARD_REGISTRY_PATH": str(tmp_path / "registry"), "NOPARD_FORWARDER_URL": UPSTREAM_URL,
            "NOPARD_MAX_USERS": "100",
@@ -209,7 +222,9 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     policy: Policy = parse_policy(rules) if rules is not None else ALLOW_ALL
     if admins:
         policy = Policy(policy.rules, frozenset(admins), policy.groups, policy.enabled)
-    storage = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    storage: Any = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    if wrap_storage is not None:
+        storage = wrap_storage(storage)
     cache = PreparedCache(lambda: live.current.memory_cache_size)
     coordination = InProcessCoordination()
     registry = Registry(storage, cache, clock, coordination)
@@ -234,7 +249,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
     )
     resource = AsPeer(app.resource())
-    return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions)
+    return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
+                     upstream_http)
 
 
 def _whole(reply: bytes) -> bool:
