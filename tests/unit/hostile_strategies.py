@@ -209,6 +209,7 @@ HEADERS = st.fixed_dictionaries({}, optional={
     "X-Forwarded-Proto": st.sampled_from(("https", "http", "gopher", "")),
     "Cookie": st.one_of(st.sampled_from(("nopard_session=" + "0" * 64, "nopard_csrf=x; nopard_session=..")), ASCII),
     "npm-command": st.sampled_from(("publish", "install", "unpublish", "")),
+    "X-Nopard-Operator-Token": st.one_of(st.sampled_from(("", "o" * 42, "o" * 44, "O" * 43)), ASCII),
 })
 
 
