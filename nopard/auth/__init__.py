@@ -62,15 +62,15 @@ class Accounts:
     async def check_password(self, name: str, password: str, address: str | None = None) -> bool:
         """Whether ``password`` is ``name``'s, counting failures against brute force.
 
-        Raises TooManyAttempts, without checking, while the account or the
-        address failed too often lately.
+        Raises TooManyAttempts, without checking, while the account failed too
+        often lately from this address, or the address did for any account.
         """
         if self.limiter is None:
             return await self.users.check(name, password)
         # LoginLimiter answers at once, SharedLoginLimiter (Redis) with awaitables.
         await _settle(self.limiter.check(name, address))
         if await self.users.check(name, password):
-            await _settle(self.limiter.succeeded(name))
+            await _settle(self.limiter.succeeded(name, address))
             return True
         await _settle(self.limiter.failed(name, address))
         return False

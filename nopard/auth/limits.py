@@ -1,11 +1,16 @@
 """Brute-force protection: failed password checks per account and per client address.
 
-Each key (``user:<name>``, ``addr:<address>``) keeps the times of its recent
-failures. Once a key has NOPARD_LOGIN_ATTEMPTS failures within the last
+Each key (``user:<name>@<address>``, ``addr:<address>``) keeps the times of its
+recent failures. Once a key has NOPARD_LOGIN_ATTEMPTS failures within the last
 NOPARD_LOGIN_WINDOW seconds, further password checks for it are refused with
 TooManyAttempts before the password is even looked at; the refusal says when
 the oldest counted failure leaves the window. A successful check clears the
-account's failures. Nothing is ever locked for longer than the window.
+account's failures from that address. Nothing is ever locked for longer than the window.
+
+An account is counted per client address, never as a whole: a count of the account's
+failures from anywhere would let anyone lock its owner out by failing on purpose
+(an anonymous lock-out). Each address is limited over all accounts, so one client
+cannot guess at many accounts either.
 Kept in memory (a restart forgets every count), and with NOPARD_REDIS_URL in Redis
 too, so attempts spread over several instances add up (SharedLoginLimiter).
 """
@@ -59,11 +64,12 @@ class LoginLimiter:
     @staticmethod
     def keys(account: str | None, address: str | None) -> list[str]:
         """The keys a check by ``account`` from ``address`` counts against."""
+        group = address_group(address)
         keys = []
         if account:
-            keys.append(f"user:{account}")
-        if address:
-            keys.append(f"addr:{address_group(address)}")
+            keys.append(f"user:{account}@{group}")
+        if group:
+            keys.append(f"addr:{group}")
         return keys
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
@@ -112,10 +118,11 @@ class LoginLimiter:
         while len(self._failures) > self._max_keys:
             self._failures.popitem(last=False)
 
-    def succeeded(self, account: str | None) -> None:
-        """The account proved its password: forget its failures (its address keeps its count)."""
+    def succeeded(self, account: str | None, address: str | None = None) -> None:
+        """The account proved its password from ``address``: forget its failures there
+        (the address keeps its own count)."""
         if account:
-            self._failures.pop(f"user:{account}", None)
+            self._failures.pop(self.keys(account, address)[0], None)
 
 
 # Across instances --------------------------------------------------------------
@@ -190,13 +197,13 @@ class SharedLoginLimiter:
         except RedisDown:
             pass
 
-    async def succeeded(self, account: str | None) -> None:
-        """The account proved its password: forget its failures everywhere."""
+    async def succeeded(self, account: str | None, address: str | None = None) -> None:
+        """The account proved its password from ``address``: forget its failures there, everywhere."""
         from nopard.cluster.link import RedisDown
 
-        self._local.succeeded(account)
+        self._local.succeeded(account, address)
         if account:
             try:
-                await self._link.call("delete", self._keys(account, None))
+                await self._link.call("delete", self._keys(account, address)[:1])
             except RedisDown:
                 pass

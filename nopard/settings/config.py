@@ -147,8 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
         "login_attempts",
         "10",
         parse_positive,
-        "Failed password checks per account, and per client address, within NOPARD_LOGIN_WINDOW "
-        "before further tries get 429.",
+        "Failed password checks per account from one client address, and per client address over all "
+        "accounts, within NOPARD_LOGIN_WINDOW before further tries from that address get 429.",
     ),
     Setting(
         "login_window",
