@@ -64,3 +64,23 @@ async def test_stars_are_listed_per_user(tmp_path: Path) -> None:
     assert starred.status == 200
     answer = await app.call("GET", '/-/_view/starredByUser?key="alice"', token=token)
     assert answer.json() == {"rows": [{"value": "shiny"}]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_packages_named_like_a_storage_folder_are_searched_starred_and_listed(tmp_path: Path) -> None:
+    """`upstream` and `@scope/upstream` are package names like any other (their keys share a word
+    with the mirrored copies' folder): search finds them, npm stars lists them, the home page shows them."""
+    app = build(tmp_path)
+    token = await app.user("alice")
+    for name in ("upstream", "@scope/upstream"):
+        await publish(app, token, name, description="folder word")
+        document = (await app.call("GET", f"/{name.replace('/', '%2f')}")).json()
+        starred = await app.call("PUT", f"/{name.replace('/', '%2f')}",
+                                 {"_id": name, "_rev": document["_rev"], "users": {"alice": True}}, token=token)
+        assert starred.status == 200, starred.body
+    assert sorted(found((await app.call("GET", "/-/v1/search?text=folder")).json())) == ["@scope/upstream", "upstream"]
+    stars = (await app.call("GET", '/-/_view/starredByUser?key="alice"', token=token)).json()
+    assert sorted(row["value"] for row in stars["rows"]) == ["@scope/upstream", "upstream"]
+    home = await app.call("GET", "/", Accept="text/html")
+    assert home.status == 200
+    assert "@scope/upstream" in home.body.decode() and "/-/web/package/upstream" in home.body.decode()
