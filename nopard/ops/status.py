@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
-from nopard.domain.urls import without_credentials
 
 
 class Breaker(Protocol):
@@ -28,7 +27,7 @@ class Breaker(Protocol):
 class UpstreamHealth(Protocol):
     """An upstream, as far as the status shows it."""
 
-    base_url: str
+    shown_url: str  # the URL without its credentials
     breaker: Breaker
     requests_made: int
 
@@ -62,7 +61,7 @@ class OperatorStatus:
             "cache": self._cache.stats(),
             "redis": {"state": shared.state, "since": since},
             "upstreams": [
-                {"url": without_credentials(u.base_url), "state": u.breaker.state,
+                {"url": u.shown_url, "state": u.breaker.state,
                  "consecutive_failures": u.breaker.failures, "requests": u.requests_made,
                  "down_since": u.breaker.opened_at}
                 for u in self._upstreams()

@@ -7,12 +7,13 @@ fake upstream and the service builds the real one (proxy, TLS policy, pool).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import treq
 from treq.client import HTTPClient
@@ -28,6 +29,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from nopard.domain.errors import UpstreamUnavailable
+from nopard.domain.urls import without_credentials
 from nopard.ops.metrics import Metrics, add_upstream_wait
 from nopard.settings.config import LiveSettings
 from nopard.upstream.breaker import Admission, Breaker
@@ -59,6 +61,21 @@ def document_url(base_url: str, name: str) -> str:
     return f"{base_url.rstrip('/')}/{quote(name, safe='@')}"
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@``, and those as a Basic Authorization header (or None).
+
+    An upstream URL may carry them (``https://user:pass@host/``, as npm's config allows);
+    Twisted's agent would take them for part of the host name, and they must never be shown.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    return urlunsplit(parts._replace(netloc=host)), "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 class Upstream:
     """One upstream registry, reached through the shared HTTP client."""
 
@@ -72,7 +89,9 @@ class Upstream:
         log: Logger | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url, self._basic = split_credentials(base_url.rstrip("/"))
+        # What operators are shown: the URL, with "<redacted>@" where it carries credentials.
+        self.shown_url = without_credentials(base_url.rstrip("/"))
         self._host = urlsplit(self.base_url).netloc
         self._http = http
         self._settings = settings
@@ -141,8 +160,11 @@ class Upstream:
 
     def _headers(self, url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"User-Agent": self._settings.current.user_agent, **(extra or {})}
-        if self._token and urlsplit(url).netloc == self._host:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if urlsplit(url).netloc == self._host:
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            elif self._basic:
+                headers["Authorization"] = self._basic
         return headers
 
     async def _request(self, call: _Call, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
@@ -271,8 +293,11 @@ _NO_ANSWER = "did not answer in time"
 
 
 def _unavailable(message: str, reason: str) -> UpstreamUnavailable:
-    """An UpstreamUnavailable carrying ``reason``, the metrics' word for the failure."""
-    error = UpstreamUnavailable(message)
+    """An UpstreamUnavailable carrying ``reason``, the metrics' word for the failure.
+
+    Its message reaches clients and the log: an upstream URL's ``user:password@`` is left out.
+    """
+    error = UpstreamUnavailable(without_credentials(message))
     error.reason = reason  # type: ignore[attr-defined]
     return error
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
@@ -158,3 +160,20 @@ async def test_a_probe_whose_answer_cannot_be_read_ends(tmp_path, monkeypatch) -
     m.upstream.fault = None
     m.clock.advance(10)
     assert (await m.settle(upstream.document("demo"))).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_in_the_upstream_url_are_sent_as_basic_auth_and_never_shown() -> None:
+    """An upstream URL may carry ``user:password@``: they go to that upstream as Basic auth, and
+    the error a client gets (and the log) when it fails names the upstream without them. Before,
+    Twisted took them for part of the host name: every request failed, the message showing them."""
+    upstream, resource = await upstream_for([(200, {}, b'{"name":"pkg","versions":{}}'), (503, {}, b"")])
+    port = upstream.base_url.rsplit(":", 1)[1]
+    with_credentials = Upstream(f"http://mirror-user:s3%40cret@127.0.0.1:{port}/", upstream._http,
+                                upstream._settings, reactor)
+    assert with_credentials.base_url == f"http://127.0.0.1:{port}"
+    assert (await with_credentials.document("pkg")).status == 200
+    assert resource.seen[0]["authorization"] == "Basic " + base64.b64encode(b"mirror-user:s3@cret").decode()
+    with pytest.raises(UpstreamUnavailable) as failed:
+        await with_credentials.document("pkg")
+    assert "cret" not in failed.value.message and "mirror-user" not in failed.value.message
