@@ -16,6 +16,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from nopard.domain.errors import (
     AuthenticationRequired,
@@ -96,6 +97,9 @@ def install_error_handlers(app: Klein, log: Logger) -> None:
     # Klein tries the handlers in the order they were added: the general one last.
     app.handle_errors(NopardError)(domain_error)
     app.handle_errors(RouteNotFound)(route_not_found)
+    # werkzeug answers "//" in a path, or a missing trailing slash, by raising a redirect to the
+    # merged path (built from the Host header): no client of nopard needs one, so not found.
+    app.handle_errors(RequestRedirect)(route_not_found)
     app.handle_errors(MethodNotAllowed)(method_not_allowed)
     app.handle_errors(InvalidKey)(invalid_key)
     app.handle_errors(Exception)(unexpected)
