@@ -40,11 +40,16 @@ def twistd_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# Written by nopard at start (NOPARD_ADMIN_TOKEN_FILE's default), not by any request.
+OPERATOR_TOKEN_FILE = ".nopard-admin-token"
+
+
 def files_under(path: Path) -> list[str]:
-    """Every file below ``path``, relative, sorted: what a rejected request must not change."""
+    """Every file below ``path``, relative, sorted: what a rejected request must not change
+    (the operator token nopard writes when it starts left out)."""
     if not path.exists():
         return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != OPERATOR_TOKEN_FILE)
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
@@ -61,8 +66,9 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
 
 def temporary_leftovers(directory: Path) -> list[Path]:
     """Dot files a write or download left behind (every write goes through one); the fs
-    backend's lock files under ``.locks/`` are meant to stay."""
-    return [p for p in directory.rglob(".*") if ".locks" not in p.relative_to(directory).parts]
+    backend's lock files under ``.locks/`` and the operator token are meant to stay."""
+    return [p for p in directory.rglob(".*")
+            if ".locks" not in p.relative_to(directory).parts and p.name != OPERATOR_TOKEN_FILE]
 
 
 @dataclass
