@@ -210,13 +210,3 @@ async def test_paths_werkzeug_would_redirect_are_not_found(tmp_path: Path, metho
     answer = await build(tmp_path).call(method, path)
     assert (answer.status, answer.json()) == (404, {"error": "not found"})
 
-
-@pytest.mark.xfail(reason="[to: readme] FINDINGS.md: werkzeug's RequestRedirect is a 500 in the pages (ui.py)")
-@pytest.mark.parametrize(("method", "path"), [("GET", "/-/web/package//refresh"), ("POST", "/-/web/package//refresh"),
-                                              ("GET", "/-/web/static//x")])
-@pytest_twisted.ensureDeferred
-async def test_page_paths_with_an_empty_segment_are_not_a_5xx(tmp_path: Path, method: str, path: str) -> None:
-    """Found by the property suite: werkzeug merges the slashes of these paths by raising a
-    redirect inside the pages' app, which answered 500; any answer but a 5xx will do."""
-    answer = await build(tmp_path).call(method, path)
-    assert answer.status < 500, answer.body[:300]
