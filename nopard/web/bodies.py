@@ -1,13 +1,15 @@
-"""What a request body may cost: its size limit by route, and what parsing it as JSON may take.
+"""What a request body may cost: its size limit by route, what parsing it as JSON may take,
+and how many body bytes may be in flight at once, per client address and in all.
 
-Both rules are pure functions of what the request says, decided before the body is read
+The first two are pure functions of what the request says, decided before the body is read
 (``body_limit``, from the method and path as the headers arrive) or parsed
-(``check_parse_cost``, from a count of the body's structural characters).
+(``check_parse_cost``, from a count of the body's structural characters). The third is a
+count (``BodyBudget``) the site keeps as bytes arrive and requests end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from nopard.domain import names
@@ -136,3 +138,72 @@ def check_parse_cost(raw: bytes) -> None:
             f"about {cost // 1024 ** 2} MB, more than {PARSE_COST_MULTIPLE} times its size plus "
             f"{PARSE_COST_ALLOWANCE // 1024 ** 2} MB"
         )
+
+
+# Body bytes in flight: received, and held (in a temporary file, then read whole by the
+# route: an audit keeps its body in memory while the upstream answers, a publish while it
+# is parsed) until the request is answered or its connection lost. Without a bound, one
+# anonymous client opening connections that each send a 16 MB audit held 16 MB of memory
+# (and as much temporary disk) per connection while the upstream was slow.
+# Per client address (``auth.limits.address_group``): three bodies of the largest size.
+# npm publishes one package at a time and a CI machine a few in parallel, of a few MB each
+# at most; npm's audits are a few hundred KB gzipped, so hundreds of them at once from one
+# address (many CI jobs behind one NAT, or every client behind a reverse proxy) still fit.
+ADDRESS_BUDGET_BODIES = 3
+# In all: ten bodies of the largest size (1 GB with the default NOPARD_MAX_BODY_SIZE).
+# Both scale with NOPARD_MAX_BODY_SIZE, so an operator allowing larger bodies allows them
+# to be sent in parallel too.
+TOTAL_BUDGET_BODIES = 10
+# Bodies in flight end within seconds (the upstream's answer to an audit, a publish's
+# parse), so a refused client may try again soon.
+BUDGET_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """Why a body's next bytes do not fit: the status to answer, its words, when to come back."""
+
+    status: int
+    message: str
+    retry_after: int = BUDGET_RETRY_AFTER
+
+
+@dataclass
+class BodyBudget:
+    """The body bytes in flight per client address group and in all, within
+    ADDRESS_BUDGET_BODIES and TOTAL_BUDGET_BODIES bodies of NOPARD_MAX_BODY_SIZE."""
+
+    total: int = 0
+    _held: dict[str, int] = field(default_factory=dict)
+
+    def held(self, group: str) -> int:
+        """The bytes in flight from ``group``."""
+        return self._held.get(group, 0)
+
+    def take(self, group: str, size: int, max_body_size: int) -> BudgetRefusal | None:
+        """Count ``size`` more bytes from ``group``, or say why they do not fit (nothing counted)."""
+        per_address, in_all = ADDRESS_BUDGET_BODIES * max_body_size, TOTAL_BUDGET_BODIES * max_body_size
+        if self.held(group) + size > per_address:
+            return BudgetRefusal(429, (
+                f"too many request bodies in flight from your address: at most {per_address} bytes at once "
+                f"({ADDRESS_BUDGET_BODIES} times NOPARD_MAX_BODY_SIZE); retry once your other requests are answered"
+            ))
+        if self.total + size > in_all:
+            return BudgetRefusal(503, (
+                f"the registry is receiving too many request bodies at once: at most {in_all} bytes "
+                f"({TOTAL_BUDGET_BODIES} times NOPARD_MAX_BODY_SIZE); retry in a few seconds"
+            ))
+        self._held[group] = self.held(group) + size
+        self.total += size
+        return None
+
+    def release(self, group: str, size: int) -> None:
+        """``group``'s request ended: its ``size`` bytes no longer count."""
+        if size <= 0:
+            return
+        left = self.held(group) - size
+        if left > 0:
+            self._held[group] = left
+        else:
+            self._held.pop(group, None)
+        self.total -= size

@@ -1,5 +1,6 @@
 """The HTTP site: a request that enforces its route's body limit while the body arrives,
-and one access-log line (and the request metrics) per request.
+a count of the body bytes in flight per client address and in all, and one access-log line
+(and the request metrics) per request.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from nopard.auth.limits import address_group
 from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 from nopard.settings.config import LiveSettings
-from nopard.web.bodies import BodyLimit, body_limit
+from nopard.web.bodies import BodyBudget, BodyLimit, BudgetRefusal, body_limit
 
 _SECRET_IN_PATH = re.compile(r"(/-/user/token/|/-/npm/v1/tokens/token/|/-/v1/login/|/-/v1/done/)[^/?#]+")
+
+
+# The reason phrases of the refusals written before a body is in (Twisted's table lacks 429).
+_REASONS = {413: b"Payload Too Large", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 
 
 def redact_path(path: str) -> str:
@@ -49,12 +55,17 @@ class NopardChannel(http.HTTPChannel):
 
 
 class NopardRequest(server.Request):
-    """A request that refuses an oversized body before buffering it.
+    """A request that refuses an oversized body before buffering it, and a body that does
+    not fit the bytes in flight.
 
     The limit is its route's (``bodies.body_limit``, from the request line), checked
     against Content-Length as soon as the headers are in, and against the bytes
     received as they arrive; an oversized request gets a 413 JSON answer at once and
     its connection is closed, so at most the limit (and one read) is ever buffered.
+    Each piece of the body is also counted in the site's ``BodyBudget`` under the peer's
+    address group before it is kept (past the budget: 429 for the address, 503 in all,
+    with Retry-After, connection closed); the count is released when the request is
+    answered, refused or its connection lost.
     """
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
@@ -65,6 +76,10 @@ class NopardRequest(server.Request):
         self.started = self._site().clock.seconds()
         self.body_received = 0
         self.body_limit: BodyLimit | None = None
+        self.body_held = 0  # bytes of the body counted in ``budget``
+        # The site's; kept here, as the request loses its channel before it is told it finished.
+        self.budget: BodyBudget = self._site().body_budget
+        self.client_group = ""  # the peer's address_group, set as the headers arrive
         self.rejected = False
         # The account, for the access log; Twisted's own bytes ``user`` (filled by getUser) goes unused.
         self.user: str | None = None  # type: ignore[assignment]
@@ -91,20 +106,34 @@ class NopardRequest(server.Request):
         """Decide the route's limit (the headers are in); refuse at once a declared length above it."""
         # Twisted parses a POSTed form body into ``args`` (its flag, read in requestReceived).
         self._parsePOSTFormSubmission = self._limit().forms
+        # The connection's peer, never X-Forwarded-For (which any client may write).
+        self.client_group = address_group(getattr(self.getClientAddress(), "host", None))
         if length is not None and length > self._limit().size:
             self._refuse_oversized()
             return
+        # Answered (finish) or connection lost (errback): either way its body's bytes go.
+        self.notifyFinish().addBoth(lambda _: self._release_body())
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        """Count what arrives; refuse once it passes the limit."""
+        """Count what arrives; refuse once it passes the limit, or does not fit the bytes in flight."""
         if self.rejected:
             return
         self.body_received += len(data)
         if self.body_received > self._limit().size:
             self._refuse_oversized()
             return
+        refusal = self.budget.take(
+            self.client_group, len(data), self._site().settings.current.max_body_size)
+        if refusal is not None:
+            self._refuse_busy(refusal)
+            return
+        self.body_held += len(data)
         super().handleContentChunk(data)
+
+    def _release_body(self) -> None:
+        self.budget.release(self.client_group, self.body_held)
+        self.body_held = 0
 
     def process(self) -> None:
         """Route the request, unless it was already refused.
@@ -121,21 +150,29 @@ class NopardRequest(server.Request):
             request_upstream_wait.reset(token)
 
     def _refuse_oversized(self) -> None:
+        limit = self._limit()
+        self._refuse(413, f"request body is larger than {limit.size} bytes ({limit.name})")
+
+    def _refuse_busy(self, refusal: BudgetRefusal) -> None:
+        self._refuse(refusal.status, refusal.message, b"Retry-After: %d\r\n" % refusal.retry_after)
+
+    def _refuse(self, status: int, message: str, headers: bytes = b"") -> None:
+        """Answer ``status`` with ``message`` as JSON now, while the body is still arriving, and close."""
         self.rejected = True
         self.content = BytesIO()
+        self._release_body()
         # No "100 Continue" after the refusal: the client must not send the body.
         self.requestHeaders.removeHeader(b"expect")
-        limit = self._limit()
-        body = orjson.dumps({"error": f"request body is larger than {limit.size} bytes ({limit.name})"})
+        body = orjson.dumps({"error": message})
         head = (
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+            + b"Content-Type: application/json\r\n" + headers
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
         )
         transport = self.channel.transport
         assert transport is not None  # the body is still arriving on it
         transport.write(head + body)
-        self._site().log_refusal(self, 413, len(body))
+        self._site().log_refusal(self, status, len(body))
         transport.loseConnection()
 
 
@@ -156,6 +193,8 @@ class NopardSite(server.Site):
         self._log = log
         self._metrics = metrics
         self.displayTracebacks = False
+        # The body bytes its requests hold, per client address and in all (see NopardRequest).
+        self.body_budget = BodyBudget()
 
     def log(self, request: NopardRequest) -> None:  # type: ignore[override]  # requestFactory's only
         """Emit the access line of a finished request."""

@@ -1,5 +1,6 @@
 """What one body can cost nopard, per route that takes a body, counted through its own site:
-bytes buffered for a refused body, files written, and parses started."""
+bytes buffered for a refused body, files written, and parses started; and what many bodies in
+flight at once can cost, per client address and in all."""
 
 from __future__ import annotations
 
@@ -9,11 +10,18 @@ from typing import Any
 import orjson
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nopard.web import responses
-from nopard.web.bodies import SMALL_BODY_LIMIT
+from nopard.web.bodies import ADDRESS_BUDGET_BODIES, SMALL_BODY_LIMIT, TOTAL_BUDGET_BODIES
+from nopard.web.site import NopardRequest, NopardSite
 from tests.support import files_under
-from tests.unit.route_harness import InProcess, build
+from tests.unit.route_harness import InProcess, _whole, build
 
 MAX = 1024 * 1024  # NOPARD_MAX_BODY_SIZE in these tests
 PIECE = 4096  # bytes the network hands over at a time
@@ -147,3 +155,186 @@ async def test_the_browser_forms_are_still_parsed(tmp_path: Path) -> None:
     exchange = await app.raw(head("POST", "/-/web/login", "Content-Type: application/x-www-form-urlencoded",
                                   f"Content-Length: {len(body)}") + body)
     assert exchange.request.args[b"name"] == [b"alice"]
+
+
+# The body bytes in flight: many connections from one address, each partway through its body.
+
+PER_ADDRESS, IN_ALL = ADDRESS_BUDGET_BODIES * MAX, TOTAL_BUDGET_BODIES * MAX
+AUDIT, PUBLISH = "/-/npm/v1/security/advisories/bulk", "/pkg"
+
+
+class Connection:
+    """One client connection to ``site``, from ``host``, fed by hand: what the reactor does."""
+
+    def __init__(self, site: NopardSite, host: str, made: list[NopardRequest]) -> None:
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5984))
+        peer = IPv6Address("TCP", host, 40000) if ":" in host else IPv4Address("TCP", host, 40000)
+        self.transport = StringTransport(peerAddress=peer)
+        self.channel.makeConnection(self.transport)
+        self._made, self._first = made, len(made)
+
+    @property
+    def request(self) -> NopardRequest:
+        return self._made[self._first]
+
+    def start(self, path: str, method: str = "") -> Connection:
+        """Send the headers of a chunked body."""
+        method = method or ("POST" if path == AUDIT else "PUT")
+        self.channel.dataReceived(head(method, path, "Content-Type: application/json", "Transfer-Encoding: chunked"))
+        return self
+
+    def send(self, size: int) -> None:
+        """Send ``size`` more bytes of the body, PIECE at a time, until the server closes."""
+        for offset in range(0, size, PIECE):
+            if self.transport.disconnecting:
+                return
+            piece = b" " * min(PIECE, size - offset)
+            self.channel.dataReceived(b"%x\r\n%s\r\n" % (len(piece), piece))
+
+    async def end(self) -> bytes:
+        """Send the last chunk; the reply, once whole."""
+        self.channel.dataReceived(b"0\r\n\r\n")
+        for _ in range(10_000):
+            if _whole(self.transport.value()):
+                break
+            await task.deferLater(reactor, 0, lambda: None)
+        return self.transport.value()
+
+    def hang_up(self) -> None:
+        """The client goes away mid-body: the reactor tells the channel."""
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+    @property
+    def status(self) -> int:
+        reply = self.transport.value()
+        return int(reply.split(b" ", 2)[1]) if reply else 0
+
+    def answer(self) -> tuple[dict[bytes, bytes], Any]:
+        head_, _, body = self.transport.value().partition(b"\r\n\r\n")
+        headers = dict(line.split(b": ", 1) for line in head_.split(b"\r\n")[1:])
+        return headers, orjson.loads(body)
+
+
+class Clients:
+    """nopard's own site (as twistd serves it) over the app, and the connections made to it."""
+
+    def __init__(self, app: InProcess) -> None:
+        self.made: list[NopardRequest] = []
+        made = self.made
+
+        class Recorded(NopardRequest):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        self.site = NopardSite(app.resource, app.settings, app.clock, Logger(namespace="nopard.test"))
+        self.site.requestFactory = Recorded
+
+    def connect(self, host: str) -> Connection:
+        return Connection(self.site, host, self.made)
+
+    def buffered(self) -> int:
+        """The body bytes the requests still open hold in their buffers."""
+        return sum(r.content.seek(0, 2) for r in self.made if not r.finished and not r._disconnected
+                   and not r.rejected)
+
+
+ALMOST = MAX - PIECE  # a body just under the largest: ADDRESS_BUDGET_BODIES of them fit one address
+
+
+def assert_refused_busy(connection: Connection, status: int, words: str) -> None:
+    assert connection.status == status and connection.transport.disconnecting
+    headers, answer = connection.answer()
+    assert headers[b"Content-Type"] == b"application/json" and int(headers[b"Retry-After"]) > 0
+    assert words in answer["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_in_flight_from_one_address_are_bounded(tmp_path: Path) -> None:
+    """Audits and publishes from one address, each left partway: they are held up to the
+    address's budget; the next is refused 429 JSON with Retry-After and closed; the bytes held
+    never pass the budget; another address still publishes; once the first are answered or
+    hung up, the address may send as much again."""
+    app, _ = app_with_store(tmp_path)
+    clients = Clients(app)
+    held = [clients.connect("10.0.0.1").start(path) for path in [AUDIT, PUBLISH, AUDIT]]
+    for connection in held:
+        connection.send(ALMOST)
+        assert connection.status == 0  # still reading: nothing answered
+        assert clients.buffered() <= PER_ADDRESS
+    refused = clients.connect("10.0.0.1").start(AUDIT)
+    refused.send(ALMOST)
+    assert_refused_busy(refused, 429, "too many request bodies in flight from your address")
+    # refused with the first piece that did not fit
+    assert refused.request.body_received == PER_ADDRESS - 3 * ALMOST + PIECE
+    assert clients.site.body_budget.held("10.0.0.1") == clients.buffered() <= PER_ADDRESS
+
+    other = clients.connect("10.0.0.2").start(PUBLISH)
+    other.send(ALMOST)
+    assert b" 401 " in (await other.end()).split(b"\r\n")[0]  # read whole, then asked who is publishing
+
+    assert b" 401 " in (await held[1].end()).split(b"\r\n")[0]  # the publish is answered ...
+    held[0].hang_up()  # ... and an audit's client goes away
+    assert clients.site.body_budget.held("10.0.0.1") == ALMOST
+    again = [clients.connect("10.0.0.1").start(AUDIT) for _ in range(2)]
+    for connection in again:
+        connection.send(ALMOST)
+    assert [connection.status for connection in again] == [0, 0]
+    assert clients.site.body_budget.held("10.0.0.1") == 3 * ALMOST
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_count_is_released_whatever_ends_a_request(tmp_path: Path) -> None:
+    """Many rounds of bodies answered, hung up, refused oversized and refused for the budget:
+    afterwards nothing counts as in flight (the counter does not leak), and a full budget fits."""
+    app, _ = app_with_store(tmp_path)
+    clients = Clients(app)
+    for _ in range(3):
+        oversized = clients.connect("10.0.0.1").start(PUBLISH)
+        oversized.send(MAX + PIECE)
+        assert oversized.status == 413
+        answered, hung, third = (clients.connect("10.0.0.1").start(PUBLISH) for _ in range(3))
+        for connection in (answered, hung, third):
+            connection.send(ALMOST)
+        declared = clients.connect("10.0.0.1")
+        declared.channel.dataReceived(head("PUT", "/-/user/org.couchdb.user:x", "Content-Length: 100") + b"{" * 50)
+        busy = clients.connect("10.0.0.1").start(AUDIT)
+        busy.send(MAX)
+        assert busy.status == 429
+        assert clients.site.body_budget.held("10.0.0.1") == 3 * ALMOST + 50
+        assert b" 401 " in (await answered.end()).split(b"\r\n")[0]
+        for connection in (hung, third, declared, oversized, busy):  # mid-body, or refused already
+            connection.hang_up()
+    assert clients.site.body_budget.total == 0 and clients.site.body_budget.held("10.0.0.1") == 0
+    full = [clients.connect("10.0.0.1").start(AUDIT) for _ in range(ADDRESS_BUDGET_BODIES)]
+    for connection in full:
+        connection.send(ALMOST)
+    assert [connection.status for connection in full] == [0] * ADDRESS_BUDGET_BODIES
+
+
+@pytest_twisted.ensureDeferred
+async def test_bodies_in_flight_in_all_are_bounded(tmp_path: Path) -> None:
+    """Many addresses, each within its own budget: once the bytes in flight in all reach the
+    site's budget, the next body is refused 503 JSON with Retry-After, whichever address sends it."""
+    app, _ = app_with_store(tmp_path)
+    clients = Clients(app)
+    for n in range(TOTAL_BUDGET_BODIES):
+        clients.connect(f"10.0.1.{n}").start(AUDIT).send(ALMOST)
+    assert clients.buffered() == TOTAL_BUDGET_BODIES * ALMOST
+    refused = clients.connect("10.0.2.1").start(AUDIT)
+    refused.send(ALMOST)
+    assert_refused_busy(refused, 503, "receiving too many request bodies at once")
+    assert clients.site.body_budget.total == clients.buffered() <= IN_ALL
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ipv6_client_counts_per_64(tmp_path: Path) -> None:
+    """Addresses of one /64 share one budget (a host may use any of them); the next /64 has its own."""
+    app, _ = app_with_store(tmp_path)
+    clients = Clients(app)
+    for n in range(ADDRESS_BUDGET_BODIES):
+        clients.connect(f"2001:db8::{n + 1}").start(AUDIT).send(ALMOST)
+    same, next_ = clients.connect("2001:db8::ff").start(AUDIT), clients.connect("2001:db8:0:1::1").start(AUDIT)
+    same.send(ALMOST)
+    next_.send(ALMOST)
+    assert (same.status, next_.status) == (429, 0)
