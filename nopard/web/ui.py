@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.routing import RequestRedirect
 
 from nopard.auth import Accounts
 from nopard.catalog.search import SearchIndex, parse_query, score
@@ -309,7 +310,8 @@ class WebUI:
 
     async def failed(self, request: IRequest, failure: Failure) -> bytes:
         """Errors as pages: not found, not allowed, or a logged internal error."""
-        if failure.check(NotFound, RouteNotFound):
+        # werkzeug merges a path's "//" by raising a redirect: no page needs one, so not found.
+        if failure.check(NotFound, RouteNotFound, RequestRedirect):
             message = cast(NotFound, failure.value).message if failure.check(NotFound) else "There is no such page."
             viewer = await self._browser.viewer(request)
             return await html(request, pages.message_page(viewer, "Not found", message), 404)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.s3_server import MotoServer
-from tests.support import NopardServer, files_under, publish_body, tarball_bytes
+from tests.support import OPERATOR_TOKEN_FILE, NopardServer, files_under, publish_body, tarball_bytes
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def test_publish_and_read_back_through_s3(
     assert "npm/main/users/alice.json" in objects
     assert any(key.startswith("npm/main/tokens/") for key in objects)
     assert all(key.startswith("npm/main/") for key in objects)
-    # Only what must be local: the htpasswd file (users' passwords) and the
-    # (empty) spool directory where upstream downloads are verified.
+    # Only what must be local: the htpasswd file (users' passwords), the operator token of
+    # this instance, and the (empty) spool directory where upstream downloads are verified.
     assert files_under(server.registry) == ["htpasswd"]
-    assert {path.name for path in server.registry.iterdir()} <= {"htpasswd", ".spool"}
+    assert {path.name for path in server.registry.iterdir()} <= {"htpasswd", ".spool", OPERATOR_TOKEN_FILE}
 
     # The store's size is the bucket's, under the prefix.
     metrics = server.request("GET", "/-/metrics").body.decode()
