@@ -35,11 +35,13 @@ class BodyLimit:
     ``forms``: whether a form body (urlencoded or multipart) is parsed into the request's
     arguments, as Twisted does for POSTs. Only small bodies are: the browser's forms are
     all small, and Twisted's form parsers cost many times a body's size.
+    ``lists``: an audit or prefetch body, which also counts in LIST_ADDRESS_BUDGET_BODIES.
     """
 
     size: int
     name: str
     forms: bool = True
+    lists: bool = False
 
 
 def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
@@ -55,14 +57,15 @@ def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
     if method == b"PUT" and not decoded.startswith(b"/-/") and _is_package_document(path):
         return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE, for package documents", forms=False)
     if method == b"POST" and (decoded.startswith(AUDIT_PREFIX) or decoded == PREFETCH_PATH):
-        return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies", forms=False)
+        return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies", forms=False,
+                       lists=True)
     return _within(SMALL_BODY_LIMIT, max_body_size, f"the limit of {method.decode('latin-1')} bodies on this path")
 
 
-def _within(size: int, max_body_size: int, name: str, forms: bool = True) -> BodyLimit:
+def _within(size: int, max_body_size: int, name: str, forms: bool = True, lists: bool = False) -> BodyLimit:
     if max_body_size <= size:
-        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE", forms)
-    return BodyLimit(size, name, forms)
+        return BodyLimit(max_body_size, "NOPARD_MAX_BODY_SIZE", forms, lists)
+    return BodyLimit(size, name, forms, lists)
 
 
 def _is_package_document(path: bytes) -> bool:
@@ -150,6 +153,11 @@ def check_parse_cost(raw: bytes) -> None:
 # at most; npm's audits are a few hundred KB gzipped, so hundreds of them at once from one
 # address (many CI jobs behind one NAT, or every client behind a reverse proxy) still fit.
 ADDRESS_BUDGET_BODIES = 3
+# Within it, audits and prefetch lists: four of the largest (64 MB). An audit needs no login
+# and keeps its whole body in memory until the upstream answers (up to NOPARD_UPSTREAM_TIMEOUT),
+# so this, not the address's whole budget, is the memory one anonymous address can hold;
+# at a few hundred KB an audit, it is still a hundred audits at once from one address.
+LIST_ADDRESS_BUDGET_BODIES = 4
 # In all: ten bodies of the largest size (1 GB with the default NOPARD_MAX_BODY_SIZE).
 # Both scale with NOPARD_MAX_BODY_SIZE, so an operator allowing larger bodies allows them
 # to be sent in parallel too.
@@ -175,14 +183,22 @@ class BodyBudget:
 
     total: int = 0
     _held: dict[str, int] = field(default_factory=dict)
+    _lists: dict[str, int] = field(default_factory=dict)  # of which audit and prefetch bodies
 
     def held(self, group: str) -> int:
         """The bytes in flight from ``group``."""
         return self._held.get(group, 0)
 
-    def take(self, group: str, size: int, max_body_size: int) -> BudgetRefusal | None:
-        """Count ``size`` more bytes from ``group``, or say why they do not fit (nothing counted)."""
+    def take(self, group: str, size: int, max_body_size: int, lists: bool = False) -> BudgetRefusal | None:
+        """Count ``size`` more bytes from ``group`` (of an audit or prefetch body: ``lists``),
+        or say why they do not fit (nothing counted)."""
         per_address, in_all = ADDRESS_BUDGET_BODIES * max_body_size, TOTAL_BUDGET_BODIES * max_body_size
+        of_lists = LIST_ADDRESS_BUDGET_BODIES * min(LIST_BODY_LIMIT, max_body_size)
+        if lists and self._lists.get(group, 0) + size > of_lists:
+            return BudgetRefusal(429, (
+                f"too many audit or prefetch bodies in flight from your address: at most {of_lists} bytes at once "
+                f"({LIST_ADDRESS_BUDGET_BODIES} of the largest); retry once your other audits are answered"
+            ))
         if self.held(group) + size > per_address:
             return BudgetRefusal(429, (
                 f"too many request bodies in flight from your address: at most {per_address} bytes at once "
@@ -193,17 +209,26 @@ class BodyBudget:
                 f"the registry is receiving too many request bodies at once: at most {in_all} bytes "
                 f"({TOTAL_BUDGET_BODIES} times NOPARD_MAX_BODY_SIZE); retry in a few seconds"
             ))
-        self._held[group] = self.held(group) + size
+        _add(self._held, group, size)
+        if lists:
+            _add(self._lists, group, size)
         self.total += size
         return None
 
-    def release(self, group: str, size: int) -> None:
-        """``group``'s request ended: its ``size`` bytes no longer count."""
+    def release(self, group: str, size: int, lists: bool = False) -> None:
+        """``group``'s request ended: its ``size`` bytes (of an audit or prefetch body: ``lists``) no longer count."""
         if size <= 0:
             return
-        left = self.held(group) - size
-        if left > 0:
-            self._held[group] = left
-        else:
-            self._held.pop(group, None)
+        _add(self._held, group, -size)
+        if lists:
+            _add(self._lists, group, -size)
         self.total -= size
+
+
+def _add(counts: dict[str, int], key: str, size: int) -> None:
+    """Add ``size`` to ``counts[key]``, dropping the key at zero (no entry per address ever seen)."""
+    left = counts.get(key, 0) + size
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

@@ -124,7 +124,7 @@ class NopardRequest(server.Request):
             self._refuse_oversized()
             return
         refusal = self.budget.take(
-            self.client_group, len(data), self._site().settings.current.max_body_size)
+            self.client_group, len(data), self._site().settings.current.max_body_size, self._limit().lists)
         if refusal is not None:
             self._refuse_busy(refusal)
             return
@@ -132,8 +132,9 @@ class NopardRequest(server.Request):
         super().handleContentChunk(data)
 
     def _release_body(self) -> None:
-        self.budget.release(self.client_group, self.body_held)
-        self.body_held = 0
+        if self.body_held:
+            self.budget.release(self.client_group, self.body_held, self._limit().lists)
+            self.body_held = 0
 
     def process(self) -> None:
         """Route the request, unless it was already refused.

@@ -18,7 +18,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nopard.web import responses
-from nopard.web.bodies import ADDRESS_BUDGET_BODIES, SMALL_BODY_LIMIT, TOTAL_BUDGET_BODIES
+from nopard.web.bodies import (
+    ADDRESS_BUDGET_BODIES,
+    LIST_ADDRESS_BUDGET_BODIES,
+    LIST_BODY_LIMIT,
+    SMALL_BODY_LIMIT,
+    TOTAL_BUDGET_BODIES,
+)
 from nopard.web.site import NopardRequest, NopardSite
 from tests.support import files_under
 from tests.unit.route_harness import InProcess, _whole, build
@@ -183,12 +189,12 @@ class Connection:
         self.channel.dataReceived(head(method, path, "Content-Type: application/json", "Transfer-Encoding: chunked"))
         return self
 
-    def send(self, size: int) -> None:
-        """Send ``size`` more bytes of the body, PIECE at a time, until the server closes."""
-        for offset in range(0, size, PIECE):
+    def send(self, size: int, pieces: int = PIECE) -> None:
+        """Send ``size`` more bytes of the body, ``pieces`` at a time, until the server closes."""
+        for offset in range(0, size, pieces):
             if self.transport.disconnecting:
                 return
-            piece = b" " * min(PIECE, size - offset)
+            piece = b" " * min(pieces, size - offset)
             self.channel.dataReceived(b"%x\r\n%s\r\n" % (len(piece), piece))
 
     async def end(self) -> bytes:
@@ -338,3 +344,24 @@ async def test_an_ipv6_client_counts_per_64(tmp_path: Path) -> None:
     same.send(ALMOST)
     next_.send(ALMOST)
     assert (same.status, next_.status) == (429, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_audits_in_flight_from_one_address_have_a_smaller_share(tmp_path: Path) -> None:
+    """With the default NOPARD_MAX_BODY_SIZE, an address holds at most LIST_ADDRESS_BUDGET_BODIES
+    audits of the largest size (an audit is kept in memory while the upstream answers); the next
+    is refused 429 JSON, while a publish from that address still fits its larger budget."""
+    app = build(tmp_path)
+    clients = Clients(app)
+    big = 64 * 1024
+    for _ in range(LIST_ADDRESS_BUDGET_BODIES):
+        audit = clients.connect("10.0.0.1").start(AUDIT)
+        audit.send(LIST_BODY_LIMIT - big, big)
+        assert audit.status == 0
+    refused = clients.connect("10.0.0.1").start(AUDIT)
+    refused.send(LIST_BODY_LIMIT - big, big)
+    assert_refused_busy(refused, 429, "too many audit or prefetch bodies in flight from your address")
+    assert clients.buffered() <= LIST_ADDRESS_BUDGET_BODIES * LIST_BODY_LIMIT
+    publish = clients.connect("10.0.0.1").start(PUBLISH)
+    publish.send(LIST_BODY_LIMIT, big)
+    assert b" 401 " in (await publish.end()).split(b"\r\n")[0]
