@@ -309,16 +309,39 @@ class StoreSize:
 # Health ----------------------------------------------------------------------------
 
 
+# Seconds a probe's answer is given again: GET /-/nopard/health is anonymous, and without this
+# every request (a flood, or a dozen load balancers) cost the store a write and a delete. Load
+# balancers poll every few seconds, so the answer they get is never older than their interval.
+PROBE_FRESH_SECONDS = 2.0
+
+
 class StoreProbe:
-    """Whether the store works: a small write, read back and delete, under a deadline."""
+    """Whether the store works: a small write, read back and delete, under a deadline.
+
+    Callers arriving while a probe runs share it, and its answer is kept for
+    PROBE_FRESH_SECONDS: however many ask, the store sees one probe at a time, at most
+    one every PROBE_FRESH_SECONDS.
+    """
 
     def __init__(self, storage: Storage, clock: IReactorTime, timeout: float = 5.0) -> None:
         self._storage = storage
         self._clock = clock
         self._timeout = timeout
+        self._flight: SingleFlight[str | None] = SingleFlight()
+        self._last: tuple[float, str | None] | None = None
 
     async def check(self) -> str | None:
-        """None when the store works, else why it does not."""
+        """None when the store works, else why it does not (at most PROBE_FRESH_SECONDS old)."""
+        if self._last is not None and self._clock.seconds() - self._last[0] < PROBE_FRESH_SECONDS:
+            return self._last[1]
+        return await self._flight.run("probe", self._check_now)
+
+    async def _check_now(self) -> str | None:
+        result = await self._probe_within_deadline()
+        self._last = (self._clock.seconds(), result)
+        return result
+
+    async def _probe_within_deadline(self) -> str | None:
         try:
             await Deferred.fromCoroutine(self._probe()).addTimeout(self._timeout, self._clock)
         except Exception as error:

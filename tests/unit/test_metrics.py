@@ -10,10 +10,13 @@ import pytest_twisted
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
 from nopard.jobs.sync import JobReport
 from nopard.ops.metrics import (
+    PROBE_FRESH_SECONDS,
     Metrics,
     StoreProbe,
     StoreSize,
@@ -165,3 +168,27 @@ async def test_store_probe_says_whether_the_store_works(tmp_path: Path) -> None:
     broken.write_text("")
     error = await StoreProbe(FilesystemStorage(str(broken), deferToThread), reactor).check()
     assert error is not None and "Error" in error
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_probes_are_shared_and_kept_briefly(tmp_path: Path) -> None:
+    """However many ask for the health at once or in a row, the store sees one probe (one write)
+    per PROBE_FRESH_SECONDS: an anonymous flood of GET /-/nopard/health costs the store nothing more."""
+    clock = Clock()
+    storage = FilesystemStorage(str(tmp_path / "registry"), deferToThread)
+    writes: list[str] = []
+    write = storage.write
+
+    async def counted(key: str, data: bytes) -> None:
+        writes.append(key)
+        await write(key, data)
+
+    storage.write = counted  # type: ignore[method-assign]
+    probe = StoreProbe(storage, clock)
+    assert await gatherResults([Deferred.fromCoroutine(probe.check()) for _ in range(20)]) == [None] * 20
+    for _ in range(20):
+        assert await probe.check() is None
+    assert len(writes) == 1
+    clock.advance(PROBE_FRESH_SECONDS)
+    assert await probe.check() is None
+    assert len(writes) == 2
