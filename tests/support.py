@@ -567,3 +567,19 @@ def until_upstream_down(server: NopardServer, path: str) -> None:
         return server.request("GET", "/-/nopard/status").json()["upstreams"][0]["state"] != "closed"
 
     poll_until(down, f"the upstream to count as down while {path} is read")
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """What the server answered, up to the end of the reply or of the connection."""
+    data = b""
+    while True:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found and b"content-length: %d" % len(body) in head.lower():
+            return data
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk

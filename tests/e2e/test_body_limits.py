@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.polling import poll_until
-from tests.support import NopardServer, files_under
+from tests.support import NopardServer, files_under, read_reply
 
 MB = 1024 * 1024
 # `[0,0,...]`: parsed whole, it took nopard from 92 MB to 617 MB of peak memory.
@@ -25,22 +25,6 @@ def peak_rss(server: NopardServer) -> int:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    """What the server answered, up to the end of the reply or of the connection."""
-    data = b""
-    while True:
-        head, found, body = data.partition(b"\r\n\r\n")
-        if found and b"content-length: %d" % len(body) in head.lower():
-            return data
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def assert_refused_as_too_large(reply: bytes) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import NopardServer, Response, files_under, publish_body
+from tests.support import NopardServer, Response, files_under, publish_body, read_reply
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ class TestRejectedWritesChangeNothing:
                 b"PUT /pkg HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
                 + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
             )
-            reply = _read_all(sock)
+            reply = read_reply(sock)
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413")
         assert "NOPARD_MAX_BODY_SIZE" in json.loads(body)["error"]
@@ -138,7 +138,7 @@ class TestRejectedWritesChangeNothing:
                     sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             except OSError:
                 pass  # the server closed the connection: what is being tested
-            reply = _read_all(sock)
+            reply = read_reply(sock)
         assert reply.startswith(b"HTTP/1.1 413")
 
     def test_owner_change_that_drops_every_maintainer(self, server: NopardServer, token: str) -> None:
@@ -147,16 +147,6 @@ class TestRejectedWritesChangeNothing:
         assert_refused(answer, 400, "at least one maintainer")
 
 
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def test_existing_version_is_refused_and_kept(server: NopardServer, token: str) -> None:

@@ -149,15 +149,7 @@ class MirrorUnderTest:
 
     async def settle(self, work: Coroutine[Any, Any, Any] | Deferred[Any]) -> Any:
         """The result of ``work``, delivering the fake upstream's answers until it is there."""
-        pending = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
-        results: list[Any] = []
-        pending.addBoth(lambda result: results.append(result) or result)
-        for _ in range(200):
-            self.http.flush()
-            if results:
-                return await pending
-            await task.deferLater(reactor, 0, lambda: None)  # a turn for work the flush started
-        raise AssertionError("the mirror's work never finished")
+        return await self._drive(work, turns=200, step=0.0, what="the mirror's work")
 
     def sync_jobs(self, owner: str = "a") -> SyncJobs:
         """The sync jobs over this mirror, as instance ``owner``."""
@@ -167,16 +159,21 @@ class MirrorUnderTest:
 
     async def run_job(self, work: Coroutine[Any, Any, Any] | Deferred[Any], step: float = 1.0) -> Any:
         """Like ``settle``, moving the clock ``step`` seconds each turn (the jobs' rate limit waits on it)."""
+        return await self._drive(work, turns=500, step=step, what="the job")
+
+    async def _drive(self, work: Coroutine[Any, Any, Any] | Deferred[Any], turns: int, step: float,
+                     what: str) -> Any:
         pending = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
         results: list[Any] = []
         pending.addBoth(lambda result: results.append(result) or result)
-        for _ in range(500):
+        for _ in range(turns):
             self.http.flush()
             if results:
                 return await pending
-            self.clock.advance(step)
-            await task.deferLater(reactor, 0, lambda: None)
-        raise AssertionError("the job never finished")
+            if step:
+                self.clock.advance(step)
+            await task.deferLater(reactor, 0, lambda: None)  # a turn for work the flush started
+        raise AssertionError(f"{what} never finished")
 
     def started(self, work: Coroutine[Any, Any, Any]) -> Deferred[Any]:
         """Start ``work`` without waiting on it (answers are delivered by the next ``settle``)."""
