@@ -144,9 +144,9 @@ class ReadmeWorker(Service):
         self.started = 0
         self.killed = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._spawn()  # warm: the imports are paid before the first page asks
+    # Started at the first readme, not with the service: most processes (a CI mirror, nopard-admin's
+    # tests, every instance behind a balancer but one) never render a page, and a child that
+    # imports the renderer costs each start a Python process.
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
