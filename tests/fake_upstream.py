@@ -50,6 +50,9 @@ PLACEHOLDER = b"{{UPSTREAM}}"
 BIG, HUGE = "big-package", "huge-tarball-package"
 # A package whose tarball URL does not end in <name>-<version>.tgz, as some hosted registries give.
 ODD = "@hosted/odd-url"
+# Names npm accepts only for old packages (uppercase; a leading "-", which npm 11 itself refuses
+# to install but yarn and pnpm install), generated like ODD: 1.0.0, tarball at the usual URL.
+LEGACY = ("JSONStream-legacy", "-legacy-dash", "@con/legacy-device")
 MODES = ("none", "refused", "blackhole", "slow", "500", "404", "corrupt", "truncated")
 NAME = re.compile(r"^(@[^/@]+/)?[^/@.][^/]*$")
 CHUNK = 64 * 1024
@@ -268,6 +271,10 @@ class Registry:
                 self.docs[BIG], self.big_tarballs = big_package(self.big_versions, self.recorded)
             elif name == ODD:
                 self.docs[ODD], _ = odd_url_package()
+            elif name in LEGACY:
+                version = manifest(name, "1.0.0", digests(small_tarball(name, "1.0.0")), {})
+                version["dist"]["tarball"] = f"{{{{UPSTREAM}}}}/{name}/-/{name.rsplit('/', 1)[-1]}-1.0.0.tgz"
+                self.docs[name] = package_doc(name, {"1.0.0": version}, {"1.0.0": iso(EPOCH)})
             elif name == HUGE:
                 version = manifest(HUGE, "1.0.0", self.huge.digests(), {})
                 version["dist"]["unpackedSize"] = self.huge.payload + len(self.huge.package_json)
@@ -319,6 +326,9 @@ class Registry:
             return Body.of(data) if data is not None else None
         if name == HUGE:
             return Body(self.huge.size, self.huge.chunks) if filename == f"{HUGE}-1.0.0.tgz" else None
+        if name in LEGACY:
+            wanted = f"{name.rsplit('/', 1)[-1]}-1.0.0.tgz"
+            return Body.of(small_tarball(name, "1.0.0")) if filename == wanted else None
         path = self.data / "tarballs" / name / filename
         if ".." in name or "/" in filename or not path.is_file():
             return None

@@ -9,17 +9,17 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from nopard.domain.errors import InvalidInput
+from nopard.domain.errors import InvalidInput, NotFound
 
 MAX_NAME_LENGTH = 214
-_SCOPE = r"@[a-z0-9~-][a-z0-9._~-]*"
-# Old packages may carry uppercase letters and a few more URL-safe marks.
-_BARE_SERVED = r"[A-Za-z0-9._~!'()*-]+"
-_BARE_NEW = r"[a-z0-9._-]+"
-# The leading "." / "_" / "-" rule applies to the whole name, so "@s/_n" is fine.
-_SERVED_NAME = re.compile(rf"(?:{_SCOPE}/[A-Za-z0-9_~!'()*-]|[A-Za-z0-9~!'()*]){_BARE_SERVED[:-1]}*")
-_NEW_NAME = re.compile(rf"(?:{_SCOPE}/[a-z0-9_-]|[a-z0-9]){_BARE_NEW[:-1]}*")
+# npm's validate-npm-package-name, as it judges names of old packages (validForOldPackages):
+# uppercase letters and ~'!()* are only warnings there (refused for new names on the public
+# registry, not by npm), so legacy names (JSONStream, imports, mirrors) publish, serve and
+# install. One departure: a leading "-" is served too, as npm's own pending fix has it
+# (old packages such as "-x-y" exist), though npm 11 itself refuses to install them.
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~!'()*-]+")  # what encodeURIComponent leaves as it is
 _RESERVED = {"node_modules", "favicon.ico"}
+_ALPHABET = "letters, digits and - . _ ~ ! ' ( ) *"
 
 _VERSION = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -48,19 +48,44 @@ _RANGE_TAG = re.compile(
 )
 
 
-def validate_name(name: str, *, new: bool = False) -> str:
-    """Return ``name`` if it is a package name nopard serves, else raise InvalidInput.
-
-    ``new`` applies the stricter rules for names being published for the
-    first time (lowercase, no ``~'!()*``).
-    """
-    pattern = _NEW_NAME if new else _SERVED_NAME
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a package name npm accepts for old packages (nopard's rule), or None."""
     if not isinstance(name, str) or not name:
-        raise InvalidInput("package name is missing")
+        return "package name is missing"
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"package name is longer than {MAX_NAME_LENGTH} characters")
-    if not pattern.fullmatch(name) or name.lower() in _RESERVED:
-        raise InvalidInput(f"invalid package name: {name!r}")
+        return f"package name is longer than {MAX_NAME_LENGTH} characters"
+    if name.startswith("."):
+        return "a name cannot start with a period"
+    if name.startswith("_"):
+        return "a name cannot start with an underscore"
+    if name == "-":
+        return "'-' is the registry's own path segment (/-/...), not a name"
+    if name.lower() in _RESERVED:
+        return f"{name.lower()} is not a valid package name"
+    if name.startswith("@"):
+        scope, slash, bare = name[1:].partition("/")
+        if not slash or not bare:
+            return "a scoped name is @scope/name: the name after the scope is missing"
+        if not scope or scope in (".", "..") or not _URL_SAFE.fullmatch(scope):
+            return f"a scope may hold only {_ALPHABET}"
+        if bare.startswith("."):
+            return "a name cannot start with a period"
+        if not _URL_SAFE.fullmatch(bare):
+            return f"a name may hold only {_ALPHABET}" + (" (one '/', after the @scope)" if "/" in bare else "")
+        return None
+    if not _URL_SAFE.fullmatch(name):
+        if "@" in name:
+            return "'@' may only begin a scope (@scope/name)"
+        return f"a name may hold only {_ALPHABET}" + (" (a '/' only after an @scope)" if "/" in name else "")
+    return None
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a package name nopard publishes and serves, else raise InvalidInput saying why."""
+    problem = name_problem(name)
+    if problem is not None:
+        shown = problem if problem.startswith("package name") else f"invalid package name {name!r}: {problem}"
+        raise InvalidInput(shown)
     return name
 
 
@@ -205,13 +230,26 @@ def parse_package_path(path: bytes | str) -> PackagePath:
     if len(rest) == 1 and rest[0]:
         return PackagePath(name, "version", rest[0])
     if len(rest) == 2 and rest[0] == "-":
-        return PackagePath(name, "tarball", validate_tarball_filename(name, rest[1]))
+        return PackagePath(name, "tarball", _tarball_of_path(name, rest[1]))
     if len(rest) == 2 and rest[0] == "-rev" and rest[1]:
         return PackagePath(name, "revision", rest[1])
     if len(rest) == 4 and rest[0] == "-" and rest[2] == "-rev":
         # npm unpublish's last step: DELETE /<pkg>/-/<file>/-rev/<rev>
-        return PackagePath(name, "tarball-revision", validate_tarball_filename(name, rest[1]))
+        return PackagePath(name, "tarball-revision", _tarball_of_path(name, rest[1]))
     raise InvalidInput("unrecognised package path")
+
+
+def _tarball_of_path(name: str, filename: str) -> str:
+    """The tarball file a path names; another package's file (or no tarball name) is simply not there.
+
+    Like any tarball nopard does not hold, it is a 404 (npm reports a missing
+    tarball); only a dot segment, which is no file name at all, is malformed.
+    """
+    if filename in (".", ".."):
+        raise InvalidInput("invalid package path: dot segment")
+    if not is_tarball_filename(name, filename):
+        raise NotFound(f"tarball not found: {name}/-/{filename}")
+    return filename
 
 
 PACKAGE_ACTIONS = ("dist-tags", "collaborators", "visibility")
@@ -249,5 +287,5 @@ def _split_package_path(path: bytes | str) -> tuple[str, list[str]]:
         raise InvalidInput("invalid package path: empty segment")
     count = 2 if segments[0].startswith("@") else 1
     if len(segments) < count:
-        raise InvalidInput("invalid package name")
+        validate_name(segments[0])  # a bare "@scope": raises, saying the name is missing
     return validate_name("/".join(segments[:count])), segments[count:]

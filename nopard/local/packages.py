@@ -78,7 +78,6 @@ class Registry:
         async def merge(document: dict[str, Any] | None) -> dict[str, Any]:
             record = await self._unpublished(name)
             if document is None:
-                names.validate_name(name, new=True)
                 reserved = packument.name_reserved(record, publisher["name"], self._clock.seconds(), grace)
                 if reserved is not None and check_owner and not admin:
                     raise PermissionDenied(reserved)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nopard.domain import names
-from nopard.domain.errors import InvalidInput
+from nopard.domain.errors import InvalidInput, NotFound
 from nopard.domain.names import PackagePath, parse_package_path
 
 # Names ----------------------------------------------------------------------
@@ -15,9 +15,8 @@ from nopard.domain.names import PackagePath, parse_package_path
     "name", ["left-pad", "a", "lodash.merge", "@acme/lib", "@a-b.c~d/x.y-z", "x" * 214, "0"]
 )
 def test_valid_names_are_returned(name: str) -> None:
-    """Ordinary, dotted, scoped and 214-character names pass both rule sets unchanged."""
+    """Ordinary, dotted, scoped and 214-character names pass unchanged."""
     assert names.validate_name(name) == name
-    assert names.validate_name(name, new=True) == name
 
 
 def test_scoped_name_up_to_214_characters_counts_the_scope() -> None:
@@ -42,44 +41,45 @@ def test_missing_name_is_refused(name: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "why"),
     [
-        ".hidden", "_private", "@.s/n", "@_s/n", "@s/.n", "node_modules", "favicon.ico",
-        "a/b", "@s", "@s/", "@/n", "@s/n/x", "a b", "a%20b", "a:b", "a@b", "é", "@S/n",
-        "..", "a\\b",
+        (".hidden", "period"), ("_private", "underscore"), ("@s/.n", "period"), ("node_modules", "not a valid"),
+        ("favicon.ico", "not a valid"), ("Node_Modules", "not a valid"), ("a/b", "'/'"), ("@s", "missing"),
+        ("@s/", "missing"), ("@/n", "scope"), ("@s/n/x", "'/'"), ("a b", "may hold only"),
+        ("a%20b", "may hold only"), ("a:b", "may hold only"), ("x@y", "'@'"), ("a@b", "'@'"),
+        ("é", "may hold only"), ("..", "period"), ("a\\b", "may hold only"), ("@../x", "scope"),
+        ("@./x", "scope"), ("-", "path segment"), ("@s%2fn", "missing"),
     ],
 )
-def test_invalid_names_are_refused(name: str) -> None:
-    """Leading . or _, reserved names, bad scopes, slashes and URL-unsafe marks are refused."""
-    with pytest.raises(InvalidInput):
+def test_names_npm_never_accepts_are_refused_saying_why(name: str, why: str) -> None:
+    """What npm refuses even for old packages is refused, with npm's reason in the message."""
+    with pytest.raises(InvalidInput, match=why):
         names.validate_name(name)
 
 
-@pytest.mark.parametrize("name", ["React", "JSONStream", "@s/Upper", "it's(ok)!*"])
-def test_old_style_names_are_served_but_not_new(name: str) -> None:
-    """Uppercase and ~'!()* names of old packages are served, but refused for a new package."""
+@pytest.mark.parametrize(
+    "name",
+    ["React", "JSONStream", "JSONStream-x", "@s/Upper", "it's(ok)!*", "-x-y", "--lead", "@scope/_x",
+     "@con/x", "nul.x", "con", "@S/n", "@_s/n", "@.s/n", "@s/-x", "a~b", "@s/a~b"],
+)
+def test_names_valid_for_old_packages_are_accepted(name: str) -> None:
+    """Names npm accepts for old packages (uppercase, ~'!()*, device names, leading '-') are valid here.
+
+    They are published, served and installed alike (legacy registries, imports, mirrors).
+    """
     assert names.validate_name(name) == name
-    with pytest.raises(InvalidInput):
-        names.validate_name(name, new=True)
-
-
-@pytest.mark.parametrize("name", ["a~b", "@s/a~b", "-lead"])
-def test_new_name_rules_follow_npm(name: str) -> None:
-    """Names npm 11 refuses for new packages (~ in the bare name, leading hyphen) are refused."""
-    with pytest.raises(InvalidInput):
-        names.validate_name(name, new=True)
+    assert names.name_problem(name) is None
 
 
 @pytest.mark.parametrize("name", ["string_decoder", "spdx_license_ids", "@s/a_b"])
 def test_underscore_inside_a_name_is_valid(name: str) -> None:
     """An underscore after the first character is valid (string_decoder is a real package)."""
     assert names.validate_name(name) == name
-    assert names.validate_name(name, new=True) == name
 
 
 def test_scoped_bare_name_may_start_with_underscore() -> None:
     """npm accepts @s/_n (the leading-_ rule is on the whole name), so nopard must too."""
-    assert names.validate_name("@s/_n", new=True) == "@s/_n"
+    assert names.validate_name("@s/_n") == "@s/_n"
 
 
 def test_unscoped_drops_the_scope() -> None:
@@ -209,12 +209,22 @@ def test_version_tarball_and_revision_paths(path: str, expected: PackagePath) ->
     "path",
     [
         "/", "", "/@s", "/@s/", "/n/1.0.0/extra", "/n/-rev/3-abc/x",
-        "/n//1.0.0", "/n/-/m-1.0.0.tgz", "/@s/n/-/@s/n-1.0.0.tgz", "/n/-/n-1.0.0.tgz/x",
+        "/n//1.0.0", "/@s/n/-/@s/n-1.0.0.tgz", "/n/-/n-1.0.0.tgz/x",
     ],
 )
 def test_malformed_package_paths_are_refused(path: str) -> None:
     """Empty names, missing arguments, extra segments and foreign tarballs are refused."""
     with pytest.raises(InvalidInput):
+        parse_package_path(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["/n/-/m-1.0.0.tgz", "/pkg/-/other-1.0.0.tgz", "/n/-/n-1.0.tgz", "/@s/n/-/s-1.0.0.tgz",
+             "/n/-/m-1.0.0.tgz/-rev/1-x"],
+)
+def test_a_tarball_of_another_package_is_not_found(path: str) -> None:
+    """A tarball path whose file is not one of the package's names a tarball nopard does not hold: 404."""
+    with pytest.raises(NotFound, match="tarball not found"):
         parse_package_path(path)
 
 
@@ -229,6 +239,8 @@ def test_malformed_package_paths_are_refused(path: str) -> None:
         "//etc/passwd", "//etc",
     ],
 )
+
+
 def test_hostile_paths_are_refused(path: str) -> None:
     """Dot segments, NUL, backslashes, invalid UTF-8 and absolute-looking // paths are refused."""
     with pytest.raises(InvalidInput):
