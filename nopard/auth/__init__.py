@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import inspect
 import re
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class Accounts:
         raw = await self._storage.read(keys.user_key(validate_user_name(name)))
         email = orjson.loads(raw).get("email", "") if raw else ""
         return {"name": name, "email": email}
+
+    async def revision(self, name: str) -> str | None:
+        """The CouchDB-style ``rev`` of a user's stored profile (``1-<md5>``; written once), None without one."""
+        raw = await self._storage.read(keys.user_key(validate_user_name(name)))
+        return f"1-{hashlib.md5(raw, usedforsecurity=False).hexdigest()}" if raw is not None else None
 
     async def logout(self, token: str) -> bool:
         """Revoke ``token``; False if it was not a live token."""

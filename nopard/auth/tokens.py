@@ -25,6 +25,8 @@ class TokenRecord:
     readonly: bool = False
     shown: str = TOKEN_PREFIX  # the token's first SHOWN_CHARS characters (older records: the prefix)
     name: str | None = None
+    updated: str | None = None  # when the record last changed (None: never since it was created)
+    cidr_whitelist: list[str] | None = None  # the addresses it may be used from (None: any)
 
     def public(self, token: str | None = None) -> dict:
         """The token object of the npm tokens API (``token``: the whole token, on creation only)."""
@@ -32,10 +34,10 @@ class TokenRecord:
             "token": token or self.shown,
             "key": self.key,
             "name": self.name,
-            "cidr_whitelist": None,
+            "cidr_whitelist": self.cidr_whitelist,
             "readonly": self.readonly,
             "created": self.created,
-            "updated": self.created,
+            "updated": self.updated or self.created,
         }
 
 

@@ -139,9 +139,10 @@ def test_star_stars_unstar(registry: NopardServer, alice: Npm, bob: Npm, tmp_pat
 
 
 def test_access_status_and_collaborators(alice: Npm, tmp_path: Path) -> None:
-    """Packages here are private; maintainers are read-write collaborators."""
+    """A package anyone may install (reads need no login here) is public; maintainers who may publish are
+    read-write collaborators."""
     publish(alice, tmp_path, "@acme/acc", "1.0.0")
-    assert alice.run("access", "get", "status", "@acme/acc").stdout == "@acme/acc: private\n"
+    assert alice.run("access", "get", "status", "@acme/acc").stdout == "@acme/acc: public\n"
     assert alice.run("access", "list", "collaborators", "@acme/acc").stdout == "alice: read-write\n"
     assert json.loads(alice.run("access", "list", "collaborators", "@acme/acc", "--json").stdout) == {
         "alice": "read-write"}

@@ -51,7 +51,11 @@ class AccountRoutes:
             raise InvalidInput("the body's name does not match the URL's user")
         token = await self._accounts.login(name, body.get("password"), body.get("email"), client_address(request))
         log_user(request, name)
-        return json_response(request, 201, {"ok": True, "id": userid, "rev": "1-0", "token": token})
+        answer = {"ok": True, "id": userid, "token": token}
+        revision = await self._accounts.revision(name)
+        if revision is not None:  # a user only in the htpasswd file has no stored profile, so no rev
+            answer["rev"] = revision
+        return json_response(request, 201, answer)
 
     async def logout(self, request: IRequest, token: str) -> bytes:
         """Revoke a token (npm logout). Idempotent: a gone token is logged out too."""

@@ -104,9 +104,19 @@ class PackageRoutes:
         if local is None:
             raise NotFound(f"{target.name} is not published on this registry")
         if target.kind == "visibility":
-            return json_response(request, 200, {"public": False})
-        names_ = [m["name"] for m in local.get("maintainers", []) if isinstance(m, dict) and "name" in m]
-        return json_response(request, 200, {n: "read-write" for n in names_})
+            # npm's "public": anyone may install it, no login needed (NOPARD_AUTH_READ, the access rules).
+            anonymous = not self._settings.current.auth_read and self._gate.policy.allows("access", target.name, None)
+            return json_response(request, 200, {"public": anonymous})
+        return json_response(request, 200, self.collaborators(target.name, local))
+
+    def collaborators(self, name: str, document: dict) -> dict[str, str]:
+        """The maintainers, each ``read-write`` if the access rules let them publish, else ``read-only``."""
+        policy, found = self._gate.policy, {}
+        for maintainer in document.get("maintainers", []):
+            user = maintainer.get("name") if isinstance(maintainer, dict) else None
+            if isinstance(user, str) and policy.allows("access", name, user):
+                found[user] = "read-write" if policy.allows("publish", name, user) else "read-only"
+        return found
 
     # Package paths ----------------------------------------------------------
 
