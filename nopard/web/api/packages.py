@@ -19,6 +19,7 @@ from nopard.domain.errors import AuthenticationRequired, InvalidInput, NotFound,
 from nopard.domain.publication import parse_publication
 from nopard.local.packages import Registry
 from nopard.settings.config import LiveSettings
+from nopard.storage import Blob
 from nopard.web.api.common import Gate, add_route
 from nopard.web.browser import package_location, root_path, wants_html
 from nopard.web.errors import raise_unsupported
@@ -176,6 +177,14 @@ class PackageRoutes:
         )
         assert target.argument is not None  # a tarball path names the file
         blob, status = await self._packages.tarball(target.name, target.argument)
+        return await self.send_tarball(request, blob, status)
+
+    async def send_tarball(self, request: IRequest, blob: Blob, status: str) -> bytes:
+        """How a located tarball is sent: the one place that decides (headers, HEAD, the bytes).
+
+        ``blob`` is the stored tarball opened (from memory, its file, or the store); ``status``
+        says how it was found (LOCAL, HIT, MISS...). Whatever is not sent is closed.
+        """
         self.served_as(request, status)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", b"%d" % blob.size)
