@@ -65,6 +65,7 @@ from nopard.upstream.proxy import ProxyingAgent
 from nopard.web.app import RegistryApp
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.readme_worker import ReadmeWorker
+from nopard.web.redirects import TarballRedirects
 from nopard.web.site import NopardSite
 
 
@@ -265,6 +266,13 @@ def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiServic
     return S3Storage(client, settings.s3_bucket, settings.s3_prefix, partial(deferToThreadPool, reactor, s3_pool))
 
 
+def tarball_redirects(live: LiveSettings, storage: Any) -> TarballRedirects:
+    """Tarball GETs handed to nginx (a filesystem store) or redirected to the bucket (S3)."""
+    if isinstance(storage, FilesystemStorage):
+        return TarballRedirects(live, files=storage)
+    return TarballRedirects(live, objects=storage)
+
+
 class RedisService(Service):
     """Connects to Redis at start and lets go of it at stop."""
 
@@ -386,6 +394,7 @@ def build_service(
         health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
         run_cpu=run_cpu, readmes=ReadmeRenders(readme_worker, reactor), clock=reactor,
         log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
+        redirects=tarball_redirects(live, storage),
     )
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,

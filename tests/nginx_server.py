@@ -30,10 +30,12 @@ _INSTANCE = re.compile(
 )
 _ANY_SERVER = re.compile(r"^[ \t]*server\s", re.M)
 _LISTEN = re.compile(r"^(?P<indent>[ \t]*)listen\s+80\s*;[ \t]*$", re.M)
+_ALIAS = re.compile(r"^(?P<indent>[ \t]*)alias\s+/var/lib/nopard/\s*;[ \t]*$", re.M)
 
 
-def render(conf_text: str, instance_ports: list[int], listen_port: int) -> str:
-    """The conf with its upstream servers on ``instance_ports`` and listening on 127.0.0.1:``listen_port``."""
+def render(conf_text: str, instance_ports: list[int], listen_port: int, store: Path | None = None) -> str:
+    """The conf with its upstream servers on ``instance_ports`` and listening on 127.0.0.1:``listen_port``;
+    the tarball location (NOPARD_ACCEL_REDIRECT) aliases ``store`` when given."""
     if not instance_ports:
         raise ValueError("at least one instance port is needed")
     upstream = _UPSTREAM.search(conf_text)
@@ -56,6 +58,10 @@ def render(conf_text: str, instance_ports: list[int], listen_port: int) -> str:
     rendered, listens = _LISTEN.subn(lambda m: f"{m.group('indent')}listen 127.0.0.1:{listen_port};", rendered)
     if listens != 1:
         raise ValueError(f"expected exactly one `listen 80;` line in the conf, found {listens}")
+    aliased = f"{str(store).rstrip('/')}/" if store is not None else "/var/lib/nopard/"
+    rendered, aliases = _ALIAS.subn(lambda m: f"{m.group('indent')}alias {aliased};", rendered)
+    if aliases != 1:
+        raise ValueError(f"expected exactly one `alias /var/lib/nopard/;` line in the conf, found {aliases}")
     return rendered
 
 
@@ -93,9 +99,12 @@ def full_config(snippet: str, directory: Path) -> str:
 
 
 class NginxServer:
-    """nginx running deploy/nginx/nopard.conf in front of ``instance_ports``; a context manager."""
+    """nginx running deploy/nginx/nopard.conf in front of ``instance_ports``; a context manager.
 
-    def __init__(self, instance_ports: list[int], conf_path: Path = CONF) -> None:
+    ``store`` is the instances' NOPARD_REGISTRY_PATH, for NOPARD_ACCEL_REDIRECT.
+    """
+
+    def __init__(self, instance_ports: list[int], conf_path: Path = CONF, store: Path | None = None) -> None:
         if shutil.which("nginx") is None:
             raise RuntimeError(
                 "nginx is not on PATH: install it (apt-get install nginx-light; scripts/test does this)"
@@ -103,7 +112,7 @@ class NginxServer:
         self.instance_ports = list(instance_ports)
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="nopard-nginx-"))
-        self.snippet = render(conf_path.read_text(), self.instance_ports, self.port)
+        self.snippet = render(conf_path.read_text(), self.instance_ports, self.port, store)
         self.config_path = self.directory / "nginx.conf"
         self.config_path.write_text(full_config(self.snippet, self.directory))
         self.process: subprocess.Popen | None = None

@@ -78,11 +78,23 @@ class Mirror:
         local = await self._storage.open(keys.tarball_key(name, filename))
         if local is not None:
             return local, "LOCAL"
+        return await self._tarballs.open(name, filename, await self._mirrored_from(name, filename))
+
+    async def stored_tarball(self, name: str, filename: str) -> tuple[str, str]:
+        """The storage key holding the tarball ``filename`` of ``name`` (a mirrored one missing
+        here is fetched and verified first), and how it was served; for redirects to the store."""
+        local = keys.tarball_key(name, filename)
+        if await self._storage.exists(local):
+            return local, "LOCAL"
+        return await self._tarballs.stored_key(name, filename, await self._mirrored_from(name, filename))
+
+    async def _mirrored_from(self, name: str, filename: str) -> Upstream:
+        """The upstream a tarball not published here comes from; NotFound when none may serve it."""
         upstream = self._upstreams.for_name(name)
         merging = name in self._settings.current.merge_upstream
         if upstream is None or (not merging and await self._registry.document(name) is not None):
             raise NotFound(f"tarball not found: {name}/-/{filename}")
-        return await self._tarballs.open(name, filename, upstream)
+        return upstream
 
     async def mirrored_meta(self, name: str) -> MirrorMeta | None:
         """When nopard last confirmed its copy of ``name``'s upstream document (None: no copy)."""

@@ -58,6 +58,16 @@ class MirroredTarballs:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         return blob, Action.FETCH.value
 
+    async def stored_key(self, name: str, filename: str, upstream: Upstream) -> tuple[str, str]:
+        """The key of the stored tarball (HIT), else of the one fetched and verified now (MISS)."""
+        key = keys.upstream_tarball_key(name, filename)
+        if await self._storage.exists(key):
+            return key, Action.SERVE.value
+        if upstream.breaker.down:
+            raise NotFound(unreachable(f"{name}/-/{filename}"))
+        await self._flights.run(key, lambda: self._fetch(name, filename, upstream))  # stored once it returns
+        return key, Action.FETCH.value
+
     async def ensure(self, name: str, filename: str, upstream: Upstream) -> int:
         """Fetch and store an upstream tarball unless stored; the bytes fetched now (0: was there)."""
         key = keys.upstream_tarball_key(name, filename)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nopard.settings.values import (
+    parse_accel_prefix,
     parse_backfill,
     parse_base_url,
     parse_bool,
@@ -34,6 +35,7 @@ from nopard.settings.values import (
     parse_optional_url,
     parse_port,
     parse_positive,
+    parse_presigned_ttl,
     parse_redis_url,
     parse_s3_prefix,
     parse_scope_map,
@@ -42,6 +44,7 @@ from nopard.settings.values import (
     parse_seconds,
     parse_size,
     parse_storage,
+    parse_tarball_redirect,
     parse_text,
     parse_users,
 )
@@ -98,6 +101,28 @@ SETTINGS: tuple[Setting, ...] = (
         "S3 bucket of the data, with NOPARD_STORAGE=s3 (AWS_* variables configure boto3).",
     ),
     Setting("s3_prefix", "", parse_s3_prefix, "Object key prefix in the bucket, e.g. npm/registry (empty: none)."),
+    Setting(
+        "accel_redirect",
+        "",
+        parse_accel_prefix,
+        "With NOPARD_STORAGE=fs behind nginx: an internal location such as /_nopard_store/ aliased to "
+        "NOPARD_REGISTRY_PATH; an authorized tarball GET is answered with X-Accel-Redirect to the stored "
+        "file, which nginx sends (empty: nopard sends it).",
+    ),
+    Setting(
+        "tarball_redirect",
+        "",
+        parse_tarball_redirect,
+        "With NOPARD_STORAGE=s3: `presigned` answers an authorized tarball GET with a 302 to a presigned "
+        "GET of its object, a base URL (a CDN in front of the bucket) with a 302 to that URL + the "
+        "object key (empty: nopard sends the bytes).",
+    ),
+    Setting(
+        "tarball_redirect_ttl",
+        "300",
+        parse_presigned_ttl,
+        "Seconds a presigned tarball URL stays valid (NOPARD_TARBALL_REDIRECT=presigned).",
+    ),
     Setting(
         "redis_url",
         "",
@@ -254,6 +279,9 @@ class Settings:
     storage: str
     s3_bucket: str
     s3_prefix: str
+    accel_redirect: str
+    tarball_redirect: str
+    tarball_redirect_ttl: int
     redis_url: str
     lock_ttl: float
     loglevel: str
@@ -346,6 +374,10 @@ def load_settings(
         values["config"] = os.path.abspath(os.path.join(base, values["config"]))
     if values["storage"] == "s3" and not values["s3_bucket"]:
         raise ConfigError("NOPARD_S3_BUCKET: must be set when NOPARD_STORAGE is s3")
+    if values["accel_redirect"] and values["storage"] != "fs":
+        raise ConfigError("NOPARD_ACCEL_REDIRECT: nginx can send only files of NOPARD_STORAGE=fs")
+    if values["tarball_redirect"] and values["storage"] != "s3":
+        raise ConfigError("NOPARD_TARBALL_REDIRECT: redirects go to objects of NOPARD_STORAGE=s3")
     settings = Settings(**values)
     check_settings(settings)
     return settings

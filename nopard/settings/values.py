@@ -241,3 +241,36 @@ def parse_redis_url(text: str) -> str:
     if value:
         redis_arguments(value)
     return value
+
+
+def parse_accel_prefix(text: str) -> str:
+    """An nginx internal location such as ``/_nopard_store/`` (empty: off); it starts and ends with ``/``."""
+    value = text.strip()
+    if not value:
+        return ""
+    if not re.fullmatch(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+", value):
+        raise ValueError(f"{text!r} is not a location like /_nopard_store/ (starting and ending with /)")
+    return value
+
+
+PRESIGNED = "presigned"
+
+
+def parse_tarball_redirect(text: str) -> str:
+    """``presigned``, an http(s) base URL (a CDN in front of the bucket), or empty (off)."""
+    value = text.strip()
+    if value.lower() == PRESIGNED:
+        return PRESIGNED
+    return parse_base_url(value)
+
+
+# S3 refuses a presigned URL valid for more than seven days.
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
+
+
+def parse_presigned_ttl(text: str) -> int:
+    """Whole seconds a presigned URL stays valid: 1 to seven days."""
+    seconds = parse_seconds(text)
+    if seconds != int(seconds) or not 1 <= seconds <= MAX_PRESIGNED_SECONDS:
+        raise ValueError(f"{text!r} must be whole seconds from 1 to {MAX_PRESIGNED_SECONDS}")
+    return int(seconds)

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from twisted.internet.interfaces import IConsumer
 from twisted.protocols.basic import FileSender
@@ -61,6 +62,9 @@ class FilesystemStorage:
     def __init__(self, root: str, run_in_thread: RunInThread) -> None:
         self.root = os.path.abspath(root)
         self._run = run_in_thread
+        # Stored files get the mode the umask gives (0640 under the systemd unit's UMask=0027),
+        # not mkstemp's 0600: nginx, in nopard's group, sends them (NOPARD_ACCEL_REDIRECT).
+        self.file_mode = 0o666 & ~process_umask()
 
     def path_of(self, key: str) -> str:
         """The file that holds ``key``; never outside the root."""
@@ -69,17 +73,24 @@ class FilesystemStorage:
             raise InvalidKey(f"invalid storage key: {key!r}")
         return path
 
+    def relative_url(self, key: str) -> str:
+        """``key``'s file as a URL path relative to the root, percent-quoted (for nginx's
+        X-Accel-Redirect): derived from ``path_of``, so it names the same file and never leaves
+        the root; nginx unquotes it and maps it onto the ``alias`` of the root."""
+        relative = os.path.relpath(self.path_of(key), self.root)
+        return "/".join(quote(part, safe="") for part in relative.split(os.sep))
+
     async def read(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is none."""
         return await self._run(_read_file, self.path_of(key))
 
     async def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing any object there atomically."""
-        await self._run(_write_file, self.path_of(key), data, True)
+        await self._run(_write_file, self.path_of(key), data, True, self.file_mode)
 
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
-        return await self._run(_write_file, self.path_of(key), data, False)
+        return await self._run(_write_file, self.path_of(key), data, False, self.file_mode)
 
     async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and their hash as its version, or None when there is none."""
@@ -91,7 +102,8 @@ class FilesystemStorage:
         Atomic across processes: the compare and the rename run under the
         directory's exclusive lock; False, and nothing stored, if the object changed.
         """
-        return await self._run(_replace_file, self.path_of(key), data, version, self.lock_path(key))
+        return await self._run(_replace_file, self.path_of(key), data, version, self.lock_path(key),
+                               self.file_mode)
 
     def lock_path(self, key: str) -> str:
         """The lock file of ``key``'s directory (shared by every object in it)."""
@@ -100,7 +112,7 @@ class FilesystemStorage:
 
     async def create_from_file(self, key: str, path: str) -> bool:
         """Store local file ``path`` at ``key`` only if nothing is there (hard link or copy)."""
-        return await self._run(_create_from_file, self.path_of(key), path)
+        return await self._run(_create_from_file, self.path_of(key), path, self.file_mode)
 
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""
@@ -166,10 +178,25 @@ def _has_version(path: str, version: str | None) -> bool:
     return _version_of(data) == version
 
 
-def _temporary_copy(directory: str, data: bytes) -> str:
+def process_umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore, once, at start-up
+    os.umask(mask)
+    return mask
+
+
+def _temporary_copy(directory: str, data: bytes, mode: int) -> str:
     """A fsynced ``.tmp-*`` file holding ``data`` in ``directory``, ready to be renamed into place."""
     fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
@@ -180,10 +207,10 @@ def _temporary_copy(directory: str, data: bytes) -> str:
     return temporary
 
 
-def _write_file(path: str, data: bytes, replace: bool) -> bool:
+def _write_file(path: str, data: bytes, replace: bool, mode: int) -> bool:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    temporary = _temporary_copy(directory, data)
+    temporary = _temporary_copy(directory, data, mode)
     try:
         if replace:
             os.replace(temporary, path)
@@ -203,7 +230,7 @@ def _write_file(path: str, data: bytes, replace: bool) -> bool:
     return True
 
 
-def _replace_file(path: str, data: bytes, version: str | None, lock_path: str) -> bool:
+def _replace_file(path: str, data: bytes, version: str | None, lock_path: str, mode: int) -> bool:
     # A first look without the lock: an object already changed (or gone) is
     # refused before writing and fsyncing a temporary file for nothing. Saying
     # False on what it saw is correct even if the object changes right after.
@@ -213,7 +240,7 @@ def _replace_file(path: str, data: bytes, version: str | None, lock_path: str) -
     os.makedirs(directory, exist_ok=True)
     # The copy is written and fsynced before taking the lock, so the lock is
     # held only for the compare and the rename, never for a disk flush.
-    temporary = _temporary_copy(directory, data)
+    temporary = _temporary_copy(directory, data, mode)
     try:
         with _lock(lock_path):
             replaced = _has_version(path, version)
@@ -243,10 +270,11 @@ def _lock(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _create_from_file(target: str, source: str) -> bool:
+def _create_from_file(target: str, source: str, mode: int) -> bool:
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
     with open(source, "rb") as file:
+        os.fchmod(file.fileno(), mode)  # the link is the stored file: it gets the store's mode
         os.fsync(file.fileno())
     try:
         os.link(source, target)
@@ -257,6 +285,7 @@ def _create_from_file(target: str, source: str) -> bool:
         # the target, then link that into place.
         fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as out, open(source, "rb") as file:
                 shutil.copyfileobj(file, out, 1024 * 1024)
                 out.flush()

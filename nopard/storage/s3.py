@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from botocore.exceptions import ClientError
 from twisted.internet import defer
@@ -95,6 +96,9 @@ class S3Client(Protocol):
 
     def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
         """AbortMultipartUpload."""
+
+    def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int) -> str:  # noqa: N803
+        """A presigned URL (boto3's names)."""
 
     def get_paginator(self, operation_name: str) -> Paginator:
         """The paginator of ``operation_name``."""
@@ -199,6 +203,21 @@ class S3Storage:
         """The object key that holds ``key``: ``<prefix>/<key>``."""
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def presigned_get(self, key: str, seconds: int) -> str:
+        """A URL that GETs ``key``'s object without credentials for ``seconds``.
+
+        boto3 signs locally (no request to S3), but finding its credentials the first time may
+        read files or ask an instance-metadata endpoint, so it runs in the thread pool.
+        """
+        name = self.object_key(key)
+        url: str = await self._run(lambda: self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=seconds))
+        return url
+
+    def object_url(self, base: str, key: str) -> str:
+        """``key``'s object under ``base`` (a CDN in front of the bucket): base + quoted object key."""
+        return base.rstrip("/") + "/" + quote(self.object_key(key), safe="/")
 
     async def read(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is none."""

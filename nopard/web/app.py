@@ -36,6 +36,7 @@ from nopard.web.api.weblogin import WebLoginRoutes
 from nopard.web.browser import BrowserSessions, wants_html
 from nopard.web.errors import Utf8PathGuard, install_error_handlers
 from nopard.web.readme_renders import ReadmeRenders
+from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response
 from nopard.web.services import AuditForwarder, MirrorServices, MirrorStatus, RunInThread, Sessions, TarballSizes
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
@@ -69,7 +70,7 @@ class RegistryApp:
         sync: SyncSchedule, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
-        operator: OperatorCredential | None = None,
+        operator: OperatorCredential | None = None, redirects: TarballRedirects | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror, operator)
@@ -89,7 +90,7 @@ class RegistryApp:
             WebLoginRoutes(requests, weblogins, browser),
             SearchRoutes(requests, gate, search, audits, clock),
             SettingsRoutes(requests, gate, overrides),
-            PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu),
+            PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu, redirects),
         )
         for group in groups:
             group.mount(self._app)

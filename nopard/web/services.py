@@ -28,6 +28,10 @@ class PackageSource(Protocol):
     async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
         """The tarball ``filename`` of ``name``, opened, and how it was served."""
 
+    async def stored_tarball(self, name: str, filename: str) -> tuple[str, str]:
+        """The storage key of the tarball ``filename`` of ``name`` (fetched first if mirrored and
+        missing), and how it was served."""
+
     def missing_answer(self, name: str, tarball: str | None = None) -> str | None:
         """What a name that does not exist would be told now; None: plain "not found"."""
 

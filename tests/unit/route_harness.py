@@ -51,6 +51,7 @@ from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
 from nopard.web.app import RegistryApp
 from nopard.web.readme_renders import ReadmeRenders, Renderer
+from nopard.web.redirects import StoredObjects, TarballRedirects
 from nopard.web.site import NopardRequest, NopardSite
 from tests.support import Response
 from tests.unit.readme_fakes import InlineRenderer
@@ -204,12 +205,15 @@ class InProcess:
 
 def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str, ...] = (),
           renderer: Renderer | None = None, upstream: Resource | None = None,
-          wrap_storage: Callable[[FilesystemStorage], Any] | None = None, **settings: str) -> InProcess:
+          wrap_storage: Callable[[FilesystemStorage], Any] | None = None, objects: StoredObjects | None = None,
+          **settings: str) -> InProcess:
     """nopard's app as makeService wires it, settings as NOPARD_* keywords (lower case).
 
     ``renderer`` renders readmes (default: at once, in-process); ``upstream``
     is the upstream registry's resource (default: one that holds nothing);
-    ``wrap_storage`` wraps the store every part uses (to count its calls, say).
+    ``wrap_storage`` wraps the store every part uses (to count its calls, say); ``objects``
+    stands in for the S3 store tarballs are redirected to (with ``tarball_redirect`` set
+    through ``settings.update``, as load_settings refuses it on a filesystem store).
     """
     env = {"NOPARD_REGISTRY_PATH": str(tmp_path / "registry"), "NOPARD_FORWARDER_URL": UPSTREAM_URL,
            "NOPARD_MAX_USERS": "100",
@@ -247,6 +251,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
+        redirects=TarballRedirects(live, files=storage, objects=objects),
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,

@@ -9,13 +9,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from nopard.cli.maintenance import collect, scan
+from nopard.storage import InvalidKey
 from nopard.storage.fs import LOCK_DIRECTORY, FilesystemStorage
+from tests.unit.route_harness import run_now
 from tests.unit.storage_contract import StorageContract
 
 
@@ -122,3 +125,36 @@ def test_two_processes_lose_no_update(tmp_path: Path) -> None:
     items = json.loads((root / "shared" / "list.json").read_bytes())
     assert sorted(items) == sorted(f"{tag}-{n}" for tag in ("a", "b") for n in range(20))
     assert sorted(os.listdir(root / "shared")) == ["list.json"]
+
+
+def test_relative_url_names_the_keys_file_quoted_and_inside_the_root(tmp_path: Path) -> None:
+    """The URL nginx is sent to is the key's file under the root, percent-quoted; a key that
+    would leave the root has none."""
+    store = FilesystemStorage(str(tmp_path), run_now)
+    key = "packages/@acme/lib/tarballs/lib-1.0.0+build.tgz"
+    url = store.relative_url(key)
+    assert url == "packages/%40acme/lib/tarballs/lib-1.0.0%2Bbuild.tgz"
+    assert os.path.join(str(tmp_path), unquote(url)) == store.path_of(key)
+    for bad in ("../etc/passwd", "packages/../../x", "/etc/passwd", "packages/.tmp-x"):
+        with pytest.raises(InvalidKey):
+            store.relative_url(bad)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest_twisted.ensureDeferred
+async def test_stored_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    """Written, replaced and linked-in files are 0666 less the umask (0640 under the systemd
+    unit's 0027), not mkstemp's 0600, so nginx in nopard's group can send them."""
+    previous = os.umask(umask)
+    try:
+        store = FilesystemStorage(str(tmp_path / "store"), run_now)
+    finally:
+        os.umask(previous)
+    await store.write("packages/a/package.json", b"{}")
+    await store.replace("packages/b/package.json", b"{}", None)
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"tgz")
+    spool.chmod(0o600)
+    await store.create_from_file("packages/c/tarballs/c-1.0.0.tgz", str(spool))
+    for key in ("packages/a/package.json", "packages/b/package.json", "packages/c/tarballs/c-1.0.0.tgz"):
+        assert oct(os.stat(store.path_of(key)).st_mode & 0o777) == oct(mode), key

@@ -180,3 +180,20 @@ def test_settings_choose_and_check_s3() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             load_settings({}, environ, cwd="/srv")
+
+
+@pytest_twisted.ensureDeferred
+async def test_presigned_get_fetches_the_object_without_credentials(bucket: str) -> None:
+    """The presigned URL GETs the object's bytes with no Authorization of its own; the object
+    URL under a CDN base is the base + prefix + quoted key."""
+    import urllib.request
+
+    store = make_storage(bucket, "npm/main")
+    key = "packages/@acme/lib/tarballs/lib-1.0.0.tgz"
+    await store.write(key, b"tarball bytes")
+    url = await store.presigned_get(key, 60)
+    assert "X-Amz-" in url or "Signature=" in url
+    body = await deferToThread(lambda: urllib.request.urlopen(url, timeout=10).read())
+    assert body == b"tarball bytes"
+    assert store.object_url("http://cdn.invalid/base/", key) == (
+        "http://cdn.invalid/base/npm/main/packages/%40acme/lib/tarballs/lib-1.0.0.tgz")

@@ -23,6 +23,7 @@ from nopard.storage import Blob
 from nopard.web.api.common import Gate, add_route
 from nopard.web.browser import package_location, root_path, wants_html
 from nopard.web.errors import raise_unsupported
+from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response, send_prepared
 from nopard.web.services import ChangeListener, PackageSource, RunInThread
 
@@ -36,7 +37,8 @@ class PackageRoutes:
     """Every path naming a package, and ``/-/package/...`` (tags, collaborators, visibility)."""
 
     def __init__(self, requests: Requests, gate: Gate, settings: LiveSettings, accounts: Accounts,
-                 registry: Registry, packages: PackageSource, changes: ChangeListener, run_cpu: RunInThread) -> None:
+                 registry: Registry, packages: PackageSource, changes: ChangeListener, run_cpu: RunInThread,
+                 redirects: TarballRedirects | None = None) -> None:
         self._requests = requests
         self._gate = gate
         self._settings = settings
@@ -45,6 +47,7 @@ class PackageRoutes:
         self._packages = packages
         self._changes = changes
         self._run_cpu = run_cpu
+        self._redirects = redirects or TarballRedirects(settings)
 
     def mount(self, app: Klein) -> None:
         """Add these routes to ``app``."""
@@ -176,6 +179,13 @@ class PackageRoutes:
             target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
         )
         assert target.argument is not None  # a tarball path names the file
+        if request.method == b"GET" and self._redirects.active:
+            # nginx or the bucket sends the bytes; access was decided above, as for every tarball.
+            key, status = await self._packages.stored_tarball(target.name, target.argument)
+            self.served_as(request, status)
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+            request.setHeader(b"Cache-Control", TARBALL_CACHE)
+            return await self._redirects.answer(request, key)
         blob, status = await self._packages.tarball(target.name, target.argument)
         return await self.send_tarball(request, blob, status)
 
