@@ -487,7 +487,8 @@ class Yarn4(PackageManager):
     def prepare(self, project: Path) -> None:
         (project / ".yarnrc.yml").write_text(
             f'npmRegistryServer: "{self.registry.rstrip("/")}"\n'
-            'unsafeHttpWhitelist:\n  - "127.0.0.1"\n'
+            # localhost: the test bucket's host, that tarball redirects lead to (test_s3_redirect).
+            'unsafeHttpWhitelist:\n  - "127.0.0.1"\n  - "localhost"\n'
             "nodeLinker: node-modules\n"
             # yarn >= 4.10 ignores versions younger than a day by default ("quarantined").
             'npmMinimalAgeGate: "0"\n'
