@@ -48,6 +48,7 @@ from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import build_mirror
+from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.logs import LogService, twistd_log_stream
@@ -395,6 +396,7 @@ def build_service(
         run_cpu=run_cpu, readmes=ReadmeRenders(readme_worker, reactor), clock=reactor,
         log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
         redirects=tarball_redirects(live, storage),
+        upstream_search=UpstreamSearch(upstreams, live, reactor),
     )
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,

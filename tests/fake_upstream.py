@@ -5,7 +5,8 @@
 It serves the packuments and tarballs recorded by scripts/record-fixtures (``{{UPSTREAM}}``
 becomes its own base URL), synthetic packages for benchmarks (``big-package``: thousands of
 versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes; with
-``--synthetic N``, N small ones from tests/fake_synthetic.py) and empty audit answers. A second
+``--synthetic N``, N small ones from tests/fake_synthetic.py), empty audit answers and a search
+(tests/fake_search.py). A second
 port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``, ``POST /change`` and
 ``POST /restore`` (see tests/fake_publish.py). It prints ``READY <port> <control-port>`` once
 both ports listen.
@@ -44,6 +45,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from tests.fake_publish import Changes, digests, sources
+from tests.fake_search import search_answer
 from tests.fake_synthetic import Synthetic
 
 PLACEHOLDER = b"{{UPSTREAM}}"
@@ -457,6 +459,13 @@ class RegistryResource(resource.Resource):
         method = request.method
         if name.startswith("-/npm/v1/security/") and method == b"POST":
             return self.audit(request, name)
+        if name == "-/v1/search" and method == b"GET":
+            self.upstream.searches.append((request.args.get(b"text") or [b""])[0].decode("utf-8", "replace"))
+            registry = self.upstream.registry
+            answer = search_answer([*registry.recorded, *LEGACY], registry.packument, request.args)
+            if answer is None:
+                return error(request, 400, "text is required")
+            return respond(request, 200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
         if (name.startswith("download/") or "/-/" in name) and method in (b"GET", b"HEAD"):
             if name.startswith("download/"):
                 body = self.upstream.registry.download(name)
@@ -534,6 +543,7 @@ class UpstreamServer:
         self.paths: list[str] = []
         self.connections, self.requests = 0, []
         self.authorizations: list[list[str]] = []
+        self.searches: list[str] = []  # the text of every search asked
         self.held: list[server.Request] = []
         self.factory = CountingFactory(self)
         self.listening = None
@@ -585,9 +595,11 @@ class ControlResource(resource.Resource):
             body = json.loads(request.content.read() or b"{}")
             if command == (b"GET", b"/stats"):
                 return json.dumps({"connections": upstream.connections, "requests": upstream.requests,
-                                   "authorizations": upstream.authorizations, "fault": upstream.fault}).encode()
+                                   "authorizations": upstream.authorizations, "fault": upstream.fault,
+                                   "searches": upstream.searches}).encode()
             if command == (b"POST", b"/reset"):  # zeroes the counters only: changes stay
                 upstream.connections, upstream.requests, upstream.authorizations = 0, [], []
+                upstream.searches = []
                 return b"{}"
             if command == (b"POST", b"/fault"):
                 done = upstream.set_fault(body)

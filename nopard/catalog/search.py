@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.packument import version_key
+from nopard.domain.times import iso_time
 from nopard.ops.singleflight import SingleFlight
 
 DEFAULT_SIZE = 20
@@ -132,6 +132,7 @@ class Query:
     qualifiers: tuple[tuple[str, str], ...]
     size: int
     offset: int
+    text: str = ""  # as the client sent it (at most MAX_TEXT characters), for the upstream
 
 
 def _number(values: list[bytes] | None, default: int, low: int, high: int) -> int:
@@ -160,6 +161,7 @@ def parse_query(args: dict[bytes, list[bytes]]) -> Query:
         terms=tuple(terms[:MAX_TERMS]), qualifiers=tuple(qualifiers[:MAX_TERMS]),
         size=_number(args.get(b"size"), DEFAULT_SIZE, 0, MAX_SIZE),
         offset=_number(args.get(b"from"), 0, 0, MAX_FROM),
+        text=raw.strip(),
     )
 
 
@@ -206,14 +208,16 @@ def score(entry: Entry, query: Query) -> float:
     return total or 1.0
 
 
-def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool], base_url: str,
-           now: float) -> dict[str, Any]:
-    """The answer npm expects, with only the packages ``visible`` allows."""
+def matches(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool]) -> list[tuple[float, Entry]]:
+    """(score, entry) of every entry ``visible`` allows that answers ``query``, best first."""
     found = [(s, e) for e in entries if (s := score(e, query)) > 0 and visible(e.name)]
     found.sort(key=lambda pair: (-pair[0], pair[1].name))
-    best = found[0][0] if found else 1.0
-    page = found[query.offset : query.offset + query.size]
-    objects = [
+    return found
+
+
+def result_objects(page: list[tuple[float, Entry]], base_url: str, best: float) -> list[dict[str, Any]]:
+    """The ``objects`` of a search answer for ``page`` (part of what ``matches`` found), scored against ``best``."""
+    return [
         {
             "package": entry.summary(base_url),
             "score": {"final": round(points / best, 6),
@@ -223,8 +227,15 @@ def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool
         }
         for points, entry in page
     ]
-    moment = datetime.fromtimestamp(now, tz=UTC).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (UTC)")
-    return {"objects": objects, "total": len(found), "time": moment}
+
+
+def search(entries: Iterable[Entry], query: Query, visible: Callable[[str], bool], base_url: str,
+           now: float) -> dict[str, Any]:
+    """The answer npm expects, with only the packages ``visible`` allows (``time``: ISO 8601, as the registry's)."""
+    found = matches(entries, query, visible)
+    best = found[0][0] if found else 1.0
+    objects = result_objects(found[query.offset : query.offset + query.size], base_url, best)
+    return {"objects": objects, "total": len(found), "time": iso_time(now)}
 
 
 # The index ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 import treq
 from treq.client import HTTPClient
@@ -264,6 +264,42 @@ class Upstream:
         self._succeeded()
         return 200
 
+    async def search(self, params: dict[str, str], deadline: float, limit: int) -> tuple[int, bytes | None]:
+        """GET ``/-/v1/search?<params>``, the whole answer within ``deadline`` seconds; (status, body).
+
+        The body is None past ``limit`` bytes (no search answer is that big).
+        """
+        url = f"{self.base_url}/-/v1/search?{urlencode(params)}"
+        started = self._clock.seconds()
+        with self._call("search") as call:
+            headers = self._headers(url, {"Accept": "application/json"})
+            response = await self._request(call, "GET", url, deadline, headers=headers)
+            chunks: list[bytes] = []
+            held = [0]
+
+            def keep(data: bytes) -> None:
+                chunks.append(data)
+                held[0] += len(data)
+                if held[0] > limit:
+                    raise _TooBig()
+
+            receiver = _StreamingBody(keep, deadline, self._clock)
+            # The whole answer within the deadline, however it trickles in.
+            timer = self._clock.callLater(max(deadline - (self._clock.seconds() - started), 0.001), receiver._stalled)
+            response.deliverBody(receiver)
+            try:
+                await receiver.done
+            except _TooBig:
+                chunks = []
+            except Exception as error:
+                self._failed()
+                raise _unavailable(f"the upstream {self.base_url} broke off a search: {error}", "broken") from error
+            finally:
+                if timer.active():
+                    timer.cancel()
+        self._succeeded()
+        return response.code, (b"".join(chunks) if chunks else None)
+
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
         """Pass a request (an audit) through; returns status, body and content type."""
         url = self.base_url + path
@@ -323,6 +359,10 @@ async def _with_deadline(deferred: Deferred, seconds: float, clock: IReactorTime
     finally:
         if timer.active():
             timer.cancel()
+
+
+class _TooBig(Exception):
+    """A body past the size its caller accepts."""
 
 
 class _StreamingBody(Protocol):

@@ -38,7 +38,15 @@ from nopard.web.errors import Utf8PathGuard, install_error_handlers
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response
-from nopard.web.services import AuditForwarder, MirrorServices, MirrorStatus, RunInThread, Sessions, TarballSizes
+from nopard.web.services import (
+    AuditForwarder,
+    MirrorServices,
+    MirrorStatus,
+    RunInThread,
+    Sessions,
+    TarballSizes,
+    UpstreamSearch,
+)
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
 
 
@@ -71,6 +79,7 @@ class RegistryApp:
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
         operator: OperatorCredential | None = None, redirects: TarballRedirects | None = None,
+        upstream_search: UpstreamSearch | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror, operator)
@@ -88,7 +97,7 @@ class RegistryApp:
             OperationRoutes(requests, gate, status, sync, metrics, health),
             AccountRoutes(requests, gate, accounts),
             WebLoginRoutes(requests, weblogins, browser),
-            SearchRoutes(requests, gate, search, audits, clock),
+            SearchRoutes(requests, gate, search, audits, clock, upstream_search),
             SettingsRoutes(requests, gate, overrides),
             PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu, redirects),
         )

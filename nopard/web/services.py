@@ -50,6 +50,16 @@ class AuditForwarder(Protocol):
         """(status, body, content type) of the upstream's answer."""
 
 
+class UpstreamSearch(Protocol):
+    """The forwarder's own search, for npm search (nopard.mirror.search)."""
+
+    def forwards(self, name: str) -> bool:
+        """Whether ``name`` is served from the forwarder."""
+
+    async def search(self, text: str, offset: int, size: int) -> Any:
+        """Its decoded answer for ``text``, or None when it is down, slow or has none to give."""
+
+
 TarballSizes = Callable[[str, dict[str, Any]], Awaitable[dict[str, int | None]]]
 """(name, document) -> version -> stored tarball size, None when only upstream."""
 

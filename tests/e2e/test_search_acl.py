@@ -174,9 +174,10 @@ def test_no_proxy_names_never_go_upstream(registry: NopardServer, fake: FakeUpst
 
 @pytest.mark.parametrize(
     "query",
-    ["", "text=", "text=%00", "text=%ff%fe", "text=%E4%B8%AD%F0%9F%98%80", "text=a&text=b",
-     "size=99999999999999999999&from=-5", "size=abc&from=xyz", "from=1e400&size=-1", "text=" + "x" * 5000,
-     "text=keywords%3A&size=%00", "text=*%20?%20[&from=%20", "quality=2&popularity=x&maintenance="],
+    ["text=%00", "text=%ff%fe", "text=%E4%B8%AD%F0%9F%98%80", "text=a&text=b",
+     "text=x&size=99999999999999999999&from=-5", "text=x&size=abc&from=xyz", "text=x&from=1e400&size=-1",
+     "text=" + "x" * 5000, "text=keywords%3A&size=%00", "text=*%20?%20[&from=%20",
+     "text=x&quality=2&popularity=x&maintenance="],
 )
 def test_odd_queries_never_fail(registry: NopardServer, tokens, query: str) -> None:
     answer = registry.request("GET", f"/-/v1/search?{query}")
@@ -184,6 +185,12 @@ def test_odd_queries_never_fail(registry: NopardServer, tokens, query: str) -> N
     body = answer.json()
     assert isinstance(body["objects"], list) and len(body["objects"]) <= 250
     assert isinstance(body["total"], int) and isinstance(body["time"], str)
+
+
+@pytest.mark.parametrize("query", ["", "text=", "text=%20", "size=5&from=1", "quality=2&popularity=x"])
+def test_a_search_without_words_is_a_400(registry: NopardServer, query: str) -> None:
+    answer = registry.request("GET", f"/-/v1/search?{query}")
+    assert answer.status == 400 and "text=" in answer.json()["error"]
 
 
 def test_search_shape_ranking_and_paging(registry: NopardServer, tokens) -> None:

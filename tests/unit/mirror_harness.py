@@ -74,6 +74,7 @@ class FakeRegistry(Resource):
     fault: str | None = None  # None, "5xx", "404", "429", "silent", "corrupt"
     hold_tarballs: bool = False  # tarball answers wait for release()
     held: list[Any] = field(default_factory=list)
+    searches: list[str] = field(default_factory=list)  # the text of every /-/v1/search asked
     isLeaf = True
 
     def __post_init__(self) -> None:
@@ -109,6 +110,8 @@ class FakeRegistry(Resource):
         if self.fault in ("5xx", "404"):
             request.setResponseCode(503 if self.fault == "5xx" else 404)
             return b'{"error":"fault"}'
+        if path == "/-/v1/search":
+            return self.search(request)
         if path.startswith("/download/"):  # odd_packument's tarball URLs
             name, version, _digest = path[len("/download/"):].rsplit("/", 2)
             file = f"{name.split('/')[-1]}-{version}.tgz"
@@ -131,6 +134,20 @@ class FakeRegistry(Resource):
         request.setHeader(b"ETag", self.etag(name).encode())
         request.setHeader(b"Content-Type", b"application/json")
         return orjson.dumps(self.documents[name])
+
+
+    def search(self, request: Any) -> bytes:
+        """The registry's search: documents whose name holds every word, by name, paged by from/size."""
+        text = (request.args.get(b"text") or [b""])[0].decode()
+        self.searches.append(text)
+        offset = int((request.args.get(b"from") or [b"0"])[0])
+        size = int((request.args.get(b"size") or [b"20"])[0])
+        found = sorted(n for n in self.documents if all(word in n for word in text.split()))
+        objects = [{"package": {"name": n, "version": self.documents[n]["dist-tags"]["latest"],
+                                "description": f"{n} upstream"}, "score": {"final": 1.0}, "searchScore": 1.0}
+                   for n in found[offset : offset + size]]
+        request.setHeader(b"Content-Type", b"application/json")
+        return orjson.dumps({"objects": objects, "total": len(found), "time": "2026-12-02T00:00:00.000Z"})
 
 
 @dataclass

@@ -39,6 +39,7 @@ from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import build_mirror
+from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
@@ -252,6 +253,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
         redirects=TarballRedirects(live, files=storage, objects=objects),
+        upstream_search=UpstreamSearch(upstreams, live, clock),
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,

@@ -6,11 +6,13 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from nopard.catalog import merged
 from nopard.catalog import search as searching
 from nopard.catalog.search import SearchIndex
+from nopard.domain.errors import InvalidInput
 from nopard.web.api.common import Gate, add_route
 from nopard.web.responses import Requests, header, json_response
-from nopard.web.services import AuditForwarder
+from nopard.web.services import AuditForwarder, UpstreamSearch
 
 AUDIT_PATHS = ("/-/npm/v1/security/advisories/bulk", "/-/npm/v1/security/audits/quick", "/-/npm/v1/security/audits")
 
@@ -19,8 +21,9 @@ class SearchRoutes:
     """``/-/v1/search`` and the audit endpoints."""
 
     def __init__(self, requests: Requests, gate: Gate, index: SearchIndex, audits: AuditForwarder,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, upstream: UpstreamSearch | None = None) -> None:
         self._requests = requests
+        self._upstream = upstream
         self._gate = gate
         self._index = index
         self._audits = audits
@@ -33,15 +36,30 @@ class SearchRoutes:
             add_route(app, "search", path, ["POST"], self.audit)
 
     async def search_packages(self, request: IRequest) -> bytes:
-        """npm search: local and mirrored packages the caller may read."""
+        """npm search: local and mirrored packages the caller may read, then the upstream's own results."""
         identity = await self._gate.reader(request)
+        if not (request.args.get(b"text") or [b""])[0].strip():
+            raise InvalidInput("a search needs words to look for: /-/v1/search?text=<words>")
         query = searching.parse_query(request.args)
-        answer = searching.search(
-            await self._index.entries(), query, self._gate.may_read(identity.user),
-            self._requests.base_url(request), self._clock.seconds(),
-        )
+        visible = self._gate.may_read(identity.user)
+        listing = await self._index.listing()
+        found = searching.matches([entry for entry, _, _ in listing], query, visible)
+        local = {entry.name for entry, origin, _ in listing if origin == "local"}
+        answer = None
+        upstream = self._upstream
+        if upstream is not None and merged.may_ask_upstream(query, local, upstream.forwards):
+            offset, size = merged.upstream_window(query, len(found))
+            answer = merged.read_upstream_answer(await upstream.search(query.text, offset, size), offset)
+
+        def keep(name: str) -> bool:
+            # Only what nopard would serve this reader from the upstream: never a hidden,
+            # local, private or unproxied name (nor one this page lists already).
+            return name not in local and visible(name) and upstream is not None and upstream.forwards(name)
+
+        result = merged.merged_answer(found, answer, query, keep, self._requests.base_url(request),
+                                      self._clock.seconds())
         request.setHeader(b"Cache-Control", b"private, no-cache")
-        return json_response(request, 200, answer)
+        return json_response(request, 200, result)
 
     async def audit(self, request: IRequest) -> bytes:
         """Audits go to the upstream; with it down they fail at once (npm install goes on)."""
