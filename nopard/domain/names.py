@@ -18,6 +18,10 @@ MAX_NAME_LENGTH = 214
 # install. One departure: a leading "-" is served too, as npm's own pending fix has it
 # (old packages such as "-x-y" exist), though npm 11 itself refuses to install them.
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~!'()*-]+")  # what encodeURIComponent leaves as it is
+# Scopes are user and organisation names, lowercase on every registry: an uppercase one names no
+# old package, only a look-alike of a real scope that the private scopes and access rules
+# (written in lowercase) would not cover.
+_SCOPE = re.compile(r"[a-z0-9._~!'()*-]+")
 _RESERVED = {"node_modules", "favicon.ico"}
 _ALPHABET = "letters, digits and - . _ ~ ! ' ( ) *"
 
@@ -66,8 +70,8 @@ def name_problem(name: object) -> str | None:
         scope, slash, bare = name[1:].partition("/")
         if not slash or not bare:
             return "a scoped name is @scope/name: the name after the scope is missing"
-        if not scope or scope in (".", "..") or not _URL_SAFE.fullmatch(scope):
-            return f"a scope may hold only {_ALPHABET}"
+        if not scope or scope in (".", "..") or not _SCOPE.fullmatch(scope):
+            return f"a scope may hold only {_ALPHABET.replace('letters', 'lowercase letters')}"
         if bare.startswith("."):
             return "a name cannot start with a period"
         if not _URL_SAFE.fullmatch(bare):

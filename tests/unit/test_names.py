@@ -48,7 +48,8 @@ def test_missing_name_is_refused(name: object) -> None:
         ("@s/", "missing"), ("@/n", "scope"), ("@s/n/x", "'/'"), ("a b", "may hold only"),
         ("a%20b", "may hold only"), ("a:b", "may hold only"), ("x@y", "'@'"), ("a@b", "'@'"),
         ("é", "may hold only"), ("..", "period"), ("a\\b", "may hold only"), ("@../x", "scope"),
-        ("@./x", "scope"), ("-", "path segment"), ("@s%2fn", "missing"),
+        ("@./x", "scope"), ("-", "path segment"), ("@s%2fn", "missing"), ("@S/n", "lowercase"),
+        ("@Acme/lib", "lowercase"),
     ],
 )
 def test_names_npm_never_accepts_are_refused_saying_why(name: str, why: str) -> None:
@@ -60,7 +61,7 @@ def test_names_npm_never_accepts_are_refused_saying_why(name: str, why: str) -> 
 @pytest.mark.parametrize(
     "name",
     ["React", "JSONStream", "JSONStream-x", "@s/Upper", "it's(ok)!*", "-x-y", "--lead", "@scope/_x",
-     "@con/x", "nul.x", "con", "@S/n", "@_s/n", "@.s/n", "@s/-x", "a~b", "@s/a~b"],
+     "@con/x", "nul.x", "con", "@_s/n", "@.s/n", "@s/-x", "a~b", "@s/a~b"],
 )
 def test_names_valid_for_old_packages_are_accepted(name: str) -> None:
     """Names npm accepts for old packages (uppercase, ~'!()*, device names, leading '-') are valid here.

@@ -18,7 +18,8 @@ from tests.unit.route_harness import build
 # Names npm accepts for old packages (validate-npm-package-name's validForOldPackages; a leading
 # "-" as npm's pending fix has it); the public registry would refuse them for new packages.
 LEGACY_NAMES = ["JSONStream-x", "-x-y", "@scope/_x", "@con/x", "nul.x", "con", "it's(ok)!*", "@s/Upper"]
-NEVER = [("_x", "underscore"), ("@x", "missing"), ("x@y", "'@'"), (".x", "period"), ("node_modules", "not a valid")]
+NEVER = [("_x", "underscore"), ("@x", "missing"), ("x@y", "'@'"), (".x", "period"), ("node_modules", "not a valid"),
+         ("@ACME/lib", "lowercase")]
 
 
 def path_of(name: str) -> str:
