@@ -95,6 +95,8 @@ class MirroredDocuments:
         self._flights: SingleFlight[Mirrored] = SingleFlight()
         self._free_slots = revalidation_slots
         self._background: set[Upstream] = set()
+        # Per upstream: revalidations in flight, and its answer count when the last of them began.
+        self._probes: dict[Upstream, tuple[int, int]] = {}
 
     async def mirrored_meta(self, name: str) -> MirrorMeta | None:
         """When nopard last confirmed its copy of ``name``'s upstream document, or None: no copy."""
@@ -114,7 +116,12 @@ class MirroredDocuments:
         """The upstream document of ``name`` by the offline-first table, and how it was served."""
         meta = await self.mirrored_meta(name)
         now = self._clock.seconds()
-        action = decide(meta.fetched_at if meta else None, now, self._ttl(), upstream.breaker.down)
+        down = upstream.breaker.down
+        if meta is None and down and upstream.breaker.probe_free:
+            # Nothing to serve instead: this request is the probe now, not when the probe timer
+            # fires, so a user whose network just came back gets the package.
+            down = False
+        action = decide(meta.fetched_at if meta else None, now, self._ttl(), down)
         if action is Action.FETCH and not self._settings.current.auto_forward:
             raise NotFound(not_forwarded(name))
         if action is Action.FAIL_FAST:
@@ -172,7 +179,7 @@ class MirroredDocuments:
         goes on instead of retrying for a minute; the fetch itself goes on in
         the background and stores the document if the upstream answers late.
         """
-        fetching = Deferred.fromCoroutine(self._flights.run(name, lambda: self._fetch(name, upstream)))
+        fetching = Deferred.fromCoroutine(self._flights.run(name, lambda: self._fetch(name, upstream, urgent=True)))
         if upstream.breaker.trusted(TRUST_WINDOW):
             return await fetching
         # Already silent on another request for a while: no point waiting on this one too.
@@ -185,15 +192,17 @@ class MirroredDocuments:
             raise NotFound(f"{unreachable(name)} ({reason})") from None
 
     async def _fetch(
-        self, name: str, upstream: Upstream, timeout: float | None = None, reuse_fresh: bool = True
+        self, name: str, upstream: Upstream, timeout: float | None = None, reuse_fresh: bool = True,
+        urgent: bool = False,
     ) -> Mirrored:
-        """Fetch ``name``'s document; ``reuse_fresh``: a fresh stored copy will do instead."""
+        """Fetch ``name``'s document; ``reuse_fresh``: a fresh stored copy will do instead;
+        ``urgent``: nopard has none to serve (it may be the breaker's probe at once)."""
         async with self._coordination.lock("doc:" + name, wait=self._settings.current.upstream_timeout):
             # Another instance may have fetched it while this one waited for the lock.
             stored = await self._fresh_copy(name, since=None) if reuse_fresh else None
             if stored is not None:
                 return stored
-            fetched = await upstream.document(name, timeout=timeout)
+            fetched = await upstream.document(name, timeout=timeout, urgent=urgent)
             if fetched.status == 404:
                 self._remember_not_found(name)
                 raise NotFound(f"package not found: {name}")
@@ -212,15 +221,27 @@ class MirroredDocuments:
     async def _revalidate(self, name: str, upstream: Upstream, meta: MirrorMeta) -> Mirrored | None:
         """A conditional GET within the stale deadline; None means 'serve stale'.
 
-        A client waits on it only while the upstream is trusted (it answered
-        lately and has not failed since). Otherwise the stale copy is served at
-        once and one revalidation at a time runs in the background: when the
-        upstream has just gone silent, an install waits on it at most once.
+        While the upstream's health is unknown (a request waits on it and
+        nothing was answered since), that request is the probe and this copy
+        is served stale at once, with no request of its own: a wave of stale
+        documents costs a silent upstream one request, not one each. A client
+        waits on a revalidation only while the upstream is trusted (it
+        answered lately and has not failed since). Otherwise the stale copy is
+        served at once and one revalidation at a time runs in the background:
+        when the upstream has just gone silent, an install waits on it at most once.
         """
+        if upstream.unanswered() or self._health_unknown(upstream):
+            return None
         if not upstream.breaker.trusted(TRUST_WINDOW):
             self._revalidate_in_background(name, upstream, meta)
             return None
         return await self._revalidate_waiting(name, upstream, meta)
+
+    def _health_unknown(self, upstream: Upstream) -> bool:
+        """Whether a revalidation of this process is under way and the upstream answered nothing since
+        it began (its request may not be sent yet: the store is read first)."""
+        in_flight, answers = self._probes.get(upstream, (0, -1))
+        return in_flight > 0 and answers == upstream.answers
 
     def _revalidate_in_background(self, name: str, upstream: Upstream, meta: MirrorMeta) -> None:
         if upstream in self._background:
@@ -241,6 +262,8 @@ class MirroredDocuments:
         if self._free_slots <= 0:
             return None
         self._free_slots -= 1
+        in_flight, _ = self._probes.get(upstream, (0, 0))
+        self._probes[upstream] = (in_flight + 1, upstream.answers)
         try:
             return await self._flights.run(name, lambda: self._conditional(name, upstream, meta))
         except (UpstreamUnavailable, UpstreamBadContent, NotFound) as error:
@@ -248,6 +271,11 @@ class MirroredDocuments:
             return None
         finally:
             self._free_slots += 1
+            in_flight, answers = self._probes[upstream]
+            if in_flight > 1:
+                self._probes[upstream] = (in_flight - 1, answers)
+            else:
+                del self._probes[upstream]
 
     async def _conditional(
         self, name: str, upstream: Upstream, meta: MirrorMeta, timeout: float | None = None

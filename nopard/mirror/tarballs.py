@@ -1,23 +1,28 @@
 """Mirrored tarballs: stored ones are streamed; a missing one is fetched once, verified, stored.
 
-A tarball is fetched into a spool file while its digests are computed, and
-stored (create-if-absent) only when they match the manifest's ``dist``: a
-corrupt download is never stored and never served.
+A missing tarball is fetched into a spool file (nopard.mirror.spool) while its
+digests are computed; every client asking for it meanwhile is sent its bytes
+from the spool as they arrive, and the last byte only once they matched the
+manifest's ``dist``. Only then is it stored (create-if-absent); a mismatch cuts
+every such client's download and stores nothing, so a corrupt download is
+never stored and never served whole.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nopard.domain import packument
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.domain.integrity import Digests
 from nopard.mirror.documents import Coordination, MirroredDocuments
 from nopard.mirror.policy import Action
+from nopard.mirror.spool import Spool
 from nopard.ops.singleflight import SingleFlight
 from nopard.settings.acl import unreachable
 from nopard.settings.config import LiveSettings
@@ -39,20 +44,32 @@ class MirroredTarballs:
         self._spool_dir = spool_dir
         self._log = log
         self._flights: SingleFlight[int] = SingleFlight()
+        self._spools: dict[str, Spool] = {}  # fetches under way whose answer began, by key
+        self._joining: dict[str, list[Deferred[Spool | None]]] = {}  # clients waiting for that
 
     async def stored(self, name: str, filename: str) -> bool:
         """Whether the upstream tarball ``filename`` of ``name`` is stored."""
         return await self._storage.exists(keys.upstream_tarball_key(name, filename))
 
     async def open(self, name: str, filename: str, upstream: Upstream) -> tuple[Blob, str]:
-        """The stored tarball (HIT), else fetched now (MISS); NotFound fast while the upstream is down."""
+        """The stored tarball (HIT), else fetched now (MISS); NotFound fast while the upstream is down.
+
+        A MISS is sent as it arrives (a spool follower) when the upstream
+        declared its length, else once stored.
+        """
         key = keys.upstream_tarball_key(name, filename)
         blob = await self._storage.open(key)
         if blob is not None:
             return blob, Action.SERVE.value
-        if upstream.breaker.down:
-            raise NotFound(unreachable(f"{name}/-/{filename}"))
-        await self._flights.run(key, lambda: self._fetch(name, filename, upstream))
+        spool = self._spools.get(key)
+        if spool is None:
+            if upstream.breaker.down:
+                raise NotFound(unreachable(f"{name}/-/{filename}"))
+            spool = await self._join(key, lambda: self._fetch(name, filename, upstream))
+        if spool is not None and not spool.ended:
+            return spool.follow(), Action.FETCH.value
+        if spool is not None and spool.failure is not None:  # over before this caller could follow it
+            raise spool.failure
         blob = await self._storage.open(key)
         if blob is None:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
@@ -75,6 +92,44 @@ class MirroredTarballs:
             return 0
         return await self._flights.run(key, lambda: self._fetch(name, filename, upstream))
 
+    async def _join(self, key: str, work: Callable[[], Awaitable[int]]) -> Spool | None:
+        """The spool of the fetch of ``key`` (started unless under way) once the upstream's answer began.
+
+        None: the fetch ended first (stored, or an answer of unknown length);
+        its error if it failed. A caller that goes away leaves the fetch to the others.
+        """
+        ready: Deferred[Spool | None] = Deferred(lambda waiter: self._unjoin(key, waiter))
+        self._joining.setdefault(key, []).append(ready)
+        flight = Deferred.fromCoroutine(self._flights.run(key, work))
+
+        def ended(outcome: object) -> None:
+            self._unjoin(key, ready)
+            if not ready.called:
+                if isinstance(outcome, Failure):
+                    ready.errback(outcome)
+                else:
+                    ready.callback(None)
+
+        flight.addBoth(ended)
+        try:
+            return await ready
+        finally:
+            if not flight.called:
+                flight.cancel()  # leaves the shared fetch only: the spool is what this caller follows
+
+    def _unjoin(self, key: str, waiter: Deferred[Spool | None]) -> None:
+        waiting = self._joining.get(key, [])
+        if waiter in waiting:
+            waiting.remove(waiter)
+        if not waiting:
+            self._joining.pop(key, None)
+
+    def _began(self, key: str, spool: Spool) -> None:
+        """The upstream's answer began, of a known length: clients waiting (and coming) follow ``spool``."""
+        self._spools[key] = spool
+        for waiter in self._joining.pop(key, []):
+            waiter.callback(spool)
+
     async def _fetch(self, name: str, filename: str, upstream: Upstream) -> int:
         """Fetch, verify and store a tarball; one instance at a time fetches a given one."""
         key = keys.upstream_tarball_key(name, filename)
@@ -84,23 +139,27 @@ class MirroredTarballs:
             return await self._fetch_locked(name, filename, upstream)
 
     async def _fetch_locked(self, name: str, filename: str, upstream: Upstream) -> int:
+        key = keys.upstream_tarball_key(name, filename)
         manifest = await self._manifest_for(name, filename, upstream)
         dist = manifest.get("dist") or {}
         digests = Digests(dist)
-        os.makedirs(self._spool_dir, exist_ok=True)
-        spool = tempfile.NamedTemporaryFile(dir=self._spool_dir, prefix=".fetch-", delete=False)
+        spool = Spool(self._spool_dir)
         try:
-            with spool:
-                def write(chunk: bytes) -> None:
-                    digests.update(chunk)
-                    spool.write(chunk)
+            def write(chunk: bytes) -> None:
+                digests.update(chunk)
+                spool.append(chunk)
 
-                status = await upstream.stream(str(dist.get("tarball")), write)
+            def began(length: int | None) -> None:
+                if length is not None:
+                    spool.length = length
+                    self._began(key, spool)
+
+            status = await upstream.stream(str(dist.get("tarball")), write, began)
             if status == 404:
                 raise NotFound(f"tarball not found upstream: {name}/-/{filename}")
             if status != 200:
                 raise UpstreamBadContent(f"the upstream answered {status} for {name}/-/{filename}")
-            if not digests.matches(dist):
+            if not digests.matches(dist) or spool.length not in (None, spool.written):
                 self._log.warn(
                     "refused {name}/-/{filename}: checksum mismatch ({size} bytes)",
                     name=name, filename=filename, size=digests.size, event="integrity-mismatch",
@@ -108,9 +167,15 @@ class MirroredTarballs:
                 raise UpstreamBadContent(
                     f"the upstream's {name}/-/{filename} does not match its integrity; not stored"
                 )
-            await self._storage.create_from_file(keys.upstream_tarball_key(name, filename), spool.name)
+            spool.verify()
+            await self._storage.create_from_file(key, spool.path)
+        except BaseException as error:
+            spool.fail(error)
+            raise
         finally:
-            os.unlink(spool.name)
+            if self._spools.get(key) is spool:
+                del self._spools[key]
+            spool.end()
         return digests.size
 
     async def _manifest_for(self, name: str, filename: str, upstream: Upstream) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 Closed: requests go upstream. After ``threshold`` consecutive failures
 (timeouts, refused connections, 5xx) it opens: nothing goes upstream, so
-stale documents are served at once and missing ones fail fast. Every
-``probe_interval`` seconds one request is let through as a probe; its success
-closes the breaker, its failure keeps it open. At most one probe is in flight,
+stale documents are served at once and missing ones fail fast (but for the
+probe). Every
+``probe_interval`` seconds one request is let through as a probe (sooner when
+a request nothing can be served without comes: ``admit(urgent=True)``); its
+success closes the breaker, its failure keeps it open. At most one probe is in flight,
 and every probe ends: an answer that is neither (a 429), a cancelled request or
 an error in nopard itself ends it without a verdict (``end``), and the next
 probe is due ``probe_interval`` later, so the upstream never stays "probing"
@@ -69,15 +71,23 @@ class Breaker:
         """Whether a request may go upstream now; if open, this caller may become the probe."""
         return self.admit() is not None
 
-    def admit(self) -> Admission | None:
+    @property
+    def probe_free(self) -> bool:
+        """Whether no probe is in flight (an urgent request may then be the probe at once)."""
+        return not self._probe_in_flight
+
+    def admit(self, urgent: bool = False) -> Admission | None:
         """An admission for one request to go upstream now (None: not now).
 
         While open, the one caller admitted is the probe; it must be ended by
         ``succeeded``, ``failed`` or ``end(admission)``, whatever happens to the request.
+        ``urgent`` (nothing to serve without it): the probe now if none is in
+        flight, before the probe timer fires, so an upstream that came back is
+        noticed by the next request that needs it.
         """
         if self.opened_at is None:
             return Admission(probe=False)
-        if self._probe_in_flight or self._now() < self._next_probe:
+        if self._probe_in_flight or (self._now() < self._next_probe and not urgent):
             return None
         self._probe_in_flight = True
         self._probe = Admission(probe=True)

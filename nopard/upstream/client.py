@@ -102,6 +102,12 @@ class Upstream:
         self.paused_until = 0.0  # set by a 429 with Retry-After
         self._awaiting: dict[object, float] = {}  # requests sent, no answer yet -> when sent
         self.last_answer_at: float | None = None
+        # Requests and answers in the order they happened (a clock may not move between them):
+        # each request waiting -> its number when sent; the number of the last answer.
+        self._sequence = 0
+        self._sent_as: dict[object, int] = {}
+        self._answered_as = 0
+        self.answers = 0  # answers received so far (of any status)
         self._log = log or Logger()
         self._metrics = metrics
 
@@ -143,6 +149,25 @@ class Upstream:
             return 0.0
         return self._clock.seconds() - oldest
 
+    def unanswered(self) -> bool:
+        """Whether the upstream's health is unknown: a request waits on it, and nothing was answered
+        since that request was sent (it may be answering as usual, or have gone dark)."""
+        return bool(self._sent_as) and min(self._sent_as.values()) > self._answered_as
+
+    def _sent(self, request: object) -> None:
+        self._awaiting[request] = self._clock.seconds()
+        self._sequence += 1
+        self._sent_as[request] = self._sequence
+
+    def _over(self, request: object, answered: bool) -> None:
+        del self._awaiting[request]
+        del self._sent_as[request]
+        if answered:
+            self.answers += 1
+            self._sequence += 1
+            self._answered_as = self._sequence
+            self.last_answer_at = self._clock.seconds()
+
     def _failed(self) -> None:
         was_open = self.breaker.is_open
         self.breaker.failed()
@@ -167,19 +192,26 @@ class Upstream:
                 headers["Authorization"] = self._basic
         return headers
 
-    async def _request(self, call: _Call, method: str, url: str, timeout: float, **kwargs: Any) -> Any:
+    async def _request(
+        self, call: _Call, method: str, url: str, timeout: float, urgent: bool = False, **kwargs: Any,
+    ) -> Any:
         """One request through the breaker; raises UpstreamUnavailable on failure.
 
-        A request its caller cancels raises CancelledError and counts as no
-        failure: the upstream did nothing wrong (a timeout is a failure).
+        ``urgent``: nothing can be served without it (a name never stored), so
+        while the breaker is open it is the probe whenever none is in flight,
+        without waiting for the probe timer. A request its caller cancels
+        raises CancelledError and counts as no failure: the upstream did
+        nothing wrong (a timeout is a failure).
         """
-        call.admission = self.breaker.admit()
+        call.admission = self.breaker.admit(urgent=urgent)
         if call.admission is None:
             raise _unavailable(f"the upstream {self.base_url} is unreachable (breaker open)", "breaker_open")
         self.requests_made += 1
         waiting = object()
-        self._awaiting[waiting] = self._clock.seconds()
-        sent = self._http.request(method, url, timeout=timeout, **kwargs)
+        self._sent(waiting)
+        # The timeout on the injected clock, like every other wait of nopard's (treq only calls
+        # callLater on it: the agent it would otherwise build is given).
+        sent = self._http.request(method, url, timeout=timeout, reactor=cast(Any, self._clock), **kwargs)
         caller_cancelled: list[bool] = []
 
         def cancel(_: Deferred) -> None:
@@ -191,15 +223,14 @@ class Upstream:
         try:
             response = await answer
         except Exception as error:  # timeouts, refused, reset, DNS, TLS: all mean "down" here
-            del self._awaiting[waiting]
+            self._over(waiting, answered=False)
             if caller_cancelled:
                 raise CancelledError() from error
             self._failed()
             words = _describe(error)
             reason = "timeout" if words == _NO_ANSWER else "unreachable"
             raise _unavailable(f"the upstream {self.base_url} {words}", reason) from error
-        del self._awaiting[waiting]
-        self.last_answer_at = self._clock.seconds()
+        self._over(waiting, answered=True)
         if response.code == 429:
             delay = retry_after_seconds(_header(response.headers, "retry-after"), self._clock.seconds())
             self.paused_until = max(self.paused_until, self._clock.seconds() + delay)
@@ -211,11 +242,14 @@ class Upstream:
             raise _unavailable(f"the upstream {self.base_url} answered {response.code}", "http_5xx")
         return response
 
-    async def document(self, name: str, etag: str | None = None, timeout: float | None = None) -> Fetched:
+    async def document(
+        self, name: str, etag: str | None = None, timeout: float | None = None, urgent: bool = False,
+    ) -> Fetched:
         """GET the full document of ``name``, conditionally on ``etag``.
 
         ``timeout`` bounds the wait for the answer to begin (default
         NOPARD_UPSTREAM_TIMEOUT); the body, once started, may take that long.
+        ``urgent``: nopard has no copy to serve instead (see ``_request``).
         """
         url = document_url(self.base_url, name)
         extra = {"Accept": DOCUMENT_ACCEPT}
@@ -223,7 +257,8 @@ class Upstream:
             extra["If-None-Match"] = etag
         full = self._settings.current.upstream_timeout
         with self._call("document") as call:
-            response = await self._request(call, "GET", url, timeout or full, headers=self._headers(url, extra))
+            response = await self._request(call, "GET", url, timeout or full, urgent,
+                                           headers=self._headers(url, extra))
             try:
                 body = await _with_deadline(treq.content(response), full, self._clock)
             except Exception as error:
@@ -241,10 +276,13 @@ class Upstream:
             _header(response.headers, "last-modified"),
         )
 
-    async def stream(self, url: str, write: Callable[[bytes], None]) -> int:
+    async def stream(
+        self, url: str, write: Callable[[bytes], None], began: Callable[[int | None], None] | None = None,
+    ) -> int:
         """GET ``url`` and pass the body to ``write`` as it arrives; returns the HTTP status.
 
-        A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
+        ``began`` is told the declared length (None: unknown) of a 200 answer
+        before its body. A body that stalls for NOPARD_UPSTREAM_TIMEOUT seconds is aborted.
         """
         timeout = self._settings.current.upstream_timeout
         with self._call("tarball") as call:
@@ -254,6 +292,8 @@ class Upstream:
                 await response.text()
                 self._succeeded()
                 return response.code
+            if began is not None:
+                began(response.length if isinstance(response.length, int) else None)
             receiver = _StreamingBody(write, timeout, self._clock)
             response.deliverBody(receiver)
             try:

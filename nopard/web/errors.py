@@ -74,10 +74,33 @@ def error_response(request: IRequest, error: NopardError) -> bytes:
     return json_response(request, status, {"error": error.message})
 
 
+def cut_short(request: IRequest) -> bool:
+    """Close the connection of an answer that already began (True); False: nothing was sent yet.
+
+    An error found once the body is under way (a streamed tarball that failed
+    its checksums, say) cannot be told with a status any more, and appending an
+    error body or finishing would let the client take a cut body for a whole
+    one: the connection is aborted before the declared length (or the chunked
+    terminator), so the client reports an error and keeps nothing.
+    """
+    if not getattr(request, "startedWriting", False):
+        return False
+    transport = getattr(request, "transport", None)
+    # A declared length: closing after what was sent tells the client the body is short. Chunked:
+    # the terminator the finish writes must never go out, so the connection is dropped at once.
+    chunked = getattr(request, "chunked", False)
+    close = getattr(transport, "abortConnection" if chunked else "loseConnection", None)
+    if close is not None:
+        close()
+    return True
+
+
 def install_error_handlers(app: Klein, log: Logger) -> None:
     """JSON answers for domain errors, unknown routes and methods, bad names, and anything else."""
 
     def domain_error(request: IRequest, failure: Failure) -> bytes:
+        if cut_short(request):
+            return b""
         return error_response(request, cast(NopardError, failure.value))  # handle_errors(NopardError)
 
     def route_not_found(request: IRequest, failure: Failure) -> bytes:
@@ -92,6 +115,8 @@ def install_error_handlers(app: Klein, log: Logger) -> None:
     def unexpected(request: IRequest, failure: Failure) -> bytes:
         path = redact_path(request.uri.decode("latin-1"))
         log.failure("unexpected error on {path}", failure, path=path, event="error")
+        if cut_short(request):
+            return b""
         return json_response(request, 500, {"error": "internal error; see the registry's log"})
 
     # Klein tries the handlers in the order they were added: the general one last.

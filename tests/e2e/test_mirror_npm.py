@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ TREE = REPO / "tests" / "data" / "projects" / "tree"
 # Connections nopard may open to a silent upstream during a whole install: a few
 # stale revalidations before the breaker opens, and a probe now and then.
 MAX_OFFLINE_CONNECTIONS = 12
+# Upstream requests one install may make with the upstream silent and every document stale.
+MAX_OFFLINE_REQUESTS = 5
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +87,16 @@ def test_offline_install_with_every_document_stale(world: dict) -> None:
         Npm(server.url, world["work"] / "npm-offline").run("ci", "--no-audit", cwd=project)
         world["timings"]["offline"] = time.monotonic() - started
         assert locked_versions(project) == locked_versions(world["project"])
+        assert len(upstream.stats()["requests"]) <= MAX_OFFLINE_REQUESTS
 
         fresh = new_project(world["project"], world["work"] / "offline-install", with_lock=False)
+        upstream.reset()
         # With the audit on: it fails fast (503) and npm installs anyway.
         Npm(server.url, world["work"] / "npm-offline-2").run("install", "--audit", cwd=fresh)
         assert locked_versions(fresh) == locked_versions(world["project"])
+        # Every document is asked for, each stale: one request probes at a time, the others are
+        # served stale at once (each used to wait on its own revalidation).
+        assert len(upstream.stats()["requests"]) <= MAX_OFFLINE_REQUESTS
         attempts = upstream.stats()["connections"]
         print(f"timings {world['timings']}, upstream connection attempts while offline: {attempts}")
         assert attempts <= MAX_OFFLINE_CONNECTIONS
@@ -97,3 +105,32 @@ def test_offline_install_with_every_document_stale(world: dict) -> None:
     finally:
         upstream.fault("none")
         server.stop()
+
+
+def test_a_corrupt_upstream_tarball_fails_the_install_and_is_kept_nowhere(tmp_path: Path) -> None:
+    """The upstream sends a tarball that does not match its integrity: nopard streams it while it
+    arrives and cuts the download before its end, so `npm install` fails, npm caches nothing (an
+    --offline install cannot find it) and nopard stores nothing; once the upstream is fixed, the
+    install works and the tarball is stored."""
+    with FakeUpstream() as upstream:
+        server = NopardServer(tmp_path / "nopard", {"NOPARD_FORWARDER_URL": upstream.url})
+        server.start()
+        try:
+            project = tmp_path / "project"
+            project.mkdir()
+            (project / "package.json").write_text(json.dumps({"name": "p", "version": "1.0.0",
+                                                              "dependencies": {"ms": "2.1.3"}}))
+            npm = Npm(server.url, tmp_path / "npm")
+            upstream.fault("corrupt", paths=["/ms/-/"])
+            failed = npm.run("install", "--no-audit", cwd=project, check=False)
+            assert failed.returncode != 0 and not (project / "node_modules" / "ms").exists()
+            assert not list(server.registry.rglob("*.tgz"))
+            assert "integrity-mismatch" in server.log() or "checksum mismatch" in server.log()
+            upstream.fault("none")
+            offline = npm.run("install", "--no-audit", "--offline", cwd=project, check=False)
+            assert offline.returncode != 0 and not (project / "node_modules" / "ms").exists()
+            npm.run("install", "--no-audit", cwd=project)
+            assert json.loads((project / "node_modules" / "ms" / "package.json").read_text())["version"] == "2.1.3"
+            assert [path.name for path in server.registry.rglob("*.tgz")] == ["ms-2.1.3.tgz"]
+        finally:
+            server.stop()

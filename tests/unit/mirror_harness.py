@@ -72,7 +72,8 @@ class FakeRegistry(Resource):
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     fault: str | None = None  # None, "5xx", "404", "429", "silent", "corrupt"
-    hold_tarballs: bool = False  # tarball answers wait for release()
+    hold_tarballs: bool = False  # tarball answers (their length declared) wait for send() and release()
+    hold_documents: bool = False  # document answers wait for release()
     held: list[Any] = field(default_factory=list)
     searches: list[str] = field(default_factory=list)  # the text of every /-/v1/search asked
     isLeaf = True
@@ -88,12 +89,21 @@ class FakeRegistry(Resource):
         """How many requests reached the upstream (whose path contains ``part``)."""
         return sum(1 for path, _ in self.requests if part in path)
 
+    def send(self, size: int) -> None:
+        """Send the next ``size`` bytes of every answer held, keeping them held (not finished)."""
+        self.held = [(request, self._write(request, data[:size]) or data[size:]) for request, data in self.held]
+
     def release(self) -> None:
-        """Send the tarball answers held so far (``hold_tarballs``)."""
+        """Send the rest of the answers held so far (``hold_tarballs``, ``hold_documents``) and end them."""
         held, self.held = self.held, []
         for request, data in held:
-            request.write(data)
+            self._write(request, data)
             request.finish()
+
+    @staticmethod
+    def _write(request: Any, data: bytes) -> None:
+        if data:
+            request.write(data)
 
     def render(self, request: Any) -> Any:
         """Answer as a registry would, or with the fault set."""
@@ -125,15 +135,22 @@ class FakeRegistry(Resource):
             data = tarball(name, version)
             data = data[::-1] if self.fault == "corrupt" else data
             if self.hold_tarballs:
+                request.setHeader(b"Content-Length", b"%d" % len(data))
                 self.held.append((request, data))
                 return NOT_DONE_YET
             return data
         if headers.get("if-none-match") == self.etag(name):
             request.setResponseCode(304)
-            return b""
-        request.setHeader(b"ETag", self.etag(name).encode())
-        request.setHeader(b"Content-Type", b"application/json")
-        return orjson.dumps(self.documents[name])
+            body = b""
+        else:
+            request.setHeader(b"ETag", self.etag(name).encode())
+            request.setHeader(b"Content-Type", b"application/json")
+            body = orjson.dumps(self.documents[name])
+        if self.hold_documents:
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            self.held.append((request, body))
+            return NOT_DONE_YET
+        return body
 
 
     def search(self, request: Any) -> bytes:

@@ -108,14 +108,33 @@ async def test_open_breaker_serves_stale_at_once_without_a_call(tmp_path: Path) 
 
 @pytest_twisted.ensureDeferred
 async def test_missing_name_with_the_upstream_down_fails_fast_and_clearly(tmp_path: Path) -> None:
-    """A name never fetched, breaker open: NotFound saying the upstream is unreachable, no call."""
-    m = build(tmp_path, upstream_with("demo", "other"))
+    """A name never fetched, breaker open and its probe in flight: NotFound saying the upstream is
+    unreachable, no call of its own."""
+    m = build(tmp_path, upstream_with("demo", "other", "third"))
     await m.settle(m.parts.mirror.packument("demo", BASE))
     await open_breaker(m, "demo")
+    m.upstream.fault = "silent"
+    probe = m.started(m.parts.mirror.packument("third", BASE))
+    m.http.flush()
     asked = m.upstream.asked()
     with pytest.raises(NotFound, match="not cached here and the upstream is unreachable"):
         await m.settle(m.parts.mirror.packument("other", BASE))
-    assert m.upstream.asked() == asked
+    assert m.upstream.asked() == asked and not probe.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_never_stored_is_the_probe_when_the_upstream_came_back(tmp_path: Path) -> None:
+    """The breaker is open and its probe timer has not fired, but the upstream is back: a request
+    for a name nopard never stored (nothing to serve) is the probe at once, and is served; the
+    breaker closes. It used to fail fast until the probe timer fired."""
+    m = build(tmp_path, upstream_with("demo", "other"), probe_interval="600")
+    await m.settle(m.parts.mirror.packument("demo", BASE))
+    await open_breaker(m, "demo")
+    m.upstream.fault = None
+    asked = m.upstream.asked()
+    _, status = await m.settle(m.parts.mirror.packument("other", BASE))
+    breaker = m.parts.mirror.upstream_of("other").breaker
+    assert status == "MISS" and m.upstream.asked() == asked + 1 and breaker.state == "closed"
 
 
 @pytest_twisted.ensureDeferred
@@ -184,3 +203,49 @@ async def test_malformed_parts_of_an_upstream_document_are_dropped_not_fatal(tmp
     assert status == "MISS" and set(served["versions"]) == {"1.0.0"}
     assert served["dist-tags"] == {"latest": "1.0.0"} and served["time"] == {}
     assert set(orjson.loads(prepared.abbreviated.identity)["versions"]) == {"1.0.0"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_upstream_costs_a_wave_of_stale_documents_a_few_requests(tmp_path: Path) -> None:
+    """200 stale documents asked for at once, then again every second for 12 s (an install), the
+    upstream accepting requests and never answering: every answer is STALE and the upstream gets
+    at most 5 requests (each request of the first wave used to wait on its own revalidation)."""
+    names = [f"pkg-{i}" for i in range(200)]
+    m = build(tmp_path, upstream_with(*names), meta_ttl=str(TTL), stale_deadline="2")
+    for name in names:
+        await m.settle(m.parts.mirror.packument(name, BASE))
+    m.clock.advance(TTL + 1)
+    m.upstream.fault = "silent"
+    asked = m.upstream.asked()
+    answers = []
+    for _ in range(12):
+        answers += [m.started(m.parts.mirror.packument(name, BASE)) for name in names]
+        m.http.flush()
+        m.clock.advance(1)
+    assert m.upstream.asked() - asked <= 5
+    m.clock.advance(2)  # past the stale deadline of the last revalidation
+    statuses = [(await m.settle(answer))[1] for answer in answers]
+    assert set(statuses) == {"STALE"} and len(statuses) == 2400
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_a_revalidation_is_unanswered_the_others_serve_stale_then_revalidate_again(
+    tmp_path: Path,
+) -> None:
+    """A revalidation waits on the upstream (health unknown): another stale document is served STALE
+    at once with no request of its own; once the upstream answered, it is revalidated again."""
+    m = build(tmp_path, upstream_with("a", "b"), meta_ttl=str(TTL))
+    for name in ("a", "b"):
+        await m.settle(m.parts.mirror.packument(name, BASE))
+    m.clock.advance(TTL + 1)
+    m.upstream.hold_documents = True
+    probe = m.started(m.parts.mirror.packument("a", BASE))
+    m.http.flush()
+    asked = m.upstream.asked()
+    _, status = await m.settle(m.parts.mirror.packument("b", BASE))
+    assert status == "STALE" and m.upstream.asked() == asked
+    m.upstream.release()
+    assert (await m.settle(probe))[1] == "REVALIDATED"
+    m.upstream.hold_documents = False
+    _, status = await m.settle(m.parts.mirror.packument("b", BASE))
+    assert status == "REVALIDATED" and m.upstream.asked() == asked + 1

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import globalLogPublisher
 
 from nopard.cli.maintenance import scan
 from nopard.domain import names
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.storage import keys
-from tests.unit.mirror_harness import UPSTREAM, FakeRegistry, build, odd_packument, packument, tarball
+from tests.unit.mirror_harness import (
+    UPSTREAM,
+    FakeRegistry,
+    MirrorUnderTest,
+    build,
+    odd_packument,
+    packument,
+    tarball,
+)
 from tests.unit.storage_contract import CollectingConsumer
 
 BASE = "http://127.0.0.1:5984"
@@ -44,13 +56,159 @@ async def test_fetched_tarball_is_stored_as_the_upstream_sent_it(tmp_path: Path)
 
 @pytest_twisted.ensureDeferred
 async def test_corrupt_tarball_is_refused_and_not_stored(tmp_path: Path) -> None:
-    """Bytes that do not match dist.integrity raise UpstreamBadContent and leave nothing stored."""
+    """Bytes that do not match dist.integrity, all there before the client was sent any: raise
+    UpstreamBadContent (a 502) and leave nothing stored."""
     m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
     await m.settle(m.parts.mirror.packument("demo", BASE))
     m.upstream.fault = "corrupt"
     with pytest.raises(UpstreamBadContent, match="does not match its integrity"):
         await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
     assert not await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+
+
+# Cold tarballs streamed while verified ------------------------------------
+
+TARBALL = tarball("demo", "1.0.0")
+
+
+@contextmanager
+def capture_events() -> Iterator[list[str]]:
+    """The ``event`` of every log event emitted meanwhile."""
+    events: list[str] = []
+
+    def observe(event: dict) -> None:
+        if "event" in event:
+            events.append(event["event"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+async def streaming(m: MirrorUnderTest) -> tuple[Any, CollectingConsumer, Deferred]:
+    """A client's MISS of demo's tarball, begun: the upstream declared its length and sent 10 bytes."""
+    await m.settle(m.parts.mirror.packument("demo", BASE))
+    m.upstream.hold_tarballs = True
+    pending = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    m.http.flush()
+    m.upstream.send(10)
+    blob, status = await m.settle(pending)
+    assert status == "MISS" and blob.size == len(TARBALL)
+    consumer = CollectingConsumer()
+    sending = Deferred.fromCoroutine(blob.send_to(consumer))
+    m.http.flush()
+    return blob, consumer, sending
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_tarball_reaches_the_client_as_it_arrives(tmp_path: Path) -> None:
+    """A MISS is sent while the upstream is still sending: of the 10 bytes it sent so far the client
+    has 9 (the last byte waits for the checksums); the rest follows once verified, then it is stored."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    _, consumer, sending = await streaming(m)
+    assert consumer.data == TARBALL[:9] and not sending.called
+    assert not await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+    m.upstream.release()
+    await m.settle(sending)
+    assert consumer.data == TARBALL and consumer.producer is None
+    assert await m.storage.read(keys.upstream_tarball_key("demo", "demo-1.0.0.tgz")) == TARBALL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streamed_tarball_that_fails_its_checksums_is_cut_and_refetched_later(tmp_path: Path) -> None:
+    """The upstream's bytes turn out corrupt after the client got most of them: its download fails
+    before the declared length, nothing is stored (event integrity-mismatch), and the next request
+    fetches the tarball again."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    m.upstream.fault = "corrupt"
+    with capture_events() as events:
+        _, consumer, sending = await streaming(m)
+        assert len(consumer.data) == 9
+        m.upstream.release()
+        with pytest.raises(UpstreamBadContent, match="does not match its integrity"):
+            await m.settle(sending)
+    assert len(consumer.data) < len(TARBALL) and "integrity-mismatch" in events
+    assert not await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+    assert not list((tmp_path / "spool").iterdir())  # no spool file left either
+    m.upstream.fault, m.upstream.hold_tarballs = None, False
+    blob, status = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    again = CollectingConsumer()
+    await m.settle(blob.send_to(again))
+    assert status == "MISS" and again.data == TARBALL and m.upstream.asked("/-/") == 2
+    assert await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_arriving_mid_download_follows_the_same_fetch(tmp_path: Path) -> None:
+    """A second MISS while the first is being sent makes no upstream request: it is sent the
+    tarball from its first byte, from the spool."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    _, first, sending = await streaming(m)
+    blob, status = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    second = CollectingConsumer()
+    following = Deferred.fromCoroutine(blob.send_to(second))
+    assert status == "MISS" and second.data == TARBALL[:9]
+    m.upstream.release()
+    await m.settle(sending)
+    await m.settle(following)
+    assert first.data == second.data == TARBALL and m.upstream.asked("/-/") == 1
+
+
+class PausingConsumer(CollectingConsumer):
+    """A slow client: its buffer is full after every write, until ``take`` drains it."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+    def take(self) -> None:
+        self.producer.resumeProducing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_client_is_sent_no_faster_than_it_reads(tmp_path: Path, monkeypatch) -> None:
+    """A client that takes one chunk and pauses is written nothing more while the whole tarball
+    arrives and is stored (it waits in the spool file, not in memory); resumed, it gets the rest."""
+    from nopard.mirror import spool  # noqa: PLC0415 (the module this test is about)
+
+    monkeypatch.setattr(spool, "CHUNK", 4)
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    await m.settle(m.parts.mirror.packument("demo", BASE))
+    m.upstream.hold_tarballs = True
+    pending = m.started(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    m.http.flush()
+    m.upstream.send(10)
+    blob, _ = await m.settle(pending)
+    consumer = PausingConsumer()
+    sending = Deferred.fromCoroutine(blob.send_to(consumer))
+    m.upstream.release()
+    for _ in range(5):
+        m.http.flush()
+    assert await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+    assert consumer.data == TARBALL[:4] and not sending.called
+    while not sending.called:
+        consumer.take()
+    assert consumer.data == TARBALL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_hanging_up_mid_download_leaves_the_fetch_to_store(tmp_path: Path) -> None:
+    """The first client goes away half-way (the connection lost): the fetch goes on, the second
+    client gets the whole tarball, and it is stored."""
+    m = build(tmp_path, FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    gone, _, sending = await streaming(m)
+    blob, _ = await m.settle(m.parts.mirror.tarball("demo", "demo-1.0.0.tgz"))
+    staying = CollectingConsumer()
+    following = Deferred.fromCoroutine(blob.send_to(staying))
+    gone.stopProducing()
+    await sending
+    m.upstream.release()
+    await m.settle(following)
+    assert staying.data == TARBALL and await m.parts.tarballs.stored("demo", "demo-1.0.0.tgz")
+    breaker = m.parts.mirror.upstream_of("demo").breaker
+    assert (breaker.state, breaker.failures, m.upstream.asked("/-/")) == ("closed", 0, 1)
 
 
 @pytest_twisted.ensureDeferred

@@ -20,7 +20,8 @@ async def test_an_instance_that_lost_its_lock_stops_the_job(tmp_path: Path) -> N
     the lock over; A's next renew fails: A stops the run (the second package untouched), reports
     why, and its release leaves B's lock in place."""
     m = build(tmp_path, FakeRegistry({"one": packument("one", "1.0.0"), "two": packument("two", "1.0.0")}),
-              sync_concurrency="1", sync_rate="60000", backfill="all")
+              sync_concurrency="1", sync_rate="60000", backfill="all",
+              upstream_timeout=str(LOCK_SECONDS * 2))  # A's stalled request outlasts its lock
     for name in ("one", "two"):
         await m.settle(m.parts.mirror.packument(name, BASE))
     m.upstream.hold_tarballs = True
