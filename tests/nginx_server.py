@@ -30,12 +30,16 @@ _INSTANCE = re.compile(
 )
 _ANY_SERVER = re.compile(r"^[ \t]*server\s", re.M)
 _LISTEN = re.compile(r"^(?P<indent>[ \t]*)listen\s+80\s*;[ \t]*$", re.M)
+_DECISIONS_SOCKET = "/run/nginx-nopard-decisions.sock"
+_DECISIONS_CACHE = "/var/cache/nginx/nopard-decisions "
 _ALIAS = re.compile(r"^(?P<indent>[ \t]*)alias\s+/var/lib/nopard/\s*;[ \t]*$", re.M)
 
 
-def render(conf_text: str, instance_ports: list[int], listen_port: int, store: Path | None = None) -> str:
+def render(conf_text: str, instance_ports: list[int], listen_port: int, store: Path | None = None,
+           directory: Path = Path("/tmp/nopard-nginx")) -> str:
     """The conf with its upstream servers on ``instance_ports`` and listening on 127.0.0.1:``listen_port``;
-    the tarball location (NOPARD_ACCEL_REDIRECT) aliases ``store`` when given."""
+    the tarball location (NOPARD_ACCEL_REDIRECT) aliases ``store`` when given, and the decision
+    cache's socket and files go under ``directory``."""
     if not instance_ports:
         raise ValueError("at least one instance port is needed")
     upstream = _UPSTREAM.search(conf_text)
@@ -58,6 +62,10 @@ def render(conf_text: str, instance_ports: list[int], listen_port: int, store: P
     rendered, listens = _LISTEN.subn(lambda m: f"{m.group('indent')}listen 127.0.0.1:{listen_port};", rendered)
     if listens != 1:
         raise ValueError(f"expected exactly one `listen 80;` line in the conf, found {listens}")
+    if rendered.count(_DECISIONS_SOCKET) != 2 or rendered.count(_DECISIONS_CACHE) != 1:
+        raise ValueError(f"expected {_DECISIONS_SOCKET} twice and {_DECISIONS_CACHE}once in the conf")
+    rendered = rendered.replace(_DECISIONS_SOCKET, str(directory / "decisions.sock"))
+    rendered = rendered.replace(_DECISIONS_CACHE, f"{directory / 'decisions'} ")
     aliased = f"{str(store).rstrip('/')}/" if store is not None else "/var/lib/nopard/"
     rendered, aliases = _ALIAS.subn(lambda m: f"{m.group('indent')}alias {aliased};", rendered)
     if aliases != 1:
@@ -112,7 +120,7 @@ class NginxServer:
         self.instance_ports = list(instance_ports)
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="nopard-nginx-"))
-        self.snippet = render(conf_path.read_text(), self.instance_ports, self.port, store)
+        self.snippet = render(conf_path.read_text(), self.instance_ports, self.port, store, self.directory)
         self.config_path = self.directory / "nginx.conf"
         self.config_path.write_text(full_config(self.snippet, self.directory))
         self.process: subprocess.Popen | None = None

@@ -110,6 +110,13 @@ SETTINGS: tuple[Setting, ...] = (
         "file, which nginx sends (empty: nopard sends it).",
     ),
     Setting(
+        "accel_cache_ttl",
+        "0",
+        parse_count,
+        "Seconds nginx may reuse nopard's yes to a tarball GET for the same URL and credentials "
+        "(X-Accel-Expires, deploy/nginx/nopard.conf's decision cache); 0: nopard decides every request.",
+    ),
+    Setting(
         "tarball_redirect",
         "",
         parse_tarball_redirect,
@@ -280,6 +287,7 @@ class Settings:
     s3_bucket: str
     s3_prefix: str
     accel_redirect: str
+    accel_cache_ttl: int
     tarball_redirect: str
     tarball_redirect_ttl: int
     redis_url: str

@@ -68,6 +68,10 @@ class TarballRedirects:
             # Cache-Control) and sends the file under its internal location instead.
             request.setHeader(b"X-Accel-Redirect", (current.accel_redirect + self._files.relative_url(key)).encode())
             request.setHeader(b"Content-Length", b"0")
+            if current.accel_cache_ttl:
+                # How long nginx's decision cache may answer this URL for these credentials
+                # without asking again (a yes only: refusals carry no such header).
+                request.setHeader(b"X-Accel-Expires", b"%d" % current.accel_cache_ttl)
             return b""
         assert self._objects is not None  # `active` said so
         if current.tarball_redirect == PRESIGNED:

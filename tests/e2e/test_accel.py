@@ -1,5 +1,6 @@
 """NOPARD_ACCEL_REDIRECT behind the shipped deploy/nginx/nopard.conf (a real nginx): nopard
-decides who may have a tarball and names its file; nginx sends the bytes. One nopard and
+decides who may have a tarball and names its file; nginx sends the bytes, and with
+NOPARD_ACCEL_CACHE_TTL reuses nopard's yes for the same URL and credentials. One nopard and
 one nginx for the module.
 """
 
@@ -34,8 +35,9 @@ SCOPED = "/@acme/lib/-/lib-1.0.0.tgz"  # npm asks for the tarball URL as served:
 HIDDEN = "/secret-thing/-/secret-thing-1.0.0.tgz"
 # nopard's access line: "... INFO access ... method=GET path=<path> status=<status> bytes=<sent> ..."
 NOPARD_ACCESS = re.compile(r" INFO access .*=GET path=(?P<path>\S+) status=(?P<status>\d{3}) bytes=(?P<bytes>\d+) ")
-# nginx's default (combined) line: ... "GET <path> HTTP/1.1" <status> <body bytes sent> ...
-NGINX_ACCESS = re.compile(r'"GET (?P<path>\S+) HTTP/1\.[01]" (?P<status>\d{3}) (?P<bytes>\d+) ')
+# nginx's default (combined) line of a client's request (the decision cache's, from "unix:", left
+# out): 127.0.0.1 ... "GET <path> HTTP/1.1" <status> <body bytes sent> ...
+NGINX_ACCESS = re.compile(r'^127\.0\.0\.1 .*"GET (?P<path>\S+) HTTP/1\.[01]" (?P<status>\d{3}) (?P<bytes>\d+) ')
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def world(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> I
     work = tmp_path_factory.mktemp("accel")
     (work / "rules.toml").write_text(RULES)
     server = NopardServer(work / "nopard", {
-        "NOPARD_ACCEL_REDIRECT": "/_nopard_store/", "NOPARD_FORWARDER_URL": upstream.url,
+        "NOPARD_ACCEL_REDIRECT": "/_nopard_store/", "NOPARD_ACCEL_CACHE_TTL": "600",
+        "NOPARD_FORWARDER_URL": upstream.url,
         "NOPARD_CONFIG": str(work / "rules.toml"), "NOPARD_MAX_USERS": "5",
     })
     server.start()
@@ -130,3 +133,24 @@ def test_the_store_location_is_not_served_to_clients(world: dict, path: str) -> 
         status, _, body = get(port, path)
         assert 400 <= status < 500 and (port == world["server"].port or status == 404), (port, status)
         assert b"secret-thing" not in body and b"alice" not in body
+
+
+def test_nginx_reuses_a_yes_for_the_same_credentials_only(world: dict) -> None:
+    """Within NOPARD_ACCEL_CACHE_TTL a repeated GET with the same credentials is answered by
+    nginx alone; other credentials, and refusals, are asked of nopard every time."""
+    server, nginx, alice = world["server"], world["nginx"], world["alice"]
+    path = "/secret-thing/-/secret-thing-1.0.0.tgz"
+
+    def asked() -> list[tuple[int, int]]:
+        return access(NOPARD_ACCESS, server.log(), path)
+
+    before = len(asked())
+    for _ in range(3):
+        assert get(nginx.port, path)[0] == 404  # refused: never kept
+    assert len(asked()) == before + 3
+    for _ in range(3):
+        status, _, body = get(nginx.port, path, Authorization=f"Bearer {alice}")
+        assert status == 200 and body.startswith(b"\x1f\x8b")
+    assert len(asked()) <= before + 4  # at most the first of alice's was asked (an earlier test may have)
+    assert get(nginx.port, path, Authorization="Bearer not-a-token")[0] in (401, 404)
+    assert len(asked()) <= before + 5 and asked()[-1][0] in (401, 404)

@@ -50,6 +50,19 @@ async def test_accel_answer_names_the_stored_file_and_sends_no_bytes(tmp_path: P
     assert answer.headers["content-type"] == "application/octet-stream"
     assert "immutable" in answer.headers["cache-control"]
     assert answer.headers["x-nopard-cache"] == "LOCAL"
+    assert "x-accel-expires" not in answer.headers  # NOPARD_ACCEL_CACHE_TTL=0: nginx keeps nothing
+
+
+@pytest_twisted.ensureDeferred
+async def test_accel_cache_ttl_tells_nginx_how_long_a_yes_may_be_reused(tmp_path: Path) -> None:
+    """With NOPARD_ACCEL_CACHE_TTL a redirect carries X-Accel-Expires; a refusal never does."""
+    app = build(tmp_path, rules=HIDING_RULES, accel_redirect=ACCEL, accel_cache_ttl="30")
+    alice = await app.user("alice")
+    await published(app, "secret-thing", token=alice)
+    allowed = await app.call("GET", "/secret-thing/-/secret-thing-1.0.0.tgz", token=alice)
+    assert allowed.headers["x-accel-expires"] == "30"
+    hidden = await app.call("GET", "/secret-thing/-/secret-thing-1.0.0.tgz")
+    assert hidden.status == 404 and "x-accel-expires" not in hidden.headers
 
 
 @pytest_twisted.ensureDeferred
