@@ -154,3 +154,18 @@ def test_nginx_reuses_a_yes_for_the_same_credentials_only(world: dict) -> None:
     assert len(asked()) <= before + 4  # at most the first of alice's was asked (an earlier test may have)
     assert get(nginx.port, path, Authorization="Bearer not-a-token")[0] in (401, 404)
     assert len(asked()) <= before + 5 and asked()[-1][0] in (401, 404)
+
+
+def test_head_through_nginx_is_answered_by_nopard_as_a_head(world: dict) -> None:
+    """A HEAD reaches nopard as a HEAD (not turned into a GET by the decision cache) and says the size."""
+    server, nginx = world["server"], world["nginx"]
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
+    try:
+        connection.request("HEAD", LOCAL)
+        answer = connection.getresponse()
+        answer.read()
+    finally:
+        connection.close()
+    file = server.registry / "packages/internal-util/tarballs/internal-util-1.2.0.tgz"
+    assert answer.status == 200 and answer.getheader("content-length") == str(file.stat().st_size)
+    assert f"method=HEAD path={LOCAL} status=200" in server.log()
