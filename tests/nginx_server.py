@@ -32,7 +32,7 @@ _ANY_SERVER = re.compile(r"^[ \t]*server\s", re.M)
 _LISTEN = re.compile(r"^(?P<indent>[ \t]*)listen\s+80\s*;[ \t]*$", re.M)
 _DECISIONS_SOCKET = "/run/nginx-nopard-decisions.sock"
 _DECISIONS_CACHE = "/var/cache/nginx/nopard-decisions "
-_ALIAS = re.compile(r"^(?P<indent>[ \t]*)alias\s+/var/lib/nopard/\s*;[ \t]*$", re.M)
+_ALIAS = re.compile(r"^(?P<indent>[ \t]*)alias\s+/var/lib/nopard/\$1\s*;[ \t]*$", re.M)
 
 
 def render(conf_text: str, instance_ports: list[int], listen_port: int, store: Path | None = None,
@@ -67,9 +67,9 @@ def render(conf_text: str, instance_ports: list[int], listen_port: int, store: P
     rendered = rendered.replace(_DECISIONS_SOCKET, str(directory / "decisions.sock"))
     rendered = rendered.replace(_DECISIONS_CACHE, f"{directory / 'decisions'} ")
     aliased = f"{str(store).rstrip('/')}/" if store is not None else "/var/lib/nopard/"
-    rendered, aliases = _ALIAS.subn(lambda m: f"{m.group('indent')}alias {aliased};", rendered)
+    rendered, aliases = _ALIAS.subn(lambda m: f"{m.group('indent')}alias {aliased}$1;", rendered)
     if aliases != 1:
-        raise ValueError(f"expected exactly one `alias /var/lib/nopard/;` line in the conf, found {aliases}")
+        raise ValueError(f"expected exactly one `alias /var/lib/nopard/$1;` line in the conf, found {aliases}")
     return rendered
 
 

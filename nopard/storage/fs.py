@@ -28,9 +28,13 @@ from urllib.parse import quote
 from twisted.internet.interfaces import IConsumer
 from twisted.protocols.basic import FileSender
 
-from nopard.storage import InvalidKey, check_key, check_prefix
+from nopard.storage import InvalidKey, check_key, check_prefix, keys
 
 RunInThread = Callable[..., Awaitable[Any]]
+
+# Stored files other than tarballs: for nopard's user alone.
+PRIVATE_MODE = 0o600
+TARBALL_KINDS = frozenset({keys.LOCAL_TARBALL, keys.MIRRORED_TARBALL})
 
 # A dot name, like the temporary files: no key can address it, list() skips it,
 # and fsck/gc leave it alone (it holds neither temporary files nor tarballs).
@@ -62,9 +66,10 @@ class FilesystemStorage:
     def __init__(self, root: str, run_in_thread: RunInThread) -> None:
         self.root = os.path.abspath(root)
         self._run = run_in_thread
-        # Stored files get the mode the umask gives (0640 under the systemd unit's UMask=0027),
-        # not mkstemp's 0600: nginx, in nopard's group, sends them (NOPARD_ACCEL_REDIRECT).
-        self.file_mode = 0o666 & ~process_umask()
+        # Tarballs get the mode the umask gives (0640 under the systemd unit's UMask=0027), so
+        # nginx in nopard's group can send them (NOPARD_ACCEL_REDIRECT); everything else (user
+        # and token records, settings) keeps mkstemp's 0600, readable by nopard alone.
+        self.tarball_mode = 0o666 & ~process_umask()
 
     def path_of(self, key: str) -> str:
         """The file that holds ``key``; never outside the root."""
@@ -72,6 +77,10 @@ class FilesystemStorage:
         if os.path.commonpath([self.root, path]) != self.root:
             raise InvalidKey(f"invalid storage key: {key!r}")
         return path
+
+    def mode_of(self, key: str) -> int:
+        """The mode of ``key``'s file: tarballs readable by the group the umask allows, the rest 0600."""
+        return self.tarball_mode if keys.key_kind(key) in TARBALL_KINDS else PRIVATE_MODE
 
     def relative_url(self, key: str) -> str:
         """``key``'s file as a URL path relative to the root, percent-quoted (for nginx's
@@ -86,11 +95,11 @@ class FilesystemStorage:
 
     async def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing any object there atomically."""
-        await self._run(_write_file, self.path_of(key), data, True, self.file_mode)
+        await self._run(_write_file, self.path_of(key), data, True, self.mode_of(key))
 
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key`` only if nothing is there; False if something was."""
-        return await self._run(_write_file, self.path_of(key), data, False, self.file_mode)
+        return await self._run(_write_file, self.path_of(key), data, False, self.mode_of(key))
 
     async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and their hash as its version, or None when there is none."""
@@ -103,7 +112,7 @@ class FilesystemStorage:
         directory's exclusive lock; False, and nothing stored, if the object changed.
         """
         return await self._run(_replace_file, self.path_of(key), data, version, self.lock_path(key),
-                               self.file_mode)
+                               self.mode_of(key))
 
     def lock_path(self, key: str) -> str:
         """The lock file of ``key``'s directory (shared by every object in it)."""
@@ -112,7 +121,7 @@ class FilesystemStorage:
 
     async def create_from_file(self, key: str, path: str) -> bool:
         """Store local file ``path`` at ``key`` only if nothing is there (hard link or copy)."""
-        return await self._run(_create_from_file, self.path_of(key), path, self.file_mode)
+        return await self._run(_create_from_file, self.path_of(key), path, self.mode_of(key))
 
     async def delete(self, key: str) -> bool:
         """Remove the object; False if there was none."""

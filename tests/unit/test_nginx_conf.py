@@ -186,7 +186,7 @@ def test_render_replaces_the_upstream_servers_and_the_listen_line() -> None:
     listens = [line.strip() for line in rendered.splitlines() if line.strip().startswith("listen ")]
     # The client-facing server, and the decision cache's (nopard's tarball answers) in the given directory.
     assert listens == ["listen unix:/tmp/nopard-nginx/decisions.sock;", "listen 127.0.0.1:8123;"]
-    assert "alias /var/lib/nopard/;" in rendered and "nginx-nopard-decisions" not in rendered
+    assert "alias /var/lib/nopard/$1;" in rendered and "nginx-nopard-decisions" not in rendered
     assert "/var/cache/" not in rendered
 
 
@@ -196,7 +196,7 @@ def test_render_replaces_the_upstream_servers_and_the_listen_line() -> None:
         lambda text: text.replace("server 127.0.0.1:598", "server 10.0.0.1:598"),
         lambda text: text.replace("listen 80;", "listen 8080;"),
         lambda text: text.replace("upstream nopard {", "upstream registry {"),
-        lambda text: text.replace("alias /var/lib/nopard/;", "alias /srv/npm/;"),
+        lambda text: text.replace("alias /var/lib/nopard/$1;", "alias /srv/npm/$1;"),
         lambda text: text.replace("/run/nginx-nopard-decisions.sock", "/run/x.sock", 1),
     ],
 )
@@ -329,3 +329,47 @@ def test_nginx_proxies_to_nopard_over_a_unix_socket(tmp_path: Path) -> None:
             assert tarball == f"{nginx.url}/over-unix/-/over-unix-1.0.0.tgz"
     finally:
         nopard.stop()
+
+
+def test_the_store_location_sends_tarball_files_only(tmp_path: Path) -> None:
+    """Whatever file an instance's X-Accel-Redirect names, nginx's store location sends tarballs
+    only: a user record, the htpasswd file or a path climbing out are never sent."""
+    store = tmp_path / "store"
+    (store / "packages/a/tarballs").mkdir(parents=True)
+    (store / "packages/a/tarballs/a-1.0.0.tgz").write_bytes(b"TGZ")
+    (store / "users").mkdir()
+    (store / "users/alice.json").write_bytes(b"SECRET")
+    (store / "htpasswd").write_bytes(b"SECRET")
+
+    class Redirecting(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802  # http.server's name
+            self.send_response(200 if "/-/" in self.path else 404)
+            if "/-/" in self.path:
+                self.send_header("X-Accel-Redirect", self.headers["X-Target"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=backend.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with NginxServer([backend.server_address[1]], store=store) as nginx:
+            def fetch(target: str) -> tuple[int, bytes]:
+                connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+                connection.request("GET", "/a/-/a-1.0.0.tgz", headers={"X-Target": target})
+                answer = connection.getresponse()
+                return answer.status, answer.read()
+
+            assert fetch("/_nopard_store/packages/a/tarballs/a-1.0.0.tgz") == (200, b"TGZ")
+            for target in ("/_nopard_store/users/alice.json", "/_nopard_store/htpasswd",
+                           "/_nopard_store/packages/a/tarballs/../../../users/alice.json",
+                           "/_nopard_store/packages/a/tarballs/%2e%2e/%2e%2e/%2e%2e/htpasswd"):
+                status, body = fetch(target)
+                assert status != 200 and b"SECRET" not in body, (target, status)
+    finally:
+        backend.shutdown()
+        backend.server_close()

@@ -142,19 +142,27 @@ def test_relative_url_names_the_keys_file_quoted_and_inside_the_root(tmp_path: P
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
 @pytest_twisted.ensureDeferred
-async def test_stored_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, mode: int) -> None:
-    """Written, replaced and linked-in files are 0666 less the umask (0640 under the systemd
-    unit's 0027), not mkstemp's 0600, so nginx in nopard's group can send them."""
+async def test_tarballs_get_the_umask_mode_and_other_files_stay_private(
+        tmp_path: Path, umask: int, mode: int) -> None:
+    """Tarballs written, replaced or linked in are 0666 less the umask (0640 under the systemd
+    unit's 0027), not mkstemp's 0600, so nginx in nopard's group can send them; user and token
+    records, documents and settings stay 0600."""
     previous = os.umask(umask)
     try:
         store = FilesystemStorage(str(tmp_path / "store"), run_now)
     finally:
         os.umask(previous)
-    await store.write("packages/a/package.json", b"{}")
-    await store.replace("packages/b/package.json", b"{}", None)
+    await store.create("packages/a/tarballs/a-1.0.0.tgz", b"tgz")
+    await store.replace("packages/b/tarballs/b-1.0.0.tgz", b"tgz", None)
     spool = tmp_path / "spool"
     spool.write_bytes(b"tgz")
     spool.chmod(0o600)
-    await store.create_from_file("packages/c/tarballs/c-1.0.0.tgz", str(spool))
-    for key in ("packages/a/package.json", "packages/b/package.json", "packages/c/tarballs/c-1.0.0.tgz"):
+    await store.create_from_file("packages/c/upstream/tarballs/c-1.0.0.tgz", str(spool))
+    private = ("users/alice.json", f"tokens/{'a' * 64}.json", "settings/overrides.json", "packages/a/package.json")
+    for key in private:
+        await store.write(key, b"{}")
+    for key in ("packages/a/tarballs/a-1.0.0.tgz", "packages/b/tarballs/b-1.0.0.tgz",
+                "packages/c/upstream/tarballs/c-1.0.0.tgz"):
         assert oct(os.stat(store.path_of(key)).st_mode & 0o777) == oct(mode), key
+    for key in private:
+        assert oct(os.stat(store.path_of(key)).st_mode & 0o777) == "0o600", key
