@@ -60,7 +60,7 @@ class Spool:
         return os.pread(self._fd, size, offset)
 
     def verify(self) -> None:
-        """The tarball matched its checksums: followers may send the rest."""
+        """The tarball matched its checksums (and is stored): followers may send the rest."""
         self.verified = True
         self._notify()
 

@@ -3,8 +3,8 @@
 A missing tarball is fetched into a spool file (nopard.mirror.spool) while its
 digests are computed; every client asking for it meanwhile is sent its bytes
 from the spool as they arrive, and the last byte only once they matched the
-manifest's ``dist``. Only then is it stored (create-if-absent); a mismatch cuts
-every such client's download and stores nothing, so a corrupt download is
+manifest's ``dist`` and the tarball is stored (create-if-absent). A mismatch
+cuts every such client's download and stores nothing, so a corrupt download is
 never stored and never served whole.
 """
 
@@ -167,8 +167,10 @@ class MirroredTarballs:
                 raise UpstreamBadContent(
                     f"the upstream's {name}/-/{filename} does not match its integrity; not stored"
                 )
-            spool.verify()
             await self._storage.create_from_file(key, spool.path)
+            # The last byte once stored too: a client that has the whole tarball finds it here
+            # again at once (say, offline), and a request after it is a HIT.
+            spool.verify()
         except BaseException as error:
             spool.fail(error)
             raise

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -74,33 +75,38 @@ def error_response(request: IRequest, error: NopardError) -> bytes:
     return json_response(request, status, {"error": error.message})
 
 
-def cut_short(request: IRequest) -> bool:
-    """Close the connection of an answer that already began (True); False: nothing was sent yet.
+def cut_short(request: IRequest) -> Deferred[bytes] | None:
+    """Close the connection of an answer that already began; None when nothing was sent yet.
 
     An error found once the body is under way (a streamed tarball that failed
     its checksums, say) cannot be told with a status any more, and appending an
     error body or finishing would let the client take a cut body for a whole
-    one: the connection is aborted before the declared length (or the chunked
-    terminator), so the client reports an error and keeps nothing.
+    one: the connection is closed before the declared length (or dropped before
+    the chunked terminator), so the client reports an error and keeps nothing.
+    The Deferred fires once the connection is gone, so the request is never
+    finished (its access line is the one it would get for a client hanging up).
     """
     if not getattr(request, "startedWriting", False):
-        return False
+        return None
+    # A twisted.web Request: its notifyFinish fails once the connection is gone (IRequest omits it).
+    gone: Deferred[bytes] = cast(Any, request).notifyFinish().addBoth(lambda _: b"")
     transport = getattr(request, "transport", None)
     # A declared length: closing after what was sent tells the client the body is short. Chunked:
-    # the terminator the finish writes must never go out, so the connection is dropped at once.
+    # the terminator must never go out, so the connection is dropped at once.
     chunked = getattr(request, "chunked", False)
     close = getattr(transport, "abortConnection" if chunked else "loseConnection", None)
     if close is not None:
         close()
-    return True
+    return gone
 
 
 def install_error_handlers(app: Klein, log: Logger) -> None:
     """JSON answers for domain errors, unknown routes and methods, bad names, and anything else."""
 
-    def domain_error(request: IRequest, failure: Failure) -> bytes:
-        if cut_short(request):
-            return b""
+    def domain_error(request: IRequest, failure: Failure) -> bytes | Deferred[bytes]:
+        cut = cut_short(request)
+        if cut is not None:
+            return cut
         return error_response(request, cast(NopardError, failure.value))  # handle_errors(NopardError)
 
     def route_not_found(request: IRequest, failure: Failure) -> bytes:
@@ -112,11 +118,12 @@ def install_error_handlers(app: Klein, log: Logger) -> None:
     def invalid_key(request: IRequest, failure: Failure) -> bytes:
         return json_response(request, 400, {"error": "invalid name"})
 
-    def unexpected(request: IRequest, failure: Failure) -> bytes:
+    def unexpected(request: IRequest, failure: Failure) -> bytes | Deferred[bytes]:
         path = redact_path(request.uri.decode("latin-1"))
         log.failure("unexpected error on {path}", failure, path=path, event="error")
-        if cut_short(request):
-            return b""
+        cut = cut_short(request)
+        if cut is not None:
+            return cut
         return json_response(request, 500, {"error": "internal error; see the registry's log"})
 
     # Klein tries the handlers in the order they were added: the general one last.

@@ -19,6 +19,7 @@ from nopard.cli.maintenance import scan
 from nopard.domain import names
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.storage import keys
+from tests.unit import route_harness as routes
 from tests.unit.mirror_harness import (
     UPSTREAM,
     FakeRegistry,
@@ -309,3 +310,31 @@ async def test_fsck_counts_a_tarball_kept_under_its_conventional_name_as_named(t
     blob.close()
     report = scan(str(tmp_path / "registry"), quarantine=False)
     assert report.tarballs == 1 and [f.kind for f in report.findings] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_through_the_route_a_refused_tarball_is_cut_before_its_declared_length(tmp_path: Path) -> None:
+    """GET of a missing tarball whose bytes turn out corrupt, through nopard's site: the answer began
+    (200, the upstream's Content-Length, the bytes as they came but the last) and the connection is
+    closed short of that length, with no error body appended; nothing is stored. It used to be a 502
+    once all was fetched."""
+    fake = FakeRegistry({"demo": packument("demo", "1.0.0")})
+    app = routes.build(tmp_path, upstream=fake)
+    assert (await app.call("GET", "/demo")).status == 200
+    fake.fault, fake.hold_tarballs = "corrupt", True
+    exchange = Deferred.fromCoroutine(app.raw(b"GET /demo/-/demo-1.0.0.tgz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+    for step in range(200):
+        assert app.upstream_http is not None
+        app.upstream_http.flush()
+        if step == 5:
+            fake.send(10)
+        if step == 10:
+            fake.release()
+        if exchange.called:
+            break
+        await task.deferLater(reactor, 0, lambda: None)
+    answer = await exchange
+    head, _, body = answer.reply.partition(b"\r\n\r\n")
+    assert answer.status == 200 and b"Content-Length: %d" % len(TARBALL) in head
+    assert answer.closed and body == TARBALL[::-1][:-1]  # all it had but the last byte, no error body
+    assert not await app.storage.exists(keys.upstream_tarball_key("demo", "demo-1.0.0.tgz"))
