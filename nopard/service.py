@@ -268,10 +268,14 @@ def open_storage(settings: Settings, reactor: Any, run_io: Any, top: MultiServic
 
 
 def tarball_redirects(live: LiveSettings, storage: Any) -> TarballRedirects:
-    """Tarball GETs handed to nginx (a filesystem store) or redirected to the bucket (S3)."""
-    if isinstance(storage, FilesystemStorage):
-        return TarballRedirects(live, files=storage)
-    return TarballRedirects(live, objects=storage)
+    """Tarball GETs handed to nginx (a filesystem store) or redirected to the bucket (S3).
+
+    Chosen by NOPARD_STORAGE, not by the store's class: the store may be wrapped (an index in
+    front of it, say), and the wrapper passes ``relative_url`` / ``presigned_get`` on.
+    """
+    if live.current.storage == "s3":
+        return TarballRedirects(live, objects=storage)
+    return TarballRedirects(live, files=storage)
 
 
 class RedisService(Service):

@@ -180,3 +180,25 @@ def test_redirect_settings_that_cannot_work_stop_start_up(tmp_path: Path, env: d
     """A redirect the store cannot serve, or a malformed one, is refused at start naming the setting."""
     with pytest.raises(ConfigError, match=message):
         load_settings({}, {"NOPARD_REGISTRY_PATH": str(tmp_path), **env})
+
+
+class Forwarding:
+    """A store wrapper such as an index in front of the store: unknown attributes go to the inner one."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __getattr__(self, attribute: str) -> object:
+        return getattr(self.inner, attribute)
+
+
+def test_redirects_follow_the_storage_setting_through_a_wrapped_store(tmp_path: Path) -> None:
+    """nopard.service picks nginx or the bucket by NOPARD_STORAGE, so a wrapped store keeps accel on."""
+    from nopard.service import tarball_redirects
+    from nopard.settings.config import LiveSettings
+    from nopard.storage.fs import FilesystemStorage
+    from tests.unit.route_harness import run_now
+
+    live = LiveSettings(load_settings({}, {"NOPARD_REGISTRY_PATH": str(tmp_path), "NOPARD_ACCEL_REDIRECT": ACCEL}))
+    redirects = tarball_redirects(live, Forwarding(FilesystemStorage(str(tmp_path), run_now)))
+    assert redirects.active
