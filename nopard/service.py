@@ -58,6 +58,7 @@ from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides, StartGate
 from nopard.storage.fs import FilesystemStorage
+from nopard.storage.index import IndexedStorage, StoreIndex
 from nopard.storage.sizes import stored_tarball_sizes
 from nopard.upstream.agents import LiveAgent
 from nopard.upstream.audit import AuditForwarder
@@ -346,12 +347,15 @@ def build_service(
     readme_worker = ReadmeWorker(reactor, Logger(namespace="nopard.readme", observer=logs.publisher))
     readme_worker.setServiceParent(top)
 
-    storage = open_storage(settings, reactor, run_io, top)
+    # Warm tarballs are found (and small ones held) in memory, within the documents' budget.
+    index = StoreIndex(reactor, lambda: live.current.memory_cache_size)
+    storage = IndexedStorage(open_storage(settings, reactor, run_io, top), index)
     # Started early: the first read of the stored overrides begins before anything else serves.
     overrides = Overrides(live, settings, sources, storage, reactor,
                           Logger(namespace="nopard.settings", observer=logs.publisher))
     overrides.setServiceParent(top)
-    cache = PreparedCache(lambda: live.current.memory_cache_size)
+    cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
+    index.make_room = cache.trim
     coordination, sessions = open_coordination(settings, reactor, cache, logs, top)
     registry = Registry(storage, cache, reactor, coordination)
     # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.

@@ -149,7 +149,11 @@ class PreparedCache:
         self._entries[(name, base_url)] = entry
         self._keys_by_name.setdefault(name, set()).add((name, base_url))
         self.bytes_held += entry.size
-        while self.bytes_held > self._max_bytes():
+        self.trim()
+
+    def trim(self) -> None:
+        """Evict LRU entries until within the budget, which what else shares it may have shrunk."""
+        while self.bytes_held > self._max_bytes() and self._entries:
             self._remove(next(iter(self._entries)))
 
     def invalidate(self, name: str, keep: LoadTicket | None = None) -> None:

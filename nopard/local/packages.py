@@ -59,6 +59,10 @@ class Registry:
         raw = await self._storage.read(keys.local_document_key(name))
         return orjson.loads(raw) if raw is not None else None
 
+    async def has_document(self, name: str) -> bool:
+        """Whether ``name`` is published here (its document stored), without reading it."""
+        return await self._storage.exists(keys.local_document_key(name))
+
     async def publish(
         self, publication: Publication, publisher: dict[str, str], check_owner: bool = True,
         authorize: Authorize | None = None, grace: float = 0.0, admin: bool = False,

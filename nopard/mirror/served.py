@@ -92,7 +92,7 @@ class Mirror:
         """The upstream a tarball not published here comes from; NotFound when none may serve it."""
         upstream = self._upstreams.for_name(name)
         merging = name in self._settings.current.merge_upstream
-        if upstream is None or (not merging and await self._registry.document(name) is not None):
+        if upstream is None or (not merging and await self._registry.has_document(name)):
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         return upstream
 

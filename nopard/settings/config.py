@@ -263,7 +263,7 @@ SETTINGS: tuple[Setting, ...] = (
         "memory_cache_size",
         "128mb",
         parse_size,
-        "Memory held by prepared package documents, at most.",
+        "Memory held by prepared package documents and small tarballs (a quarter at most), at most.",
     ),
     Setting(
         "config",

@@ -35,6 +35,7 @@ from nopard.web.api.settings import SettingsRoutes
 from nopard.web.api.weblogin import WebLoginRoutes
 from nopard.web.browser import BrowserSessions, wants_html
 from nopard.web.errors import Utf8PathGuard, install_error_handlers
+from nopard.web.hot import HotRoutes
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response
@@ -93,20 +94,22 @@ class RegistryApp:
         install_error_handlers(self._app, log)
         add_route(self._app, "web", "/", ["GET"], self.root)
         add_route(self._app, "web", "/-/web/", None, self.web, branch=True)
+        self._log = log
+        self._packages = PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu, redirects)
         groups = (
             OperationRoutes(requests, gate, status, sync, metrics, health),
             AccountRoutes(requests, gate, accounts),
             WebLoginRoutes(requests, weblogins, browser),
             SearchRoutes(requests, gate, search, audits, clock, upstream_search),
             SettingsRoutes(requests, gate, overrides),
-            PackageRoutes(requests, gate, settings, accounts, registry, mirror, search, run_cpu, redirects),
+            self._packages,
         )
         for group in groups:
             group.mount(self._app)
 
     def resource(self) -> IResource:
         """The Twisted resource serving this app."""
-        return Utf8PathGuard(self._app.resource())
+        return Utf8PathGuard(HotRoutes(self._app.resource(), self._packages, self._log))
 
     def routes(self) -> list[Route]:
         """Every route mounted, the pages' under /-/web/ too (the property tests cover each one)."""

@@ -100,41 +100,37 @@ def cut_short(request: IRequest) -> Deferred[bytes] | None:
     return gone
 
 
+def error_answer(request: IRequest, failure: Failure, log: Logger) -> bytes | Deferred[bytes]:
+    """The JSON answer to whatever a route raised: the one mapping Klein's handlers and the hot
+    routes (nopard.web.hot) share. Domain errors by STATUS_OF, unknown routes and werkzeug's
+    merge-slashes redirects 404, methods 405, bad names 400, anything else 500 and logged.
+    An answer already under way is cut short instead (``cut_short``: a Deferred, never finished)."""
+    error = failure.value
+    if isinstance(error, NopardError):
+        cut = cut_short(request)
+        return cut if cut is not None else error_response(request, error)
+    if isinstance(error, (RouteNotFound, RequestRedirect)):
+        # werkzeug answers "//" in a path, or a missing trailing slash, by raising a redirect to the
+        # merged path (built from the Host header): no client of nopard needs one, so not found.
+        return json_response(request, 404, {"error": "not found"})
+    if isinstance(error, MethodNotAllowed):
+        return json_response(request, 405, {"error": "method not allowed here"})
+    if isinstance(error, InvalidKey):
+        return json_response(request, 400, {"error": "invalid name"})
+    path = redact_path(request.uri.decode("latin-1"))
+    log.failure("unexpected error on {path}", failure, path=path, event="error")
+    cut = cut_short(request)
+    if cut is not None:
+        return cut
+    return json_response(request, 500, {"error": "internal error; see the registry's log"})
+
+
 def install_error_handlers(app: Klein, log: Logger) -> None:
     """JSON answers for domain errors, unknown routes and methods, bad names, and anything else."""
 
-    def domain_error(request: IRequest, failure: Failure) -> bytes | Deferred[bytes]:
-        cut = cut_short(request)
-        if cut is not None:
-            return cut
-        return error_response(request, cast(NopardError, failure.value))  # handle_errors(NopardError)
-
-    def route_not_found(request: IRequest, failure: Failure) -> bytes:
-        return json_response(request, 404, {"error": "not found"})
-
-    def method_not_allowed(request: IRequest, failure: Failure) -> bytes:
-        return json_response(request, 405, {"error": "method not allowed here"})
-
-    def invalid_key(request: IRequest, failure: Failure) -> bytes:
-        return json_response(request, 400, {"error": "invalid name"})
-
-    def unexpected(request: IRequest, failure: Failure) -> bytes | Deferred[bytes]:
-        path = redact_path(request.uri.decode("latin-1"))
-        log.failure("unexpected error on {path}", failure, path=path, event="error")
-        cut = cut_short(request)
-        if cut is not None:
-            return cut
-        return json_response(request, 500, {"error": "internal error; see the registry's log"})
-
-    # Klein tries the handlers in the order they were added: the general one last.
-    app.handle_errors(NopardError)(domain_error)
-    app.handle_errors(RouteNotFound)(route_not_found)
-    # werkzeug answers "//" in a path, or a missing trailing slash, by raising a redirect to the
-    # merged path (built from the Host header): no client of nopard needs one, so not found.
-    app.handle_errors(RequestRedirect)(route_not_found)
-    app.handle_errors(MethodNotAllowed)(method_not_allowed)
-    app.handle_errors(InvalidKey)(invalid_key)
-    app.handle_errors(Exception)(unexpected)
+    @app.handle_errors(Exception)
+    def any_error(request: IRequest, failure: Failure) -> bytes | Deferred[bytes]:
+        return error_answer(request, failure, log)
 
 
 def raise_unsupported(method: str, kind: str) -> NoReturn:

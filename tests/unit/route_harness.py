@@ -47,6 +47,7 @@ from nopard.settings.acl import ALLOW_ALL, Policy, parse_policy
 from nopard.settings.config import LiveSettings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides
 from nopard.storage.fs import FilesystemStorage
+from nopard.storage.index import IndexedStorage, StoreIndex
 from nopard.storage.sizes import stored_tarball_sizes
 from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
@@ -65,6 +66,18 @@ UPSTREAM_URL = "http://127.0.0.1:9/"  # never dialled: requests to it go to Miss
 def run_now(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
     """A thread pool stand-in: the work runs at once, in the test's thread."""
     return maybeDeferred(function, *args, **kwargs)
+
+
+class ThreadHops:
+    """The io thread pool's stand-in, counting the calls made into it (each a hop in nopard)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+        """Run ``function`` at once, as run_now does, and count the hop."""
+        self.count += 1
+        return maybeDeferred(function, *args, **kwargs)
 
 
 class MissingUpstream(Resource):
@@ -131,6 +144,9 @@ class InProcess:
     upstream_http: StubTreq | None = None  # the upstream's client: flushed with the app's
     # When a request waits on the clock (a sync job's pacing, say), jump to its next call.
     skip_idle_time: bool = False
+    index: StoreIndex | None = None  # what the store holds, known in memory (nopard.storage.index)
+    hops: ThreadHops | None = None  # the store's calls into its thread pool, counted
+    cache: PreparedCache | None = None
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -227,10 +243,15 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     policy: Policy = parse_policy(rules) if rules is not None else ALLOW_ALL
     if admins:
         policy = Policy(policy.rules, frozenset(admins), policy.groups, policy.enabled)
-    storage: Any = FilesystemStorage(str(tmp_path / "registry"), run_now)
+    hops = ThreadHops()
+    storage: Any = FilesystemStorage(str(tmp_path / "registry"), hops)
     if wrap_storage is not None:
         storage = wrap_storage(storage)
-    cache = PreparedCache(lambda: live.current.memory_cache_size)
+    # As nopard.service wires it: the index in front of the store, sharing the documents' budget.
+    index = StoreIndex(clock, lambda: live.current.memory_cache_size)
+    storage = IndexedStorage(storage, index)
+    cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
+    index.make_room = cache.trim
     coordination = InProcessCoordination()
     registry = Registry(storage, cache, clock, coordination)
     upstream_http = StubTreq(upstream if upstream is not None else MissingUpstream())
@@ -257,7 +278,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
-                     upstream_http)
+                     upstream_http, index=index, hops=hops, cache=cache)
 
 
 def _whole(reply: bytes) -> bool:
