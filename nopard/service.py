@@ -47,6 +47,7 @@ from nopard.domain.times import iso_time
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
+from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
@@ -357,7 +358,8 @@ def build_service(
     cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
     index.make_room = cache.trim
     coordination, sessions = open_coordination(settings, reactor, cache, logs, top)
-    registry = Registry(storage, cache, reactor, coordination)
+    signing = SigningKeys(storage, reactor.seconds)
+    registry = Registry(storage, cache, reactor, coordination, signing)
     # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.
     agent = LiveAgent(live, lambda current, pool: upstream_agent(current, reactor, pool),
                       lambda: upstream_pool(reactor))
@@ -405,7 +407,11 @@ def build_service(
         log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
         redirects=tarball_redirects(live, storage),
         upstream_search=UpstreamSearch(upstreams, live, reactor),
+        provenance=parts.provenance,
     )
+    # The signing key is made at the first start (the first of several instances to get there wins).
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(signing.ring()).addErrback(
+        lambda failure: upstream_log.failure("the signing keys could not be read", failure)))
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,
         Logger(namespace="nopard.access", observer=logs.publisher), metrics,

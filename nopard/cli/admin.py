@@ -20,6 +20,8 @@ These work on the registry directory itself, with nopard running or not
   nopard-admin user list                                      users, emails, token counts
   nopard-admin token list [--user NAME]                       tokens: key, user, created, read-only
   nopard-admin token revoke KEY                               revoke the token with that key
+  nopard-admin keys list             nopard's signing keys: keyid, created, current or expired
+  nopard-admin keys rotate           expire the current signing key now; sign with a new one
   nopard-admin fsck                  verify every stored tarball; quarantine mismatches; report
                                      orphans, missing tarballs, leftover temp files, bad documents
   nopard-admin gc [--dry-run]        remove what fsck counts as garbage (orphans, temp files,
@@ -39,6 +41,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -229,6 +232,31 @@ def export_registry(options: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def keys_list(options: argparse.Namespace) -> int:
+    """Print nopard's signing keys (public parts), the current one last."""
+    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.local.signing import SigningKeys
+
+    settings = registry_settings(options)
+    ring = run_now(SigningKeys(open_storage(settings.registry_path), time.time).ring())
+    for key in ring:
+        state = f"expires {key.expires}" if key.expires else "current"
+        print(f"{key.keyid}  created {key.created}  {state}")
+    return 0
+
+
+def keys_rotate(options: argparse.Namespace) -> int:
+    """Expire the current signing key now and make a new one for the next publishes."""
+    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.local.signing import SigningKeys
+
+    settings = registry_settings(options)
+    old, new = run_now(SigningKeys(open_storage(settings.registry_path), time.time).rotate())
+    print(f"rotated: {old.keyid} expires {old.expires} (still verifies versions published before); "
+          f"new versions are signed with {new.keyid}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     top = argparse.ArgumentParser(prog="nopard-admin", description=__doc__,
@@ -281,6 +309,17 @@ def parser() -> argparse.ArgumentParser:
     tokens.add_argument("--user", metavar="NAME", help="only this user's tokens")
     revoke = leaf(token_commands, "revoke", token_revoke, "revoke a token by its key")
     revoke.add_argument("key", metavar="KEY", help="the key `token list` shows")
+
+    signing = commands.add_parser("keys", help="list and rotate nopard's signing keys",
+                                  description="The ECDSA P-256 keys nopard signs published versions with "
+                                  "(signing/keys.json in the store; served at /-/npm/v1/keys without "
+                                  "their private parts).")
+    signing_commands = signing.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    leaf(signing_commands, "list", keys_list, "list the keys: keyid, created, current or when it expired")
+    leaf(signing_commands, "rotate", keys_rotate, "expire the current key now and sign with a new one",
+         "Expire the current key now (it stays listed, with `expires`, and keeps verifying versions "
+         "published before) and make a new one that signs every version published from now on. "
+         "Running instances use it from their next publish.")
 
     leaf(commands, "fsck", fsck, "verify stored tarballs and report problems (exit 1 if any)",
          "Verify every stored tarball against the checksums of the version naming it; move a mismatch "

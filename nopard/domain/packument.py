@@ -29,6 +29,10 @@ _ABBREVIATED_VERSION_FIELDS = (
     "directories", "dist", "engines", "_hasShrinkwrap", "funding", "cpu", "os", "libc",
 )
 _INSTALL_SCRIPTS = ("preinstall", "install", "postinstall")
+# dist fields a registry writes (its signatures, the attestations it stores), never a publisher.
+_REGISTRY_DIST_FIELDS = ("signatures", "attestations")
+# What of ``_npmUser`` clients judge trust by (pnpm's trustPolicy): kept in the abbreviated form.
+_TRUST_FIELDS = ("trustedPublisher", "approver")
 
 
 def new_document(name: str) -> dict[str, Any]:
@@ -99,7 +103,8 @@ def _stored_manifest(
     stored["_id"] = f"{name}@{version}"
     stored["_npmUser"] = dict(publisher)
     stored["maintainers"] = copy.deepcopy(maintainers)
-    dist = dict(stored["dist"])
+    # What only a registry vouches for: a publisher's own signatures or attestations are not kept.
+    dist = {k: v for k, v in stored["dist"].items() if k not in _REGISTRY_DIST_FIELDS}
     dist["tarball"] = names.tarball_filename(name, version)
     stored["dist"] = dist
     return stored
@@ -169,7 +174,16 @@ def _with_tarball_url(manifest: Any, base_url: str, name: str, version: str) -> 
     served = dict(manifest)
     filename = version_tarball_file(name, version, dist) or names.tarball_file_from_url(str(dist["tarball"]))
     served["dist"] = {**dist, "tarball": tarball_url(base_url, name, filename)}
+    attestations = dist.get("attestations")
+    if isinstance(attestations, dict) and "url" in attestations:
+        # Served by nopard too (stored, also offline); clients fetch it from the registry they use.
+        served["dist"]["attestations"] = {**attestations, "url": attestations_url(base_url, name, version)}
     return served
+
+
+def attestations_url(base_url: str, name: str, version: str) -> str:
+    """Where this registry serves a version's attestations (``@scope%2fname@1.0.0``, as npm writes it)."""
+    return f"{base_url}/-/npm/v1/attestations/{name.replace('/', '%2f')}@{version}"
 
 
 def abbreviate(document: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +193,10 @@ def abbreviate(document: dict[str, Any]) -> dict[str, Any]:
         small = {k: manifest[k] for k in _ABBREVIATED_VERSION_FIELDS if k in manifest}
         if has_install_script(manifest):
             small["hasInstallScript"] = True
+        user = manifest.get("_npmUser")
+        # This form carries ``time``, so pnpm may judge trust by it alone (registrySupportsTimeField).
+        if isinstance(user, dict) and any(field in user for field in _TRUST_FIELDS):
+            small["_npmUser"] = user
         versions[version] = small
     times = document.get("time", {})
     abbreviated = {

@@ -20,6 +20,7 @@ from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDen
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.publication import Publication
 from nopard.domain.times import iso_time
+from nopard.local.signing import SigningKeys
 from nopard.storage import Storage, keys
 
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).
@@ -47,8 +48,11 @@ class Registry:
 
     def __init__(
         self, storage: Storage, cache: PreparedCache, clock: IReactorTime, coordination: PackageLocks | None = None,
+        signing: SigningKeys | None = None,
     ) -> None:
         self._storage = storage
+        # nopard's own key: every version published here is signed (None: unsigned, as before).
+        self.signing = signing
         self._cache = cache
         self._clock = clock
         # One instance at a time changes a package (a Redis lock when instances share one).
@@ -91,6 +95,8 @@ class Registry:
             now = iso_time(self._clock.seconds())
             retired = packument.retired_versions(record)
             merged = packument.merge_publication(document, publication, publisher, now, retired)
+            if self.signing is not None:
+                await self.signing.sign_versions(merged, list(publication.versions))
             _authorized(name, document, merged, publisher["name"] if check_owner else None, authorize)
             for version, data in publication.tarballs.items():
                 await self._store_tarball(name, names.tarball_filename(name, version), data)

@@ -2,7 +2,8 @@
 
 policy (the decision table), upstreams (which upstream serves a name),
 documents (mirrored documents), tarballs (mirrored tarballs), served (what
-clients get: local, mirrored or merged). ``build_mirror`` puts them together
+clients get: local, mirrored or merged), provenance (signing keys and
+attestations). ``build_mirror`` puts them together
 the one way nopard.service (and the tests) need them.
 """
 
@@ -16,7 +17,9 @@ from twisted.logger import Logger
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.prepared import PreparedCache
 from nopard.local.packages import Registry
+from nopard.local.signing import SigningKeys
 from nopard.mirror.documents import Coordination, MirroredDocuments
+from nopard.mirror.provenance import Provenance
 from nopard.mirror.served import Mirror
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
@@ -31,6 +34,7 @@ class MirrorParts:
     documents: MirroredDocuments
     tarballs: MirroredTarballs
     mirror: Mirror
+    provenance: Provenance
 
 
 def build_mirror(
@@ -41,5 +45,7 @@ def build_mirror(
     shared: Coordination = coordination or InProcessCoordination()
     documents = MirroredDocuments(settings, storage, cache, clock, log, shared)
     tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log)
-    return MirrorParts(documents, tarballs, Mirror(settings, storage, registry, upstreams, documents, tarballs,
-                                                   cache, clock, shared))
+    mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared)
+    signing = registry.signing or SigningKeys(storage, clock.seconds)
+    provenance = Provenance(settings, storage, registry, upstreams, documents, signing, clock, log)
+    return MirrorParts(documents, tarballs, mirror, provenance)

@@ -8,10 +8,13 @@ The layout (the same on every backend)::
     packages/<name>/upstream/package.json           the document mirrored from the upstream
     packages/<name>/upstream/meta.json              what nopard knows of that copy (ETag, time)
     packages/<name>/upstream/tarballs/<file>        a tarball fetched from the upstream
+    packages/<name>/upstream/attestations/<v>.json  a version's attestations, from the upstream
     users/<user>.json                               a user's profile (email, creation time)
     tokens/<sha256 of the token>.json               an access token's record
     sync/<job>.lock                                 which instance runs a sync job
     settings/overrides.json                         settings changed at runtime
+    signing/keys.json                               nopard's signing keys (private: never served)
+    signing/upstream-<sha256 of its URL>.json       an upstream's public keys (/-/npm/v1/keys)
     health/probe-<unique>                           the readiness check's write-read-delete
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
@@ -24,12 +27,13 @@ a package may be called ``upstream`` or ``tarballs``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nopard.domain.errors import InvalidInput
-from nopard.domain.names import validate_name, validate_tarball_filename
+from nopard.domain.names import validate_name, validate_tarball_filename, validate_version
 from nopard.storage import InvalidKey, check_key
 
 PACKAGES_FOLDER = "packages"
@@ -38,6 +42,8 @@ USERS_FOLDER = "users"
 USERS = USERS_FOLDER + "/"
 TOKENS = "tokens/"
 SETTINGS_OVERRIDES = "settings/overrides.json"
+SIGNING_FOLDER = "signing"
+SIGNING_KEYS = SIGNING_FOLDER + "/keys.json"
 # In an export directory, next to packages/ and users/.
 EXPORTED_HTPASSWD = "htpasswd"
 EXPORT_MARKER = "nopard-export.json"
@@ -55,6 +61,8 @@ LOCAL_TARBALL = "local tarball"
 MIRRORED_DOCUMENT = "mirrored document"
 MIRRORED_META = "mirrored meta"
 MIRRORED_TARBALL = "mirrored tarball"
+MIRRORED_ATTESTATIONS = "mirrored attestations"
+ATTESTATIONS_FOLDER = "attestations"
 _FILES = {
     LOCAL_DOCUMENT: (DOCUMENT_FILE,),
     UNPUBLISHED: ("unpublished.json",),
@@ -118,6 +126,11 @@ def upstream_tarball_key(name: str, filename: str) -> str:
     return package_key(MIRRORED_TARBALL, name, filename)
 
 
+def upstream_attestations_key(name: str, version: str) -> str:
+    """Key of a version's attestations fetched from the upstream (``filename`` is the version when parsed)."""
+    return "/".join((package_prefix(name), MIRRORED_FOLDER, ATTESTATIONS_FOLDER, validate_version(version) + ".json"))
+
+
 def local_tarballs_prefix(name: str) -> str:
     """The listing prefix of a published package's tarballs."""
     return tarballs_prefix(LOCAL_TARBALL, name)
@@ -146,6 +159,9 @@ def parse_package_key(key: str) -> PackageKey | None:
     name, place = "/".join(segments[:count]), tuple(segments[count:])
     try:
         validate_name(name)
+        if place[:2] == (MIRRORED_FOLDER, ATTESTATIONS_FOLDER) and len(place) == 3 and place[2].endswith(".json"):
+            version = validate_version(place[2].removesuffix(".json"))
+            return PackageKey(MIRRORED_ATTESTATIONS, name, version)
         if place in _FILE_KINDS:
             return PackageKey(_FILE_KINDS[place], name)
         if place[:-1] in _FOLDER_KINDS:
@@ -196,6 +212,11 @@ def sync_lock_key(job: str) -> str:
     return f"sync/{job}.lock"
 
 
+def upstream_keys_key(url: str) -> str:
+    """Key of the public signing keys an upstream serves, by the SHA-256 of its URL."""
+    return f"{SIGNING_FOLDER}/upstream-{hashlib.sha256(url.encode()).hexdigest()}.json"
+
+
 def health_probe_key(unique: str) -> str:
     """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
     return check_key(f"health/probe-{unique}")
@@ -207,6 +228,7 @@ TOKEN_RECORD = "token"
 SYNC_LOCK = "sync lock"
 SETTINGS = "settings"
 HEALTH_PROBE = "health probe"
+SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
 UNKNOWN = "unknown"
@@ -226,6 +248,8 @@ def key_kind(key: str) -> str:
         return SYNC_LOCK
     if key == SETTINGS_OVERRIDES:
         return SETTINGS
+    if folder == SIGNING_FOLDER and (key == SIGNING_KEYS or (rest.startswith("upstream-") and rest.endswith(".json"))):
+        return SIGNING
     if folder == "health" and rest.startswith("probe-"):
         return HEALTH_PROBE
     return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)

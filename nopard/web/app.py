@@ -30,6 +30,7 @@ from nopard.web.api.accounts import AccountRoutes
 from nopard.web.api.common import Gate, add_route
 from nopard.web.api.operations import OperationRoutes
 from nopard.web.api.packages import PackageRoutes
+from nopard.web.api.provenance import ProvenanceRoutes
 from nopard.web.api.search import SearchRoutes
 from nopard.web.api.settings import SettingsRoutes
 from nopard.web.api.weblogin import WebLoginRoutes
@@ -43,6 +44,7 @@ from nopard.web.services import (
     AuditForwarder,
     MirrorServices,
     MirrorStatus,
+    ProvenanceSource,
     RunInThread,
     Sessions,
     TarballSizes,
@@ -80,7 +82,7 @@ class RegistryApp:
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
         operator: OperatorCredential | None = None, redirects: TarballRedirects | None = None,
-        upstream_search: UpstreamSearch | None = None,
+        upstream_search: UpstreamSearch | None = None, provenance: ProvenanceSource | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror, operator)
@@ -106,6 +108,8 @@ class RegistryApp:
         )
         for group in groups:
             group.mount(self._app)
+        if provenance is not None:
+            ProvenanceRoutes(gate, provenance).mount(self._app)
 
     def resource(self) -> IResource:
         """The Twisted resource serving this app."""

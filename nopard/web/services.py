@@ -60,6 +60,16 @@ class UpstreamSearch(Protocol):
         """Its decoded answer for ``text``, or None when it is down, slow or has none to give."""
 
 
+class ProvenanceSource(Protocol):
+    """Signing keys and attestations (nopard.mirror.provenance)."""
+
+    async def keys(self) -> dict[str, Any]:
+        """``{keys: [...]}``: nopard's public keys and the upstreams'."""
+
+    async def attestations(self, name: str, version: str) -> bytes:
+        """The stored (else fetched) attestations of ``name@version``; NotFound when there are none."""
+
+
 TarballSizes = Callable[[str, dict[str, Any]], Awaitable[dict[str, int | None]]]
 """(name, document) -> version -> stored tarball size, None when only upstream."""
 

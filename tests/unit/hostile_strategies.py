@@ -159,6 +159,10 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     "search.audit:/-/npm/v1/security/advisories/bulk": fixed("/-/npm/v1/security/advisories/bulk"),
     "search.audit:/-/npm/v1/security/audits/quick": fixed("/-/npm/v1/security/audits/quick"),
     "search.audit:/-/npm/v1/security/audits": fixed("/-/npm/v1/security/audits"),
+    "provenance.keys:/-/npm/v1/keys": fixed("/-/npm/v1/keys"),
+    "provenance.attestations:/-/npm/v1/attestations/": fixed("/-/npm/v1/attestations/"),
+    "provenance.attestations:/-/npm/v1/attestations/_branch": lambda name: spelled(name).map(
+        lambda n: f"/-/npm/v1/attestations/{n}@1.0.0"),
     "settings.get_settings:/-/nopard/settings": fixed("/-/nopard/settings"),
     "settings.put_settings:/-/nopard/settings": fixed("/-/nopard/settings"),
     "packages.starred_by_user:/-/_view/starredByUser": lambda name: st.one_of(

@@ -38,6 +38,7 @@ from nopard.domain.times import iso_time
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
+from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
@@ -253,7 +254,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
     index.make_room = cache.trim
     coordination = InProcessCoordination()
-    registry = Registry(storage, cache, clock, coordination)
+    registry = Registry(storage, cache, clock, coordination, SigningKeys(storage, clock.seconds))
     upstream_http = StubTreq(upstream if upstream is not None else MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination)
@@ -275,6 +276,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
         redirects=TarballRedirects(live, files=storage, objects=objects),
         upstream_search=UpstreamSearch(upstreams, live, clock),
+        provenance=parts.provenance,
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,

@@ -107,6 +107,13 @@ CASES = (
     Budget("search.audit:/-/npm/v1/security/audits/quick", "POST", "/-/npm/v1/security/audits/quick", 0,
            upstream=1, body={}),
     Budget("search.audit:/-/npm/v1/security/audits", "POST", "/-/npm/v1/security/audits", 0, upstream=1, body={}),
+    # The first ask makes nopard's key and keeps the upstream's list; later ones only read both.
+    Budget("provenance.keys:/-/npm/v1/keys", "GET", "/-/npm/v1/keys", 3, writes=2, upstream=1),
+    Budget("provenance.keys:/-/npm/v1/keys", "GET", "/-/npm/v1/keys", 2, warm=("/-/npm/v1/keys",)),
+    Budget("provenance.attestations:/-/npm/v1/attestations/", "GET", "/-/npm/v1/attestations/", 0),
+    # A mirrored version whose manifest names no attestations: a 404 without asking the upstream.
+    Budget("provenance.attestations:/-/npm/v1/attestations/_branch", "GET",
+           "/-/npm/v1/attestations/mirrored-pkg@1.0.0", 3, warm=("/mirrored-pkg",)),
     Budget("settings.get_settings:/-/nopard/settings", "GET", "/-/nopard/settings", 0),
     Budget("settings.put_settings:/-/nopard/settings", "PUT", "/-/nopard/settings", 0, body={"values": {}}),
     Budget("packages.starred_by_user:/-/_view/starredByUser", "GET", '/-/_view/starredByUser?key="bob"', 5),
