@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument
@@ -34,13 +35,15 @@ from zope.interface import implementer
 
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
-from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
+from nopard.auth.limits import FAILED_SCRIPT, RETRY_AFTER_SCRIPT, LoginLimiter, SharedLoginLimiter
 from nopard.auth.operator import OperatorCredential, OperatorTokenService
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import InProcessCoordination, RedisCoordination
+from nopard.cluster.keyspace import Keyspace, failed_login_script, retry_after_script
 from nopard.cluster.link import RedisLink
+from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
@@ -55,6 +58,16 @@ from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
+from nopard.ops.supervisor import (
+    WorkerPool,
+    WorkerRole,
+    handoff_endpoints,
+    supervisor_tree,
+    worker_command,
+    worker_endpoints,
+    worker_environment,
+    worker_role,
+)
 from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides, StartGate
@@ -114,8 +127,13 @@ def makeService(options: Options) -> IService:
         raise SystemExit(
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
+    role = worker_role(os.environ)
     try:
-        app = build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy, sources=sources)
+        if settings.workers > 1 and role is None:
+            app = build_supervisor(settings, reactor, twistd_log_stream(options), options.given(), sources)
+        else:
+            app = build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy,
+                                sources=sources, worker=role)
     except ConfigError as error:
         raise SystemExit(f"nopard: {error}") from None
     return daemon.wrap(app, reactor)
@@ -220,6 +238,11 @@ def listen_descriptions(settings: Settings) -> list[str]:
     return [f"{kind}:{settings.port}:interface={quoteStringArgument(settings.hostname)}"]
 
 
+def listen_source(sources: Mapping[str, str]) -> str:
+    """The setting a listening error names: where NOPARD_LISTEN came from, else NOPARD_PORT."""
+    return {"option": "--listen", "environment": "NOPARD_LISTEN"}.get(sources["listen"], "NOPARD_PORT")
+
+
 def listeners(settings: Settings, site: NopardSite, reactor: Any, source: str) -> list[IService]:
     """One service per endpoint; ConfigError naming ``source`` for a string Twisted cannot use.
 
@@ -315,16 +338,54 @@ def login_limiter(live: LiveSettings, reactor: Any, coordination: Any) -> Any:
     return local
 
 
+def build_supervisor(settings: Settings, reactor: Any, log_stream: Any, given: Mapping[str, str | None],
+                     sources: Mapping[str, str]) -> MultiService:
+    """NOPARD_WORKERS above 1: the supervisor, which binds the listeners and runs the workers on them.
+
+    Without NOPARD_REDIS_URL it also holds what the workers share (cluster/keyspace.py,
+    served by cluster/resp.py); with it, the workers share through that Redis.
+    """
+    live = LiveSettings(settings)
+    logs = LogService(live, log_stream, reactor)
+    endpoints = handoff_endpoints(listen_descriptions(settings), reactor, listen_source(sources))
+    shared = None
+    if not settings.redis_url:
+        keyspace = Keyspace(reactor, document_budget=settings.memory_cache_size)
+        keyspace.register(RETRY_AFTER_SCRIPT, retry_after_script)
+        keyspace.register(FAILED_SCRIPT, failed_login_script)
+        shared = SharedStateServer(keyspace, reactor)
+    log = Logger(namespace="nopard.supervisor", observer=logs.publisher)
+    environment = worker_environment(os.environ, given, {s.name: s.env for s in SETTINGS})
+    pool = WorkerPool(settings.workers, endpoints, worker_command(), environment, reactor, log,
+                      logs.write_line, shared=shared)
+    return supervisor_tree(pool, [logs, SupervisorAnnouncement(log, settings)])
+
+
+class SupervisorAnnouncement(Service):
+    """Logs once, at start, how many workers serve where."""
+
+    def __init__(self, log: Logger, settings: Settings) -> None:
+        self._log = log
+        self._settings = settings
+
+    def startService(self) -> None:
+        super().startService()
+        self._log.info("nopard supervising {workers} workers on {listen}", event="supervisor-started",
+                       workers=self._settings.workers, listen=" ".join(listen_descriptions(self._settings)),
+                       shared="redis" if self._settings.redis_url else "supervisor")
+
+
 def build_service(
     settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None,
-    sources: Mapping[str, str] | None = None,
+    sources: Mapping[str, str] | None = None, worker: WorkerRole | None = None,
 ) -> MultiService:
     """Wire every component of nopard into one service tree.
 
     ``log_stream``: where nopard's lines go without NOPARD_LOGFILE (stdout
     under ``twistd -n``); None sends them into twistd's log. ``sources``:
     where each setting came from (config.setting_sources; default: the
-    environment, no options).
+    environment, no options). ``worker``: this process is one of a
+    supervisor's workers, serving the sockets it inherited.
     """
     if sources is None:
         sources = setting_sources({}, os.environ)
@@ -375,6 +436,8 @@ def build_service(
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.
     owner = f"{socket.gethostname()}:{' '.join(settings.listen) or settings.port}"
+    if worker is not None:
+        owner += f"#worker{worker.index}"  # one sync run among the workers, not one each
     metrics.live.upstreams = upstreams.all
     metrics.live.cache = cache
     metrics.live.coordination = coordination
@@ -415,9 +478,13 @@ def build_service(
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,
         Logger(namespace="nopard.access", observer=logs.publisher), metrics,
+        worker=worker.name if worker is not None else None,
     )
-    source = {"option": "--listen", "environment": "NOPARD_LISTEN"}.get(sources["listen"], "NOPARD_PORT")
-    for listener in listeners(settings, site, reactor, source):
+    if worker is not None:
+        served: list[IService] = [StreamServerEndpointService(e, site) for e in worker_endpoints(worker, reactor)]
+    else:
+        served = listeners(settings, site, reactor, listen_source(sources))
+    for listener in served:
         listener.setServiceParent(top)
     Announcement(Logger(namespace="nopard", observer=logs.publisher), live).setServiceParent(top)
     return top

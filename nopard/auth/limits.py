@@ -129,7 +129,7 @@ class LoginLimiter:
 
 # KEYS: the counted keys; ARGV: now (ms), window (ms), attempts. The wait (ms) until a check is
 # allowed, 0: now. Failures older than the window are dropped on the way.
-_RETRY_AFTER = """
+RETRY_AFTER_SCRIPT = """
 local wait = 0
 for _, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1] - ARGV[2])
@@ -143,7 +143,7 @@ end
 return wait
 """
 # KEYS: the counted keys; ARGV: now (ms), window (ms), a unique member.
-_FAILED = """
+FAILED_SCRIPT = """
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, ARGV[1], ARGV[3])
   redis.call('PEXPIRE', key, ARGV[2])
@@ -175,7 +175,7 @@ class SharedLoginLimiter:
         current = self._settings.current
         keys = self._keys(account, address)
         try:
-            wait_ms = await self._link.call("eval", _RETRY_AFTER, keys, [
+            wait_ms = await self._link.call("eval", RETRY_AFTER_SCRIPT, keys, [
                 str(int(self._clock.seconds() * 1000)), str(int(current.login_window * 1000)),
                 str(current.login_attempts)]) if keys else 0
         except RedisDown:
@@ -192,7 +192,7 @@ class SharedLoginLimiter:
         keys = self._keys(account, address)
         now_ms = int(self._clock.seconds() * 1000)
         try:
-            await self._link.call("eval", _FAILED, keys, [
+            await self._link.call("eval", FAILED_SCRIPT, keys, [
                 str(now_ms), str(int(self._settings.current.login_window * 1000)), f"{now_ms}-{uuid.uuid4().hex}"])
         except RedisDown:
             pass

@@ -22,8 +22,8 @@ from nopard.cluster.link import RedisDown, RedisLink, key
 # Seconds a lock lives unless renewed: how long a killed instance's lock blocks the others.
 LOCK_TTL = 10.0
 # Only if it still holds the caller's token: a lock that expired and was taken is not touched.
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-_RENEW = (
+RELEASE_SCRIPT = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+RENEW_SCRIPT = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 )
 
@@ -79,7 +79,7 @@ class RedisLocks:
                     renewal.stop()
                 if held:
                     try:
-                        await self._link.call("eval", _RELEASE, [redis_key], [token])
+                        await self._link.call("eval", RELEASE_SCRIPT, [redis_key], [token])
                     except RedisDown:
                         pass  # it expires on its own
 
@@ -107,7 +107,7 @@ class RedisLocks:
         # stalled past lock_ttl never extends or deletes the lock another instance took since.
         try:
             renewed = await self._link.call(
-                "eval", _RENEW, [redis_key], [token, str(int(self._lock_ttl * 1000)).encode()])
+                "eval", RENEW_SCRIPT, [redis_key], [token, str(int(self._lock_ttl * 1000)).encode()])
         except RedisDown:
             return
         if not renewed:

@@ -152,7 +152,7 @@ class MemorySessions:
 # owners (id -> owner). ARGV: 1 value, 2 now (ms), 3 ttl (ms), 4 per owner, 5 total, 6 id,
 # 7 owner, 8 the records' key prefix, 9 the owner sets' key prefix.
 # The records' and owners' keys are built in the script: nopard uses one Redis, not a cluster.
-_ADMIT = """
+ADMIT_SCRIPT = """
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local function drop(id)
@@ -181,7 +181,7 @@ return 1
 """
 # KEYS: 1 the record, 2 the pool, 3 the pool's owners. ARGV: 1 id, 2 the owner sets' key prefix,
 # 3 the new value ('' : only take it out of the pool), 4 its ttl (ms). 1 when the record was live.
-_SETTLE = """
+SETTLE_SCRIPT = """
 local owner = redis.call('HGET', KEYS[3], ARGV[1])
 if owner then
   redis.call('ZREM', ARGV[2] .. owner, ARGV[1])
@@ -215,7 +215,7 @@ class RedisSessions:
         """Keep a new pending ``value`` (MemorySessions.admit's bounds, across instances)."""
         pool_key, owners_key, owner_prefix = self._pool_keys(pool)
         try:
-            await self._link.call("eval", _ADMIT, [self._key(key), pool_key, (owner_prefix + owner).encode(),
+            await self._link.call("eval", ADMIT_SCRIPT, [self._key(key), pool_key, (owner_prefix + owner).encode(),
                                                    owners_key], [
                 orjson.dumps(value), str(int(self._clock.seconds() * 1000)), str(max(1, int(ttl * 1000))),
                 str(per_owner), str(total), key, owner, self._key("").decode(), owner_prefix])
@@ -227,7 +227,7 @@ class RedisSessions:
         """Replace the live record with ``value``, no longer pending; False when it is gone."""
         pool_key, owners_key, owner_prefix = self._pool_keys(pool)
         try:
-            done = await self._link.call("eval", _SETTLE, [self._key(key), pool_key, owners_key], [
+            done = await self._link.call("eval", SETTLE_SCRIPT, [self._key(key), pool_key, owners_key], [
                 key, owner_prefix, orjson.dumps(value), str(max(1, int(ttl * 1000)))])
         except RedisDown:
             return await self._fallback.settle(pool, key, value, ttl)
@@ -258,7 +258,7 @@ class RedisSessions:
         if raw and pool is not None:
             pool_key, owners_key, owner_prefix = self._pool_keys(pool)
             try:  # out of its pool's counts too (else it would count until it expires)
-                await self._link.call("eval", _SETTLE, [self._key(key), pool_key, owners_key],
+                await self._link.call("eval", SETTLE_SCRIPT, [self._key(key), pool_key, owners_key],
                                       [key, owner_prefix, "", "0"])
             except RedisDown:
                 pass

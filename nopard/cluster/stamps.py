@@ -22,7 +22,7 @@ from nopard.domain.prepared import CachedDocument, PreparedBody, PreparedDocumen
 
 # Seconds prepared documents stay in Redis unused.
 SHARED_DOCUMENT_TTL = 24 * 3600
-_BUMP = "local g = redis.call('INCR', KEYS[2]) return {redis.call('GET', KEYS[1]), g}"
+BUMP_SCRIPT = "local g = redis.call('INCR', KEYS[2]) return {redis.call('GET', KEYS[1]), g}"
 _EPOCH = key("epoch")
 
 
@@ -121,7 +121,7 @@ class RedisStamps:
     async def bump(self, name: str) -> str | None:
         """Tell every instance that ``name``'s documents changed; the new stamp (None: degraded)."""
         try:
-            epoch, generation = await self._link.call("eval", _BUMP, [_EPOCH, _generation(name)], critical=True)
+            epoch, generation = await self._link.call("eval", BUMP_SCRIPT, [_EPOCH, _generation(name)], critical=True)
         except RedisDown:
             self._dirty = True
             return None

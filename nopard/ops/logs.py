@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, cast
@@ -273,6 +274,18 @@ class LogService(Service):
         elif self._stream is not None:
             self._stream.write(line)
             self._stream.flush()
+
+    def write_line(self, line: str) -> None:
+        """Write a line formatted elsewhere (a worker's, nopard.ops.supervisor) where this service writes."""
+        if self._file is not None:
+            self._file.write(line)
+        elif self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+        else:
+            globalLogPublisher({"log_format": line.rstrip("\n").replace("{", "{{").replace("}", "}}"),
+                                "log_level": LogLevel.info, "log_namespace": "nopard.worker", "log_source": None,
+                                "log_time": time.time()})  # twistd's observer shows the time it was relayed
 
     def _to_twistd(self, event: dict[str, Any]) -> None:
         """Into twistd's log, which adds its own time and system before the line."""

@@ -47,6 +47,7 @@ from nopard.settings.values import (
     parse_tarball_redirect,
     parse_text,
     parse_users,
+    parse_workers,
 )
 
 
@@ -136,6 +137,13 @@ SETTINGS: tuple[Setting, ...] = (
         parse_redis_url,
         "Redis shared by several instances, redis://[:password@]host[:port][/db]; REDIS_URL works too "
         "(empty: none, one instance).",
+    ),
+    Setting(
+        "workers",
+        "1",
+        parse_workers,
+        "Worker processes serving the same sockets and store, supervised (`auto`: one per CPU; 1: one "
+        "process, no supervisor); without Redis they share state through the supervisor (docs/scaling.md).",
     ),
     Setting(
         "lock_ttl",
@@ -331,6 +339,7 @@ class Settings:
     backfill: str
     memory_cache_size: int
     config: str = ""
+    workers: int = 1
 
     @property
     def htpasswd_path(self) -> str:

@@ -7,6 +7,7 @@ the same function.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -175,6 +176,13 @@ def parse_positive(text: str) -> int:
     if value < 1:
         raise ValueError(f"{text!r} must be 1 or more")
     return value
+
+
+def parse_workers(text: str) -> int:
+    """NOPARD_WORKERS: a number of processes, one or more, or ``auto`` (one per CPU)."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return parse_positive(text)
 
 
 def parse_log_format(text: str) -> str:

@@ -85,6 +85,9 @@ class NopardRequest(server.Request):
         self.user: str | None = None  # type: ignore[assignment]
         self.cache_status: str | None = None
         self.upstream_wait = UpstreamWait()
+        worker = self._site().worker
+        if worker is not None:
+            self.responseHeaders.setRawHeaders(b"x-nopard-worker", [worker])
 
     def __repr__(self) -> str:
         # Twisted's repr shows the URI, which may carry a token (logout).
@@ -186,9 +189,11 @@ class NopardSite(server.Site):
 
     def __init__(
         self, resource: IResource, settings: LiveSettings, clock: IReactorTime, log: Logger,
-        metrics: Metrics | None = None,
+        metrics: Metrics | None = None, worker: str | None = None,
     ) -> None:
         super().__init__(resource)
+        #: Which worker of a supervisor this is (NOPARD_WORKERS), answered in X-Nopard-Worker; None: no supervisor.
+        self.worker = worker.encode() if worker else None
         self.settings = settings
         self.clock = clock
         self._log = log
