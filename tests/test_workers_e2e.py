@@ -14,6 +14,8 @@ from tests.support import NopardServer, publish_body
 def test_two_workers_serve_a_publish_at_once_and_survive_kill(tmp_path: Path) -> None:
     server = NopardServer(tmp_path, env={"NOPARD_WORKERS": "2"}).start()
     try:
+        # A worker shares through the supervisor once its link is up (a second after it starts).
+        poll_until(lambda: server.log().count("redis-up") >= 2, timeout=30)
         token = server.token("alice", "secret-pass")
         # Warm both workers' memory with version 1.0.0 first, so a stale copy would show.
         assert server.request("PUT", "/pkg", publish_body("pkg", "1.0.0"), token=token).status in (200, 201)
