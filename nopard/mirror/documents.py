@@ -116,7 +116,7 @@ class MirroredDocuments:
         """The upstream document of ``name`` by the offline-first table, and how it was served."""
         meta = await self.mirrored_meta(name)
         now = self._clock.seconds()
-        down = upstream.breaker.down
+        down = probing = upstream.breaker.down
         if meta is None and down and upstream.breaker.probe_free:
             # Nothing to serve instead: this request is the probe now, not when the probe timer
             # fires, so a user whose network just came back gets the package.
@@ -128,7 +128,7 @@ class MirroredDocuments:
             raise NotFound(unreachable(name))
         if action is Action.FETCH:
             self._check_not_found(name, now)
-            document, meta = await self._fetch_missing(name, upstream)
+            document, meta = await self._fetch_missing(name, upstream, probing)
             return document, meta, action.value
         assert meta is not None  # decide() fetches or fails when nothing is cached
         if action is Action.REVALIDATE:
@@ -169,7 +169,7 @@ class MirroredDocuments:
     def _ttl(self) -> float:
         return self._settings.current.meta_ttl
 
-    async def _fetch_missing(self, name: str, upstream: Upstream) -> Mirrored:
+    async def _fetch_missing(self, name: str, upstream: Upstream, probing: bool = False) -> Mirrored:
         """Fetch a document nopard does not have.
 
         A trusted upstream (answered lately, no failure since) gets
@@ -178,6 +178,9 @@ class MirroredDocuments:
         404, so an install that can do without the package (an optional one)
         goes on instead of retrying for a minute; the fetch itself goes on in
         the background and stores the document if the upstream answers late.
+        ``probing``: the upstream counted as down and this request is its probe; a
+        failed probe is told exactly what a hidden name is told while the upstream
+        is down (acl.missing_answer), so the two cannot be told apart.
         """
         fetching = Deferred.fromCoroutine(self._flights.run(name, lambda: self._fetch(name, upstream, urgent=True)))
         if upstream.breaker.trusted(TRUST_WINDOW):
@@ -188,6 +191,8 @@ class MirroredDocuments:
             fetched: Mirrored = await within(fetching, patience, self._clock)
             return fetched
         except (UpstreamUnavailable, TimeoutError) as error:
+            if probing:
+                raise NotFound(unreachable(name)) from None
             reason = getattr(error, "message", "no answer in time")
             raise NotFound(f"{unreachable(name)} ({reason})") from None
 

@@ -139,13 +139,6 @@ SETTINGS: tuple[Setting, ...] = (
         "(empty: none, one instance).",
     ),
     Setting(
-        "workers",
-        "1",
-        parse_workers,
-        "Worker processes serving the same sockets and store, supervised (`auto`: one per CPU; 1: one "
-        "process, no supervisor); without Redis they share state through the supervisor (docs/scaling.md).",
-    ),
-    Setting(
         "lock_ttl",
         "10",
         parse_seconds,
@@ -278,6 +271,13 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         parse_text,
         "TOML file of access rules: admins, groups, per-package access/publish/unpublish/proxy (empty: none).",
+    ),
+    Setting(
+        "workers",
+        "1",
+        parse_workers,
+        "Worker processes serving the same sockets and store, supervised (`auto`: one per CPU; 1: one "
+        "process, no supervisor); without Redis they share state through the supervisor (docs/scaling.md).",
     ),
 )
 

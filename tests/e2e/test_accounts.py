@@ -24,10 +24,11 @@ def test_registration_closes_after_the_first_user(nopard: NopardServer) -> None:
 
 
 def test_max_users_zero_disables_registration(start_nopard: Callable[..., NopardServer]) -> None:
-    """NOPARD_MAX_USERS=0: nobody can register, and nothing is written."""
+    """NOPARD_MAX_USERS=0: nobody can register, and nothing is written (the store holds only what
+    nopard writes at its first start: its signing key)."""
     server = start_nopard({"NOPARD_MAX_USERS": "0"})
     assert server.login("alice", "pw").status == 401
-    assert files_under(server.registry) == []
+    assert files_under(server.registry) == ["signing/keys.json"]
 
 
 def test_wrong_password_gets_401_with_basic_challenge(nopard: NopardServer) -> None:
