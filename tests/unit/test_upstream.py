@@ -10,11 +10,12 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from nopard.domain.errors import UpstreamUnavailable
+from nopard.service import QuietConnectionPool
 from nopard.settings.config import LiveSettings, load_settings
 from nopard.upstream import client as client_module
 from nopard.upstream.client import Upstream
@@ -44,7 +45,9 @@ async def upstream_for(answers) -> tuple[Upstream, Scripted]:
     resource = Scripted(answers)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(resource))
     settings = LiveSettings(load_settings({}, {"NOPARD_USER_AGENT": "nopard-test"}))
-    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    # Quiet as nopard's own pool is: a plain pool's connections log "Stopping factory" when they
+    # close, which may be during a later test that watches the global log (test_service.py).
+    http = HTTPClient(Agent(reactor, pool=QuietConnectionPool(reactor, persistent=False)))
     return Upstream(f"http://127.0.0.1:{port.getHost().port}", http, settings, reactor, token="t0k"), resource
 
 
