@@ -111,13 +111,6 @@ def summary(results: dict) -> str:
                  str(run.get("stale_answers", "-"))] for run in npm["runs"]]
         out += table(["run", "time", "min-max", "upstream conns", "upstream reqs", "STALE answers"], rows)
         out.append("(upstream conns/reqs/STALE answers: the most seen in one run)")
-        seconds = {run["key"]: run["seconds"] for run in npm["runs"]}
-        pairs = [("npm ci: offline / warm", "ci_offline", "ci_warm"),
-                 ("npm install (no lockfile): offline / warm", "install_offline", "install_warm"),
-                 ("npm install cold / npm ci warm", "install_cold", "ci_warm")]
-        width = max(len(label) for label, _, _ in pairs)
-        out += ["", "ratios (1.00x: offline is as fast as warm)"]
-        out += [f"  {label.ljust(width)}  {ratio(seconds.get(a), seconds.get(b))}" for label, a, b in pairs]
         offline = [run for run in npm["runs"] if run["key"].endswith("_offline")]
         total = sum(run["upstream_connections_total"] for run in offline)
         count = sum(len(run["samples"]) for run in offline)

@@ -1,0 +1,143 @@
+"""scripts/bench's pure parts: the side-by-side ratios and goals it prints, and the configs it writes.
+
+No time is asserted: the figures below are made up, and only what the summary says of them is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import goals
+from bench.nginx import DIRECT, bench_conf
+from bench.peer import verdaccio_config
+from tests.nginx_server import CONF, NginxServer
+
+
+def wrk_figures(rps: float) -> dict:
+    """A wrk run's dict as bench/wrk.py makes it."""
+    return {"requests": int(rps * 10), "requests_per_sec": rps, "transfer_per_sec": rps * 1000,
+            "latency_ms": {"50": 1.0, "99": 4.0}, "non_2xx_3xx": 0, "socket_errors": 0}
+
+
+def npm_run(key: str, seconds: float, requests: int = 0) -> dict:
+    """One npm run as bench/npm.py records it."""
+    return {"key": key, "seconds": seconds, "upstream_requests": requests, "upstream_connections": requests}
+
+
+RESULTS = {
+    "side": {"file": "big-package-1.0.0.tgz", "bytes": 58 * 1024, "ping": wrk_figures(4000),
+             "nopard": wrk_figures(3000), "doc": wrk_figures(2000), "nginx_direct": wrk_figures(30000),
+             "nginx_proxy": wrk_figures(2500), "accel_0": wrk_figures(12000), "accel_10": wrk_figures(25000),
+             "peer": {"name": "verdaccio", "version": "6.10.4", "ping": wrk_figures(3000),
+                      "doc": wrk_figures(100), "tarball": wrk_figures(1000)}},
+    "npm": {"runs": [npm_run("ci_warm", 12.0), npm_run("ci_cache", 11.5), npm_run("ci_direct", 10.0),
+                     npm_run("ci_cold", 13.0), npm_run("ci_offline", 12.5, requests=2),
+                     npm_run("install_offline", 15.0, requests=7),
+                     npm_run("peer_ci_warm", 14.0)]},
+}
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {goal.label: goal.verdict() for goal in goals.goals(results)}
+
+
+def test_each_goal_is_judged_from_the_runs_ratio():
+    assert verdicts(RESULTS) == {
+        "nopard tarball / nopard /-/ping": "met",  # 0.75 >= 0.60
+        "nginx + accel (cache 0 s) / nginx direct": "MISSED",  # 0.40 < 0.50
+        "nginx + accel (cache 10 s) / nginx direct": "met",  # 0.83
+        "nopard tarball / peer tarball": "met",  # 3.0 >= 2.5
+        "warm npm ci / faster of (npm cache, direct)": "MISSED",  # 12 / 10 = 1.2
+        "cold npm ci (nopard empty) / direct npm ci": "MISSED",  # 1.3
+        "upstream requests, offline install (blackholed)": "MISSED",  # npm install's 7 > 5
+    }
+
+
+def test_a_part_that_did_not_run_is_not_measured_rather_than_missed():
+    only_npm = {"npm": RESULTS["npm"]}
+    judged = verdicts(only_npm)
+    assert judged["nopard tarball / nopard /-/ping"] == "not measured"
+    assert judged["nopard tarball / peer tarball"] == "not measured"
+    assert judged["warm npm ci / faster of (npm cache, direct)"] == "MISSED"
+    assert "side by side" not in "\n".join(goals.sections(only_npm))
+
+
+def test_the_summary_prints_every_ratio_against_nginx_and_the_peer():
+    text = "\n".join(goals.sections(RESULTS))
+    direct_row = next(line for line in text.splitlines() if line.startswith("nginx -> nopard, accel redirect, "
+                                                                           "decision cache 0 s"))
+    assert direct_row.split()[-2:] == ["0.40x", "4.00x"]  # / nginx direct, / nopard alone
+    assert "verdaccio 6.10.4" in text
+    tarball_vs_peer = next(line for line in text.splitlines() if line.startswith("tarball  "))
+    assert tarball_vs_peer.split()[-1] == "3.00x"
+    assert "warm npm ci / npm ci --offline (npm's cache)" in text and "1.04x" in text
+    assert "warm npm ci: nopard / peer" in text and "0.86x" in text
+
+
+def test_workers_section_shows_the_ratio_of_n_to_one():
+    workers = {"count": 2, "one": {"ping": wrk_figures(4000), "doc": wrk_figures(2000), "tarball": wrk_figures(3000)},
+               "many": {"ping": wrk_figures(7000), "doc": wrk_figures(3800), "tarball": wrk_figures(5400)},
+               "rss_one": 100 * 2 ** 20, "rss_many": 300 * 2 ** 20}
+    lines = goals.workers_section(workers)
+    assert lines[1].endswith("(2 on this machine): req/s")
+    assert next(line for line in lines if line.startswith("tarball")).split()[-1] == "1.80x"
+    assert next(line for line in lines if line.startswith("peak RSS")).split()[-1] == "3.00x"
+
+
+def test_the_bench_nginx_conf_adds_one_public_location_for_the_store(tmp_path):
+    conf = bench_conf(CONF.read_text(), tmp_path / "store")
+    assert conf.startswith(CONF.read_text().rstrip()[:-1])  # the shipped conf, unchanged, plus the location
+    assert f'location ~ "^{DIRECT}(.+)$"' in conf and f"alias {tmp_path / 'store'}/$1;" in conf
+    assert conf.rstrip().endswith("}")
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_nginx_accepts_the_bench_conf(tmp_path):
+    conf = tmp_path / "bench.conf"
+    conf.write_text(bench_conf(CONF.read_text(), tmp_path / "store"))
+    server = NginxServer([5984], conf_path=conf, store=tmp_path / "store")
+    try:
+        checked = server.test_config()
+    finally:
+        server.stop()
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_verdaccio_proxies_only_the_given_upstream(tmp_path: Path):
+    config = verdaccio_config(tmp_path / "storage", "http://127.0.0.1:4000", 4873)
+    assert config["uplinks"] == {"upstream": {"url": "http://127.0.0.1:4000/", "maxage": "60m", "timeout": "30s",
+                                              "cache": True}}
+    assert {rule["proxy"] for rule in config["packages"].values()} == {"upstream"}
+    assert config["listen"] == "127.0.0.1:4873" and config["web"] == {"enable": False}
+    # Written as JSON, which Verdaccio's YAML parser reads as is; no host but loopback in it.
+    text = json.dumps(config)
+    hosts = {word.split("//", 1)[1].split("/")[0].split(":")[0] for word in text.split('"') if "//" in word}
+    assert hosts == {"127.0.0.1"}
+
+
+def test_nginx_bench_conf_is_refused_when_the_conf_does_not_end_with_a_block():
+    with pytest.raises(ValueError):
+        bench_conf("server { listen 80; }\n# trailing comment\n", Path("/store"))
+
+
+def bench_script():
+    """scripts/bench loaded as a module (it has no .py suffix; run from .venv, it does not re-exec)."""
+    import importlib.machinery
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench"
+    loader = importlib.machinery.SourceFileLoader("nopard_bench_script", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_quick_runs_use_short_defaults_unless_told_otherwise():
+    script = bench_script()
+    full, quick = script.parse_args([]), script.parse_args(["--quick", "--repeat", "2"])
+    assert (full.duration, full.repeat, full.sync_packages) == (10, 3, 3000)
+    assert (quick.duration, quick.repeat, quick.sync_packages) == (3, 2, 300)
