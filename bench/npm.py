@@ -11,13 +11,14 @@ lockfile naming the upstream). With --peer, the peer registry's cold install, wa
 from __future__ import annotations
 
 import contextlib
+import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench import access_answer, say
-from bench.servers import WARM_TTL, start_nopard
+from bench.servers import WARM_TTL, cpu_seconds, start_nopard
 from tests.support import REPO, NopardServer, Npm, free_port, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
@@ -33,6 +34,17 @@ def stale_answers(server: object) -> int:
         return 0
     answers = filter(None, map(access_answer, server.log().splitlines()))
     return sum(1 for _, _, cache in answers if cache == "STALE")
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child process this one has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def difference(after: float | None, before: float | None) -> float | None:
+    """``after - before`` rounded, or None when either is unknown."""
+    return None if after is None or before is None else round(after - before, 2)
 
 
 class NpmRuns:
@@ -51,12 +63,18 @@ class NpmRuns:
         npm = Npm(registry.url, self.work / f"npm-home-{key}-{index}", env)
         self.upstream.reset()
         stale_before = stale_answers(registry)
+        # CPU used meanwhile by npm (and its children) and by the registry: which of the two
+        # an install waits on.
+        pid = registry.process.pid
+        registry_cpu, npm_cpu = cpu_seconds(pid), children_cpu()
         started = time.monotonic()
         npm.run(command, "--no-audit", *extra, cwd=project)
         seconds = time.monotonic() - started
+        npm_cpu, registry_cpu = children_cpu() - npm_cpu, difference(cpu_seconds(pid), registry_cpu)
         stats = self.upstream.stats()
         return project, {"seconds": round(seconds, 3), "connections": stats["connections"],
-                         "requests": len(stats["requests"]), "stale": stale_answers(registry) - stale_before}
+                         "requests": len(stats["requests"]), "stale": stale_answers(registry) - stale_before,
+                         "npm_cpu": round(npm_cpu, 2), "registry_cpu": registry_cpu}
 
     def record(self, key: str, label: str, command: str, samples: list[dict], projects: list[Path]) -> None:
         """Add a run's samples: median time, every time, the most upstream connections seen."""
@@ -66,7 +84,9 @@ class NpmRuns:
                "max_seconds": round(seconds[-1], 3), "samples": samples,
                "upstream_connections": max(sample["connections"] for sample in samples),
                "upstream_connections_total": sum(sample["connections"] for sample in samples),
-               "upstream_requests": max(sample["requests"] for sample in samples)}
+               "upstream_requests": max(sample["requests"] for sample in samples),
+               "npm_cpu": statistics.median(sample["npm_cpu"] for sample in samples),
+               "registry_cpu": statistics.median(sample["registry_cpu"] or 0 for sample in samples)}
         if self.count_stale:  # STALE shows in the access log, whose lines are logged at info
             run["stale_answers"] = max(sample["stale"] for sample in samples)
         if key != "install_cold":

@@ -107,10 +107,14 @@ def summary(results: dict) -> str:
                     f"on every run; time = median of {npm['repeat']} (min-max)"]
         rows = [[run["label"], f"{run['seconds']:.2f} s",
                  f"{run['min_seconds']:.2f}-{run['max_seconds']:.2f}" if len(run["samples"]) > 1 else "",
+                 f"{run['npm_cpu']:.1f} s" if "npm_cpu" in run else "-",
+                 f"{run['registry_cpu']:.1f} s" if "registry_cpu" in run else "-",
                  str(run["upstream_connections"]), str(run["upstream_requests"]),
                  str(run.get("stale_answers", "-"))] for run in npm["runs"]]
-        out += table(["run", "time", "min-max", "upstream conns", "upstream reqs", "STALE answers"], rows)
-        out.append("(upstream conns/reqs/STALE answers: the most seen in one run)")
+        out += table(["run", "time", "min-max", "npm CPU", "registry CPU", "upstream conns", "upstream reqs",
+                      "STALE answers"], rows)
+        out.append("(CPU: medians, npm's with its children, the registry's is the process answering it; "
+                   "upstream conns/reqs/STALE answers: the most seen in one run)")
         offline = [run for run in npm["runs"] if run["key"].endswith("_offline")]
         total = sum(run["upstream_connections_total"] for run in offline)
         count = sum(len(run["samples"]) for run in offline)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
 import threading
 import time
@@ -26,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import access_answer, report, say, wrk
+from bench.servers import cpu_seconds
 from tests.fake_synthetic import Synthetic
 from tests.support import NopardServer
 from tests.upstream import FakeUpstream
@@ -58,15 +58,6 @@ def describe(args) -> str:
     return (f"fake upstream --synthetic {args.sync_packages}; nopard {env} "
             f"NOPARD_META_TTL={meta_ttl(args.duration):g}; wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} "
             f"-d{args.duration:g}s --timeout {WRK_TIMEOUT:g}s on {TARGET} (abbreviated)")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, every thread) a process has used, or None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def populate(port: int, names: list[str]) -> dict:

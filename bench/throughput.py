@@ -1,11 +1,12 @@
 """The wrk runs of scripts/bench: nopard alone, behind nginx, with N workers, and a peer.
 
-One warm store serves every run: nopard alone (its ping, documents and a tarball), then nginx
-in front of it sending that tarball's store file itself (the limit), proxying to nopard, and
-following nopard's X-Accel-Redirect (decision cache off and 10 s); then nopard with
-NOPARD_WORKERS=auto on the same store; then, with --peer, the peer registry warmed with the
-same document and tarball. Each run's wrk figures go into ``results``; bench/goals.py puts
-them side by side.
+One warm store serves every nopard: nopard alone (its ping, documents and a tarball); nginx in
+front of it, sending that tarball's store file itself (the limit) and proxying to nopard; two
+more nopards following X-Accel-Redirect (decision cache off and 10 s), each behind its own
+nginx; nopard with NOPARD_WORKERS=auto; with --peer, the peer registry warmed with the same
+document and tarball. All run at once, and the runs compared go in turn, round after round
+(--rounds), so that load from elsewhere on a shared machine falls on one round of each rather
+than on all of one; the best round of each is kept. bench/goals.py puts them side by side.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 from bench import report, say, wrk
 from bench.nginx import DIRECT, start_nginx
@@ -64,48 +66,107 @@ def stored_file(store: Path, filename: str) -> Path:
 
 
 def http_phase(args, wrk_path: str, upstream: FakeUpstream, work: Path, results: dict) -> None:
-    """Every wrk run, in the order the module's docstring gives."""
+    """Every server started at once on one warm store, then every wrk run of the module's
+    docstring, in ``args.rounds`` interleaved rounds; the best round of each is kept."""
     run = Wrk(wrk_path, args)
-    store_dir = work / "http-nopard"
     with contextlib.ExitStack() as stack:
         shared = {}
         if args.redis:
             from tests.redis_server import RedisServer
 
             shared["NOPARD_REDIS_URL"] = stack.enter_context(RedisServer()).url
-        server = start_nopard(stack, store_dir, upstream, args, NOPARD_META_TTL=WARM_TTL, **shared)
+        server = start_nopard(stack, work / "http-nopard", upstream, args, NOPARD_META_TTL=WARM_TTL, **shared)
         say(f"warming nopard: {BIG}'s documents and a tarball of {TARBALL[0]}")
         tarball = tarball_path(server.url)
         filename = tarball.rsplit("/", 1)[-1]
-        targets = [("ping", "/-/ping", "/-/ping", {}),
-                   ("doc", "abbreviated doc, identity", f"/{BIG}", ABBREVIATED),
-                   ("doc_gzip", "abbreviated doc, gzip", f"/{BIG}", {**ABBREVIATED, **GZIP}),
-                   ("full", "full doc, identity", f"/{BIG}", FULL),
-                   ("full_gzip", "full doc, gzip", f"/{BIG}", {**FULL, **GZIP}),
-                   ("tarball", f"tarball {filename}", tarball, {})]
+        documents = [("doc_gzip", "abbreviated doc, gzip", f"/{BIG}", {**ABBREVIATED, **GZIP}),
+                     ("full", "full doc, identity", f"/{BIG}", FULL),
+                     ("full_gzip", "full doc, gzip", f"/{BIG}", {**FULL, **GZIP})]
+        base = server.url.rstrip("/")
+        targets = {"ping": Target("/-/ping", base + "/-/ping"),
+                   "doc": Target("abbreviated doc, identity", f"{base}/{BIG}", ABBREVIATED),
+                   "nopard": Target(f"tarball {filename}", base + tarball)}
         # One request each first: nopard fetches and prepares whatever it lacks, and the
         # body size shows what every request of that run carries.
-        sizes = {key: len(get(server.url, path, headers).body) for key, _, path, headers in targets}
-        runs = results["http"] = []
-        alone = {}
-        for key, label, path, headers in targets:
-            alone[key] = run(label, server.url.rstrip("/") + path, headers)
-            runs.append({"label": label, "path": path, "headers": headers, "body_bytes": sizes[key],
-                         "wrk": alone[key]})
-        results["nopard_peak_rss"] = peak_rss(server.process.pid)
-        side = results["side"] = {"file": filename, "bytes": sizes["tarball"],
-                                  "ping": alone["ping"], "doc": alone["doc"], "nopard": alone["tarball"]}
+        sizes = {key: len(get(server.url, path, headers).body) for key, _, path, headers in documents}
+        sizes.update({key: len(get(target.url, urllib.parse.urlsplit(target.url).path, target.headers).body)
+                      for key, target in targets.items()})
+        side = results["side"] = {"file": filename, "bytes": sizes["nopard"]}
         if not args.skip_nginx:
-            behind_nginx(args, run, upstream, server, tarball, side, stack)
+            targets.update(behind_nginx(args, upstream, server, tarball, side, stack))
+        workers_server = None
         if not args.skip_workers:
-            results["workers"] = workers(args, run, upstream, store_dir, tarball, alone, results, stack)
-    if args.peer:
-        peer_runs(run, upstream, work, side, results)
+            workers_server = start_workers(args, upstream, server, tarball, stack)
+            base = workers_server.url.rstrip("/")
+            targets.update({"w_ping": Target("/-/ping, NOPARD_WORKERS=auto", base + "/-/ping"),
+                            "w_doc": Target("abbreviated doc, NOPARD_WORKERS=auto", f"{base}/{BIG}", ABBREVIATED),
+                            "w_tarball": Target("tarball, NOPARD_WORKERS=auto", base + tarball)})
+        peer = start_peer(upstream, work, side, stack) if args.peer else None
+        if peer is not None:
+            base = peer.url.rstrip("/")
+            targets.update({"p_ping": Target(f"{peer.name} /-/ping", base + "/-/ping"),
+                            "p_tarball": Target(f"{peer.name} tarball", base + tarball_path(peer.url))})
+        best = rounds(run, targets, args.rounds)
+        results["http"] = [{"label": targets[key].label, "path": urllib.parse.urlsplit(targets[key].url).path,
+                            "headers": targets[key].headers, "body_bytes": sizes[key], "wrk": best[key]}
+                           for key in ("ping", "doc")]
+        for key, label, path, headers in documents:
+            results["http"].append({"label": label, "path": path, "headers": headers, "body_bytes": sizes[key],
+                                    "wrk": run(label, base_of(server) + path, headers)})
+        results["http"].append({"label": targets["nopard"].label, "path": tarball, "headers": {},
+                                "body_bytes": sizes["nopard"], "wrk": best["nopard"]})
+        results["nopard_peak_rss"] = peak_rss(server.process.pid)
+        side.update({key: best[key] for key in ("ping", "doc", "nopard", "nginx_direct", "nginx_proxy",
+                                               "accel_0", "accel_10") if key in best})
+        if workers_server is not None:
+            results["workers"] = {
+                "count": report.usable_cpus(), "one": {"ping": best["ping"], "doc": best["doc"],
+                                                       "tarball": best["nopard"]},
+                "many": {"ping": best["w_ping"], "doc": best["w_doc"], "tarball": best["w_tarball"]},
+                "rss_one": results["nopard_peak_rss"], "rss_many": tree_peak_rss(workers_server.process.pid)}
+        if peer is not None:
+            # The document last, once: its slow answers would still be working in the next run.
+            side["peer"] = {"name": peer.name, "version": peer.version, "ping": best["p_ping"],
+                            "tarball": best["p_tarball"],
+                            "doc": run(f"{peer.name} abbreviated doc", f"{peer.url}{BIG}", ABBREVIATED, timeout=30)}
+            results["peer_peak_rss"] = peak_rss(peer.process.pid)
+    results["settings"]["wrk rounds"] = (f"every server started at once on one store; each run but the documents' "
+                                         f"(gzip, full) and the peer's document: best of {args.rounds} rounds, "
+                                         "taken in turn")
 
 
-def behind_nginx(args, run: Wrk, upstream: FakeUpstream, server, tarball: str, side: dict,
-                 stack: contextlib.ExitStack) -> None:
-    """nginx sending the store file itself, proxying to nopard, and following its accel redirects."""
+class Target(NamedTuple):
+    """What one wrk run measures: a label, a URL, request headers."""
+
+    label: str
+    url: str
+    headers: dict[str, str] = {}
+
+
+def base_of(server) -> str:
+    """A server's URL without the trailing slash."""
+    return server.url.rstrip("/")
+
+
+def rounds(run: Wrk, targets: dict[str, Target], count: int) -> dict[str, dict]:
+    """Every target measured ``count`` times, in turn (so a burst of load elsewhere on the
+    machine falls on one round of each, not on every round of one); the round with the most
+    req/s of each, with every round's req/s under "rounds"."""
+    best: dict[str, dict] = {}
+    for number in range(1, count + 1):
+        for key, target in targets.items():
+            measured = run(f"{target.label} (round {number}/{count})", target.url, target.headers)
+            seen = best.get(key, {}).get("rounds", []) + [measured["requests_per_sec"]]
+            if key not in best or measured["requests_per_sec"] > best[key]["requests_per_sec"]:
+                best[key] = measured
+            best[key]["rounds"] = seen
+    return best
+
+
+def behind_nginx(args, upstream: FakeUpstream, server, tarball: str, side: dict,
+                 stack: contextlib.ExitStack) -> dict[str, Target]:
+    """nginx in front of ``server`` (also sending the store file itself), and in front of two
+    more nopards on the same store following X-Accel-Redirect (decision cache 0 and 10 s)."""
     store = server.registry
     relative = stored_file(store, side["file"]).relative_to(store)
     nginx = start_nginx(server.workdir / "nginx", server.port, store)
@@ -113,52 +174,43 @@ def behind_nginx(args, run: Wrk, upstream: FakeUpstream, server, tarball: str, s
     direct = f"{DIRECT}{relative}"
     if len(get(nginx.url, direct).body) != side["bytes"]:
         raise RuntimeError(f"nginx sent {direct} with another size than nopard's tarball")
-    side["nginx_direct"] = run("nginx sending the store file itself", nginx.url + direct)
-    side["nginx_proxy"] = run("nginx proxying to nopard (no accel)", nginx.url + tarball)
+    targets = {"nginx_direct": Target("nginx sending the store file itself", nginx.url + direct),
+               "nginx_proxy": Target("nginx proxying to nopard (no accel)", nginx.url + tarball)}
     for ttl in (0, 10):
-        server.stop()
-        server = start_nopard(stack, server.workdir, upstream, args, port=server.port, NOPARD_META_TTL=WARM_TTL,
-                              NOPARD_ACCEL_REDIRECT=ACCEL_PREFIX, NOPARD_ACCEL_CACHE_TTL=str(ttl))
-        if "x-accel-redirect" not in get(server.url, tarball).headers:
+        accel = start_nopard(stack, server.workdir.parent / f"http-accel-{ttl}", upstream, args,
+                             NOPARD_REGISTRY_PATH=str(store), NOPARD_META_TTL=WARM_TTL,
+                             NOPARD_ACCEL_REDIRECT=ACCEL_PREFIX, NOPARD_ACCEL_CACHE_TTL=str(ttl))
+        if "x-accel-redirect" not in get(accel.url, tarball).headers:
             raise RuntimeError("nopard with NOPARD_ACCEL_REDIRECT answered the tarball without X-Accel-Redirect")
-        if len(get(nginx.url, tarball).body) != side["bytes"]:
+        front = start_nginx(accel.workdir / "nginx", accel.port, store)
+        stack.callback(front.stop)
+        if len(get(front.url, tarball).body) != side["bytes"]:
             raise RuntimeError("nginx following nopard's X-Accel-Redirect sent another size than the tarball")
-        side[f"accel_{ttl}"] = run(f"nginx + accel redirect, decision cache {ttl} s", nginx.url + tarball)
-    server.stop()
-    nginx.stop()
+        targets[f"accel_{ttl}"] = Target(f"nginx + accel redirect, decision cache {ttl} s", front.url + tarball)
+    return targets
 
 
-def workers(args, run: Wrk, upstream: FakeUpstream, store_dir: Path, tarball: str, alone: dict,
-            results: dict, stack: contextlib.ExitStack) -> dict:
-    """nopard with NOPARD_WORKERS=auto on the same store: ping, abbreviated document, tarball."""
-    server = start_nopard(stack, store_dir, upstream, args, NOPARD_META_TTL=WARM_TTL, NOPARD_WORKERS="auto")
+def start_workers(args, upstream: FakeUpstream, server, tarball: str, stack: contextlib.ExitStack):
+    """nopard with NOPARD_WORKERS=auto on ``server``'s store, every worker warmed."""
+    workers = start_nopard(stack, server.workdir.parent / "http-workers", upstream, args,
+                           NOPARD_REGISTRY_PATH=str(server.registry), NOPARD_META_TTL=WARM_TTL,
+                           NOPARD_WORKERS="auto")
     # Every worker reads the document and tarball once before wrk measures (the connections
     # are spread over them, so a few rounds reach each).
     for _ in range(4 * report.usable_cpus()):
-        get(server.url, f"/{BIG}", ABBREVIATED)
-        get(server.url, tarball)
-    many = {"ping": run("/-/ping, NOPARD_WORKERS=auto", server.url + "-/ping"),
-            "doc": run("abbreviated doc, NOPARD_WORKERS=auto", server.url + BIG, ABBREVIATED),
-            "tarball": run("tarball, NOPARD_WORKERS=auto", server.url.rstrip("/") + tarball)}
-    rss = tree_peak_rss(server.process.pid)
-    server.stop()
-    return {"count": report.usable_cpus(), "one": {key: alone[key] for key in ("ping", "doc", "tarball")},
-            "many": many, "rss_one": results.get("nopard_peak_rss"), "rss_many": rss}
+        get(workers.url, f"/{BIG}", ABBREVIATED)
+        get(workers.url, tarball)
+    return workers
 
 
-def peer_runs(run: Wrk, upstream: FakeUpstream, work: Path, side: dict, results: dict) -> None:
-    """The peer registry, warmed with big-package's document and tarball: ping, document, tarball."""
+def start_peer(upstream: FakeUpstream, work: Path, side: dict, stack: contextlib.ExitStack):
+    """The peer registry, warmed with big-package's document and the tarball."""
     from bench.peer import Verdaccio
 
-    with Verdaccio(work / "http-verdaccio", upstream.url) as peer:
-        say(f"warming {peer.name}: {BIG}'s document and a tarball of {TARBALL[0]}")
-        tarball = tarball_path(peer.url)
-        get(peer.url, f"/{BIG}", ABBREVIATED)
-        if len(get(peer.url, tarball).body) != side["bytes"]:
-            raise RuntimeError(f"{peer.name} sent {tarball} with another size than nopard")
-        # The document last: a slow answer would still be working while the next run starts.
-        side["peer"] = {"name": peer.name, "version": peer.version,
-                        "ping": run(f"{peer.name} /-/ping", peer.url + "-/ping"),
-                        "tarball": run(f"{peer.name} tarball", peer.url.rstrip("/") + tarball),
-                        "doc": run(f"{peer.name} abbreviated doc", peer.url + BIG, ABBREVIATED, timeout=30)}
-        results["peer_peak_rss"] = peak_rss(peer.process.pid)
+    peer = stack.enter_context(Verdaccio(work / "http-verdaccio", upstream.url))
+    say(f"warming {peer.name}: {BIG}'s document and a tarball of {TARBALL[0]}")
+    tarball = tarball_path(peer.url)
+    get(peer.url, f"/{BIG}", ABBREVIATED)
+    if len(get(peer.url, tarball).body) != side["bytes"]:
+        raise RuntimeError(f"{peer.name} sent {tarball} with another size than nopard")
+    return peer

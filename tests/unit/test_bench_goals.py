@@ -139,5 +139,5 @@ def bench_script():
 def test_quick_runs_use_short_defaults_unless_told_otherwise():
     script = bench_script()
     full, quick = script.parse_args([]), script.parse_args(["--quick", "--repeat", "2"])
-    assert (full.duration, full.repeat, full.sync_packages) == (10, 3, 3000)
-    assert (quick.duration, quick.repeat, quick.sync_packages) == (3, 2, 300)
+    assert (full.duration, full.repeat, full.rounds, full.sync_packages) == (10, 3, 3, 3000)
+    assert (quick.duration, quick.repeat, quick.rounds, quick.sync_packages) == (3, 2, 1, 300)
