@@ -33,6 +33,8 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from nopard.advisories.audit import Audits
+from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import FAILED_SCRIPT, RETRY_AFTER_SCRIPT, LoginLimiter, SharedLoginLimiter
@@ -459,9 +461,11 @@ def build_service(
     operator = OperatorCredential()
     OperatorTokenService(operator, settings.admin_token_path,
                          Logger(namespace="nopard", observer=logs.publisher)).setServiceParent(top)
+    advisories = AdvisoryStore(storage)
+    audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
-        status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
+        status=OperatorStatus(cache, coordination, upstreams.all), audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
         search=SearchIndex(registry, documents, reactor, coordination=coordination), metrics=metrics,

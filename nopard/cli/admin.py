@@ -30,6 +30,9 @@ These work on the registry directory itself, with nopard running or not
                                      import a nopard export, a Verdaccio/sinopia storage folder
                                      or a nopar registry: packages, tarballs, tags, users
   nopard-admin export TO             write local packages and users to a new folder, for import
+  nopard-admin advisories import PATH
+                                     import OSV records (a .json file, a directory of them, or
+                                     a zip such as OSV's npm all.zip): npm audit answers from them
 
 Exit status: 0 all well; 1 something failed or was found (listed); 2 usage
 error, nopard unreachable, or a registry, user, token or folder that is not there.
@@ -48,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nopard.cli.accounts import token_list, token_revoke, user_add, user_list, user_passwd, user_remove
+from nopard.cli.advisories import advisories_import
 from nopard.cli.registry import AdminError, registry_settings
 
 
@@ -345,6 +349,17 @@ def parser() -> argparse.ArgumentParser:
                      "and profiles) to TO, in nopard's layout, for `nopard-admin import TO` elsewhere. "
                      "Tokens and mirrored packages are not exported.")
     exporting.add_argument("target", metavar="TO", help="a new or empty folder")
+    advisories = commands.add_parser("advisories", help="import OSV security advisories",
+                                     description="Advisories in OSV's format, ecosystem npm, kept in the "
+                                     "store: npm audit is answered from them (NOPARD_AUDIT).")
+    advisory_commands = advisories.add_subparsers(dest="advisories_command", required=True, metavar="ACTION")
+    importing_advisories = leaf(
+        advisory_commands, "import", advisories_import, "import OSV records",
+        "Import OSV records from a .json file, a directory of them or a zip (as OSV publishes "
+        "all.zip per ecosystem). Records of other ecosystems are skipped and counted; a malformed "
+        "record is reported with its file name and skipped. A record replaces the stored one of its "
+        "id only when its `modified` is later. Exit status 0: all imported; 1: some were malformed.")
+    importing_advisories.add_argument("path", metavar="PATH", help="a .json record, a directory or a zip")
     return top
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from nopard.settings.values import (
     parse_accel_prefix,
+    parse_audit,
     parse_backfill,
     parse_base_url,
     parse_bool,
@@ -279,6 +280,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Worker processes serving the same sockets and store, supervised (`auto`: one per CPU; 1: one "
         "process, no supervisor); without Redis they share state through the supervisor (docs/scaling.md).",
     ),
+    Setting(
+        "audit",
+        "upstream",
+        parse_audit,
+        "Where npm audit answers come from: `upstream` (the stored advisories when it is down or fails), "
+        "`local` (only the advisories nopard-admin advisories import stored), "
+        "`both` (merged, one entry per advisory id or alias).",
+    ),
 )
 
 
@@ -340,6 +349,7 @@ class Settings:
     memory_cache_size: int
     config: str = ""
     workers: int = 1
+    audit: str = "upstream"
 
     @property
     def htpasswd_path(self) -> str:

@@ -66,6 +66,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "auth_write",
     "always_https",
     "loglevel",
+    "audit",
 )
 STORE_KEY = keys.SETTINGS_OVERRIDES
 SOURCE_PAGE = "settings page"

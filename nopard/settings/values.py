@@ -193,6 +193,14 @@ def parse_log_format(text: str) -> str:
     return value
 
 
+def parse_audit(text: str) -> str:
+    """Where npm audit answers come from: upstream, local or both."""
+    value = text.strip().lower()
+    if value not in ("upstream", "local", "both"):
+        raise ValueError(f"{text!r} is not upstream, local or both")
+    return value
+
+
 def parse_text(text: str) -> str:
     """Free text, stripped; may be empty."""
     return text.strip()

@@ -16,6 +16,8 @@ The layout (the same on every backend)::
     signing/keys.json                               nopard's signing keys (private: never served)
     signing/upstream-<sha256 of its URL>.json       an upstream's public keys (/-/npm/v1/keys)
     health/probe-<unique>                           the readiness check's write-read-delete
+    advisories/index.json                           every OSV record imported: id -> modified, packages
+    advisories/packages/<2 hex>.json                the advisories of the packages whose names hash there
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
 
@@ -217,6 +219,16 @@ def upstream_keys_key(url: str) -> str:
     return f"{SIGNING_FOLDER}/upstream-{hashlib.sha256(url.encode()).hexdigest()}.json"
 
 
+ADVISORIES_FOLDER = "advisories"
+ADVISORIES_INDEX = ADVISORIES_FOLDER + "/index.json"
+_SHARD = re.compile(r"[0-9a-f]{2}\.json")
+
+
+def advisory_shard_key(name: str) -> str:
+    """Key of the object holding the advisories of package ``name`` (and of the others hashing there)."""
+    return f"{ADVISORIES_FOLDER}/packages/{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+
+
 def health_probe_key(unique: str) -> str:
     """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
     return check_key(f"health/probe-{unique}")
@@ -228,6 +240,7 @@ TOKEN_RECORD = "token"
 SYNC_LOCK = "sync lock"
 SETTINGS = "settings"
 HEALTH_PROBE = "health probe"
+ADVISORIES = "advisories"
 SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
@@ -250,6 +263,9 @@ def key_kind(key: str) -> str:
         return SETTINGS
     if folder == SIGNING_FOLDER and (key == SIGNING_KEYS or (rest.startswith("upstream-") and rest.endswith(".json"))):
         return SIGNING
+    if key == ADVISORIES_INDEX or (
+            folder == ADVISORIES_FOLDER and rest.startswith("packages/") and _SHARD.fullmatch(rest[9:])):
+        return ADVISORIES
     if folder == "health" and rest.startswith("probe-"):
         return HEALTH_PROBE
     return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)

@@ -41,7 +41,7 @@ from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response
 from nopard.web.services import (
-    AuditForwarder,
+    AuditAnswers,
     MirrorServices,
     MirrorStatus,
     ProvenanceSource,
@@ -77,7 +77,7 @@ class RegistryApp:
 
     def __init__(
         self, *, settings: LiveSettings, policy: Policy, registry: Registry, mirror: MirrorServices,
-        status: MirrorStatus, audits: AuditForwarder, tarball_sizes: TarballSizes,
+        status: MirrorStatus, audits: AuditAnswers, tarball_sizes: TarballSizes,
         sync: SyncSchedule, accounts: Accounts, weblogins: WebLogins, sessions: Sessions, search: SearchIndex,
         metrics: Metrics, health: StoreProbe, store_size: StoreSize, overrides: Overrides,
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,

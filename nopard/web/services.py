@@ -1,7 +1,7 @@
 """What the routes need of the layers below, as Protocols.
 
 Each route group names the few methods it calls; nopard.service hands it the
-object that has them (the mirror, the operator status, the audit forwarder), so a change below the web
+object that has them (the mirror, the operator status, the audits), so a change below the web
 layer shows up here as a type error, not as a route failing at runtime.
 """
 
@@ -43,11 +43,14 @@ class MirrorStatus(Protocol):
         """Cache, Redis and upstream states."""
 
 
-class AuditForwarder(Protocol):
-    """Sends npm's audit requests to the upstream."""
+class AuditAnswers(Protocol):
+    """npm's audit requests, answered by the upstream and/or the stored advisories (nopard.advisories.audit)."""
 
-    async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
-        """(status, body, content type) of the upstream's answer."""
+    async def answer(self, path: str, body: bytes, headers: dict[str, str], base_url: str) -> tuple[int, bytes, str]:
+        """(status, body, content type) of the answer."""
+
+    async def advisory(self, osv_id: str) -> list[Any]:
+        """The stored advisories of one OSV record (one per package), for the ``url`` audits give."""
 
 
 class UpstreamSearch(Protocol):

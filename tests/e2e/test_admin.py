@@ -128,7 +128,7 @@ def contents(path: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("command", [
     ("user", "add"), ("user", "passwd"), ("user", "remove"), ("user", "list"), ("token", "list"),
-    ("token", "revoke"), ("fsck",), ("gc",), ("import",), ("export",),
+    ("token", "revoke"), ("fsck",), ("gc",), ("import",), ("export",), ("advisories", "import"),
 ])
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
     """`nopard-admin <command> --help` prints its usage and exits 0."""
@@ -141,7 +141,7 @@ def test_top_level_help_lists_the_new_commands() -> None:
     """`nopard-admin --help` (the module docstring) describes every command."""
     result = admin(None, "--help")
     for command in ("user add", "user passwd", "user remove", "user list", "token list", "token revoke",
-                    "fsck", "gc [--dry-run]", "import FROM", "export TO"):
+                    "fsck", "gc [--dry-run]", "import FROM", "export TO", "advisories import PATH"):
         assert f"nopard-admin {command}" in result.stdout
 
 

@@ -159,6 +159,7 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     "search.audit:/-/npm/v1/security/advisories/bulk": fixed("/-/npm/v1/security/advisories/bulk"),
     "search.audit:/-/npm/v1/security/audits/quick": fixed("/-/npm/v1/security/audits/quick"),
     "search.audit:/-/npm/v1/security/audits": fixed("/-/npm/v1/security/audits"),
+    "search.advisory:/-/npm/v1/security/advisories/<osv_id>": under("/-/npm/v1/security/advisories/"),
     "provenance.keys:/-/npm/v1/keys": fixed("/-/npm/v1/keys"),
     "provenance.attestations:/-/npm/v1/attestations/": fixed("/-/npm/v1/attestations/"),
     "provenance.attestations:/-/npm/v1/attestations/_branch": lambda name: spelled(name).map(

@@ -24,6 +24,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 
+from nopard.advisories.audit import Audits
+from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter
@@ -265,9 +267,11 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)
+    advisories = AdvisoryStore(storage)
+    audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncSchedule(jobs, live, clock, log),
-        status=OperatorStatus(cache, coordination, upstreams.all), audits=AuditForwarder(lambda: upstreams.default),
+        status=OperatorStatus(cache, coordination, upstreams.all), audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
         search=SearchIndex(registry, parts.documents, clock, coordination=coordination), metrics=metrics,

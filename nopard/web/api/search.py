@@ -1,4 +1,4 @@
-"""Search (npm search) over the packages the caller may read, and npm's audits forwarded upstream."""
+"""Search (npm search) over the packages the caller may read, and npm's audits (upstream and/or stored advisories)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from twisted.web.iweb import IRequest
 from nopard.catalog import merged
 from nopard.catalog import search as searching
 from nopard.catalog.search import SearchIndex
-from nopard.domain.errors import InvalidInput
+from nopard.domain.errors import InvalidInput, NotFound
 from nopard.web.api.common import Gate, add_route
 from nopard.web.responses import Requests, header, json_response
-from nopard.web.services import AuditForwarder, UpstreamSearch
+from nopard.web.services import AuditAnswers, UpstreamSearch
 
 AUDIT_PATHS = ("/-/npm/v1/security/advisories/bulk", "/-/npm/v1/security/audits/quick", "/-/npm/v1/security/audits")
 
 
 class SearchRoutes:
-    """``/-/v1/search`` and the audit endpoints."""
+    """``/-/v1/search``, the audit endpoints, and the stored advisories their answers link to."""
 
-    def __init__(self, requests: Requests, gate: Gate, index: SearchIndex, audits: AuditForwarder,
+    def __init__(self, requests: Requests, gate: Gate, index: SearchIndex, audits: AuditAnswers,
                  clock: IReactorTime, upstream: UpstreamSearch | None = None) -> None:
         self._requests = requests
         self._upstream = upstream
@@ -34,6 +34,7 @@ class SearchRoutes:
         add_route(app, "search", "/-/v1/search", ["GET"], self.search_packages)
         for path in AUDIT_PATHS:
             add_route(app, "search", path, ["POST"], self.audit)
+        add_route(app, "search", "/-/npm/v1/security/advisories/<osv_id>", ["GET"], self.advisory)
 
     async def search_packages(self, request: IRequest) -> bytes:
         """npm search: local and mirrored packages the caller may read, then the upstream's own results."""
@@ -62,7 +63,8 @@ class SearchRoutes:
         return json_response(request, 200, result)
 
     async def audit(self, request: IRequest) -> bytes:
-        """Audits go to the upstream; with it down they fail at once (npm install goes on)."""
+        """Audits as NOPARD_AUDIT says: the upstream (with it down, the stored advisories, else a fast
+        failure: npm install goes on), the stored advisories, or both."""
         await self._gate.reader(request)
         request.content.seek(0)
         body = request.content.read()
@@ -70,8 +72,17 @@ class SearchRoutes:
         encoding = header(request, "content-encoding")
         if encoding:
             headers["Content-Encoding"] = encoding
-        status, content, content_type = await self._audits.forward(request.path.decode("ascii"), body, headers)
+        status, content, content_type = await self._audits.answer(request.path.decode("ascii"), body, headers,
+                                                                  self._requests.base_url(request))
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Content-Length", b"%d" % len(content))
         return content
+
+    async def advisory(self, request: IRequest, osv_id: str) -> bytes:
+        """One stored OSV record's advisories (the ``url`` of an audit entry whose record gives none)."""
+        await self._gate.reader(request)
+        found = await self._audits.advisory(osv_id)
+        if not found:
+            raise NotFound(f"no advisory {osv_id} is stored here")
+        return json_response(request, 200, {"id": osv_id, "advisories": [a.to_json() for a in found]})

@@ -1,0 +1,29 @@
+"""nopard-admin advisories import PATH: OSV records into the registry's store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nopard.cli.registry import AdminError, registry_settings
+
+
+def advisories_import(options: argparse.Namespace) -> int:
+    """Import the OSV records of a file, a directory or a zip; print each problem, then the summary."""
+    from nopard.advisories.sources import SourceError, read_source
+    from nopard.advisories.store import AdvisoryStore, ImportReport, parse_items
+    from nopard.cli.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    report = ImportReport()
+    try:
+        records = parse_items(read_source(options.path), report)
+    except SourceError as error:
+        raise AdminError(str(error)) from None
+    run_now(AdvisoryStore(open_storage(settings.registry_path)).import_records(records, report))
+    for origin, why in report.problems:
+        print(f"skipped {origin}: {why}", file=sys.stderr)
+    if report.problem_count > len(report.problems):
+        print(f"  ... and {report.problem_count - len(report.problems)} more", file=sys.stderr)
+    print(report.summary())
+    return 1 if report.problem_count else 0

@@ -1,0 +1,86 @@
+"""Advisories offline with the real npm 11: OSV records imported with nopard-admin, then
+`npm audit` through nopard with the upstream blackholed reports them as npm prints advisories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import BIN, REPO, NopardServer, Npm
+from tests.upstream import FakeUpstream
+
+RECORDS = REPO / "tests" / "data" / "advisories"
+GHSA = "GHSA-2222-3333-4444"
+
+
+def project(directory: Path, dependencies: dict[str, str]) -> Path:
+    """A project depending on exact ``dependencies``."""
+    directory.mkdir(parents=True)
+    (directory / "package.json").write_text(json.dumps({"name": "app", "version": "1.0.0", "private": True,
+                                                        "dependencies": dependencies}))
+    return directory
+
+
+def import_records(server: NopardServer, path: Path) -> subprocess.CompletedProcess:
+    """nopard-admin advisories import ``path`` into ``server``'s registry."""
+    return subprocess.run([str(BIN / "nopard-admin"), "advisories", "import", str(path),
+                           "--registry-path", str(server.registry)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A nopard mirroring a fake upstream, a project with ms 2.0.0 installed through it, the test records imported."""
+    work = tmp_path_factory.mktemp("advisories")
+    with FakeUpstream() as upstream:
+        server = NopardServer(work / "nopard", {"NOPARD_FORWARDER_URL": upstream.url,
+                                                "NOPARD_UPSTREAM_TIMEOUT": "2"}).start()
+        npm = Npm(server.url, work / "npm")
+        app = project(work / "app", {"ms": "2.0.0"})
+        npm.run("install", "--no-audit", cwd=app)
+        imported = import_records(server, RECORDS)
+        assert imported.returncode == 0, imported.stderr
+        yield {"work": work, "upstream": upstream, "server": server, "npm": npm, "app": app,
+               "imported": imported.stdout}
+        server.stop()
+
+
+def test_the_import_prints_its_summary(world: dict) -> None:
+    """Two npm records stored, the PyPI one skipped, in one line."""
+    assert world["imported"].strip() == ("advisories: 3 records read, 2 new, 0 updated, 0 unchanged, 0 withdrawn, "
+                                         "1 of other ecosystems skipped, 0 malformed skipped")
+
+
+def test_npm_audit_json_reports_the_imported_advisory_with_the_upstream_blackholed(world: dict) -> None:
+    """`npm audit --json`, upstream silent: ms is high, via the GHSA record's `<2.1.3` (which npm
+    narrows to the versions it knows: 2.0.0)."""
+    world["upstream"].fault("blackhole")
+    try:
+        result = world["npm"].run("audit", "--json", cwd=world["app"], check=False)
+    finally:
+        world["upstream"].fault("none")
+    report = json.loads(result.stdout)
+    assert result.returncode == 1, result.stderr
+    vulnerability = report["vulnerabilities"]["ms"]
+    assert (vulnerability["severity"], vulnerability["range"]) == ("high", "2.0.0")
+    [via] = vulnerability["via"]
+    assert (via["range"], via["severity"], via["name"]) == ("<2.1.3", "high", "ms")
+    assert GHSA in via["title"] and via["url"].endswith(f"/-/npm/v1/security/advisories/{GHSA}")
+    assert via["cwe"] == ["CWE-1333"] and via["cvss"]["score"] == 7.5
+    assert report["metadata"]["vulnerabilities"]["high"] == 1
+
+
+def test_npm_audit_prints_the_advisory_with_the_upstream_blackholed(world: dict) -> None:
+    """`npm audit`, upstream silent: the text report names ms, its range, severity and title."""
+    world["upstream"].fault("blackhole")
+    try:
+        result = world["npm"].run("audit", cwd=world["app"], check=False)
+    finally:
+        world["upstream"].fault("none")
+    assert result.returncode == 1, result.stderr
+    assert "ms  2.0.0" in result.stdout and "Severity: high" in result.stdout
+    assert f"Inefficient regular expression in ms (a record written for nopard's tests) ({GHSA})" in result.stdout
+    assert "1 high severity vulnerability" in result.stdout
