@@ -51,7 +51,11 @@ def decode_body(body: bytes, encoding: str | None) -> Any:
 def in_range(version: str, text: str) -> bool:
     """Whether ``version`` is in the npm range ``text``, prereleases included (as npm's audit tests)."""
     try:
-        return bool(nodesemver.make_range(text, False).test(version, include_prerelease=True))
+        # A parsed version, not the text: Range.test would parse it with include_prerelease, and
+        # node-semver's Python port (0.9.1) then ignores prerelease tags in every comparison
+        # (0.1.0-beta.1 would count as 0.1.0, outside "<0.1.0"); npm's semver orders them.
+        parsed = nodesemver.make_semver(version, False)
+        return bool(nodesemver.make_range(text, False).test(parsed, include_prerelease=True))
     except (ValueError, TypeError):
         return False
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import nodesemver
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nopard.advisories.audit import in_range
 from nopard.advisories.osv import RecordError, numeric_id, parse_record, range_intervals, severity_of_score
 from tests.support import REPO
 
@@ -156,10 +156,19 @@ EVENTS = st.lists(st.one_of(st.builds(lambda v: {"introduced": v}, st.one_of(st.
 @given(EVENTS, st.lists(VERSIONS, min_size=1, max_size=8))
 def test_the_range_text_holds_exactly_the_versions_the_events_do(events: list[dict[str, str]],
                                                                   probes: list[str]) -> None:
-    """node-semver, prereleases included, reads the range text as holding the same versions as the intervals."""
+    """node-semver (in_range, prereleases included) reads the range text as holding the same versions as the
+    intervals: a version of the range that npm would read otherwise would be audited or blocked wrongly."""
     events = [{"introduced": "0"}, *events]
     intervals = range_intervals({"type": "SEMVER", "events": events})
     text = " || ".join(interval.text() for interval in intervals) or "<0.0.0-0"
-    compiled = nodesemver.make_range(text, False)
     for version in probes:
-        assert bool(compiled.test(version, include_prerelease=True)) == any(i.contains(version) for i in intervals)
+        assert in_range(version, text) == any(i.contains(version) for i in intervals)
+
+
+@pytest.mark.parametrize(("version", "text", "expected"), [
+    ("0.1.0-beta.1", "<0.1.0", True), ("1.2.6-rc.1", ">=1.0.0 <1.2.6", True),
+    ("1.2.3-beta", ">=1.2.3 <1.2.6", False), ("1.2.3-beta", "1.2.3", False), ("2.0.0-beta", "*", True),
+])
+def test_prereleases_are_ordered_as_npm_orders_them(version: str, text: str, expected: bool) -> None:
+    """in_range agrees with npm's semver (includePrerelease) where node-semver's Python port alone does not."""
+    assert in_range(version, text) is expected
