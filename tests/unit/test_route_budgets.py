@@ -107,6 +107,9 @@ CASES = (
     Budget("search.audit:/-/npm/v1/security/audits/quick", "POST", "/-/npm/v1/security/audits/quick", 0,
            upstream=1, body={}),
     Budget("search.audit:/-/npm/v1/security/audits", "POST", "/-/npm/v1/security/audits", 0, upstream=1, body={}),
+    # The advisories index, then (for a stored record) the shard of each package it names.
+    Budget("search.advisory:/-/npm/v1/security/advisories/<osv_id>", "GET",
+           "/-/npm/v1/security/advisories/GHSA-2222-3333-4444", 1),
     # The first ask makes nopard's key and keeps the upstream's list; later ones only read both.
     Budget("provenance.keys:/-/npm/v1/keys", "GET", "/-/npm/v1/keys", 3, writes=2, upstream=1),
     Budget("provenance.keys:/-/npm/v1/keys", "GET", "/-/npm/v1/keys", 2, warm=("/-/npm/v1/keys",)),
