@@ -5,7 +5,8 @@ Through nopard: a cold `npm install` (nopard empty, once), then `npm ci` and a l
 stale, the upstream blackholed). Against them, the two limits a warm install has: npm from
 its own warm cache (`npm ci --offline`), and npm straight from the fake upstream (cold, with a
 lockfile naming the upstream). With --peer, the peer registry's cold install, warm and cold
-`npm ci`.
+`npm ci`. The `npm ci` runs compared with one another (warm, from npm's cache, direct, cold,
+and the peer's) are taken in turn, --repeat rounds of them, and each one's median is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import access_answer, say
@@ -94,28 +96,68 @@ class NpmRuns:
             run["same_tree_as_cold"] = all(locked_versions(project) == cold for project in projects)
             if not run["same_tree_as_cold"]:
                 say(f"  warning: {label} installed a different tree than the cold install")
-        say(f"  {run['seconds']:.2f} s (median of {len(samples)}), upstream connections "
-            f"{'/'.join(str(sample['connections']) for sample in samples)}")
+        if len(samples) > 1:
+            say(f"  {label}: {run['seconds']:.2f} s (median of {len(samples)}), upstream connections "
+                f"{'/'.join(str(sample['connections']) for sample in samples)}")
         self.runs.append(run)
 
     def measure(self, key: str, label: str, command: str, source: Path, with_lock: bool, times: int,
                 registry: object | None = None, start: Start | None = None,
                 extra: tuple[str, ...] = (), cache: Path | None = None) -> Path:
-        """Run ``times`` times on ``registry``, or on a fresh one from ``start()`` each time."""
-        say(f"{label} (x{times})")
-        samples, projects = [], []
+        """Run ``times`` times on ``registry``, or on a fresh one from ``start()`` each time;
+        the first run's project."""
+        return self.interleaved([Spec(key, label, command, source, with_lock, registry, start, extra, cache)],
+                                times)[key]
+
+    def interleaved(self, specs: list[Spec], times: int) -> dict[str, Path]:
+        """Each of ``specs`` run ``times`` times, in turn (so that load from elsewhere on the
+        machine falls on one run of each rather than on every run of one); each one's first
+        project, by key."""
+        samples: dict[str, list[dict]] = {spec.key: [] for spec in specs}
+        projects: dict[str, list[Path]] = {spec.key: [] for spec in specs}
         for index in range(1, times + 1):
-            with contextlib.ExitStack() as stack:
-                target = registry if registry is not None else start(stack, index)
-                project, sample = self.once(target, key, command, source, with_lock, index, extra, cache)
-            samples.append(sample)
-            projects.append(project)
-        self.record(key, label, command, samples, projects)
-        return projects[0]
+            for spec in specs:
+                say(f"{spec.label} ({index}/{times})")
+                with contextlib.ExitStack() as stack:
+                    target = spec.registry if spec.registry is not None else spec.start(stack, index)
+                    project, sample = self.once(target, spec.key, spec.command, spec.source, spec.with_lock, index,
+                                                spec.extra, spec.cache)
+                say(f"  {sample['seconds']:.2f} s, upstream connections {sample['connections']}")
+                samples[spec.key].append(sample)
+                projects[spec.key].append(project)
+        for spec in specs:
+            self.record(spec.key, spec.label, spec.command, samples[spec.key], projects[spec.key])
+        return {key: found[0] for key, found in projects.items()}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One npm timing: what runs, in which project, against which registry (or a fresh one
+    from ``start`` each run), with which extra arguments and npm cache."""
+
+    key: str
+    label: str
+    command: str
+    source: Path
+    with_lock: bool
+    registry: object | None = None
+    start: Start | None = None
+    extra: tuple[str, ...] = ()
+    cache: Path | None = None
+
+
+def relocated(source: Path, target: Path, old_url: str, new_url: str) -> Path:
+    """A copy of ``source``'s package.json and lockfile whose tarball URLs name ``new_url``
+    instead of ``old_url`` (the same registry software on another port)."""
+    project = new_project(source, target, True)
+    lockfile = project / "package-lock.json"
+    lockfile.write_text(lockfile.read_text().replace(old_url, new_url))
+    return project
 
 
 def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
-    """Every npm timing of the module's docstring, in one run."""
+    """Every npm timing of the module's docstring, in one run; the `npm ci` runs compared with
+    one another are taken in turn."""
     npm = NpmRuns(upstream, work, count_stale=args.loglevel in ("debug", "info"))
     results["npm"] = {"project": str(TREE.relative_to(REPO)), "repeat": args.repeat, "runs": npm.runs}
     nopard_dir = work / "npm-nopard"
@@ -125,22 +167,27 @@ def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
         # Once: only the first install through an empty nopard is cold.
         cold = npm.measure("install_cold", "npm install, cold (nopard empty)", "install", TREE, False, 1, server)
         results["npm"]["packages"] = len(locked_versions(cold))
-        npm.measure("ci_warm", "npm ci, warm", "ci", cold, True, args.repeat, server)
+        # The second limit: npm straight from the upstream, with a lockfile naming it.
+        direct = npm.measure("install_direct", "npm install, straight from the upstream", "install", TREE, False,
+                             1, upstream)
         npm.measure("install_warm", "npm install (no lockfile), warm", "install", cold, False, args.repeat, server)
-        # The first warm `npm ci` left a full npm cache: npm alone, from it, is the first limit.
-        npm.measure("ci_cache", "npm ci --offline, npm's own warm cache", "ci", cold, True, args.repeat, server,
-                    extra=("--offline",), cache=work / "npm-home-ci_warm-1" / "cache")
+        empty_port = free_port()
+        empty_lock = relocated(cold, work / "lock-nopard-empty", server.url, f"http://127.0.0.1:{empty_port}/")
 
-    def empty(stack: contextlib.ExitStack, index: int) -> NopardServer:
-        """A new, empty nopard on the port the lockfile's tarball URLs name."""
-        return start_nopard(stack, work / f"npm-nopard-cold-{index}", upstream, args, port=port,
-                            NOPARD_META_TTL=WARM_TTL)
+        def empty(stack: contextlib.ExitStack, index: int) -> NopardServer:
+            """A new, empty nopard on the port ``empty_lock`` names."""
+            return start_nopard(stack, work / f"npm-nopard-cold-{index}", upstream, args, port=empty_port,
+                                NOPARD_META_TTL=WARM_TTL)
 
-    npm.measure("ci_cold", "npm ci, cold (nopard empty)", "ci", cold, True, args.repeat, start=empty)
-    # The second limit: npm straight from the upstream, with a lockfile naming it.
-    direct = npm.measure("install_direct", "npm install, straight from the upstream", "install", TREE, False, 1,
-                         upstream)
-    npm.measure("ci_direct", "npm ci, straight from the upstream", "ci", direct, True, args.repeat, upstream)
+        specs = [Spec("ci_warm", "npm ci, warm", "ci", cold, True, server),
+                 # The first warm `npm ci` left a full npm cache: npm alone, from it, is the first limit.
+                 Spec("ci_cache", "npm ci --offline, npm's own warm cache", "ci", cold, True, server,
+                      extra=("--offline",), cache=work / "npm-home-ci_warm-1" / "cache"),
+                 Spec("ci_direct", "npm ci, straight from the upstream", "ci", direct, True, upstream),
+                 Spec("ci_cold", "npm ci, cold (nopard empty)", "ci", empty_lock, True, start=empty)]
+        if args.peer:
+            specs += peer_specs(npm, upstream, work, stack)
+        npm.interleaved(specs, args.repeat)
 
     def offline(stack: contextlib.ExitStack, index: int) -> NopardServer:
         """nopard on the same port (the lockfile's tarball URLs name it) and registry, every
@@ -156,23 +203,23 @@ def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
                     args.repeat, start=offline)
     finally:
         upstream.fault("none")
-    if args.peer:
-        peer_npm(args, npm, upstream, work)
 
 
-def peer_npm(args, npm: NpmRuns, upstream: FakeUpstream, work: Path) -> None:
-    """The peer registry: a cold install, then `npm ci` warm, and cold (a new, empty peer each run)."""
+def peer_specs(npm: NpmRuns, upstream: FakeUpstream, work: Path, stack: contextlib.ExitStack) -> list[Spec]:
+    """The peer registry, started (and stopped by ``stack``) after a cold install through it:
+    `npm ci` warm, and cold (a new, empty peer each run)."""
     from bench.peer import Verdaccio
 
-    port = free_port()
-    with Verdaccio(work / "npm-verdaccio", upstream.url, port) as peer:
-        cold = npm.measure("peer_install_cold", f"{peer.name}: npm install, cold ({peer.name} empty)", "install",
-                           TREE, False, 1, peer)
-        npm.measure("peer_ci_warm", f"{peer.name}: npm ci, warm", "ci", cold, True, args.repeat, peer)
+    peer = stack.enter_context(Verdaccio(work / "npm-verdaccio", upstream.url))
+    cold = npm.measure("peer_install_cold", f"{peer.name}: npm install, cold ({peer.name} empty)", "install",
+                       TREE, False, 1, peer)
+    empty_port = free_port()
+    empty_lock = relocated(cold, work / "lock-peer-empty", peer.url, f"http://127.0.0.1:{empty_port}/")
 
     def empty(stack: contextlib.ExitStack, index: int) -> Verdaccio:
-        """A new, empty peer on the port the lockfile's tarball URLs name."""
-        return stack.enter_context(Verdaccio(work / f"npm-verdaccio-cold-{index}", upstream.url, port))
+        """A new, empty peer on the port ``empty_lock`` names."""
+        return stack.enter_context(Verdaccio(work / f"npm-verdaccio-cold-{index}", upstream.url, empty_port))
 
-    npm.measure("peer_ci_cold", "verdaccio: npm ci, cold (verdaccio empty)", "ci", cold, True, args.repeat,
-                start=empty)
+    return [Spec("peer_ci_warm", f"{peer.name}: npm ci, warm", "ci", cold, True, peer),
+            Spec("peer_ci_cold", f"{peer.name}: npm ci, cold ({peer.name} empty)", "ci", empty_lock, True,
+                 start=empty)]
