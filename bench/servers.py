@@ -19,8 +19,14 @@ WARM_TTL = "3600"
 
 def start_nopard(stack: contextlib.ExitStack, workdir: Path, upstream: FakeUpstream, args,
                  port: int | None = None, **env: str) -> NopardServer:
-    """A `twistd -n nopard` mirroring ``upstream``, stopped when ``stack`` closes."""
-    settings = {"NOPARD_FORWARDER_URL": upstream.url, "NOPARD_LOGLEVEL": args.loglevel, **env}
+    """A `twistd -n nopard` mirroring ``upstream``, stopped when ``stack`` closes.
+
+    The sync schedule is off unless ``env`` says otherwise: a scheduled sync (the first a minute
+    after start) would refresh documents and backfill tarballs in the middle of a measurement,
+    making upstream requests and using CPU that the run would count as its own.
+    """
+    settings = {"NOPARD_FORWARDER_URL": upstream.url, "NOPARD_LOGLEVEL": args.loglevel,
+                "NOPARD_SYNC_INTERVAL": "0", **env}
     if port is not None:
         settings["NOPARD_PORT"] = str(port)
     server = NopardServer(workdir, settings)
