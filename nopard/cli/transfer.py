@@ -411,7 +411,8 @@ def _profile(source: Source, user: str) -> bytes:
 NOT_EXPORTED = frozenset({keys.TOKEN_RECORD, keys.MIRRORED_DOCUMENT, keys.MIRRORED_META, keys.MIRRORED_TARBALL,
                           keys.MIRRORED_ATTESTATIONS, keys.SIGNING,
                           keys.SYNC_LOCK, keys.SETTINGS, keys.HEALTH_PROBE, keys.MARKER,
-                          keys.ADVISORIES})  # imported from OSV records: import them again
+                          keys.ADVISORIES,  # imported from OSV records: import them again
+                          keys.BLOCK_LIST})
 
 
 def compare_holdings(held: Counter[str], written: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:

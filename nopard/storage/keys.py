@@ -18,6 +18,7 @@ The layout (the same on every backend)::
     health/probe-<unique>                           the readiness check's write-read-delete
     advisories/index.json                           every OSV record imported: id -> modified, packages
     advisories/packages/<2 hex>.json                the advisories of the packages whose names hash there
+    blocks/<name>.json                              the blocks of a package's versions (nopard.firewall)
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
 
@@ -46,6 +47,8 @@ TOKENS = "tokens/"
 SETTINGS_OVERRIDES = "settings/overrides.json"
 SIGNING_FOLDER = "signing"
 SIGNING_KEYS = SIGNING_FOLDER + "/keys.json"
+BLOCKS_FOLDER = "blocks"
+BLOCKS = BLOCKS_FOLDER + "/"
 # In an export directory, next to packages/ and users/.
 EXPORTED_HTPASSWD = "htpasswd"
 EXPORT_MARKER = "nopard-export.json"
@@ -227,6 +230,21 @@ _SHARD = re.compile(r"[0-9a-f]{2}\.json")
 def advisory_shard_key(name: str) -> str:
     """Key of the object holding the advisories of package ``name`` (and of the others hashing there)."""
     return f"{ADVISORIES_FOLDER}/packages/{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+def blocks_key(name: str) -> str:
+    """Key of the blocks of package ``name``'s versions (admins' and advisories')."""
+    return f"{BLOCKS}{validate_name(name)}.json"
+
+
+def blocked_name_of(key: str) -> str | None:
+    """The package a ``blocks_key`` is of; None for any other key."""
+    if not isinstance(key, str) or not key.startswith(BLOCKS) or not key.endswith(".json"):
+        return None
+    name = key[len(BLOCKS) : -len(".json")]
+    try:
+        validate_name(name)
+    except InvalidInput:
+        return None
+    return name
 
 
 def health_probe_key(unique: str) -> str:
@@ -241,6 +259,7 @@ SYNC_LOCK = "sync lock"
 SETTINGS = "settings"
 HEALTH_PROBE = "health probe"
 ADVISORIES = "advisories"
+BLOCK_LIST = "blocks"
 SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
@@ -268,4 +287,6 @@ def key_kind(key: str) -> str:
         return ADVISORIES
     if folder == "health" and rest.startswith("probe-"):
         return HEALTH_PROBE
+    if blocked_name_of(key) is not None:
+        return BLOCK_LIST
     return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)
