@@ -16,7 +16,7 @@ import orjson
 from twisted.logger import Logger
 
 from nopard.domain.errors import Conflict
-from nopard.firewall.rules import ADMIN, Block, make_block
+from nopard.domain.firewall import ADMIN, Block, make_block
 from nopard.storage import Storage, keys
 
 # Attempts at one compare-and-swap before giving up (each lost one means another writer won).

@@ -54,7 +54,9 @@ def range_problem(text: object) -> str | None:
 def in_range(version: str, text: str) -> bool:
     """Whether ``version`` satisfies the npm range ``text``, prereleases included."""
     try:
-        return bool(_range(text).test(version, include_prerelease=True))
+        # A parsed version: given a string with include_prerelease, the port ignores prerelease
+        # tags in every comparison (1.2.3-beta would satisfy >=1.2.3); parsed, it compares as npm.
+        return bool(_range(text).test(nodesemver.make_semver(version, False), include_prerelease=True))
     except (ValueError, TypeError):  # a version node-semver cannot read matches nothing
         return False
 

@@ -1,12 +1,11 @@
-"""The firewall's rules (nopard.firewall.rules): npm ranges, block specs, which versions are withheld."""
+"""The firewall's rules (nopard.domain.firewall): npm ranges, block specs, which versions are withheld."""
 
 from __future__ import annotations
 
 import pytest
 
 from nopard.domain.errors import InvalidInput
-from nopard.domain.times import iso_time
-from nopard.firewall.rules import (
+from nopard.domain.firewall import (
     BLOCKED,
     QUARANTINED,
     Block,
@@ -16,6 +15,7 @@ from nopard.firewall.rules import (
     parse_spec,
     range_problem,
 )
+from nopard.domain.times import iso_time
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -26,6 +26,9 @@ DAY = 86400.0
     ("1.2.6", ">=1.2.3 <1.2.6", False),
     ("1.2.2", ">=1.2.3 <1.2.6", False),
     ("1.2.4-evil.0", ">=1.2.3 <1.2.6", True),  # prereleases inside the range are withheld too
+    ("1.2.3-beta", ">=1.2.3 <1.2.6", False),  # before 1.2.3, as npm orders them
+    ("0.1.0-beta.1", "<0.1.0", True),
+    ("1.2.6-rc.1", "<1.2.6", True),
     ("1.9.0", "^1.0.0", True),
     ("2.0.0", "^1.0.0", False),
     ("0.0.1", "*", True),
