@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bench import report, say, wrk
-from bench.nginx import DIRECT, start_nginx
+from bench.nginx import DIRECT, ONE_HOP, start_nginx
 from bench.servers import INSTALL_ACCEPT, WARM_TTL, get, peak_rss, start_nopard, tree_peak_rss
 from tests.upstream import FakeUpstream
 
@@ -117,7 +117,8 @@ def http_phase(args, wrk_path: str, upstream: FakeUpstream, work: Path, results:
                                 "body_bytes": sizes["nopard"], "wrk": best["nopard"]})
         results["nopard_peak_rss"] = peak_rss(server.process.pid)
         side.update({key: best[key] for key in ("ping", "doc", "nopard", "nginx_direct", "nginx_proxy",
-                                               "accel_0", "accel_10") if key in best})
+                                               "nginx_one_hop", "accel_0", "accel_one_hop", "accel_10")
+                     if key in best})
         if workers_server is not None:
             results["workers"] = {
                 "count": report.usable_cpus(), "one": {"ping": best["ping"], "doc": best["doc"],
@@ -175,7 +176,9 @@ def behind_nginx(args, upstream: FakeUpstream, server, tarball: str, side: dict,
     if len(get(nginx.url, direct).body) != side["bytes"]:
         raise RuntimeError(f"nginx sent {direct} with another size than nopard's tarball")
     targets = {"nginx_direct": Target("nginx sending the store file itself", nginx.url + direct),
-               "nginx_proxy": Target("nginx proxying to nopard (no accel)", nginx.url + tarball)}
+               "nginx_proxy": Target("nginx proxying to nopard (no accel)", nginx.url + tarball),
+               "nginx_one_hop": Target("nginx proxying to nopard, no decision server (no accel)",
+                                       nginx.url + ONE_HOP + tarball)}
     for ttl in (0, 10):
         accel = start_nopard(stack, server.workdir.parent / f"http-accel-{ttl}", upstream, args,
                              NOPARD_REGISTRY_PATH=str(store), NOPARD_META_TTL=WARM_TTL,
@@ -187,6 +190,11 @@ def behind_nginx(args, upstream: FakeUpstream, server, tarball: str, side: dict,
         if len(get(front.url, tarball).body) != side["bytes"]:
             raise RuntimeError("nginx following nopard's X-Accel-Redirect sent another size than the tarball")
         targets[f"accel_{ttl}"] = Target(f"nginx + accel redirect, decision cache {ttl} s", front.url + tarball)
+        if ttl == 0:
+            if len(get(front.url, ONE_HOP + tarball).body) != side["bytes"]:
+                raise RuntimeError("nginx following nopard's X-Accel-Redirect in one hop sent another size")
+            targets["accel_one_hop"] = Target("nginx + accel redirect, no decision server",
+                                              front.url + ONE_HOP + tarball)
     return targets
 
 

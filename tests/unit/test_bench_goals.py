@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import goals
-from bench.nginx import DIRECT, bench_conf
+from bench.nginx import DIRECT, ONE_HOP, bench_conf
 from bench.peer import verdaccio_config
 from tests.nginx_server import CONF, NginxServer
 
@@ -92,6 +92,7 @@ def test_the_bench_nginx_conf_adds_one_public_location_for_the_store(tmp_path):
     conf = bench_conf(CONF.read_text(), tmp_path / "store")
     assert conf.startswith(CONF.read_text().rstrip()[:-1])  # the shipped conf, unchanged, plus the location
     assert f'location ~ "^{DIRECT}(.+)$"' in conf and f"alias {tmp_path / 'store'}/$1;" in conf
+    assert f"location ^~ {ONE_HOP}/ {{" in conf and "proxy_pass http://nopard;" in conf
     assert conf.rstrip().endswith("}")
 
 
