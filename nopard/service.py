@@ -39,7 +39,7 @@ from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import FAILED_SCRIPT, RETRY_AFTER_SCRIPT, LoginLimiter, SharedLoginLimiter
 from nopard.auth.operator import OperatorCredential, OperatorTokenService
-from nopard.auth.tokens import TokenStore
+from nopard.auth.tokens import TokenStore, TokenSweep
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import InProcessCoordination, RedisCoordination
@@ -449,10 +449,12 @@ def build_service(
     sync = SyncSchedule(jobs, live, reactor, sync_log)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)
+    tokens = TokenStore(storage, reactor.seconds)
+    TokenSweep(tokens, Logger(namespace="nopard", observer=logs.publisher), reactor).setServiceParent(top)
     accounts = Accounts(
         live,
         HtpasswdFile(settings.htpasswd_path, run_cpu),
-        TokenStore(storage),
+        tokens,
         storage,
         now=lambda: iso_time(reactor.seconds()),
         limiter=login_limiter(live, reactor, coordination),

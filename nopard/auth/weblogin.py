@@ -85,7 +85,8 @@ class WebLogins:
             return ""
         name = form.get("username", "").strip()
         email = form.get("email", "").strip() or None
-        token = await self._accounts.login(name, form.get("password", ""), email if session.create else None, address)
+        token = await self._accounts.login(name, form.get("password", ""), email if session.create else None, address,
+                                           otp=form.get("otp", "").strip() or None, session=True)
         left = await self._sessions.ttl(_key(session_id))
         record = {"created": session.created, "create": session.create, "token": token}
         if not await self._sessions.settle(POOL, _key(session_id), record, min(max(left, 1.0), CLAIMED_TTL)):

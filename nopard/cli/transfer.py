@@ -16,7 +16,9 @@ package as a private one. Users come from the htpasswd file: bcrypt and
 Everything is written through the Storage interface (atomic) and only where
 something is missing, so importing twice changes nothing. ``export TO``
 writes a registry's local packages and users in nopard's layout, which
-``import`` reads back; tokens are not exported.
+``import`` reads back; tokens are not exported. Profiles go whole, with a user's
+two-factor secret (as the htpasswd file goes with its hashes), so a moved account keeps its
+second factor: an export is as secret as the htpasswd file.
 """
 
 from __future__ import annotations

@@ -25,6 +25,14 @@ class BadCredentials(NopardError):
         self.scheme = scheme
 
 
+class OneTimePasswordRequired(NopardError):
+    """Two-factor authentication wants a one-time password that was not sent, or was wrong or used.
+
+    Answered 401 with ``WWW-Authenticate: OTP``, which npm turns into EOTP (and a prompt on a
+    terminal); the message says "one-time password" for the clients that look for it instead.
+    """
+
+
 class PermissionDenied(NopardError):
     """The user is known but may not do this."""
 

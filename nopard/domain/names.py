@@ -256,13 +256,13 @@ def _tarball_of_path(name: str, filename: str) -> str:
     return filename
 
 
-PACKAGE_ACTIONS = ("dist-tags", "collaborators", "visibility")
+PACKAGE_ACTIONS = ("dist-tags", "collaborators", "visibility", "access")
 
 
 def parse_package_action(path: bytes | str) -> PackagePath:
     """Parse ``/-/package/<pkg>/<action>[/<tag>]`` (still percent-encoded).
 
-    ``kind`` is the action (``dist-tags``, ``collaborators``, ``visibility``);
+    ``kind`` is the action (``dist-tags``, ``collaborators``, ``visibility``, ``access``);
     ``argument`` the dist-tag, if any.
     """
     prefix = "/-/package/"

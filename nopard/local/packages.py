@@ -27,10 +27,12 @@ from nopard.storage import Storage, keys
 UPDATE_ATTEMPTS = 20
 
 # The access rules' check of one change: given the action the change needs
-# (packument.required_action: access, publish, unpublish), raise
-# PermissionDenied (or NotFound, for a name the user may not see) when the
-# user may not. The routes hand one in; None: no rules apply.
-Authorize = Callable[[str], None]
+# (packument.required_action: access, publish, unpublish) and the stored document
+# it applies to (None: a first publish), raise PermissionDenied (or NotFound, for a
+# name the user may not see, or OneTimePasswordRequired, for a package asking for
+# two-factor authentication) when the user may not. The routes hand one in; None:
+# no rules apply.
+Authorize = Callable[[str, dict[str, Any] | None], None]
 
 
 class PackageLocks(Protocol):
@@ -253,7 +255,7 @@ def _authorized(
     """Refuse the change from ``before`` to ``after`` unless ``user`` may make it (inside the swap)."""
     action = packument.required_action(before, after)
     if authorize is not None:
-        authorize(action)
+        authorize(action, before)
     if action != "access" and user is not None and before is not None and not _maintains(before, user):
         raise PermissionDenied(f"{user} is not a maintainer of {name}")
 

@@ -190,6 +190,13 @@ SETTINGS: tuple[Setting, ...] = (
         parse_seconds,
         "Seconds failed password checks are counted for (a sliding window).",
     ),
+    Setting(
+        "session_token_ttl",
+        "604800",
+        parse_seconds,
+        "Seconds the token of a web login (npm login) lives (604800: a week); it is refused, and removed, once "
+        "past (npm login again). Tokens from npm token create live as long as its --expires says.",
+    ),
     Setting("always_https", "no", parse_bool, "Tarball URLs use https even behind plain http (yes/no)."),
     Setting("max_body_size", "100mb", parse_size, "Largest request body accepted (e.g. 100mb)."),
     Setting(
@@ -325,6 +332,7 @@ class Settings:
     auth_write: bool
     login_attempts: int
     login_window: float
+    session_token_ttl: float
     always_https: bool
     max_body_size: int
     forwarder_url: str

@@ -30,6 +30,7 @@ from nopard.web.api.accounts import AccountRoutes
 from nopard.web.api.common import Gate, add_route
 from nopard.web.api.operations import OperationRoutes
 from nopard.web.api.packages import PackageRoutes
+from nopard.web.api.profile import ProfileRoutes
 from nopard.web.api.provenance import ProvenanceRoutes
 from nopard.web.api.search import SearchRoutes
 from nopard.web.api.settings import SettingsRoutes
@@ -101,6 +102,7 @@ class RegistryApp:
         groups = (
             OperationRoutes(requests, gate, status, sync, metrics, health),
             AccountRoutes(requests, gate, accounts),
+            ProfileRoutes(requests, gate, accounts),
             WebLoginRoutes(requests, weblogins, browser),
             SearchRoutes(requests, gate, search, audits, clock, upstream_search),
             SettingsRoutes(requests, gate, overrides),

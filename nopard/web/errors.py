@@ -27,6 +27,7 @@ from nopard.domain.errors import (
     InvalidInput,
     NopardError,
     NotFound,
+    OneTimePasswordRequired,
     PayloadTooLarge,
     PermissionDenied,
     TooManyAttempts,
@@ -42,6 +43,7 @@ STATUS_OF: dict[type[NopardError], int] = {
     InvalidInput: 400,
     AuthenticationRequired: 401,
     BadCredentials: 401,
+    OneTimePasswordRequired: 401,
     PermissionDenied: 403,
     VersionExists: 403,
     NotFound: 404,
@@ -68,7 +70,9 @@ def set_retry_after(request: IRequest, error: Exception) -> None:
 def error_response(request: IRequest, error: NopardError) -> bytes:
     """The JSON answer to a domain error: its status, its message, and the headers it calls for."""
     status = status_of(error)
-    if status == 401:
+    if isinstance(error, OneTimePasswordRequired):
+        request.setHeader(b"WWW-Authenticate", b"OTP")  # npm matches the whole challenge: no realm
+    elif status == 401:
         scheme = getattr(error, "scheme", "Basic")
         request.setHeader(b"WWW-Authenticate", f'{scheme} realm="nopard"')
     set_retry_after(request, error)

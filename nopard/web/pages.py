@@ -353,6 +353,9 @@ def login_page(viewer: Viewer, action: str, error: str | None = None, username: 
     if email:
         fields += [tags.label("Email", for_="email"), tags.input(id="email", name="email", type="email",
                                                                    autocomplete="email")]
+    else:  # accounts with two-factor authentication need their code; the others leave it empty
+        fields += [tags.label("One-time password (if two-factor authentication is on)", for_="otp"),
+                   tags.input(id="otp", name="otp", inputmode="numeric", autocomplete="one-time-code")]
     shown_error = [tags.p(error, class_="error", role="alert")] if error else []
     return layout(
         viewer, heading, tags.h1(heading), *([tags.p(note)] if note else []), *shown_error,

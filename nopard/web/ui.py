@@ -27,7 +27,7 @@ from werkzeug.routing import RequestRedirect
 from nopard.auth import Accounts
 from nopard.catalog.search import SearchIndex, parse_query, score
 from nopard.domain import names
-from nopard.domain.errors import NotFound, TooManyAttempts
+from nopard.domain.errors import NotFound, OneTimePasswordRequired, TooManyAttempts
 from nopard.jobs.schedule import SyncSchedule
 from nopard.ops.metrics import Metrics, StoreSize
 from nopard.settings.config import ConfigError
@@ -184,9 +184,13 @@ class AccountPages:
         self._browser.check_csrf(request, viewer)
         username = form_arg(request, "username").strip()
         action = pages.link(viewer, "/-/web/login")
+        address = client_address(request)
         try:
-            ok = await self._accounts.check_password(username, form_arg(request, "password"), client_address(request))
-        except TooManyAttempts as error:
+            ok = await self._accounts.check_password(username, form_arg(request, "password"), address)
+            if ok:
+                await self._accounts.second_factor(username, form_arg(request, "otp").strip() or None,
+                                                   f"web:{address}", address)
+        except (TooManyAttempts, OneTimePasswordRequired) as error:
             set_retry_after(request, error)
             return await html(request, pages.login_page(viewer, action, error.message, username), status_of(error))
         if not ok:

@@ -149,6 +149,8 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     "accounts.list_tokens:/-/npm/v1/tokens": fixed("/-/npm/v1/tokens", "page", "perPage"),
     "accounts.create_token:/-/npm/v1/tokens": fixed("/-/npm/v1/tokens"),
     "accounts.revoke_token:/-/npm/v1/tokens/token/<path:key>": under("/-/npm/v1/tokens/token/"),
+    "profile.get:/-/npm/v1/user": fixed("/-/npm/v1/user"),
+    "profile.set:/-/npm/v1/user": fixed("/-/npm/v1/user"),
     "weblogin.start:/-/v1/login": fixed("/-/v1/login"),
     "weblogin.form:/-/v1/login/<session_id>": under("/-/v1/login/", lambda name: SESSION_IDS),
     "weblogin.submit:/-/v1/login/<session_id>": under("/-/v1/login/", lambda name: SESSION_IDS),

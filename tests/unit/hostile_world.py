@@ -139,8 +139,8 @@ def changed_keys(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
 
 
-ACCOUNT_PREFIXES = ("/-/user/", "/-/whoami", "/-/npm/v1/tokens", "/-/v1/login", "/-/v1/done/", "/-/web/login",
-                    "/-/web/logout")
+ACCOUNT_PREFIXES = ("/-/user/", "/-/whoami", "/-/npm/v1/tokens", "/-/npm/v1/user", "/-/v1/login", "/-/v1/done/",
+                    "/-/web/login", "/-/web/logout")
 
 
 def own_keys(method: str, path: str) -> Callable[[str], bool]:

@@ -263,7 +263,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     metrics = Metrics(clock)
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
                     metrics=metrics)
-    accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage), storage,
+    accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)

@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 
-from nopard.auth import Accounts
+from nopard.auth import Accounts, Identity
 from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter
 from nopard.auth.tokens import TokenStore
@@ -143,15 +143,16 @@ async def test_token_creation_checks_the_password_and_counts_failures(tmp_path: 
     clock = Clock()
     accounts = make_accounts(tmp_path, clock, login_attempts="2")
     await accounts.login("alice", "right")
-    created = await accounts.create_token("alice", "right", readonly=True, name="ci")
+    alice = Identity("alice")
+    created = await accounts.create_token(alice, {"password": "right", "readonly": True, "name": "ci"})
     assert created["token"].startswith("npd_") and created["readonly"] is True and created["name"] == "ci"
     record = await accounts.tokens.lookup(created["token"])
     assert record.readonly and record.shown == created["token"][:8]
     for _ in range(2):
         with pytest.raises(BadCredentials):
-            await accounts.create_token("alice", "wrong")
+            await accounts.create_token(alice, {"password": "wrong"})
     with pytest.raises(TooManyAttempts):
-        await accounts.create_token("alice", "right")
+        await accounts.create_token(alice, {"password": "right"})
 
 
 @pytest_twisted.ensureDeferred

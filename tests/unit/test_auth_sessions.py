@@ -29,7 +29,8 @@ async def sleep(seconds: float) -> None:
 class Accepting:
     """Accounts that take any password (the stores, not passwords, are under test)."""
 
-    async def login(self, name: str, password: str, email: Any = None, address: str | None = None) -> str:
+    async def login(self, name: str, password: str, email: Any = None, address: str | None = None,
+                    otp: str | None = None, session: bool = False) -> str:
         return f"token-of-{name}"
 
     async def logout(self, token: str) -> bool:

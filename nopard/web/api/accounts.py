@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 from nopard.auth import Accounts, Identity
 from nopard.domain.errors import InvalidInput, NotFound, PermissionDenied
 from nopard.web.api.common import Gate, add_route
-from nopard.web.responses import Requests, client_address, json_response
+from nopard.web.responses import Requests, client_address, header, json_response
 from nopard.web.site import log_user
 
 USER_PREFIX = "org.couchdb.user:"
@@ -49,7 +49,8 @@ class AccountRoutes:
             raise InvalidInput("the body must be a JSON object")
         if body.get("name", name) != name:
             raise InvalidInput("the body's name does not match the URL's user")
-        token = await self._accounts.login(name, body.get("password"), body.get("email"), client_address(request))
+        token = await self._accounts.login(name, body.get("password"), body.get("email"), client_address(request),
+                                           otp=header(request, "npm-otp"))
         log_user(request, name)
         answer = {"ok": True, "id": userid, "token": token}
         revision = await self._accounts.revision(name)
@@ -86,14 +87,7 @@ class AccountRoutes:
         body = await self._requests.json_body(request)
         if not isinstance(body, dict):
             raise InvalidInput("the body must be a JSON object")
-        readonly = body.get("readonly") is True or body.get("packages_and_scopes_permission") in (
-            "read-only",
-            "no-access",
-        )
-        assert identity.user is not None  # token_owner refused anonymous callers
-        created = await self._accounts.create_token(
-            identity.user, body.get("password"), readonly, body.get("name"), client_address(request)
-        )
+        created = await self._accounts.create_token(identity, body, client_address(request))
         return json_response(request, 200, created)
 
     async def revoke_token(self, request: IRequest, key: str) -> bytes:

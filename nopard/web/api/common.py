@@ -14,6 +14,9 @@ from twisted.web.iweb import IRequest
 
 from nopard.auth import Accounts, Identity
 from nopard.auth.operator import OPERATOR_HEADER, OperatorCredential
+from nopard.auth.tokens import may_write
+from nopard.auth.twofactor import require_for_package
+from nopard.domain import packument
 from nopard.domain.errors import AuthenticationRequired, NotFound, PermissionDenied
 from nopard.settings.acl import Policy
 from nopard.web.responses import client_address, header
@@ -46,7 +49,8 @@ class Gate:
 
     async def identify(self, request: IRequest) -> Identity:
         """Who is asking; the access log learns it too."""
-        identity = await self._accounts.identify(header(request, "authorization"), client_address(request))
+        identity = await self._accounts.identify(header(request, "authorization"), client_address(request),
+                                                 header(request, "npm-otp"))
         log_user(request, identity.user)
         return identity
 
@@ -58,7 +62,14 @@ class Gate:
 
     async def writer(self, request: IRequest) -> str | None:
         """The user who may write, or None when anonymous writes are allowed."""
-        return self._accounts.require_write(await self.identify(request))
+        return (await self.writing(request)).user
+
+    async def writing(self, request: IRequest) -> Identity:
+        """Who may write (user None: anonymous, when anonymous writes are allowed); a user whose
+        second factor covers writes must have sent its one-time password."""
+        identity = await self.identify(request)
+        self._accounts.require_write(identity)
+        return await self._accounts.writing(identity)
 
     async def logged_in(self, request: IRequest, refusal: str) -> Identity:
         """Who is asking, who must be a user: else 401 with ``refusal``."""
@@ -125,3 +136,14 @@ class Gate:
             raise NotFound(f"{name} is not published on this registry (mirrored packages cannot be changed)")
         if not self.policy.allows(action, name, user):
             raise PermissionDenied(f"{user or 'anonymous'} may not {action} {name} on this registry")
+
+    def require_change(self, action: str, document: dict[str, Any] | None, name: str, identity: Identity) -> None:
+        """Everything one change of ``name`` by ``identity`` must pass, judged on the stored document
+        inside the compare-and-swap: the access rules, the token's packages, the package's 2FA."""
+        self.require_rule(action, name, identity.user)
+        if action == "access":
+            return  # stars: each reader's own
+        if identity.packages is not None and not may_write(identity.packages, name):
+            raise PermissionDenied(f"this token may write only {', '.join(identity.packages)}, not {name}")
+        require_for_package(packument.mfa_level(document), name, identity.user, identity.otp, identity.bypass_2fa,
+                            identity.tfa)

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IConsumer
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from nopard.auth import Accounts
+from nopard.auth import Accounts, Identity
 from nopard.domain import names, packument
 from nopard.domain.errors import AuthenticationRequired, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.publication import parse_publication
@@ -52,7 +52,7 @@ class PackageRoutes:
     def mount(self, app: Klein) -> None:
         """Add these routes to ``app``."""
         add_route(app, "packages", "/-/_view/starredByUser", ["GET"], self.starred_by_user)
-        add_route(app, "packages", "/-/package/<path:ignored>", ["GET", "PUT", "DELETE"], self.package_action)
+        add_route(app, "packages", "/-/package/<path:ignored>", ["GET", "PUT", "POST", "DELETE"], self.package_action)
         add_route(app, "packages", "/<path:ignored>", ["GET", "PUT", "DELETE"], self.package)
 
     # Stars, tags, collaborators -------------------------------------------
@@ -73,25 +73,39 @@ class PackageRoutes:
         return json_response(request, 200, {"rows": rows})
 
     async def package_action(self, request: IRequest, ignored: str) -> bytes:
-        """dist-tags, collaborators and visibility of a package."""
+        """dist-tags, collaborators and visibility of a package; its 2FA requirement (POST access)."""
         target = names.parse_package_action(request.path)
         method = request.method.decode("ascii")
-        if method != "GET" and target.kind != "dist-tags":
+        if (method, target.kind) == ("POST", "access"):
+            return await self.set_access(request, target)
+        if method not in ("GET", "PUT", "DELETE") or (method != "GET" and target.kind != "dist-tags"):
             raise_unsupported(method, target.kind)
         if method == "GET":
+            if target.kind == "access":
+                raise_unsupported(method, target.kind)
             return await self.package_facts(request, target)
         if target.argument is None:
             raise_unsupported(method, "dist-tags list")
-        user = await self._gate.writer(request)
-        self._gate.require_rule("publish", target.name, user)
+        identity = await self._gate.writing(request)
+        self._gate.require_rule("publish", target.name, identity.user)
         tag = target.argument
         if method == "PUT":
             version = await self._requests.json_body(request)  # a JSON string: "1.2.3"
             change = partial(packument.set_dist_tag, tag=tag, version=version)
         else:
             change = partial(packument.remove_dist_tag, tag=tag)
-        await self._registry.change(target.name, user, None, change, authorize=self.rules_for(target.name, user))
+        await self._registry.change(target.name, identity.user, None, change,
+                                    authorize=self.rules_for(target.name, identity))
         self._changes.changed(target.name)
+        return json_response(request, 200, {"ok": True})
+
+    async def set_access(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """npm access set mfa=none|publish|automation: whether publishing needs a one-time password."""
+        identity = await self._gate.writing(request)
+        self._gate.require_rule("publish", target.name, identity.user)
+        body = await self._requests.json_body(request)
+        await self._registry.change(target.name, identity.user, None, partial(packument.set_mfa, body=body),
+                                    authorize=self.rules_for(target.name, identity))
         return json_response(request, 200, {"ok": True})
 
     async def package_facts(self, request: IRequest, target: names.PackagePath) -> bytes:
@@ -207,38 +221,40 @@ class PackageRoutes:
 
     async def put_document(self, request: IRequest, target: names.PackagePath) -> bytes:
         """Publish (a body with _attachments), else star, owner change or a document sent back."""
-        user = await self._gate.writer(request)
+        identity = await self._gate.writing(request)
+        user = identity.user
         body = await self._requests.json_body(request)
         if isinstance(body, dict) and "_attachments" in body:
-            return await self.publish(request, target, user, body)
+            return await self.publish(request, target, identity, body)
         kind = packument.change_kind(body)
         revision = target.argument if target.kind == "revision" else None
         if kind == "star":
             self._gate.require_rule("access", target.name, user)
-            document = await self.star(target.name, user, revision, body)
+            document = await self.star(target.name, identity, revision, body)
         elif kind == "owners":
             self._gate.require_rule("publish", target.name, user)
-            document = await self.change_owners(target.name, user, revision, body)
+            document = await self.change_owners(target.name, identity, revision, body)
         else:
             # Deprecate (publish) or drop versions (unpublish): the Registry decides which on the
             # document it changes, so a publish landing meanwhile cannot be dropped by a publisher.
             self._gate.require_rule("access", target.name, user)
             document = await self._registry.unpublish_versions(
-                target.name, user, revision, body, authorize=self.rules_for(target.name, user)
+                target.name, user, revision, body, authorize=self.rules_for(target.name, identity)
             )
         self._changes.changed(target.name)
         return json_response(
             request, 200, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
         )
 
-    async def publish(self, request: IRequest, target: names.PackagePath, user: str | None, body: dict) -> bytes:
+    async def publish(self, request: IRequest, target: names.PackagePath, identity: Identity, body: dict) -> bytes:
         """Store a new version (npm publish)."""
+        user = identity.user
         if not self._gate.policy.allows("publish", target.name, user):
             raise PermissionDenied(f"{user or 'anonymous'} may not publish {target.name} on this registry")
         publication = await self._run_cpu(parse_publication, target.name, body)
         publisher = await self._accounts.profile(user) if user else {"name": "anonymous", "email": ""}
         document = await self._registry.publish(
-            publication, publisher, check_owner=user is not None, authorize=self.rules_for(target.name, user),
+            publication, publisher, check_owner=user is not None, authorize=self.rules_for(target.name, identity),
             grace=self._settings.current.unpublish_grace, admin=self._gate.policy.is_admin(user),
         )
         self._changes.changed(target.name)
@@ -246,36 +262,40 @@ class PackageRoutes:
             request, 201, {"ok": True, "success": True, "id": target.name, "rev": document["_rev"]}
         )
 
-    async def star(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+    async def star(self, name: str, identity: Identity, revision: str | None, body: dict) -> dict:
         """Star or unstar for the caller only; any reader who is logged in may."""
+        user = identity.user
         if user is None:
             raise AuthenticationRequired("log in to star packages")
         return await self._registry.change(
             name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False,
-            authorize=self.rules_for(name, user),
+            authorize=self.rules_for(name, identity),
         )
 
-    async def change_owners(self, name: str, user: str | None, revision: str | None, body: dict) -> dict:
+    async def change_owners(self, name: str, identity: Identity, revision: str | None, body: dict) -> dict:
         """Replace the maintainers (npm owner add/rm); each must be a registered user."""
+        user = identity.user
         unknown = [n for n in packument.maintainer_names(body) if n not in self._accounts.users]
         if unknown:
             raise InvalidInput(f"no such user: {', '.join(unknown)}")
         profiles = [await self._accounts.profile(n) for n in packument.maintainer_names(body)]
         return await self._registry.change(
             name, user, revision, lambda d: packument.set_maintainers(d, profiles),
-            authorize=self.rules_for(name, user),
+            authorize=self.rules_for(name, identity),
         )
 
-    def rules_for(self, name: str, user: str | None) -> Callable[[str], None]:
-        """NOPARD_CONFIG's check of one change to ``name`` by ``user``, run by the Registry inside
-        the compare-and-swap with the action the change needs (packument.required_action)."""
-        return partial(self._gate.require_rule, name=name, user=user)
+    def rules_for(self, name: str, identity: Identity) -> Callable[[str, dict | None], None]:
+        """The check of one change to ``name`` by ``identity`` (Gate.require_change), run by the
+        Registry inside the compare-and-swap with the action the change needs
+        (packument.required_action) and the document it changes."""
+        return partial(self._gate.require_change, name=name, identity=identity)
 
     async def delete_revision(self, request: IRequest, target: names.PackagePath) -> bytes:
         """Unpublish a whole package (npm unpublish --force)."""
-        user = await self._gate.writer(request)
-        self._gate.require_rule("unpublish", target.name, user)
-        await self._registry.unpublish(target.name, user, target.argument, authorize=self.rules_for(target.name, user))
+        identity = await self._gate.writing(request)
+        self._gate.require_rule("unpublish", target.name, identity.user)
+        await self._registry.unpublish(target.name, identity.user, target.argument,
+                                       authorize=self.rules_for(target.name, identity))
         self._changes.changed(target.name)
         return json_response(request, 200, {"ok": True, "success": True})
 

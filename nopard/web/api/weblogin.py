@@ -11,7 +11,14 @@ from twisted.web.template import Tag
 
 from nopard.auth import weblogin
 from nopard.auth.weblogin import Session, WebLogins
-from nopard.domain.errors import BadCredentials, InvalidInput, NotFound, PermissionDenied, TooManyAttempts
+from nopard.domain.errors import (
+    BadCredentials,
+    InvalidInput,
+    NotFound,
+    OneTimePasswordRequired,
+    PermissionDenied,
+    TooManyAttempts,
+)
 from nopard.web import pages
 from nopard.web.api.common import add_route
 from nopard.web.browser import BrowserSessions, CsrfFailure, csrf_refused, html
@@ -79,7 +86,7 @@ class WebLoginRoutes:
             user = await self._weblogins.submit(session_id, form, client_address(request))
         except NotFound as error:
             return await html(request, pages.message_page(viewer, "Login expired", error.message), 404)
-        except (InvalidInput, BadCredentials, PermissionDenied, TooManyAttempts) as error:
+        except (InvalidInput, BadCredentials, OneTimePasswordRequired, PermissionDenied, TooManyAttempts) as error:
             set_retry_after(request, error)
             page = login_page(viewer, session, session_id, error.message, form.get("username", ""))
             return await html(request, page, status_of(error))
