@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,22 @@ class Npm:
         output = child.before or ""
         child.close()
         return child.exitstatus, output
+
+    def prompted(self, *args: str, answers: dict[str, Callable[[str], str]]) -> tuple[int, str]:
+        """Run ``npm args...`` on a terminal, answering each prompt matching a pattern of ``answers``
+        with what its function returns, given what npm printed so far; (exit status, all npm printed)."""
+        child = pexpect.spawn(self.executable, list(args), env=self.env, cwd=str(self.home), encoding="utf-8",
+                              timeout=60)
+        patterns = list(answers)
+        printed = ""
+        while True:
+            index = child.expect([*patterns, pexpect.EOF])
+            printed += (child.before or "") + (child.after if isinstance(child.after, str) else "")
+            if index == len(patterns):
+                break
+            child.sendline(answers[patterns[index]](printed))
+        child.close()
+        return child.exitstatus, printed
 
     def token(self) -> str | None:
         """The token npm saved for the registry, if any."""
