@@ -126,6 +126,10 @@ def goals(results: dict) -> list[Goal]:
         Goal("nginx + accel (cache 10 s) / nginx direct",
              quotient(rps(side.get("accel_10")), rps(side.get("nginx_direct"))), 0.50, True),
         Goal("nopard tarball / peer tarball", quotient(rps(side.get("nopard")), rps(peer.get("tarball"))), 2.5, True),
+        # Not the goal itself (that is one process against one), but how far every core goes.
+        Goal("nopard tarball, NOPARD_WORKERS=auto / peer tarball",
+             quotient(rps((results.get("workers") or {}).get("many", {}).get("tarball")), rps(peer.get("tarball"))),
+             2.5, True),
         Goal("warm npm ci / faster of (npm cache, direct)",
              quotient(seconds.get("ci_warm"), min(limits) if limits else None), 1.10, False),
         Goal("cold npm ci (nopard empty) / direct npm ci", quotient(seconds.get("ci_cold"), seconds.get("ci_direct")),
