@@ -88,6 +88,22 @@ def user_passwd(options: argparse.Namespace) -> int:
     return 0
 
 
+def user_reset_2fa(options: argparse.Namespace) -> int:
+    """Turn off a user's two-factor authentication (a lost authenticator and no recovery code left)."""
+    from nopard.auth.twofactor import TwoFactor
+    from nopard.cli.maintenance import open_storage, run_now
+
+    settings = registry_settings(options)
+    name = known_user(settings, options.name)
+    twofactor = TwoFactor(open_storage(settings.registry_path), time.time)
+    if "tfa" not in run_now(twofactor.profile(name)):
+        print(f"{name} has no two-factor authentication")
+        return 0
+    run_now(twofactor.disable(name))
+    print(f"turned off two-factor authentication of {name} (npm profile enable-2fa turns it on again)")
+    return 0
+
+
 def user_remove(options: argparse.Namespace) -> int:
     """Remove a user, their profile and every token of theirs."""
     from nopard.auth.htpasswd import replace_entry

@@ -17,6 +17,7 @@ These work on the registry directory itself, with nopard running or not
   nopard-admin user add NAME [--email E] [--password-stdin]   add a user (password asked twice)
   nopard-admin user passwd NAME [--password-stdin]            set a user's password
   nopard-admin user remove NAME                               remove a user and revoke their tokens
+  nopard-admin user reset-2fa NAME                            turn off a user's two-factor authentication
   nopard-admin user list                                      users, emails, token counts
   nopard-admin token list [--user NAME]                       tokens: key, user, created, read-only
   nopard-admin token revoke KEY                               revoke the token with that key
@@ -50,7 +51,15 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from nopard.cli.accounts import token_list, token_revoke, user_add, user_list, user_passwd, user_remove
+from nopard.cli.accounts import (
+    token_list,
+    token_revoke,
+    user_add,
+    user_list,
+    user_passwd,
+    user_remove,
+    user_reset_2fa,
+)
 from nopard.cli.advisories import advisories_import
 from nopard.cli.registry import AdminError, registry_settings
 
@@ -303,6 +312,10 @@ def parser() -> argparse.ArgumentParser:
                              help="read the password from the first line of stdin instead of asking twice")
     remove = leaf(user_commands, "remove", user_remove, "remove a user and revoke their tokens")
     remove.add_argument("name", metavar="NAME")
+    reset = leaf(user_commands, "reset-2fa", user_reset_2fa, "turn off a user's two-factor authentication",
+                 "Turn off a user's two-factor authentication (their authenticator is lost and no recovery "
+                 "code is left); they can turn it on again with npm profile enable-2fa.")
+    reset.add_argument("name", metavar="NAME")
     leaf(user_commands, "list", user_list, "list users, their emails and token counts")
 
     token = commands.add_parser("token", help="list and revoke login tokens",

@@ -127,7 +127,7 @@ def contents(path: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("command", [
-    ("user", "add"), ("user", "passwd"), ("user", "remove"), ("user", "list"), ("token", "list"),
+    ("user", "add"), ("user", "passwd"), ("user", "remove"), ("user", "reset-2fa"), ("user", "list"), ("token", "list"),
     ("token", "revoke"), ("fsck",), ("gc",), ("import",), ("export",), ("advisories", "import"),
 ])
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
@@ -140,8 +140,8 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
 def test_top_level_help_lists_the_new_commands() -> None:
     """`nopard-admin --help` (the module docstring) describes every command."""
     result = admin(None, "--help")
-    for command in ("user add", "user passwd", "user remove", "user list", "token list", "token revoke",
-                    "fsck", "gc [--dry-run]", "import FROM", "export TO", "advisories import PATH"):
+    for command in ("user add", "user passwd", "user remove", "user reset-2fa", "user list", "token list",
+                    "token revoke", "fsck", "gc [--dry-run]", "import FROM", "export TO", "advisories import PATH"):
         assert f"nopard-admin {command}" in result.stdout
 
 
@@ -236,6 +236,20 @@ def test_user_passwd_changes_the_password(registry: Path) -> None:
     entries = parse_htpasswd((registry / "htpasswd").read_text())
     assert list(entries) == ["alice", "bob"]
     assert verify_password("new", entries["alice"]) and not verify_password("old", entries["alice"])
+
+
+def test_user_reset_2fa_turns_the_second_factor_off(registry: Path) -> None:
+    """`user reset-2fa` removes the profile's two-factor secret and keeps the rest; again: says none."""
+    add_user(registry, "alice", "pw", "--email", "alice@example.com")
+    profile = registry / "users" / "alice.json"
+    stored = json.loads(profile.read_text())
+    profile.write_text(json.dumps({**stored, "tfa": {"mode": "auth-and-writes", "secret": "JBSWY3DPEHPK3PXP"}}))
+    result = admin(registry, "user", "reset-2fa", "alice")
+    assert result.returncode == 0 and "turned off two-factor authentication of alice" in result.stdout
+    kept = json.loads(profile.read_text())
+    assert "tfa" not in kept and kept["email"] == "alice@example.com"
+    again = admin(registry, "user", "reset-2fa", "alice")
+    assert (again.returncode, again.stdout) == (0, "alice has no two-factor authentication\n")
 
 
 @pytest.mark.parametrize("args", [("passwd", "bob", "--password-stdin"), ("remove", "bob")])
