@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import pyotp
+from twisted.internet.defer import DeferredLock
 
 from nopard.domain.errors import InvalidInput, NotFound, OneTimePasswordRequired, PermissionDenied
 from nopard.storage import Storage, keys
@@ -115,6 +116,9 @@ class TwoFactor:
         self._storage = storage
         self._seconds = seconds
         self._limiter = limiter
+        # One check at a time in this process: two requests sending the same code at once cannot both
+        # read the record before either remembered the code's step (instances sharing a store can).
+        self._lock = DeferredLock()
 
     async def profile(self, user: str) -> dict[str, Any]:
         """The stored profile of ``user`` ({} when they have none)."""
@@ -138,6 +142,14 @@ class TwoFactor:
         """Accept ``code`` as ``user``'s one-time password (``pending``: of the secret being set up),
         remembering its step; OneTimePasswordRequired when missing, wrong or replayed, TooManyAttempts
         after too many wrong ones. Returns the profile as saved."""
+        await self._lock.acquire()
+        try:
+            return await self._verify(user, code, credential, address, pending)
+        finally:
+            self._lock.release()
+
+    async def _verify(self, user: str, code: str | None, credential: str, address: str | None,
+                      pending: bool) -> dict[str, Any]:
         profile = await self.profile(user)
         tfa = profile.get("tfa")
         if not isinstance(tfa, dict) or bool(tfa.get("pending")) != pending:

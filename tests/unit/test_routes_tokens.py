@@ -126,3 +126,25 @@ async def test_the_web_login_token_lives_the_session_ttl(tmp_path: Path) -> None
     assert (await app.call("GET", "/-/whoami", token=token)).status == 200
     app.clock.advance(2)
     assert (await app.call("GET", "/-/whoami", token=token)).status == 401
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_token_sweep_runs_every_hour(tmp_path: Path) -> None:
+    """TokenSweep, as nopard.service starts it: an expired token's record is gone within the hour after."""
+    from twisted.logger import Logger
+
+    from nopard.auth.tokens import SWEEP_SECONDS, TokenSweep
+
+    app = build(tmp_path)
+    login = await app.user("alice", PASSWORD)
+    await create(app, login, expires=1)
+    held = token_files(tmp_path)
+    sweep = TokenSweep(app.accounts.tokens, Logger(namespace="nopard.test"), app.clock)
+    sweep.startService()
+    try:
+        app.clock.advance(DAY + SWEEP_SECONDS)
+        for _ in range(20):  # the store's work runs at once; let the sweep's callbacks settle
+            await app.call("GET", "/-/ping")
+        assert token_files(tmp_path) == held - 1
+    finally:
+        sweep.stopService()

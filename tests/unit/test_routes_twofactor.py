@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pyotp
 import pytest_twisted
+from twisted.internet import reactor, task
 
-from nopard.auth.twofactor import accept, matching_step
+from nopard.auth.twofactor import TwoFactor, accept, matching_step
 from tests.support import publish_body
 from tests.unit.route_harness import InProcess, basic, build
 from tests.unit.test_routes_accounts import post_form
@@ -21,6 +23,23 @@ PASSWORD = "secret-pw"
 def code(secret: str, app: InProcess, steps: int = 0) -> str:
     """The authenticator's code at the app's clock (``steps`` of 30 s later or earlier)."""
     return pyotp.TOTP(secret).at(app.clock.seconds() + 30 * steps)
+
+
+class YieldingReads:
+    """A store whose reads answer a turn of the reactor later, as a real thread pool does, so two
+    requests can interleave between a read and the write after it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read(self, key: str) -> bytes | None:
+        """The inner store's read, answered one reactor turn later."""
+        data = await self._inner.read(key)
+        await task.deferLater(reactor, 0, lambda: None)
+        return data
 
 
 async def enable(app: InProcess, token: str, mode: str = "auth-and-writes") -> tuple[str, list[str]]:
@@ -271,3 +290,21 @@ def test_accept_binds_a_step_to_its_credential() -> None:
     assert accept(used, current, now, "token:b")[0] is None
     assert accept(used, pyotp.TOTP(secret).at(now - 30), now, "token:a")[0] is None
     assert matching_step(secret, "12345", now) is None and matching_step(secret, "abcdef", now) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_code_sent_twice_at_once_is_taken_once(tmp_path: Path) -> None:
+    """Two credentials sending the same code at the same moment: one is taken, the other refused."""
+    from twisted.internet.defer import Deferred, DeferredList
+
+    from nopard.domain.errors import OneTimePasswordRequired
+
+    app = build(tmp_path)
+    token = await app.user("alice", PASSWORD)
+    secret, _codes = await enable(app, token)
+    now = code(secret, app)
+    twofactor = TwoFactor(YieldingReads(app.storage), app.clock.seconds)
+    both = [Deferred.fromCoroutine(twofactor.verify("alice", now, f"token:{n}", None)) for n in "ab"]
+    results = await DeferredList(both, consumeErrors=True)
+    assert sorted(ok for ok, _ in results) == [False, True]
+    assert [r.type for ok, r in results if not ok] == [OneTimePasswordRequired]
