@@ -352,15 +352,20 @@ def build_supervisor(settings: Settings, reactor: Any, log_stream: Any, given: M
     endpoints = handoff_endpoints(listen_descriptions(settings), reactor, listen_source(sources))
     shared = None
     if not settings.redis_url:
-        keyspace = Keyspace(reactor, document_budget=settings.memory_cache_size)
-        keyspace.register(RETRY_AFTER_SCRIPT, retry_after_script)
-        keyspace.register(FAILED_SCRIPT, failed_login_script)
-        shared = SharedStateServer(keyspace, reactor)
+        shared = SharedStateServer(shared_keyspace(reactor, settings.memory_cache_size), reactor)
     log = Logger(namespace="nopard.supervisor", observer=logs.publisher)
     environment = worker_environment(os.environ, given, {s.name: s.env for s in SETTINGS})
     pool = WorkerPool(settings.workers, endpoints, worker_command(), environment, reactor, log,
                       logs.write_line, shared=shared)
     return supervisor_tree(pool, [logs, SupervisorAnnouncement(log, settings)])
+
+
+def shared_keyspace(clock: Any, document_budget: int) -> Keyspace:
+    """The supervisor's keyspace, knowing every Lua script nopard sends (cluster's and the login limits')."""
+    keyspace = Keyspace(clock, document_budget=document_budget)
+    keyspace.register(RETRY_AFTER_SCRIPT, retry_after_script)
+    keyspace.register(FAILED_SCRIPT, failed_login_script)
+    return keyspace
 
 
 class SupervisorAnnouncement(Service):

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.polling import wait_for_start
@@ -163,4 +165,28 @@ class RedisServer:
         self.stop()
 
 
-__all__ = ["RedisServer", "encode_command"]
+@contextmanager
+def shared_state_url(kind: str) -> Iterator[str]:
+    """A Redis URL nopard's Redis code paths can use: a real ``redis-server``, or (``supervisor``)
+    the keyspace a NOPARD_WORKERS supervisor serves its workers, served on the test's reactor."""
+    if kind == "redis-server":
+        with RedisServer() as server:
+            yield server.url
+        return
+    import pytest_twisted
+    from twisted.internet import reactor
+
+    from nopard.cluster.resp import SharedStateServer
+    from nopard.service import shared_keyspace
+
+    shared = SharedStateServer(shared_keyspace(reactor, 64 * 1024 * 1024), reactor)
+    shared.startService()
+    try:
+        yield shared.url
+    finally:
+        stopped = shared.stopService()
+        if stopped is not None:
+            pytest_twisted.blockon(stopped)
+
+
+__all__ = ["RedisServer", "encode_command", "shared_state_url"]

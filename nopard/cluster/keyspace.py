@@ -37,6 +37,14 @@ class CommandError(Exception):
     """An error reply (``-ERR ...``)."""
 
 
+class SortedSet(dict[bytes, float]):
+    """A sorted set's members and scores (sorted when read)."""
+
+
+class Hash(dict[bytes, bytes]):
+    """A hash's fields; another type than a sorted set, as in Redis (WRONGTYPE across them)."""
+
+
 OK = Status("OK")
 Script = Callable[["Keyspace", list[bytes], list[bytes]], Any]
 
@@ -106,10 +114,10 @@ class Keyspace:
             raise CommandError("WRONGTYPE Operation against a key holding the wrong kind of value")
         return value
 
-    def _collection(self, name: bytes) -> dict[bytes, Any]:
-        found = self._typed(name, dict)
+    def _collection(self, name: bytes, kind: type[dict[bytes, Any]]) -> dict[bytes, Any]:
+        found = self._typed(name, kind)
         if found is None:
-            found = self._values[name] = {}
+            found = self._values[name] = kind()
         return found
 
     def _emptied(self, name: bytes, value: dict[bytes, Any]) -> None:
@@ -204,24 +212,24 @@ class Keyspace:
 
     def zadd(self, name: bytes, score: bytes | float, member: bytes) -> int:
         """ZADD key score member."""
-        found = self._collection(name)
+        found = self._collection(name, SortedSet)
         added = member not in found
         found[bytes(member)] = _number(score)
         return int(added)
 
     def zrem(self, name: bytes, *members: bytes) -> int:
         """ZREM."""
-        found = self._typed(name, dict) or {}
+        found = self._typed(name, SortedSet) or {}
         removed = sum(1 for m in members if found.pop(m, None) is not None)
         self._emptied(name, found)
         return removed
 
     def zcard(self, name: bytes) -> int:
         """ZCARD."""
-        return len(self._typed(name, dict) or {})
+        return len(self._typed(name, SortedSet) or {})
 
     def _ordered(self, name: bytes) -> list[tuple[bytes, float]]:
-        return sorted((self._typed(name, dict) or {}).items(), key=lambda item: (item[1], item[0]))
+        return sorted((self._typed(name, SortedSet) or {}).items(), key=lambda item: (item[1], item[0]))
 
     def zrange(self, name: bytes, start: bytes | int, stop: bytes | int, *options: bytes) -> list[bytes]:
         """ZRANGE key start stop [WITHSCORES] (by rank)."""
@@ -238,7 +246,7 @@ class Keyspace:
 
     def zremrangebyscore(self, name: bytes, low: bytes, high: bytes) -> int:
         """ZREMRANGEBYSCORE (inclusive)."""
-        found = self._typed(name, dict) or {}
+        found = self._typed(name, SortedSet) or {}
         lo, hi = _number(low), _number(high)
         gone = [m for m, s in found.items() if lo <= s <= hi]
         for member in gone:
@@ -256,18 +264,18 @@ class Keyspace:
 
     def hget(self, name: bytes, field: bytes) -> bytes | None:
         """HGET."""
-        return (self._typed(name, dict) or {}).get(field)
+        return (self._typed(name, Hash) or {}).get(field)
 
     def hset(self, name: bytes, field: bytes, value: bytes) -> int:
         """HSET key field value."""
-        found = self._collection(name)
+        found = self._collection(name, Hash)
         added = field not in found
         found[bytes(field)] = bytes(value)
         return int(added)
 
     def hdel(self, name: bytes, *fields: bytes) -> int:
         """HDEL."""
-        found = self._typed(name, dict) or {}
+        found = self._typed(name, Hash) or {}
         removed = sum(1 for f in fields if found.pop(f, None) is not None)
         self._emptied(name, found)
         return removed

@@ -14,15 +14,23 @@ import secrets
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
+from zope.interface import implementer
 
 from nopard.cluster.keyspace import COMMANDS, OK, CommandError, Keyspace, Status
 
-# A request bigger than this is refused and its connection closed: the largest value nopard
-# sends is a prepared document, bounded by the keyspace's document budget anyway.
-MAX_REQUEST = 512 * 1024 * 1024
+# What one connection may make the supervisor hold. Before AUTH: a few hundred bytes (a client
+# without the password can cost nothing more). After: one request at most ``max_request`` bytes
+# (the keyspace's document budget, the largest value worth keeping, plus a margin); replies are
+# written one command at a time while the client reads them (see SharedStateProtocol).
+MAX_UNAUTHENTICATED = 512
+REQUEST_MARGIN = 1024 * 1024
+MAX_LINE = 32  # "*<count>" and "$<size>" lines: digits only
+MAX_ARGUMENTS = 1024 * 1024
+MAX_CONNECTIONS = 1024
+READ_SLACK = 64 * 1024  # one read of the transport
 SWEEP_INTERVAL = 30.0
 
 
@@ -48,77 +56,159 @@ def encode(value: Any) -> bytes:
     raise TypeError(f"cannot send {type(value).__name__}")
 
 
+class ProtocolError(ValueError):
+    """Not a well-formed command, or more than the connection may send: the connection is closed."""
+
+
 class RequestParser:
-    """Splits received bytes into commands (arrays of bulk strings, as every Redis client sends)."""
+    """Splits received bytes into commands (arrays of bulk strings, as every Redis client sends).
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
+    Incremental: what was parsed of a command is not parsed again when more bytes come.
+    A command is refused as soon as its announced size passes ``limit`` (lines and data
+    counted), so the bytes held for an unfinished command stay below ``limit`` + MAX_LINE.
+    """
 
-    def feed(self, data: bytes) -> list[list[bytes]]:
-        """The commands completed by ``data``; ValueError for anything but a well-formed array."""
+    def __init__(self, limit: int = MAX_UNAUTHENTICATED) -> None:
+        self.limit = limit
+        self._buffer = bytearray()  # starts with the command being read
+        self._position = 0  # bytes of it parsed
+        self._parts: list[bytes] = []
+        self._count: int | None = None  # its number of arguments, once read
+
+    def feed(self, data: bytes) -> None:
+        """Take received bytes; ProtocolError when more is buffered than commands may hold.
+
+        Beyond the command being read, one read's worth of pipelined commands may wait
+        while replies are not read (the protocol stops reading then).
+        """
         self._buffer += data
-        if len(self._buffer) > MAX_REQUEST:
-            raise ValueError("request too large")
-        commands: list[list[bytes]] = []
-        while True:
-            parsed = self._one()
-            if parsed is None:
-                return commands
-            commands.append(parsed)
+        if len(self._buffer) > self.limit + MAX_LINE + READ_SLACK:
+            raise ProtocolError("request too large")
 
-    def _one(self) -> list[bytes] | None:
-        buffer, position = self._buffer, 0
-        end = buffer.find(b"\r\n")
+    def next(self) -> list[bytes] | None:
+        """The next complete command, None until one is; ProtocolError for a malformed one."""
+        if self._count is None:
+            count = self._number(b"*")
+            if count is None:
+                return None
+            if not 0 < count <= MAX_ARGUMENTS:
+                raise ProtocolError("bad argument count")
+            self._count = count
+        while len(self._parts) < self._count:
+            start = self._position
+            size = self._number(b"$")
+            if size is None:
+                return None
+            if size < 0 or self._position + size + 2 > self.limit:
+                raise ProtocolError("request too large")
+            end = self._position + size
+            if len(self._buffer) < end + 2:
+                self._position = start  # the length line is read again with the data
+                return None
+            if self._buffer[end : end + 2] != b"\r\n":
+                raise ProtocolError("bulk string not ended by CRLF")
+            self._parts.append(bytes(self._buffer[self._position : end]))
+            self._position = end + 2
+        command, self._parts, self._count = self._parts, [], None
+        del self._buffer[: self._position]
+        self._position = 0
+        return command
+
+    def _number(self, kind: bytes) -> int | None:
+        """The number of the ``<kind><digits>`` line at the position (consumed), None until it is whole."""
+        end = self._buffer.find(b"\r\n", self._position, self._position + MAX_LINE)
         if end < 0:
+            waiting = self._buffer[self._position : self._position + MAX_LINE]
+            if len(waiting) >= MAX_LINE or waiting[:1] not in (b"", kind):
+                raise ProtocolError(f"expected {kind.decode()!r} and a number")
             return None
-        if buffer[:1] != b"*":
-            raise ValueError("expected an array")
-        count, position = int(buffer[1:end]), end + 2
-        parts = []
-        for _ in range(count):
-            end = buffer.find(b"\r\n", position)
-            if end < 0:
-                return None
-            if buffer[position : position + 1] != b"$":
-                raise ValueError("expected a bulk string")
-            size = int(buffer[position + 1 : end])
-            if size < 0 or size > MAX_REQUEST:
-                raise ValueError("bad bulk length")
-            start = end + 2
-            if len(buffer) < start + size + 2:
-                return None
-            parts.append(bytes(buffer[start : start + size]))
-            position = start + size + 2
-        del self._buffer[:position]
-        return parts
+        line = bytes(self._buffer[self._position : end])
+        if line[:1] != kind or not line[1:].lstrip(b"-").isdigit() or end + 2 > self.limit:
+            raise ProtocolError(f"expected {kind.decode()!r} and a number")
+        self._position = end + 2
+        return int(line[1:])
 
 
+@implementer(IPushProducer)
 class SharedStateProtocol(Protocol):
-    """One worker's connection: AUTH first, then commands on the shared keyspace."""
+    """One worker's connection: AUTH first, then commands on the shared keyspace.
+
+    The protocol is its transport's producer: while the client does not read its
+    replies (the write buffer is full), nothing more is read or run, so replies
+    waiting for it stay within one command's.
+    """
 
     factory: SharedStateFactory
 
     def connectionMade(self) -> None:
         self._parser = RequestParser()
         self._authenticated = False
-
-    def dataReceived(self, data: bytes) -> None:
+        self._paused = False
         transport: Any = self.transport
-        try:
-            commands = self._parser.feed(data)
-        except ValueError as error:
-            transport.write(encode(CommandError(f"ERR protocol error: {error}")))
+        if self.factory.connections >= MAX_CONNECTIONS:
+            transport.write(encode(CommandError("ERR max number of clients reached")))
             transport.loseConnection()
             return
-        transport.write(b"".join(encode(self._run(command)) for command in commands))
+        self.factory.connections += 1
+        self._counted = True
+        transport.registerProducer(self, True)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if getattr(self, "_counted", False):
+            self.factory.connections -= 1
+            self._counted = False
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: stop reading its commands."""
+        self._paused = True
+        cast(Any, self.transport).pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The client read its replies: go on."""
+        self._paused = False
+        cast(Any, self.transport).resumeProducing()
+        self._drain()
+
+    def stopProducing(self) -> None:
+        """The connection is closing."""
+        self._paused = True
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except ProtocolError as error:
+            self._refuse(error)
+            return
+        self._drain()
+
+    def _drain(self) -> None:
+        transport: Any = self.transport
+        while not self._paused and not transport.disconnecting:
+            try:
+                command = self._parser.next()
+            except ProtocolError as error:
+                self._refuse(error)
+                return
+            if command is None:
+                return
+            transport.write(encode(self._run(command)))
+            if not self._authenticated and command[0].upper() == b"AUTH":
+                transport.loseConnection()  # a wrong password: no second guess on this connection
+                return
+
+    def _refuse(self, error: Exception) -> None:
+        transport: Any = self.transport
+        transport.write(encode(CommandError(f"ERR protocol error: {error}")))
+        transport.loseConnection()
 
     def _run(self, command: list[bytes]) -> Any:
-        if not command:
-            return CommandError("ERR empty command")
         name, args = command[0].upper(), command[1:]
         if name == b"AUTH":
             self._authenticated = bool(args) and hmac.compare_digest(args[-1], self.factory.password)
-            return OK if self._authenticated else CommandError("WRONGPASS invalid password")
+            if not self._authenticated:
+                return CommandError("WRONGPASS invalid password")
+            self._parser.limit = self.factory.max_request
+            return OK
         if not self._authenticated:
             return CommandError("NOAUTH Authentication required.")
         if name == b"PING":
@@ -145,6 +235,8 @@ class SharedStateFactory(Factory):
     def __init__(self, keyspace: Keyspace, password: bytes) -> None:
         self.keyspace = keyspace
         self.password = password
+        self.max_request = keyspace.document_budget + REQUEST_MARGIN
+        self.connections = 0
 
 
 class SharedStateServer(Service):

@@ -19,7 +19,7 @@ from nopard.cluster.link import RedisLink
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.errors import NotFound
 from tests.polling import poll_until_async
-from tests.redis_server import RedisServer
+from tests.redis_server import shared_state_url
 
 
 async def sleep(seconds: float) -> None:
@@ -112,16 +112,15 @@ def test_ipv6_clients_count_per_slash_64() -> None:
     assert address_group(None) == ""
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
+@pytest.fixture(params=["redis-server", "supervisor"])
+def redis_stores(request: pytest.FixtureRequest) -> Iterator[list[RedisSessions]]:
+    """Two instances' session stores over one redis-server, or two workers' over their supervisor."""
+    with shared_state_url(request.param) as url:
+        yield from session_stores(url)
 
 
-@pytest.fixture
-def redis_stores(redis_server: RedisServer) -> Iterator[list[RedisSessions]]:
-    """Two instances' session stores over one redis-server."""
-    links = [RedisLink(redis_server.url, reactor, Logger(), probe_interval=0.05) for _ in range(2)]
+def session_stores(url: str) -> Iterator[list[RedisSessions]]:
+    links = [RedisLink(url, reactor, Logger(), probe_interval=0.05) for _ in range(2)]
     yield [RedisSessions(link, MemorySessions(reactor)) for link in links]
     for link in links:
         pytest_twisted.blockon(Deferred.fromCoroutine(link.stop()))

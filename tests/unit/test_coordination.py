@@ -22,7 +22,7 @@ from nopard.settings.config import ConfigError, load_settings
 from nopard.settings.values import redis_arguments
 from nopard.settings.values import redis_arguments as parse_redis_url
 from tests.polling import poll_until_async
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, shared_state_url
 
 
 @pytest.fixture
@@ -55,12 +55,23 @@ class Instance:
         return self
 
 
-@pytest.fixture
-def instances(redis_server: RedisServer) -> Iterator[list[Instance]]:
-    made = [Instance(redis_server.url), Instance(redis_server.url)]
+def two_instances(url: str) -> Iterator[list[Instance]]:
+    made = [Instance(url), Instance(url)]
     yield made
     for instance in made:
         pytest_twisted.blockon(Deferred.fromCoroutine(instance.link.stop()))
+
+
+@pytest.fixture
+def instances(redis_server: RedisServer) -> Iterator[list[Instance]]:
+    yield from two_instances(redis_server.url)
+
+
+@pytest.fixture(params=["redis-server", "supervisor"])
+def sharing(request: pytest.FixtureRequest) -> Iterator[list[Instance]]:
+    """Two instances over a real redis-server, or two workers over their supervisor's keyspace."""
+    with shared_state_url(request.param) as url:
+        yield from two_instances(url)
 
 
 def test_redis_urls() -> None:
@@ -91,8 +102,8 @@ def test_shared_documents_survive_the_round_trip() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_bump_changes_the_stamp_every_instance_sees(instances: list[Instance]) -> None:
-    first, second = [await instance.start() for instance in instances]
+async def test_a_bump_changes_the_stamp_every_instance_sees(sharing: list[Instance]) -> None:
+    first, second = [await instance.start() for instance in sharing]
     before = await second.coordination.stamp("pkg")
     assert before == await first.coordination.stamp("pkg")
     bumped = await first.coordination.bump("pkg")
@@ -147,8 +158,8 @@ async def test_a_holder_that_lost_its_lock_neither_renews_nor_releases_the_new_o
 
 
 @pytest_twisted.ensureDeferred
-async def test_sessions_are_shared_and_handed_out_once(instances: list[Instance]) -> None:
-    first, second = [await instance.start() for instance in instances]
+async def test_sessions_are_shared_and_handed_out_once(sharing: list[Instance]) -> None:
+    first, second = [await instance.start() for instance in sharing]
     assert await first.sessions.put("s1", {"token": "t"}, 60)
     assert await second.sessions.get("s1") == {"token": "t"}
     assert 0 < await second.sessions.ttl("s1") <= 60
