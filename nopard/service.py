@@ -7,8 +7,7 @@ import os
 import socket
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import strports
@@ -16,22 +15,10 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    ContentDecoderAgent,
-    GzipDecoder,
-    HTTPConnectionPool,
-)
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
 from nopard.advisories.audit import Audits
 from nopard.advisories.store import AdvisoryStore
@@ -42,7 +29,8 @@ from nopard.auth.operator import OperatorCredential, OperatorTokenService
 from nopard.auth.tokens import TokenStore, TokenSweep
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
-from nopard.cluster.coordination import InProcessCoordination, RedisCoordination
+from nopard.cluster.coordination import DEGRADED_FRESHNESS, InProcessCoordination, RedisCoordination
+from nopard.cluster.feed import ChangeFeed
 from nopard.cluster.keyspace import Keyspace, failed_login_script, retry_after_script
 from nopard.cluster.link import RedisLink
 from nopard.cluster.resp import SharedStateServer
@@ -61,6 +49,7 @@ from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
 from nopard.ops.supervisor import (
+    METRICS_DIR_ENV,
     WorkerPool,
     WorkerRole,
     handoff_endpoints,
@@ -74,12 +63,12 @@ from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
 from nopard.settings.overrides import Overrides, StartGate
 from nopard.storage.fs import FilesystemStorage
-from nopard.storage.index import IndexedStorage, StoreIndex
+from nopard.storage.index import FACTS_TTL, IndexedStorage, StoreIndex
 from nopard.storage.sizes import stored_tarball_sizes
 from nopard.upstream.agents import LiveAgent
 from nopard.upstream.audit import AuditForwarder
 from nopard.upstream.client import Upstream
-from nopard.upstream.proxy import ProxyingAgent
+from nopard.upstream.pool import UpstreamPoolService, upstream_agent, upstream_pool
 from nopard.web.app import RegistryApp
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.readme_worker import ReadmeWorker
@@ -156,82 +145,6 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-@implementer(IStreamClientEndpoint)
-class QuietEndpoint:
-    """An endpoint whose connections' factories do not log each start and stop."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
-        """Connect ``protocolFactory``, made quiet first (``noisy`` is a Factory's public switch)."""
-        if isinstance(protocolFactory, Factory):
-            protocolFactory.noisy = False
-        return self._endpoint.connect(protocolFactory)
-
-    def __repr__(self) -> str:
-        # The pool names each connection after its endpoint.
-        return repr(self._endpoint)
-
-
-class QuietConnectionPool(HTTPConnectionPool):
-    """A connection pool whose connections do not log each start and stop (tests/unit/test_service.py)."""
-
-    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred:
-        """A cached connection, or a new one made through a QuietEndpoint."""
-        return super().getConnection(key, QuietEndpoint(endpoint))
-
-
-class ClosesConnections(Protocol):
-    """A pool, or an agent over pools, whose kept connections can be closed at stop."""
-
-    def closeCachedConnections(self) -> Deferred:
-        """Close every kept connection; fires when they are closed."""
-        ...
-
-
-class UpstreamPoolService(Service):
-    """Closes the upstream connections at shutdown, so SIGTERM leaves nothing open.
-
-    ``pool``: anything with closeCachedConnections (a pool, or agents.LiveAgent and its pools).
-    """
-
-    def __init__(self, pool: ClosesConnections) -> None:
-        self.pool = pool
-
-    def stopService(self) -> Any:
-        super().stopService()
-        return self.pool.closeCachedConnections()
-
-
-@implementer(IPolicyForHTTPS)
-class InsecureTLS:
-    """NOPARD_IGNORE_CERT: TLS without certificate checks, for upstreams with private CAs."""
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return CertificateOptions(verify=False)
-
-
-def upstream_pool(reactor: Any) -> HTTPConnectionPool:
-    """A pool of persistent upstream connections (agents.LiveAgent makes one per agent it builds)."""
-    pool = QuietConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    return pool
-
-
-def upstream_agent(settings: Settings, reactor: Any, pool: HTTPConnectionPool) -> Any:
-    """The agent upstream requests go through: proxy, TLS policy, gzip decoding."""
-    policy = InsecureTLS() if settings.ignore_cert else BrowserLikePolicyForHTTPS()
-    if settings.proxy_url:
-        proxy = urlsplit(settings.proxy_url)
-        # hostname is None only for a URL naming no host ("http://:8080"), which NOPARD_PROXY_URL's check lets
-        # through; HostnameEndpoint refuses None (TypeError) as it always did.
-        agent: Any = ProxyingAgent(reactor, cast(str, proxy.hostname), proxy.port or 80, policy, pool)
-    else:
-        agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=settings.upstream_timeout)
-    return ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
-
-
 def listen_descriptions(settings: Settings) -> list[str]:
     """Where nopard listens, as Twisted endpoint strings: NOPARD_LISTEN, else NOPARD_HOSTNAME and NOPARD_PORT."""
     if settings.listen:
@@ -306,29 +219,44 @@ def tarball_redirects(live: LiveSettings, storage: Any) -> TarballRedirects:
 
 
 class RedisService(Service):
-    """Connects to Redis at start and lets go of it at stop."""
+    """Connects to Redis at start (the link, then the change feed) and lets go of it at stop."""
 
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: RedisLink, feed: ChangeFeed) -> None:
         self.link = link
+        self.feed = feed
 
     def startService(self) -> None:
         super().startService()
         self.link.start()
+        self.feed.start()
 
     def stopService(self) -> Any:
         super().stopService()
-        return Deferred.fromCoroutine(self.link.stop())
+
+        async def stop() -> None:
+            await self.feed.stop()
+            await self.link.stop()
+
+        return Deferred.fromCoroutine(stop())
 
 
 def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, logs: LogService,
-                      top: MultiService) -> tuple[Any, Any]:
-    """What instances share: through Redis with NOPARD_REDIS_URL, else nothing (one process)."""
+                      top: MultiService, storage: IndexedStorage) -> tuple[Any, Any]:
+    """What instances share: through Redis with NOPARD_REDIS_URL, else nothing (one process).
+
+    With Redis, ``storage``'s writes are announced to the other processes and theirs make
+    its index forget (cluster/feed.py).
+    """
     sessions = MemorySessions(reactor)
     if not settings.redis_url:
         return InProcessCoordination(), sessions
     log = Logger(namespace="nopard.redis", observer=logs.publisher)
     link = RedisLink(settings.redis_url, reactor, log)
-    RedisService(link).setServiceParent(top)
+    index = storage.index
+    feed = ChangeFeed(settings.redis_url, link, reactor, log, index.changed, index.clear)
+    storage.announce = feed.announce
+    index.trusted_for = lambda: FACTS_TTL if feed.live else DEGRADED_FRESHNESS
+    RedisService(link, feed).setServiceParent(top)
     return RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl), RedisSessions(link, sessions)
 
 
@@ -356,7 +284,8 @@ def build_supervisor(settings: Settings, reactor: Any, log_stream: Any, given: M
     log = Logger(namespace="nopard.supervisor", observer=logs.publisher)
     environment = worker_environment(os.environ, given, {s.name: s.env for s in SETTINGS})
     pool = WorkerPool(settings.workers, endpoints, worker_command(), environment, reactor, log,
-                      logs.write_line, shared=shared)
+                      logs.write_line, shared=shared,
+                      metrics_dir=os.path.join(settings.run_path, "metrics") if settings.run_path else None)
     return supervisor_tree(pool, [logs, SupervisorAnnouncement(log, settings)])
 
 
@@ -404,7 +333,8 @@ def build_service(
     top = MultiService()
     logs = LogService(live, log_stream, reactor)
     logs.setServiceParent(top)
-    metrics = Metrics(reactor)
+    metrics = Metrics(reactor, os.environ.get(METRICS_DIR_ENV) if worker is not None else None,
+                      worker.name if worker is not None else None)
 
     io_pool = ThreadPool(minthreads=1, maxthreads=8, name="nopard-io")
     cpu_pool = ThreadPool(minthreads=1, maxthreads=2, name="nopard-cpu")
@@ -425,7 +355,7 @@ def build_service(
     overrides.setServiceParent(top)
     cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
     index.make_room = cache.trim
-    coordination, sessions = open_coordination(settings, reactor, cache, logs, top)
+    coordination, sessions = open_coordination(settings, reactor, cache, logs, top, storage)
     signing = SigningKeys(storage, reactor.seconds)
     registry = Registry(storage, cache, reactor, coordination, signing)
     # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.

@@ -88,8 +88,10 @@ class Response:
 class NopardServer:
     """`twistd -n nopard` started as a subprocess on a free port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, args: tuple = ()) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, args: tuple = (),
+                 own_group: bool = False) -> None:
         self.workdir = workdir
+        self.own_group = own_group  # in a process group (session) of its own, as systemd runs it
         self.port = free_port()
         self.registry = workdir / "registry"
         self.log_path = workdir / "twistd.log"
@@ -113,6 +115,7 @@ class NopardServer:
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "nopard", *self._args],
             cwd=self.workdir, env=twistd_env(self._env), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=self.own_group,
         )
         wait_for_start(self.process, lambda: self.request("GET", "/-/ping").status == 200, "nopard", 30, self.log)
         return self

@@ -2,7 +2,8 @@
 
 ``SharedStateServer`` listens on a loopback port of its own, open only to clients that
 send the random password it was made with (the workers get it in their environment,
-which other users cannot read), and answers the commands of keyspace.COMMANDS. The
+which other users cannot read), and answers the commands of keyspace.COMMANDS, and
+SUBSCRIBE / PUBLISH (cluster/feed.py's news of changed packages). The
 workers reach it with ``NOPARD_REDIS_URL`` pointing at it, so they share through
 exactly the code several instances share Redis through (cluster/coordination.py).
 """
@@ -154,6 +155,8 @@ class SharedStateProtocol(Protocol):
         transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Any = None) -> None:
+        for subscribers in self.factory.subscribers.values():
+            subscribers.discard(self)
         if getattr(self, "_counted", False):
             self.factory.connections -= 1
             self._counted = False
@@ -191,7 +194,7 @@ class SharedStateProtocol(Protocol):
                 return
             if command is None:
                 return
-            transport.write(encode(self._run(command)))
+            transport.write(self._answer(command))
             if not self._authenticated and command[0].upper() == b"AUTH":
                 transport.loseConnection()  # a wrong password: no second guess on this connection
                 return
@@ -200,6 +203,31 @@ class SharedStateProtocol(Protocol):
         transport: Any = self.transport
         transport.write(encode(CommandError(f"ERR protocol error: {error}")))
         transport.loseConnection()
+
+    def _answer(self, command: list[bytes]) -> bytes:
+        """The reply to ``command``, encoded: pub/sub here (it needs the connections), the rest in _run."""
+        name, args = command[0].upper(), command[1:]
+        if not self._authenticated or name not in (b"SUBSCRIBE", b"PUBLISH"):
+            return encode(self._run(command))
+        if name == b"PUBLISH":
+            if len(args) != 2:
+                return encode(CommandError("ERR wrong number of arguments for 'publish' command"))
+            return encode(self.factory.publish(args[0], args[1]))
+        replies = []
+        for channel in args:
+            self.factory.subscribers.setdefault(channel, set()).add(self)
+            mine = sum(1 for subscribers in self.factory.subscribers.values() if self in subscribers)
+            replies.append(encode([b"subscribe", channel, mine]))
+        return b"".join(replies)
+
+    def deliver(self, channel: bytes, message: bytes) -> bool:
+        """Send a published message; a subscriber not reading its messages is dropped instead
+        (it connects again and, having missed news, starts afresh: nopard's ChangeFeed does)."""
+        if self._paused:
+            cast(Any, self.transport).loseConnection()
+            return False
+        cast(Any, self.transport).write(encode([b"message", channel, message]))
+        return True
 
     def _run(self, command: list[bytes]) -> Any:
         name, args = command[0].upper(), command[1:]
@@ -237,6 +265,11 @@ class SharedStateFactory(Factory):
         self.password = password
         self.max_request = keyspace.document_budget + REQUEST_MARGIN
         self.connections = 0
+        self.subscribers: dict[bytes, set[SharedStateProtocol]] = {}
+
+    def publish(self, channel: bytes, message: bytes) -> int:
+        """PUBLISH: deliver ``message`` to the channel's subscribers; how many got it."""
+        return sum(1 for subscriber in list(self.subscribers.get(channel, ())) if subscriber.deliver(channel, message))
 
 
 class SharedStateServer(Service):

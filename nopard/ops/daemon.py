@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,6 +400,24 @@ class GracefulService(MultiService):
         for note in self.notes:
             _log.info(note.replace("{", "{{").replace("}", "}}"))
         super().startService()
+        if hasattr(self.clock, "sigTerm") and hasattr(self.clock, "callWhenRunning"):  # the real reactor
+            self.clock.callWhenRunning(self._one_sigterm)
+
+    def _one_sigterm(self) -> None:
+        """Stop once however many SIGTERMs come: under systemd (KillMode=control-group) a worker
+        of NOPARD_WORKERS gets one from systemd and one from its supervisor, and the reactor,
+        already stopping, would log an error for the second."""
+        reactor: Any = self.clock
+        if not callable(signal.getsignal(signal.SIGTERM)):
+            return  # twistd installed no handlers: leave the default alone
+        terminating = [False]
+
+        def handler(number: int, frame: Any) -> None:
+            if not terminating[0]:
+                terminating[0] = True
+                reactor.sigTerm(number, frame)
+
+        signal.signal(signal.SIGTERM, handler)
 
     def stopService(self) -> Deferred:
         self.running = 0

@@ -6,6 +6,13 @@ Everything lives in one CollectorRegistry built by the service, never in
 prometheus_client's global one. Counters are updated where things happen (the
 site, the upstream client, the sync jobs); breaker states, memory use and
 store size are read at scrape time.
+
+Under NOPARD_WORKERS the supervisor gives every worker one PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode, set before any worker imports it): counters
+and histograms are written there by each worker, and whichever worker answers a
+scrape adds up every worker's (``shared_dir``), dead workers' included, so totals
+never go back. The gauges read at scrape time are the answering worker's own, and
+``nopard_worker`` says which worker that was.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
@@ -123,11 +131,16 @@ def upstream_label(url: str) -> str:
 class Metrics:
     """nopard's metrics in their own registry; the web site, upstreams and sync jobs update them."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, shared_dir: str | None = None, worker: str | None = None) -> None:
         self._clock = clock
         self.registry = CollectorRegistry()
         registry = self.registry
-        Info("nopard", "nopard's version.", registry=registry).info({"version": __version__})
+        # What a scrape sees: this registry, or every worker's counters (see the module's doc).
+        self.exposed = registry
+        if shared_dir is not None:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=shared_dir)
+        Info("nopard", "nopard's version.", registry=self.exposed).info({"version": __version__})
         self.requests = Counter(
             "nopard_http_requests", "HTTP requests answered, by route, method and status.",
             ["route", "method", "status"], registry=registry,
@@ -171,10 +184,10 @@ class Metrics:
         )
         self.sync_last_end = Gauge(
             "nopard_sync_last_run_end_timestamp_seconds", "When each job's last run ended (Unix time).",
-            ["job"], registry=registry,
+            ["job"], registry=registry, multiprocess_mode="max",
         )
-        self.live = LiveCollector()
-        registry.register(self.live)
+        self.live = LiveCollector(worker)
+        self.exposed.register(self.live)
 
     def request_finished(
         self, route: str, method: str, status: int, seconds: float, cache_status: str | None
@@ -222,13 +235,14 @@ class Metrics:
         if self.live.store is not None:
             await self.live.store.refresh()
         encode, content_type = choose_encoder(accept or "")
-        return encode(self.registry), content_type
+        return encode(self.exposed), content_type
 
 
 class LiveCollector:
     """Values read at scrape time: breaker states, prepared-document memory, store size."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: str | None = None) -> None:
+        self.worker = worker
         self.upstreams: Callable[[], Iterable[Any]] = list
         self.cache: Any = None
         self.store: StoreSize | None = None
@@ -236,6 +250,12 @@ class LiveCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges, from the components' current state."""
+        if self.worker is not None:
+            answering = GaugeMetricFamily(
+                "nopard_worker", "1 for the worker of NOPARD_WORKERS that answered this scrape: counters and "
+                "histograms count every worker's requests, the other gauges are this worker's.", labels=["worker"])
+            answering.add_metric([self.worker], 1.0)
+            yield answering
         state = GaugeMetricFamily(
             "nopard_upstream_breaker_state",
             "1 for the state each upstream's breaker is in: closed (healthy), open (down: serving "

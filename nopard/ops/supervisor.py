@@ -9,17 +9,22 @@ FDS_ENV) which sockets it inherited and which worker it is.
 
 Supervision: a worker that exits is started again, at once when it had run for
 STABLE_SECONDS, else after a backoff doubling up to MAX_BACKOFF, so a crash loop does
-not spin. SIGTERM on the supervisor sends SIGTERM to every worker (each stops
-accepting and finishes its requests in flight, as GracefulService does), waits for
-them (SIGKILL after GRACE_SECONDS and a margin), then exits. The workers' log lines
+not spin. SIGTERM on the supervisor closes its copy of the sockets and sends SIGTERM to every
+worker (each stops accepting and finishes its requests in flight, as GracefulService
+does; new connections are then refused), waits for them (SIGKILL after GRACE_SECONDS
+and a margin), then exits. The workers' log lines
 come to the supervisor through a pipe and are written by it alone, so NOPARD_LOGFILE
 has one writer: its size rotation and SIGUSR1 reopening are the supervisor's.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +50,13 @@ from nopard.settings.config import ConfigError
 WORKER_ENV = "NOPARD_WORKER"
 #: The inherited listening sockets: ``fd:family`` pairs, comma-separated.
 FDS_ENV = "NOPARD_WORKER_FDS"
+#: Where the workers' metrics are added up (prometheus_client's multiprocess mode, ops/metrics.py).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STABLE_SECONDS = 10.0
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+# Seconds a worker ended by SIGTERM waits to be started again: the supervisor's own SIGTERM may follow.
+TERM_WAIT = 1.0
 # Seconds past the workers' own grace before a worker still draining is killed.
 KILL_MARGIN = 10.0
 FIRST_CHILD_FD = 3
@@ -115,6 +124,9 @@ class _Bound:
             result[0].raiseException()
         self.port: IListeningPort = result[0]
         self.port.stopReading()  # a FileDescriptor: the workers accept
+        # Closing this copy at stop must not shut the socket down under workers still accepting
+        # on it (EINVAL in their accept); Twisted skips the shutdown for adopted sockets alike.
+        self.port._shouldShutdown = False
         self.family = (endpoint.addressFamily if isinstance(endpoint, AdoptedStreamServerEndpoint)
                        else _FAMILIES[type(endpoint)])
         self.fd: int = self.port.fileno()
@@ -158,12 +170,16 @@ class WorkerPool(Service):
     log lines go; ``shared``: the state the workers share without Redis (a service
     with a ``url``, cluster/resp.SharedStateServer), started before the first worker
     and stopped after the last one ended; None: the workers keep NOPARD_REDIS_URL.
+    ``metrics_dir``: the workers' PROMETHEUS_MULTIPROC_DIR, emptied at start (None: a
+    private temporary directory, removed at stop).
     """
 
     def __init__(self, count: int, endpoints: list[Any], command: list[str], environment: Mapping[str, str],
                  reactor: Any, log: Logger, write_line: Callable[[str], None], shared: Any = None,
-                 grace: float = GRACE_SECONDS) -> None:
+                 grace: float = GRACE_SECONDS, metrics_dir: str | None = None) -> None:
         self.count = count
+        self.metrics_dir = metrics_dir
+        self._temporary_metrics = False
         self.reactor = reactor
         self.write_line = write_line
         self._endpoints = endpoints
@@ -176,6 +192,7 @@ class WorkerPool(Service):
         self.workers: dict[int, _Worker] = {}
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, IDelayedCall] = {}
+        self._terminated: dict[int, tuple[_Worker, str]] = {}  # ended by SIGTERM, not started again yet
         self.restarted = 0  # how many workers were started again (status, tests)
         self._stopping = False
 
@@ -192,6 +209,13 @@ class WorkerPool(Service):
         if self.shared is not None:
             self.shared.startService()
             self._environment["NOPARD_REDIS_URL"] = self.shared.url
+        # After privileges dropped: the workers, running as the same user, write there.
+        if self.metrics_dir is None:
+            self.metrics_dir, self._temporary_metrics = tempfile.mkdtemp(prefix="nopard-metrics-"), True
+        else:  # counts of an earlier run would add up with this one's
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            os.makedirs(self.metrics_dir, mode=0o700)
+        self._environment[METRICS_DIR_ENV] = self.metrics_dir
         for index in range(1, self.count + 1):
             self._spawn(index)
 
@@ -217,15 +241,24 @@ class WorkerPool(Service):
         self._log.info("worker {index} started as pid {pid}", index=index, pid=worker.pid, event="worker-started")
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
-        """A worker exited: start it again unless the pool is stopping, after a backoff if it was quick."""
+        """A worker exited: start it again unless the pool is stopping, after a backoff if it was quick.
+
+        A worker stopped by a SIGTERM of its own is started again only TERM_WAIT seconds
+        later: under systemd (KillMode=control-group) every process of the unit gets SIGTERM
+        at once, and an idle worker may be gone before the supervisor handles its own.
+        """
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
         how = getattr(reason.value, "signal", None)
         status = f"signal {how}" if how else f"status {getattr(reason.value, 'exitCode', '?')}"
         if self._stopping:
-            self._log.info("worker {index} (pid {pid}) stopped ({status})", index=worker.index, pid=worker.pid,
-                           status=status, event="worker-stopped")
+            self._stopped(worker, status)
             return
+        if how == signal.SIGTERM and worker.index not in self._terminated:
+            self._terminated[worker.index] = (worker, status)
+            self._restarts[worker.index] = self.reactor.callLater(TERM_WAIT, self.ended, worker, reason)
+            return
+        self._terminated.pop(worker.index, None)
         lived = self.reactor.seconds() - worker.started
         failures = 0 if lived >= STABLE_SECONDS else self._failures.get(worker.index, 0) + 1
         self._failures[worker.index] = failures
@@ -236,6 +269,10 @@ class WorkerPool(Service):
         self.restarted += 1
         self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
 
+    def _stopped(self, worker: _Worker, status: str) -> None:
+        self._log.info("worker {index} (pid {pid}) stopped ({status})", index=worker.index, pid=worker.pid,
+                       status=status, event="worker-stopped")
+
     def stopService(self) -> Deferred[None]:
         """SIGTERM every worker, wait for them to drain (SIGKILL past the grace), then close the sockets."""
         super().stopService()
@@ -244,6 +281,14 @@ class WorkerPool(Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        for worker, status in self._terminated.values():  # stopped by the same SIGTERM, just before
+            self._stopped(worker, status)
+        self._terminated.clear()
+        # The workers close their copies of the sockets as they start draining; once this one is
+        # closed too, new connections are refused instead of waiting in a backlog nobody serves.
+        for bound in self._bound:
+            bound.port.stopListening()
+        self._bound = []
         running = list(self.workers.values())
         for worker in running:
             self._signal(worker, "TERM")
@@ -253,9 +298,8 @@ class WorkerPool(Service):
         def finished() -> None:
             if killer.active():
                 killer.cancel()
-            for bound in self._bound:
-                bound.port.stopListening()
-            self._bound = []
+            if self._temporary_metrics and self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
             result = self.shared.stopService() if self.shared is not None else None
             if isinstance(result, Deferred):
                 result.addBoth(lambda _: done.callback(None))

@@ -10,22 +10,25 @@ too, checked against its file by a stat on each use. Every write or delete nopar
 makes through the wrapper forgets that key, before and after the change, and voids
 its package's lookups in flight, so nothing learned before a change is trusted after it.
 
-Changes made behind nopard's back (nopard-admin gc or import, another instance or
-worker) are not seen, so nothing is trusted blindly: an unknown key asks the store;
-a file that vanished is forgotten and asked again (never a 500); on the filesystem
-a memory hit checks the file is still the one read (inode, mtime, size); and every
-fact expires after FACTS_TTL seconds. ``StoreIndex.forget(key)`` and
-``StoreIndex.changed(name)`` are how another process's news drops facts at once.
+Other workers and instances sharing Redis announce their writes the same way
+(``IndexedStorage.announce``, cluster/feed.py), and their news drops this index's
+facts of that package at once (``StoreIndex.changed``); while that news may be
+missed (no subscription) facts are trusted for a short while only (``trusted_for``).
+Changes made behind nopard's back (nopard-admin gc or import) are not announced, so
+nothing is trusted blindly: an unknown key asks the store; a file that vanished is
+forgotten and asked again (never a 500); on the filesystem a memory hit checks the
+file is still the one read (inode, mtime, size); and every fact expires after
+FACTS_TTL seconds.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.protocols.basic import FileSender
@@ -99,6 +102,7 @@ class _Facts:
 
 
 _UNKNOWN = object()
+_T = TypeVar("_T")
 
 
 class StoreIndex:
@@ -114,6 +118,8 @@ class StoreIndex:
         self._clock = clock
         self._budget = budget
         self.make_room = make_room
+        #: Seconds a fact is trusted without news: FACTS_TTL, less while other processes' news may be missed.
+        self.trusted_for: Callable[[], float] = lambda: FACTS_TTL
         self._facts: OrderedDict[str, _Facts] = OrderedDict()
         self._generations: dict[str, int] = {}
         self._bytes: OrderedDict[str, tuple[Stored, bytes]] = OrderedDict()
@@ -158,7 +164,7 @@ class StoreIndex:
         facts = self._facts.get(name)
         if facts is None:
             return _UNKNOWN
-        if self._clock.seconds() - facts.learned_at >= FACTS_TTL:
+        if self._clock.seconds() - facts.learned_at >= self.trusted_for():
             self.changed(name)
             return _UNKNOWN
         return facts.keys.get(key, _UNKNOWN)
@@ -244,6 +250,9 @@ class IndexedStorage:
         self.inner = inner
         self.index = index
         self._path_of: Callable[[str], str] | None = getattr(inner, "path_of", None)
+        #: Tells the other processes that a package's indexed keys changed (cluster/feed.py), awaited
+        #: after each such write so they know before the write's request is answered; None: alone.
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     def __getattr__(self, attribute: str) -> Any:
         # Backend extras (path_of, root, relative_url...) stay reachable through the wrapper.
@@ -360,13 +369,11 @@ class IndexedStorage:
 
     async def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key`` (see Storage)."""
-        with self._changing(key):
-            await self.inner.write(key, data)
+        return await self._change(key, self.inner.write(key, data))
 
     async def create(self, key: str, data: bytes) -> bool:
         """Store ``data`` only if nothing is there (see Storage)."""
-        with self._changing(key):
-            return await self.inner.create(key, data)
+        return await self._change(key, self.inner.create(key, data))
 
     async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and version (see Storage)."""
@@ -374,23 +381,19 @@ class IndexedStorage:
 
     async def replace(self, key: str, data: bytes, version: str | None) -> bool:
         """Compare-and-swap (see Storage)."""
-        with self._changing(key):
-            return await self.inner.replace(key, data, version)
+        return await self._change(key, self.inner.replace(key, data, version))
 
     async def create_from_file(self, key: str, path: str) -> bool:
         """Store a local file's content only if nothing is there (see Storage)."""
-        with self._changing(key):
-            return await self.inner.create_from_file(key, path)
+        return await self._change(key, self.inner.create_from_file(key, path))
 
     async def delete(self, key: str) -> bool:
         """Remove the object (see Storage)."""
-        with self._changing(key):
-            return await self.inner.delete(key)
+        return await self._change(key, self.inner.delete(key))
 
     async def delete_versioned(self, key: str, version: str) -> bool:
         """Compare-and-delete (see Storage)."""
-        with self._changing(key):
-            return await self.inner.delete_versioned(key, version)
+        return await self._change(key, self.inner.delete_versioned(key, version))
 
     async def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (see Storage)."""
@@ -404,8 +407,15 @@ class IndexedStorage:
         """(bytes, objects) the store holds (see Storage)."""
         return await self.inner.usage()
 
-    def _changing(self, key: str) -> _Change:
-        return _Change(self.index, key)
+    async def _change(self, key: str, write: Awaitable[_T]) -> _T:
+        """Run a write with the key forgotten before and after it, then announce it (indexed keys)."""
+        try:
+            with _Change(self.index, key):
+                return await write
+        finally:
+            name, _ = _indexed(key)
+            if name is not None and self.announce is not None:
+                await self.announce(name)
 
 
 class _Change:

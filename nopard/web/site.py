@@ -232,6 +232,7 @@ class NopardSite(server.Site):
             ms=round(seconds * 1000, 1),
             cache=request.cache_status or "-",
             upstream_ms=request.upstream_wait.ms,
+            **({"worker": self.worker.decode()} if self.worker is not None else {}),
         )
         if self._metrics is not None:
             accept = request.getHeader("accept")

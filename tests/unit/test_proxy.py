@@ -15,7 +15,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nopard.service import InsecureTLS
+from nopard.upstream.pool import InsecureTLS
 from nopard.upstream.proxy import ProxyingAgent
 from tests.proxy_server import ForwardProxy
 

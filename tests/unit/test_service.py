@@ -12,7 +12,7 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from nopard.service import upstream_pool
+from nopard.upstream.pool import upstream_pool
 
 
 class Pong(Resource):

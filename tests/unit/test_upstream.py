@@ -15,10 +15,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from nopard.domain.errors import UpstreamUnavailable
-from nopard.service import QuietConnectionPool
 from nopard.settings.config import LiveSettings, load_settings
 from nopard.upstream import client as client_module
 from nopard.upstream.client import Upstream
+from nopard.upstream.pool import QuietConnectionPool
 from tests.unit import mirror_harness
 
 
