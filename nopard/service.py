@@ -43,7 +43,9 @@ from nopard.local.packages import Registry
 from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
+from nopard.mirror.spool import remove_orphans
 from nopard.mirror.upstreams import Upstreams
+from nopard.ops.daemon import pid_is_running
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
@@ -366,9 +368,11 @@ def build_service(
     upstream_log = Logger(namespace="nopard.upstream", observer=logs.publisher)
     upstreams = ruled_upstreams(Upstreams, policy)(
         live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
-    parts = build_mirror(live, storage, registry, upstreams, cache, reactor,
-                         os.path.join(settings.registry_path, ".spool"),
+    spool_dir = os.path.join(settings.registry_path, ".spool")
+    parts = build_mirror(live, storage, registry, upstreams, cache, reactor, spool_dir,
                          Logger(namespace="nopard.mirror", observer=logs.publisher), coordination)
+    # Spools of fetches killed with their process (a worker after kill -9, nopard after a crash).
+    reactor.callWhenRunning(remove_orphans, spool_dir, pid_is_running)
     mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs
     sync_log = Logger(namespace="nopard.sync", observer=logs.publisher)
     # The same machine and port after a crash is the same owner: it takes its own lock back.

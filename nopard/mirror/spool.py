@@ -13,11 +13,39 @@ take a corrupt tarball for a whole one.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
+
+SPOOL_PREFIX = ".fetch-"
+_OWNED = re.compile(re.escape(SPOOL_PREFIX) + r"(\d+)-")
+
+
+def remove_orphans(directory: str, running: Callable[[int], bool]) -> int:
+    """Remove the spool files of processes no longer ``running`` (killed mid-fetch); how many.
+
+    Every process (a NOPARD_WORKERS worker started again, nopard after a crash) runs it at
+    start: the spools of live processes sharing the directory are theirs and stay.
+    """
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        owner = _OWNED.match(name)
+        if owner is not None and int(owner.group(1)) != os.getpid() and not running(int(owner.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except FileNotFoundError:
+                pass  # another process removed it first
+    return removed
+
 
 # Bytes read from the spool per write to a client (what one follower holds at most, besides
 # its transport's buffer).
@@ -35,7 +63,8 @@ class Spool:
 
     def __init__(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        self._fd, self.path = tempfile.mkstemp(dir=directory, prefix=".fetch-")
+        # The pid in the name: a process killed mid-fetch leaves its spool, which remove_orphans finds.
+        self._fd, self.path = tempfile.mkstemp(dir=directory, prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
         self.length: int | None = None
         self.written = 0
         self.verified = False

@@ -338,3 +338,20 @@ async def test_through_the_route_a_refused_tarball_is_cut_before_its_declared_le
     assert answer.status == 200 and b"Content-Length: %d" % len(TARBALL) in head
     assert answer.closed and body == TARBALL[::-1][:-1]  # all it had but the last byte, no error body
     assert not await app.storage.exists(keys.upstream_tarball_key("demo", "demo-1.0.0.tgz"))
+
+
+def test_spools_of_processes_gone_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A fetch killed with its process (kill -9 of a worker) leaves its spool file; the next
+    process to start removes it, never the spool of a process still fetching."""
+    from nopard.mirror.spool import Spool, remove_orphans
+
+    mine = Spool(str(tmp_path))
+    mine.append(b"half a tarball")
+    Path(tmp_path, ".fetch-4242-abc").write_bytes(b"left by a killed worker")
+    Path(tmp_path, ".fetch-4343-def").write_bytes(b"a live worker's fetch")
+    Path(tmp_path, "something-else").write_bytes(b"")
+    assert remove_orphans(str(tmp_path), lambda pid: pid == 4343) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(mine.path).name, ".fetch-4343-def", "something-else"])
+    mine.end()
+    assert remove_orphans(str(tmp_path / "none"), lambda pid: False) == 0
