@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from nopard.cluster.coordination import RedisCoordination
+from nopard.cluster.feed import ChangeFeed
 from nopard.cluster.link import POOL_SIZE, RedisLink, RedisPool
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.cluster.stamps import decode_document, encode_document
@@ -223,3 +224,62 @@ async def test_losing_every_connection_makes_nopard_degraded_before_the_next_pro
         assert down["reason"] == "connection lost"
     finally:
         await link.stop()
+
+
+class Listener:
+    """One process's change feed: what it was told, and how often it forgot everything."""
+
+    def __init__(self, url: str) -> None:
+        self.changed: list[str] = []
+        self.resets = 0
+        self.link = RedisLink(url, reactor, Logger(), probe_interval=0.05)
+        self.feed = ChangeFeed(url, self.link, reactor, Logger(), self.changed.append, self.reset)
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    async def start(self) -> Listener:
+        self.link.start()
+        self.feed.start()
+        await poll_until_async(lambda: self.link.up and self.feed.live, sleep, "the feed subscribed", 10)
+        return self
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        await self.link.stop()
+
+
+@pytest.fixture(params=["redis-server", "supervisor"])
+def any_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real redis-server's URL, or a supervisor's keyspace's."""
+    with shared_state_url(request.param) as url:
+        yield url
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_announced_by_one_process_reaches_every_subscribed_one(any_url: str) -> None:
+    first, second = [await Listener(any_url).start() for _ in range(2)]
+    try:
+        assert first.resets == second.resets == 1  # subscribing forgets what may have been missed
+        await first.feed.announce("@scope/pkg")
+        await poll_until_async(lambda: second.changed == ["@scope/pkg"], sleep, "the news", 5)
+        assert first.changed == ["@scope/pkg"]  # its own news too: harmless
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_feed_that_lost_redis_is_not_live_and_forgets_everything_when_back(
+    redis_server: RedisServer,
+) -> None:
+    listener = await Listener(redis_server.url).start()
+    try:
+        redis_server.kill()
+        await poll_until_async(lambda: not listener.feed.live, sleep, "the feed down", 10)
+        await listener.feed.announce("pkg")  # never raises: the change itself goes on
+        redis_server.restart()
+        await poll_until_async(lambda: listener.feed.live, sleep, "the feed back", 15)
+        assert listener.resets == 2 and listener.feed.subscriptions == 2
+    finally:
+        await listener.stop()
