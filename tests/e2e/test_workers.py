@@ -188,7 +188,7 @@ def slow_upstream(fake: FakeUpstream) -> Callable[[float], str]:
 def test_a_worker_killed_mid_request_is_started_again_and_nothing_half_written_is_kept(
     workers: Callable[..., NopardServer], fake: FakeUpstream, slow_upstream: Callable[[float], str],
 ) -> None:
-    server = workers(NOPARD_FORWARDER_URL=fake.url)
+    server = workers(NOPARD_FORWARDER_URL=fake.url, NOPARD_STALE_DEADLINE="30")
     victim = pinned(server)["1"]
     assert victim.request("GET", "/accepts").status == 200  # the document, stored
     path = slow_upstream(30)
@@ -226,7 +226,7 @@ def test_sigterm_drains_a_request_in_flight_and_refuses_new_connections(
 ) -> None:
     """SIGTERM to the supervisor, or to its whole process group as systemd's KillMode=control-group
     sends it (each worker then gets it twice: from systemd and from the supervisor)."""
-    server = workers(NOPARD_FORWARDER_URL=fake.url, own_group=True)
+    server = workers(NOPARD_FORWARDER_URL=fake.url, NOPARD_STALE_DEADLINE="30", own_group=True)
     busy = pinned(server)["2"]
     assert busy.request("GET", "/accepts").status == 200
     path = slow_upstream(4)
