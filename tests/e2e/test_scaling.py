@@ -350,3 +350,22 @@ def _ignore_errors(call: Callable[[], object]) -> None:
         call()
     except OSError:
         pass
+
+
+def test_the_tarball_index_of_every_instance_forgets_what_another_changed(cluster) -> None:
+    """On S3 an instance's index holds a small tarball's bytes: an unpublish through another
+    instance must make it 404 at once (not for FACTS_TTL), and a publish must make a tarball it
+    knew as missing 200 at once."""
+    first, second = cluster()
+    token = first.token("alice", "pw-alice")
+    assert first.request("PUT", "/held", publish_body("held", "1.0.0"), token=token).status == 201
+    assert second.request("GET", "/held/-/held-2.0.0.tgz").status == 404  # known missing
+    assert first.request("PUT", "/held", publish_body("held", "2.0.0"), token=token).status == 201
+    assert second.request("GET", "/held/-/held-2.0.0.tgz").body == tarball_bytes("held", "2.0.0")
+
+    assert second.request("GET", "/held/-/held-1.0.0.tgz").status == 200
+    assert second.request("GET", "/held/-/held-1.0.0.tgz").status == 200  # from memory now
+    document = first.request("GET", "/held?write=true").json()
+    del document["versions"]["1.0.0"]
+    assert first.request("PUT", f"/held/-rev/{document['_rev']}", document, token=token).status == 200
+    assert second.request("GET", "/held/-/held-1.0.0.tgz").status == 404
