@@ -37,6 +37,7 @@ from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
+from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
@@ -385,7 +386,10 @@ def build_service(
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics)
-    sync = SyncSchedule(jobs, live, reactor, sync_log)
+    advisories = AdvisoryStore(storage)
+    refresh_advisories = AdvisoryRefresh(live, http, advisories, storage, reactor, run_cpu,
+                                         os.path.join(settings.registry_path, ".spool"), sync_log, owner, metrics)
+    sync = SyncSchedule(jobs, live, reactor, sync_log, refresh_advisories)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)
     tokens = TokenStore(storage, reactor.seconds)
@@ -402,7 +406,6 @@ def build_service(
     operator = OperatorCredential()
     OperatorTokenService(operator, settings.admin_token_path,
                          Logger(namespace="nopard", observer=logs.publisher)).setServiceParent(top)
-    advisories = AdvisoryStore(storage)
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,

@@ -6,7 +6,7 @@ It serves the packuments and tarballs recorded by scripts/record-fixtures (``{{U
 becomes its own base URL), synthetic packages for benchmarks (``big-package``: thousands of
 versions; ``huge-tarball-package``: one streamed tarball of ``--huge-size`` bytes; with
 ``--synthetic N``, N small ones from tests/fake_synthetic.py), empty audit answers and a search
-(tests/fake_search.py). A second
+(tests/fake_search.py), and an OSV zip of tests/data/advisories (tests/fake_advisories.py). A second
 port takes JSON commands: ``GET /stats``, ``POST /reset``, ``POST /fault``, ``POST /change`` and
 ``POST /restore`` (see tests/fake_publish.py). It prints ``READY <port> <control-port>`` once
 both ports listen.
@@ -44,6 +44,8 @@ from twisted.protocols import policies
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from tests.fake_advisories import PATH as ADVISORIES_PATH
+from tests.fake_advisories import AdvisoryZip
 from tests.fake_publish import Changes, digests, sources
 from tests.fake_search import search_answer
 from tests.fake_synthetic import Synthetic
@@ -263,6 +265,7 @@ class Registry:
         self.big_tarballs: dict[str, bytes] = {}
         self.served: dict[tuple[str, bool], tuple[bytes, str, str]] = {}
         self.changes = Changes()
+        self.advisories = AdvisoryZip(data.parent / "advisories")  # GET /osv/npm/all.zip
         index = data / "index.json"
         self.recorded = json.loads(index.read_text())["packages"] if index.exists() else {}
 
@@ -459,6 +462,11 @@ class RegistryResource(resource.Resource):
         method = request.method
         if name.startswith("-/npm/v1/security/") and method == b"POST":
             return self.audit(request, name)
+        if name == ADVISORIES_PATH and method == b"GET":
+            body, etag = self.upstream.registry.advisories.body()
+            if self.not_modified(request, etag, "Thu, 01 Jan 2026 00:00:00 GMT"):
+                return respond(request, 304, headers={"ETag": etag})
+            return respond(request, 200, body, {"ETag": etag, "Content-Type": "application/zip"})
         if name == "-/v1/search" and method == b"GET":
             self.upstream.searches.append((request.args.get(b"text") or [b""])[0].decode("utf-8", "replace"))
             registry = self.upstream.registry
@@ -605,6 +613,10 @@ class ControlResource(resource.Resource):
                 done = upstream.set_fault(body)
                 done.addCallback(lambda _: (request.write(b"{}"), request.finish()))
                 return server.NOT_DONE_YET
+            if command == (b"POST", b"/advisories"):  # serve this OSV record in the zip too
+                return json.dumps(upstream.registry.advisories.add(body)).encode()
+            if command == (b"POST", b"/advisories/reset"):
+                return json.dumps(upstream.registry.advisories.reset()).encode()
             if command in ((b"POST", b"/change"), (b"POST", b"/restore")):
                 registry = upstream.registry
                 answer = (registry.change if command[1] == b"/change" else registry.restore)(body.get("name", ""))

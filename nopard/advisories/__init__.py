@@ -1,2 +1,3 @@
 """Security advisories, offline: OSV records imported (osv.py, sources.py), stored (store.py),
-and answering npm audit (audit.py)."""
+and answering npm audit (audit.py);
+nopard/jobs/advisories.py refreshes them from NOPARD_ADVISORIES_URL."""

@@ -282,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sync_command = commands.add_parser("sync", help="show or run the sync jobs")
     sync_command.add_argument("--now", action="store_true", help="run now and print the summary")
-    sync_command.add_argument("--job", choices=("refresh", "backfill"), help="only this job")
+    sync_command.add_argument("--job", choices=("refresh", "backfill", "advisories"), help="only this job")
     sync_command.set_defaults(run=sync)
     prefetch_command = commands.add_parser("prefetch", help="fetch everything lockfiles name")
     prefetch_command.add_argument("files", nargs="+", metavar="FILE",

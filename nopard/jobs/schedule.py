@@ -18,10 +18,14 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from nopard.jobs.advisories import JOB as ADVISORIES_JOB
+from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.sync import JobReport, SyncJobs
 from nopard.settings.config import LiveSettings
 
 JOBS = ("refresh", "backfill")
+# Jobs nopard-admin sync --now may name: also the advisories (NOPARD_ADVISORIES_URL), run after the others.
+ALL_JOBS = (*JOBS, ADVISORIES_JOB)
 # The one job store the schedule uses (APScheduler's in-memory default).
 JOBSTORE = "default"
 
@@ -69,8 +73,10 @@ class ReactorExecutor(BaseExecutor):
 class SyncSchedule(Service):
     """Starts the schedule with nopard and stops it (and any running job) with it."""
 
-    def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: SchedulerReactor, log: Logger) -> None:
+    def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: SchedulerReactor, log: Logger,
+                 advisories: AdvisoryRefresh | None = None) -> None:
         self.jobs = jobs
+        self.advisories = advisories
         self._settings = settings
         self._log = log
         self._executor = ReactorExecutor()
@@ -115,18 +121,24 @@ class SyncSchedule(Service):
         self.scheduler.shutdown(wait=False)
 
     async def _cycle(self) -> None:
-        """One scheduled run: refresh, then backfill (which needs the fresh documents)."""
-        for job in JOBS:
+        """One scheduled run: refresh, then backfill (which needs the fresh documents), then the advisories."""
+        for job in ALL_JOBS:
             try:
-                await self.jobs.run(job)
+                await self._run(job)
             except CancelledError:
                 raise
             except Exception:
                 self._log.failure("sync {job} crashed", job=job, event="sync-error")
 
+    async def _run(self, job: str) -> JobReport | None:
+        if job != ADVISORIES_JOB:
+            return await self.jobs.run(job)
+        return await self.advisories.run() if self.advisories is not None else None
+
     async def run_now(self, only: str | None = None) -> list[JobReport]:
         """Run the jobs at once (``only`` one of them), for nopard-admin sync --now."""
-        return [await self.jobs.run(job) for job in JOBS if only in (None, job)]
+        reports = [await self._run(job) for job in ALL_JOBS if only in (None, job)]
+        return [report for report in reports if report is not None]
 
     def status(self) -> dict[str, Any]:
         """Each job's last report, and when the schedule runs next."""
@@ -134,4 +146,6 @@ class SyncSchedule(Service):
         next_run = scheduled.next_run_time.isoformat() if scheduled and scheduled.next_run_time else None
         reports = {job: (self.jobs.reports[job].__dict__ if job in self.jobs.reports else None)
                    for job in (*JOBS, "prefetch")}
+        if self.advisories is not None and self._settings.current.advisories_url:
+            reports[ADVISORIES_JOB] = self.advisories.report.__dict__ if self.advisories.report else None
         return {"interval": self._settings.current.sync_interval, "next_run": next_run, "jobs": reports}

@@ -292,8 +292,15 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream",
         parse_audit,
         "Where npm audit answers come from: `upstream` (the stored advisories when it is down or fails), "
-        "`local` (only the advisories nopard-admin advisories import stored), "
+        "`local` (only the stored ones: nopard-admin advisories import, NOPARD_ADVISORIES_URL), "
         "`both` (merged, one entry per advisory id or alias).",
+    ),
+    Setting(
+        "advisories_url",
+        "",
+        parse_optional_url,
+        "A zip of OSV records as OSV publishes them per ecosystem (npm's all.zip, or a copy of it) the sync "
+        "worker imports, each run, by conditional GET (empty: none; nopard-admin advisories import only).",
     ),
 )
 
@@ -358,6 +365,7 @@ class Settings:
     config: str = ""
     workers: int = 1
     audit: str = "upstream"
+    advisories_url: str = ""
 
     @property
     def htpasswd_path(self) -> str:
@@ -458,7 +466,7 @@ def _refuse_self_as_upstream(settings: Settings) -> None:
         base = urlsplit(settings.base_url)
         own.add((base.hostname, base.port or (443 if base.scheme == "https" else 80)))
     # Pairs, not a dict keyed by variable: every scope upstream is checked, not just the last.
-    upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url)]
+    upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url), ("NOPARD_ADVISORIES_URL", settings.advisories_url)]
     upstreams += [("NOPARD_SCOPE_UPSTREAMS", url) for url in settings.scope_upstreams.values()]
     for variable, url in upstreams:
         if not url:

@@ -67,6 +67,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "always_https",
     "loglevel",
     "audit",
+    "advisories_url",
 )
 STORE_KEY = keys.SETTINGS_OVERRIDES
 SOURCE_PAGE = "settings page"

@@ -18,6 +18,7 @@ The layout (the same on every backend)::
     health/probe-<unique>                           the readiness check's write-read-delete
     advisories/index.json                           every OSV record imported: id -> modified, packages
     advisories/packages/<2 hex>.json                the advisories of the packages whose names hash there
+    advisories/source.json                          NOPARD_ADVISORIES_URL's last import (ETag, time, summary)
     blocks/<name>.json                              the blocks of a package's versions (nopard.firewall)
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
@@ -224,6 +225,7 @@ def upstream_keys_key(url: str) -> str:
 
 ADVISORIES_FOLDER = "advisories"
 ADVISORIES_INDEX = ADVISORIES_FOLDER + "/index.json"
+ADVISORIES_SOURCE = ADVISORIES_FOLDER + "/source.json"
 _SHARD = re.compile(r"[0-9a-f]{2}\.json")
 
 
@@ -282,7 +284,7 @@ def key_kind(key: str) -> str:
         return SETTINGS
     if folder == SIGNING_FOLDER and (key == SIGNING_KEYS or (rest.startswith("upstream-") and rest.endswith(".json"))):
         return SIGNING
-    if key == ADVISORIES_INDEX or (
+    if key in (ADVISORIES_INDEX, ADVISORIES_SOURCE) or (
             folder == ADVISORIES_FOLDER and rest.startswith("packages/") and _SHARD.fullmatch(rest[9:])):
         return ADVISORIES
     if folder == "health" and rest.startswith("probe-"):

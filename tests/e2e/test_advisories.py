@@ -84,3 +84,50 @@ def test_npm_audit_prints_the_advisory_with_the_upstream_blackholed(world: dict)
     assert "ms  2.0.0" in result.stdout and "Severity: high" in result.stdout
     assert f"Inefficient regular expression in ms (a record written for nopard's tests) ({GHSA})" in result.stdout
     assert "1 high severity vulnerability" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A nopard whose advisories come from the fake upstream's OSV zip (NOPARD_ADVISORIES_URL), audits local."""
+    work = tmp_path_factory.mktemp("advisories-sync")
+    with FakeUpstream() as upstream:
+        server = NopardServer(work / "nopard", {"NOPARD_FORWARDER_URL": upstream.url, "NOPARD_AUDIT": "local",
+                                                "NOPARD_ADVISORIES_URL": upstream.url + "osv/npm/all.zip",
+                                                "NOPARD_SYNC_INTERVAL": "0"}).start()
+        npm = Npm(server.url, work / "npm")
+        app = project(work / "app", {"ms": "2.0.0"})
+        npm.run("install", "--no-audit", cwd=app)
+        yield {"upstream": upstream, "server": server, "npm": npm, "app": app}
+        server.stop()
+
+
+def sync_advisories(server: NopardServer) -> dict:
+    """Run the advisories job now (nopard-admin sync --now --job advisories); its report."""
+    answer = server.request("POST", "/-/nopard/sync", json.dumps({"job": "advisories"}),
+                            headers={"Content-Type": "application/json", **server.operator_headers()})
+    assert answer.status == 200, answer.body
+    [report] = answer.json()["reports"]
+    return report
+
+
+def test_the_sync_worker_imports_the_zip_then_only_its_changes(synced: dict) -> None:
+    """First run imports the zip; an unchanged zip is a 304 (nothing read); a record added upstream arrives
+    with the next run, and npm audit (NOPARD_AUDIT=local, the upstream never asked) reports both advisories."""
+    server, upstream = synced["server"], synced["upstream"]
+    first = sync_advisories(server)
+    assert (first["checked"], first["changed"], first["failure_count"]) == (3, 2, 0)
+    assert (sync_advisories(server)["checked"]) == 0
+    record = json.loads((RECORDS / f"{GHSA}.json").read_text())
+    upstream.control("POST", "/advisories", {**record, "id": "GHSA-2222-3333-6666", "summary": "Another flaw in ms",
+                                              "database_specific": {"severity": "CRITICAL"}})
+    try:
+        third = sync_advisories(server)
+    finally:
+        upstream.control("POST", "/advisories/reset")
+    assert (third["checked"], third["changed"]) == (4, 1)
+    upstream.reset()
+    result = synced["npm"].run("audit", "--json", cwd=synced["app"], check=False)
+    vulnerability = json.loads(result.stdout)["vulnerabilities"]["ms"]
+    assert vulnerability["severity"] == "critical"
+    assert sorted(via["severity"] for via in vulnerability["via"]) == ["critical", "high"]
+    assert not [path for _, path in upstream.stats()["requests"] if "security" in path]

@@ -37,6 +37,7 @@ from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.sessions import MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
+from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
@@ -268,9 +269,12 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)
     advisories = AdvisoryStore(storage)
+    refresh = AdvisoryRefresh(live, upstream_http, advisories, storage, clock, run_now, str(tmp_path / "spool"), log,
+                              "test", metrics)
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
+    sync = SyncSchedule(jobs, live, clock, log, refresh)
     app = RegistryApp(
-        settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=SyncSchedule(jobs, live, clock, log),
+        settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=sync,
         status=OperatorStatus(cache, coordination, upstreams.all), audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,

@@ -14,12 +14,14 @@ from twisted.web.resource import Resource
 from nopard.advisories.osv import numeric_id
 from nopard.advisories.sources import read_source
 from nopard.advisories.store import AdvisoryStore, ImportReport, parse_items
-from tests.unit.route_harness import InProcess, build
+from tests.fake_advisories import AdvisoryZip, ZipServer
+from tests.unit.route_harness import OPERATOR_TOKEN, InProcess, build
 
 DATA = Path(__file__).parents[1] / "data" / "advisories"
 BULK = "/-/npm/v1/security/advisories/bulk"
 QUICK = "/-/npm/v1/security/audits/quick"
 GHSA = "GHSA-2222-3333-4444"
+OPERATOR = {"X_Nopard_Operator_Token": OPERATOR_TOKEN}
 
 
 class AuditUpstream(Resource):
@@ -158,3 +160,17 @@ async def test_the_advisory_url_serves_the_stored_record(tmp_path: Path) -> None
     answer = await app.call("GET", f"/-/npm/v1/security/advisories/{GHSA}")
     assert answer.status == 200 and answer.json()["advisories"][0]["range"] == "<2.1.3"
     assert (await app.call("GET", "/-/npm/v1/security/advisories/GHSA-2222-3333-0000")).status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_advisories_sync_job_runs_on_demand_and_shows_in_the_status(tmp_path: Path) -> None:
+    """POST /-/nopard/sync {"job": "advisories"} imports NOPARD_ADVISORIES_URL's zip; the status lists its run."""
+    app = build(tmp_path, audit="local", advisories_url="http://127.0.0.1:9/osv/npm/all.zip",
+                upstream=ZipServer(AdvisoryZip(DATA)))
+    answer = await app.call("POST", "/-/nopard/sync", {"job": "advisories"}, **OPERATOR)
+    assert answer.status == 200
+    [report] = answer.json()["reports"]
+    assert (report["job"], report["checked"], report["changed"]) == ("advisories", 3, 2)
+    status = (await app.call("GET", "/-/nopard/sync")).json()
+    assert status["jobs"]["advisories"]["changed"] == 2
+    assert (await bulk(app, {"ms": ["2.0.0"]}))["ms"][0]["vulnerable_versions"] == "<2.1.3"

@@ -17,7 +17,7 @@ from twisted.web.iweb import IRequest
 from nopard import __version__
 from nopard.domain.errors import InvalidInput
 from nopard.domain.urls import without_credentials
-from nopard.jobs.schedule import JOBS, SyncSchedule
+from nopard.jobs.schedule import ALL_JOBS, SyncSchedule
 from nopard.ops.metrics import Metrics, StoreProbe
 from nopard.web.api.common import Gate, add_route
 from nopard.web.responses import Requests, header, json_response
@@ -90,8 +90,8 @@ class OperationRoutes:
         may_read = await self._gate.operator(request)
         body = await self._requests.optional_json_body(request)
         job = body.get("job") if isinstance(body, dict) else None
-        if job not in (None, *JOBS):
-            raise InvalidInput(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+        if job not in (None, *ALL_JOBS):
+            raise InvalidInput(f"unknown job {job!r}: use one of {', '.join(ALL_JOBS)}")
         reports = await self._sync.run_now(job)
         return json_response(request, 200, {"reports": [visible_report(r.__dict__, may_read) for r in reports]})
 
