@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import nodesemver
 import orjson
 
 from nopard.advisories.osv import SEVERITIES, Advisory, numeric_id
 from nopard.advisories.store import AdvisoryStore
 from nopard.domain.errors import InvalidInput, NotFound, UpstreamUnavailable
+from nopard.domain.firewall import in_range
 from nopard.settings.config import LiveSettings
 from nopard.upstream.audit import AuditForwarder
 
@@ -46,18 +46,6 @@ def decode_body(body: bytes, encoding: str | None) -> Any:
         return orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
         raise InvalidInput("the audit body is not JSON") from None
-
-
-def in_range(version: str, text: str) -> bool:
-    """Whether ``version`` is in the npm range ``text``, prereleases included (as npm's audit tests)."""
-    try:
-        # A parsed version, not the text: Range.test would parse it with include_prerelease, and
-        # node-semver's Python port (0.9.1) then ignores prerelease tags in every comparison
-        # (0.1.0-beta.1 would count as 0.1.0, outside "<0.1.0"); npm's semver orders them.
-        parsed = nodesemver.make_semver(version, False)
-        return bool(nodesemver.make_range(text, False).test(parsed, include_prerelease=True))
-    except (ValueError, TypeError):
-        return False
 
 
 def bulk_request(payload: Any) -> dict[str, list[str]]:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nopard.advisories.audit import in_range
 from nopard.advisories.osv import RecordError, numeric_id, parse_record, range_intervals, severity_of_score
+from nopard.domain.firewall import in_range
 from tests.support import REPO
 
 DATA = REPO / "tests" / "data" / "advisories"
