@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from nopard.advisories.audit import Audits
+from nopard.advisories.malware import block_malware
 from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
@@ -37,6 +38,7 @@ from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
+from nopard.firewall.blocks import BlockList
 from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
@@ -387,8 +389,10 @@ def build_service(
     metrics.live.store = StoreSize(storage.usage, reactor)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics)
     advisories = AdvisoryStore(storage)
-    refresh_advisories = AdvisoryRefresh(live, http, advisories, storage, reactor, run_cpu,
-                                         os.path.join(settings.registry_path, ".spool"), sync_log, owner, metrics)
+    blocks = BlockList(storage, reactor.seconds, Logger(namespace="nopard.firewall", observer=logs.publisher))
+    refresh_advisories = AdvisoryRefresh(
+        live, http, advisories, storage, reactor, run_cpu, os.path.join(settings.registry_path, ".spool"), sync_log,
+        owner, metrics, after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
     sync = SyncSchedule(jobs, live, reactor, sync_log, refresh_advisories)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)

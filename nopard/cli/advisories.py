@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from nopard.cli.registry import AdminError, registry_settings
 
 
 def advisories_import(options: argparse.Namespace) -> int:
     """Import the OSV records of a file, a directory or a zip; print each problem, then the summary."""
+    from nopard.advisories.malware import block_malware
     from nopard.advisories.sources import SourceError, read_source
     from nopard.advisories.store import AdvisoryStore, ImportReport, parse_items
     from nopard.cli.maintenance import open_storage, run_now
+    from nopard.firewall.blocks import BlockList
 
     settings = registry_settings(options)
     report = ImportReport()
@@ -20,10 +23,14 @@ def advisories_import(options: argparse.Namespace) -> int:
         records = parse_items(read_source(options.path), report)
     except SourceError as error:
         raise AdminError(str(error)) from None
-    run_now(AdvisoryStore(open_storage(settings.registry_path)).import_records(records, report))
+    storage = open_storage(settings.registry_path)
+    run_now(AdvisoryStore(storage).import_records(records, report))
+    changed = run_now(block_malware(report, BlockList(storage, time.time), settings.block_malware))
     for origin, why in report.problems:
         print(f"skipped {origin}: {why}", file=sys.stderr)
     if report.problem_count > len(report.problems):
         print(f"  ... and {report.problem_count - len(report.problems)} more", file=sys.stderr)
     print(report.summary())
+    if report.malware:
+        print(f"malware blocks: {changed} {'package' if changed == 1 else 'packages'} changed")
     return 1 if report.problem_count else 0

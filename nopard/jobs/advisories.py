@@ -33,7 +33,7 @@ from nopard.storage import Storage, keys
 JOB = "advisories"
 MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024  # OSV's npm zip is a few hundred MB at most
 RunInThread = Callable[..., Awaitable[Any]]
-AfterImport = Callable[[ImportReport], Awaitable[None]]
+AfterImport = Callable[[ImportReport], Awaitable[object]]
 
 
 class TooBig(Exception):

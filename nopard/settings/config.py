@@ -302,6 +302,13 @@ SETTINGS: tuple[Setting, ...] = (
         "A zip of OSV records as OSV publishes them per ecosystem (npm's all.zip, or a copy of it) the sync "
         "worker imports, each run, by conditional GET (empty: none; nopard-admin advisories import only).",
     ),
+    Setting(
+        "block_malware",
+        "yes",
+        parse_bool,
+        "Advisories of malicious packages (OSV ids MAL-...) block the versions they name, with the id as the "
+        "block's source and in its reason, when they are imported (yes/no).",
+    ),
 )
 
 
@@ -366,6 +373,7 @@ class Settings:
     workers: int = 1
     audit: str = "upstream"
     advisories_url: str = ""
+    block_malware: bool = True
 
     @property
     def htpasswd_path(self) -> str:

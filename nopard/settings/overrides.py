@@ -68,6 +68,7 @@ OVERRIDABLE: tuple[str, ...] = (
     "loglevel",
     "audit",
     "advisories_url",
+    "block_malware",
 )
 STORE_KEY = keys.SETTINGS_OVERRIDES
 SOURCE_PAGE = "settings page"

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 
 from nopard.advisories.audit import Audits
+from nopard.advisories.malware import block_malware
 from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
 from nopard.auth.htpasswd import HtpasswdFile
@@ -37,6 +38,7 @@ from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.sessions import MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
+from nopard.firewall.blocks import BlockList
 from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
@@ -269,8 +271,10 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)
     advisories = AdvisoryStore(storage)
+    blocks = BlockList(storage, clock.seconds, log)
     refresh = AdvisoryRefresh(live, upstream_http, advisories, storage, clock, run_now, str(tmp_path / "spool"), log,
-                              "test", metrics)
+                              "test", metrics,
+                              after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     sync = SyncSchedule(jobs, live, clock, log, refresh)
     app = RegistryApp(

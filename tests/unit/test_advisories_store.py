@@ -153,7 +153,8 @@ def test_advisory_keys_are_known_kinds_not_exported(tmp_path: Path, store: Advis
 
 
 def test_nopard_admin_advisories_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The command imports a directory, lists a malformed file on stderr, prints the summary, exits 1."""
+    """The command imports a directory, lists a malformed file on stderr, prints the summary (and the
+    malware blocks it changed), exits 1."""
     registry = tmp_path / "registry"
     registry.mkdir()
     folder = tmp_path / "records"
@@ -162,7 +163,8 @@ def test_nopard_admin_advisories_import(tmp_path: Path, capsys: pytest.CaptureFi
     assert admin(["advisories", "import", str(folder), "--registry-path", str(registry)]) == 1
     out, err = capsys.readouterr()
     assert "skipped broken.json: not a JSON object" in err
-    assert out.strip() == ("advisories: 4 records read, 2 new, 0 updated, 0 unchanged, 0 withdrawn, "
-                           "1 of other ecosystems skipped, 1 malformed skipped")
+    assert out.splitlines() == ["advisories: 4 records read, 2 new, 0 updated, 0 unchanged, 0 withdrawn, "
+                                "1 of other ecosystems skipped, 1 malformed skipped",
+                                "malware blocks: 1 package changed"]
     assert admin(["advisories", "import", str(DATA), "--registry-path", str(registry)]) == 0
     assert "2 unchanged" in capsys.readouterr().out
