@@ -15,7 +15,7 @@ rules, so two imports at once (the sync worker and nopard-admin) lose nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +65,14 @@ class ImportReport:
                 "summary": self.summary()}
 
 
-def parse_items(items: Iterable[Item], report: ImportReport) -> list[Record]:
+def parse_items(items: Iterable[Item], report: ImportReport, known: Mapping[str, str] | None = None) -> list[Record]:
     """The usable records of ``items`` (npm or not), the newest of each id; problems counted in ``report``.
 
-    Pure and CPU-bound: run it in a thread for big sources.
+    ``known``: id -> ``modified`` of the records stored (AdvisoryStore.known): a record no newer
+    is counted unchanged and not kept, so a refresh holds only what changed. Pure and
+    CPU-bound: run it in a thread for big sources.
     """
+    known = known or {}
     found: dict[str, Record] = {}
     for item in items:
         report.read += 1
@@ -83,6 +86,9 @@ def parse_items(items: Iterable[Item], report: ImportReport) -> list[Record]:
             continue
         if not record.advisories and not record.withdrawn:
             report.other_ecosystems += 1
+            continue
+        if known.get(record.id, "") >= record.modified:
+            report.unchanged += 1
             continue
         held = found.get(record.id)
         if held is None or record.modified > held.modified:
@@ -126,6 +132,11 @@ class AdvisoryStore:
                 if isinstance(entries, dict) and entries:
                     found[name] = [Advisory.from_json(entry) for _, entry in sorted(entries.items())]
         return found
+
+    async def known(self) -> dict[str, str]:
+        """id -> ``modified`` of every record stored (for parse_items to skip what is unchanged)."""
+        index = _load(await self._storage.read(keys.ADVISORIES_INDEX)).get("records", {})
+        return {osv_id: held[0] for osv_id, held in index.items() if isinstance(held, list) and held}
 
     async def has_advisories(self) -> bool:
         """Whether any records were ever imported (an audit answered from none would say "all clear")."""

@@ -19,12 +19,13 @@ def advisories_import(options: argparse.Namespace) -> int:
 
     settings = registry_settings(options)
     report = ImportReport()
+    storage = open_storage(settings.registry_path)
+    store = AdvisoryStore(storage)
     try:
-        records = parse_items(read_source(options.path), report)
+        records = parse_items(read_source(options.path), report, run_now(store.known()))
     except SourceError as error:
         raise AdminError(str(error)) from None
-    storage = open_storage(settings.registry_path)
-    run_now(AdvisoryStore(storage).import_records(records, report))
+    run_now(store.import_records(records, report))
     changed = run_now(block_malware(report, BlockList(storage, time.time), settings.block_malware))
     for origin, why in report.problems:
         print(f"skipped {origin}: {why}", file=sys.stderr)

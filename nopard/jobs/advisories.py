@@ -113,7 +113,8 @@ class AdvisoryRefresh:
 
                 await treq.collect(response, keep)
             imported = ImportReport()
-            records = await self._run_cpu(lambda: parse_items(read_source(path), imported))
+            known = await self._store.known()
+            records = await self._run_cpu(lambda: parse_items(read_source(path), imported, known))
             await self._store.import_records(records, imported)
         finally:
             os.unlink(path)
