@@ -47,7 +47,14 @@ class ChangeFeed:
         self._factory: Any = None
 
     async def announce(self, name: str) -> None:
-        """Tell every process that ``name``'s stored objects changed; never fails the change itself."""
+        """Tell every process that ``name``'s stored objects changed; never fails the change itself.
+
+        Degraded (Redis lost after it was up), nothing is sent: a write must not wait on an
+        unreachable Redis, and processes that lost it too trust their facts briefly anyway. Before
+        the link first came up (a worker starting) it is tried: the connection is on its way.
+        """
+        if not self._link.up and self._link.was_up:
+            return
         try:
             await self._link.attempt("publish", CHANNEL, name.encode("utf-8"), critical=False)
         except Exception as error:  # noqa: BLE001  # the others then trust their facts a short while only
