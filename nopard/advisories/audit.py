@@ -12,9 +12,8 @@ numeric ids, as the public registry's do (osv.numeric_id), and name the OSV id i
 from __future__ import annotations
 
 import re
-import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,25 +26,8 @@ from nopard.settings.config import LiveSettings
 from nopard.upstream.audit import AuditForwarder
 
 BULK = "/-/npm/v1/security/advisories/bulk"
-MAX_DECODED = 64 * 1024 * 1024  # a gzipped audit body is read up to this much, no further
 MAX_PACKAGES = 200_000  # package entries one quick-audit tree may hold
 _IDS = re.compile(r"\b(?:GHSA(?:-[23456789cfghjmpqrvwx]{4}){3}|CVE-\d{4}-\d{4,}|MAL-\d{4}-\d+)\b", re.IGNORECASE)
-
-
-def decode_body(body: bytes, encoding: str | None) -> Any:
-    """The JSON of an audit body (gzipped or not), bounded; InvalidInput when it is none."""
-    if encoding and encoding.strip().lower() == "gzip":
-        inflate = zlib.decompressobj(wbits=31)
-        try:
-            body = inflate.decompress(body, MAX_DECODED)
-        except zlib.error:
-            raise InvalidInput("the audit body is not gzip") from None
-        if inflate.unconsumed_tail:
-            raise InvalidInput(f"the audit body inflates to more than {MAX_DECODED} bytes")
-    try:
-        return orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError:
-        raise InvalidInput("the audit body is not JSON") from None
 
 
 def bulk_request(payload: Any) -> dict[str, list[str]]:
@@ -95,6 +77,7 @@ def bulk_entry(advisory: Advisory, base_url: str) -> dict[str, Any]:
 
 
 Known = Callable[[str], set[str]]  # name -> the advisory ids the upstream already reports for it
+Payload = Callable[[], Awaitable[Any]]  # the request body as JSON, decoded (gunzipped, bounded) by the web layer
 
 
 def _nothing_known(name: str) -> set[str]:
@@ -192,30 +175,32 @@ class Audits:
         self._store = store
         self._forwarder = forwarder
 
-    async def answer(self, path: str, body: bytes, headers: dict[str, str], base_url: str) -> tuple[int, bytes, str]:
-        """(status, body, content type) of the answer to an audit POST of ``body`` to ``path``.
+    async def answer(self, path: str, body: bytes, headers: dict[str, str], base_url: str,
+                     payload: Payload) -> tuple[int, bytes, str]:
+        """(status, body, content type) of the answer to an audit POST of ``body`` to ``path``
+        (``payload``: the body decoded, asked for only when the stored advisories answer).
 
         Without stored advisories, an upstream that is down stays an error: answering
         "nothing vulnerable" from an empty store would mislead.
         """
         if self._settings.current.audit == "local":
-            return await self._local(path, body, headers, base_url)
+            return await self._local(path, base_url, payload)
         try:
             status, content, content_type = await self._forwarder.forward(path, body, headers)
         except (UpstreamUnavailable, NotFound):  # down, failing (5xx), or none configured
             if not await self._store.has_advisories():
                 raise
-            return await self._local(path, body, headers, base_url)
+            return await self._local(path, base_url, payload)
         if self._settings.current.audit != "both" or status != 200:
             return status, content, content_type
         try:
             upstream = orjson.loads(content)
         except orjson.JSONDecodeError:
-            return await self._local(path, body, headers, base_url)
+            return await self._local(path, base_url, payload)
         if not isinstance(upstream, dict):
-            return await self._local(path, body, headers, base_url)
+            return await self._local(path, base_url, payload)
         bulk = path == BULK
-        local = await self.local(path, body, headers, base_url, upstream_known(upstream, bulk))
+        local = await self.local(path, base_url, payload, upstream_known(upstream, bulk))
         answer = merge_bulk(upstream, local) if bulk else merge_quick(upstream, local)
         return 200, orjson.dumps(answer), "application/json"
 
@@ -223,15 +208,14 @@ class Audits:
         """The stored advisories of the record ``osv_id``."""
         return await self._store.advisory(osv_id)
 
-    async def _local(self, path: str, body: bytes, headers: dict[str, str], base_url: str) -> tuple[int, bytes, str]:
-        return 200, orjson.dumps(await self.local(path, body, headers, base_url)), "application/json"
+    async def _local(self, path: str, base_url: str, payload: Payload) -> tuple[int, bytes, str]:
+        return 200, orjson.dumps(await self.local(path, base_url, payload)), "application/json"
 
-    async def local(self, path: str, body: bytes, headers: dict[str, str], base_url: str,
-                    known: Known = _nothing_known) -> dict[str, Any]:
+    async def local(self, path: str, base_url: str, payload: Payload, known: Known = _nothing_known) -> dict[str, Any]:
         """The answer from the stored advisories alone (less those ``known`` already)."""
-        payload = decode_body(body, headers.get("Content-Encoding"))
+        decoded = await payload()
         if path == BULK:
-            asked = bulk_request(payload)
+            asked = bulk_request(decoded)
             return bulk_answer(await self._store.advisories_for(asked), asked, base_url, known)
-        tree = quick_request(payload)
+        tree = quick_request(decoded)
         return quick_answer(await self._store.advisories_for(tree), tree, base_url, known)

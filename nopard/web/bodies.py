@@ -20,7 +20,7 @@ from nopard.domain.errors import NopardError, PayloadTooLarge
 # with package, scope and CIDR lists, a few KB). 16 KB leaves room for those lists, and
 # is so little that no body of this size is expensive to parse, whatever its shape.
 SMALL_BODY_LIMIT = 16 * 1024
-# npm audit bodies (forwarded to the upstream as bytes, never parsed here; npm gzips them,
+# npm audit bodies (forwarded to the upstream as bytes, parsed only when the stored advisories answer; npm gzips them,
 # and its bulk request lists each installed name once) and nopard-admin prefetch's list
 # of every name and version some lockfiles pin (a few hundred KB for big monorepos).
 LIST_BODY_LIMIT = 16 * 1024 * 1024

@@ -46,8 +46,9 @@ class MirrorStatus(Protocol):
 class AuditAnswers(Protocol):
     """npm's audit requests, answered by the upstream and/or the stored advisories (nopard.advisories.audit)."""
 
-    async def answer(self, path: str, body: bytes, headers: dict[str, str], base_url: str) -> tuple[int, bytes, str]:
-        """(status, body, content type) of the answer."""
+    async def answer(self, path: str, body: bytes, headers: dict[str, str], base_url: str,
+                     payload: Callable[[], Awaitable[Any]]) -> tuple[int, bytes, str]:
+        """(status, body, content type) of the answer; ``payload()`` decodes the body when needed."""
 
     async def advisory(self, osv_id: str) -> list[Any]:
         """The stored advisories of one OSV record (one per package), for the ``url`` audits give."""

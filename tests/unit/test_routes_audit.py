@@ -137,11 +137,11 @@ async def test_a_quick_audit_is_answered_with_findings_and_counts(tmp_path: Path
 
 @pytest_twisted.ensureDeferred
 async def test_a_gzip_bomb_audit_body_is_refused(tmp_path: Path) -> None:
-    """A gzipped body inflating past the bound: 400, nothing inflated beyond it."""
+    """A gzipped body inflating past the audit bodies' limit: 413, nothing inflated beyond it."""
     app = build(tmp_path, audit="local")
     bomb = gzip.compress(b'{"ms": ["' + b"1" * (80 * 1024 * 1024) + b'"]}')
     answer = await app.call("POST", BULK, raw=bomb, Content_Type="application/json", Content_Encoding="gzip")
-    assert answer.status == 400 and "inflates to more than" in answer.json()["error"]
+    assert answer.status == 413 and "decompressed body is larger" in answer.json()["error"]
 
 
 @pytest_twisted.ensureDeferred

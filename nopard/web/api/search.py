@@ -72,8 +72,9 @@ class SearchRoutes:
         encoding = header(request, "content-encoding")
         if encoding:
             headers["Content-Encoding"] = encoding
-        status, content, content_type = await self._audits.answer(request.path.decode("ascii"), body, headers,
-                                                                  self._requests.base_url(request))
+        status, content, content_type = await self._audits.answer(
+            request.path.decode("ascii"), body, headers, self._requests.base_url(request),
+            lambda: self._requests.json_body(request))
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Content-Length", b"%d" % len(content))
