@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from nopard.advisories.osv import Advisory, Record, RecordError, parse_record
 from nopard.advisories.sources import Item
-from nopard.storage import Storage, keys
+from nopard.domain.errors import InvalidInput
+from nopard.storage import InvalidKey, Storage, keys
 
 MAX_PROBLEMS_KEPT = 100
 
@@ -118,7 +119,7 @@ class AdvisoryStore:
         for name in set(names):
             try:
                 by_shard.setdefault(keys.advisory_shard_key(name), []).append(name)
-            except ValueError:  # not a package name (InvalidInput, InvalidKey): it has no advisories
+            except (InvalidInput, InvalidKey):  # not a package name (pnpm's "." importer): no advisories
                 continue
 
         async def one(key: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, REPO, NopardServer, Npm
+from tests.support import BIN, REPO, NopardServer, Npm, Pnpm
 from tests.upstream import FakeUpstream
 
 RECORDS = REPO / "tests" / "data" / "advisories"
@@ -131,3 +131,21 @@ def test_the_sync_worker_imports_the_zip_then_only_its_changes(synced: dict) -> 
     assert vulnerability["severity"] == "critical"
     assert sorted(via["severity"] for via in vulnerability["via"]) == ["critical", "high"]
     assert not [path for _, path in upstream.stats()["requests"] if "security" in path]
+
+
+def test_pnpm_audit_reads_the_quick_audit_with_the_upstream_blackholed(world: dict) -> None:
+    """pnpm 10 posts the quick audit: with the upstream silent it reports ms's advisory, high, in <2.1.3."""
+    pnpm = Pnpm(world["server"].url, world["work"] / "pnpm")
+    app = project(world["work"] / "pnpm-app", {"ms": "2.0.0"})
+    pnpm.install(app)
+    world["upstream"].fault("blackhole")
+    try:
+        result = pnpm.run("audit", "--json", cwd=app, check=False)
+    finally:
+        world["upstream"].fault("none")
+    assert result.returncode == 1, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert "advisories" in answer, result.stdout[:3000]
+    [advisory] = answer["advisories"].values()
+    assert (advisory["module_name"], advisory["severity"], advisory["vulnerable_versions"]) == ("ms", "high", "<2.1.3")
+    assert GHSA in advisory["title"] and advisory["findings"][0]["version"] == "2.0.0"

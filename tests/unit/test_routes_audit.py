@@ -136,6 +136,19 @@ async def test_a_quick_audit_is_answered_with_findings_and_counts(tmp_path: Path
 
 
 @pytest_twisted.ensureDeferred
+async def test_names_that_are_no_package_names_have_no_advisories(tmp_path: Path) -> None:
+    """pnpm's quick-audit tree names its importer "."; that and other non-names are simply not found."""
+    app = build(tmp_path, audit="local")
+    await imported(app)
+    tree = {"name": "app", "dependencies": {".": {"version": "1.0.0", "dependencies": {"ms": {"version": "2.0.0"}}},
+                                            "../x": {"version": "1.0.0"}}}
+    answer = await app.call("POST", QUICK, body=tree)
+    assert answer.status == 200
+    assert [a["findings"] for a in answer.json()["advisories"].values()] == [[{"version": "2.0.0", "paths": [".>ms"]}]]
+    assert await bulk(app, {".": ["1.0.0"], "ms": ["2.0.0"]}) != {}
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_gzip_bomb_audit_body_is_refused(tmp_path: Path) -> None:
     """A gzipped body inflating past the audit bodies' limit: 413, nothing inflated beyond it."""
     app = build(tmp_path, audit="local")
