@@ -148,7 +148,8 @@ def own_keys(method: str, path: str) -> Callable[[str], bool]:
 
     Package routes write only under ``packages/<the package named>/``; account
     routes only users, tokens and the htpasswd file; the settings routes only the
-    overrides; the sync and prefetch triggers only mirrored copies and job locks.
+    overrides; the sync and prefetch triggers only mirrored copies and job locks; the keys
+    and attestations routes only the upstream's copies they keep for offline use.
     """
     route = path.split("?", 1)[0]
     if route.startswith(ACCOUNT_PREFIXES):
@@ -157,6 +158,10 @@ def own_keys(method: str, path: str) -> Callable[[str], bool]:
         return lambda key: key == "settings/overrides.json"
     if route in ("/-/nopard/sync", "/-/nopard/prefetch"):
         return lambda key: key.startswith("sync/") or (key.startswith("packages/") and "/upstream/" in key)
+    if route == "/-/npm/v1/keys":  # the upstream's public keys, kept to be served offline
+        return lambda key: key.startswith("signing/upstream-")
+    if route.startswith("/-/npm/v1/attestations/"):  # a version's attestations, kept likewise
+        return lambda key: key.startswith("packages/") and "/upstream/attestations/" in key
     name = package_named(route)
     if name is None:
         return lambda key: False
