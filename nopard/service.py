@@ -38,7 +38,6 @@ from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
-from nopard.firewall.blocks import BlockList
 from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
@@ -373,7 +372,7 @@ def build_service(
         live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     spool_dir = os.path.join(settings.registry_path, ".spool")
     parts = build_mirror(live, storage, registry, upstreams, cache, reactor, spool_dir,
-                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination)
+                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination, policy)
     # Spools of fetches killed with their process (a worker after kill -9, nopard after a crash).
     reactor.callWhenRunning(remove_orphans, spool_dir, pid_is_running)
     mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs
@@ -385,11 +384,13 @@ def build_service(
     metrics.live.upstreams = upstreams.all
     metrics.live.cache = cache
     metrics.live.coordination = coordination
+    metrics.live.firewall = parts.firewall
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
-    jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics)
+    jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics,
+                    firewall=parts.firewall)
     advisories = AdvisoryStore(storage)
-    blocks = BlockList(storage, reactor.seconds, Logger(namespace="nopard.firewall", observer=logs.publisher))
+    blocks = parts.firewall.blocks  # its changes reach every instance at once
     refresh_advisories = AdvisoryRefresh(
         live, http, advisories, storage, reactor, run_cpu, os.path.join(settings.registry_path, ".spool"), sync_log,
         owner, metrics, after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
@@ -413,16 +414,17 @@ def build_service(
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
-        status=OperatorStatus(cache, coordination, upstreams.all), audits=audits,
+        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall), audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
-        search=SearchIndex(registry, documents, reactor, coordination=coordination), metrics=metrics,
+        search=SearchIndex(registry, documents, reactor, coordination=coordination, firewall=parts.firewall),
+        metrics=metrics,
         health=StoreProbe(storage, reactor), store_size=metrics.live.store, overrides=overrides,
         run_cpu=run_cpu, readmes=ReadmeRenders(readme_worker, reactor), clock=reactor,
         log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
         redirects=tarball_redirects(live, storage),
         upstream_search=UpstreamSearch(upstreams, live, reactor),
-        provenance=parts.provenance,
+        provenance=parts.provenance, firewall=parts.firewall,
     )
     # The signing key is made at the first start (the first of several instances to get there wins).
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(signing.ring()).addErrback(

@@ -291,8 +291,13 @@ class SearchIndex:
     """Search entries of every stored document, kept up to date cheaply (see the module's doc)."""
 
     def __init__(self, registry: LocalDocuments, mirror: MirroredCopies, clock: IReactorTime,
-                 max_age: float = 30.0, coordination: ChangeStamps | None = None) -> None:
+                 max_age: float = 30.0, coordination: ChangeStamps | None = None, firewall: Any = None) -> None:
         self._registry = registry
+        # nopard.firewall.verdicts.Firewall: entries show what is served (withheld versions out).
+        self._firewall = firewall
+        self._expires: dict[str, float] = {}  # when an entry's next withheld version is released
+        if firewall is not None:  # a block added or removed here: that entry is read again
+            firewall.blocks.listeners.append(lambda what, block: self.changed(block.name))
         # Stamps tell which local documents other instances changed since the last build.
         self._coordination: ChangeStamps = coordination or InProcessCoordination()
         self._mirror = mirror
@@ -338,10 +343,11 @@ class SearchIndex:
                 old = self._entries.get(name)
                 stamp = stamps.get(name)
                 unchanged = old is not None and stamp is not None and old.stamp == stamp
-                if old is not None and unchanged and self._origins.get(name) == "local" and name not in dirty:
+                if (old is not None and unchanged and self._origins.get(name) == "local" and name not in dirty
+                        and not self._released(name, started)):
                     entries[name], origins[name] = old, "local"
                     continue
-                entry = await self._read(self._registry.document, name, stamp)
+                entry = await self._read(self._registry.document, name, stamp, None)
                 if entry is not None:
                     entries[name], origins[name] = entry, "local"
             for name in await self._mirror.mirrored_names():
@@ -353,10 +359,11 @@ class SearchIndex:
                 fetched[name] = meta.fetched_at
                 copy = (meta.etag, meta.last_modified) if meta.etag else meta.fetched_at
                 old = self._entries.get(name)
-                if old is not None and self._origins.get(name) == "upstream" and old.stamp == copy:
+                if (old is not None and self._origins.get(name) == "upstream" and old.stamp == copy
+                        and name not in dirty and not self._released(name, started)):
                     entries[name], origins[name] = old, "upstream"
                     continue
-                entry = await self._read(self._mirror.mirrored_document, name, copy)
+                entry = await self._read(self._mirror.mirrored_document, name, copy, ())
                 if entry is not None:
                     entries[name], origins[name] = entry, "upstream"
         except Exception:
@@ -364,10 +371,22 @@ class SearchIndex:
             raise
         self._entries, self._origins, self._fetched, self._built_at = entries, origins, fetched, started
 
-    @staticmethod
-    async def _read(load: Callable[[str], Any], name: str, stamp: Any = None) -> Entry | None:
+    def _released(self, name: str, now: float) -> bool:
+        """Whether a version withheld from ``name``'s entry has left quarantine since it was read."""
+        expires = self._expires.get(name)
+        return expires is not None and now >= expires
+
+    async def _read(self, load: Callable[[str], Any], name: str, stamp: Any, local: tuple[()] | None) -> Entry | None:
         try:
             document = await load(name)
         except Exception:  # a damaged or unreadable document is left out of search, not fatal
             return None
-        return entry_of(document, stamp) if isinstance(document, dict) else None
+        if not isinstance(document, dict):
+            return None
+        self._expires.pop(name, None)
+        if self._firewall is not None:
+            verdict = await self._firewall.judge(name, document, local)
+            document = verdict.document
+            if verdict.expires is not None:
+                self._expires[name] = verdict.expires
+        return entry_of(document, stamp)

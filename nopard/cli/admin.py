@@ -9,6 +9,8 @@ readable by root and the user nopard runs as):
   nopard-admin sync                  each sync job's last run and the next one
   nopard-admin sync --now [--job J]  run refresh and backfill (or job J) now; print the summary
   nopard-admin prefetch FILE...      fetch what lockfiles name, so they install offline
+  nopard-admin block add 'NAME@RANGE' --reason TEXT   withhold those versions everywhere at once
+  nopard-admin block list | block remove 'NAME@RANGE'|ID
 
 These work on the registry directory itself, with nopard running or not
 (NOPARD_REGISTRY_PATH and NOPARD_HTPASSWD as the daemon reads them, or
@@ -61,6 +63,7 @@ from nopard.cli.accounts import (
     user_reset_2fa,
 )
 from nopard.cli.advisories import advisories_import
+from nopard.cli.blocks import add_block_commands
 from nopard.cli.registry import AdminError, registry_settings
 
 
@@ -288,6 +291,7 @@ def parser() -> argparse.ArgumentParser:
     prefetch_command.add_argument("files", nargs="+", metavar="FILE",
                                   help="package-lock.json, npm-shrinkwrap.json, yarn.lock or pnpm-lock.yaml")
     prefetch_command.set_defaults(run=prefetch)
+    add_block_commands(commands)
 
     local = argparse.ArgumentParser(add_help=False)
     local.add_argument("--registry-path", metavar="DIR",

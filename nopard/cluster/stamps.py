@@ -10,6 +10,7 @@ publish through one instance shows on every other at once.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import orjson
 from twisted.internet.defer import Deferred
 
 from nopard.cluster.link import RedisDown, RedisLink, key
+from nopard.domain.firewall import Hidden
 from nopard.domain.prepared import CachedDocument, PreparedBody, PreparedDocument
 
 # Seconds prepared documents stay in Redis unused.
@@ -43,6 +45,8 @@ def encode_document(entry: CachedDocument) -> bytes:
         "stamp": entry.stamp, "origin": entry.origin, "fetched_at": entry.fetched_at, "etag": entry.etag,
         "last_modified": prepared.last_modified, "etags": [prepared.full.etag, prepared.abbreviated.etag],
         "sizes": [len(body) for body in bodies],
+        "withheld": {version: dataclasses.asdict(hidden) for version, hidden in prepared.withheld.items()},
+        "files": prepared.files, "expires": prepared.expires, "strict": prepared.strict,
     })
     return struct.pack(">I", len(header)) + header + b"".join(bodies)
 
@@ -59,8 +63,10 @@ def decode_document(value: bytes) -> CachedDocument:
         raise ValueError("truncated shared document")
     full = PreparedBody(bodies[0], bodies[1], header["etags"][0])
     abbreviated = PreparedBody(bodies[2], bodies[3], header["etags"][1])
+    withheld = {version: Hidden(**hidden) for version, hidden in header.get("withheld", {}).items()}
     return CachedDocument(
-        PreparedDocument(full, abbreviated, header["last_modified"]),
+        PreparedDocument(full, abbreviated, header["last_modified"], withheld, header.get("files", {}),
+                         header.get("expires"), header.get("strict", False)),
         header["origin"], header["fetched_at"], header["etag"], header["stamp"],
     )
 

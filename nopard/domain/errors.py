@@ -71,3 +71,19 @@ class TooManyAttempts(NopardError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class VersionWithheld(NopardError):
+    """A version the firewall withholds; ``details`` (kind, reason, until...) go into the JSON answer."""
+
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class VersionQuarantined(VersionWithheld):
+    """A mirrored version younger than NOPARD_MIN_RELEASE_AGE (or without a time): not served yet."""
+
+
+class VersionBlocked(VersionWithheld):
+    """A version an admin or an advisory blocked."""

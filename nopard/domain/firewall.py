@@ -19,7 +19,8 @@ from typing import Any
 import nodesemver
 
 from nopard.domain.errors import InvalidInput
-from nopard.domain.names import validate_name
+from nopard.domain.names import is_version, validate_name
+from nopard.domain.packument import version_key
 from nopard.domain.times import iso_time, parse_time
 
 ADMIN = "admin"  # the source of blocks an admin adds (an advisory's blocks carry its id)
@@ -198,3 +199,52 @@ def next_release(hidden: dict[str, Hidden]) -> float | None:
     """When the first of the withheld versions leaves quarantine (None: none will by itself)."""
     instants = [entry.until for entry in hidden.values() if entry.until is not None]
     return min(instants) if instants else None
+
+
+def _is_prerelease(version: str) -> bool:
+    return "-" in version.split("+", 1)[0]
+
+
+def _moved_tag(target: str, visible: list[str]) -> str | None:
+    """The newest visible version below ``target`` a tag moves back to; a prerelease only if ``target`` is one."""
+    below = version_key(target)
+    allowed = _is_prerelease(target)
+    candidates = [v for v in visible if version_key(v) < below and (allowed or not _is_prerelease(v))]
+    return max(candidates, key=version_key) if candidates else None
+
+
+def withhold(document: dict[str, Any], hidden: dict[str, Hidden], min_age: float | None = None,
+             exclusions: Collection[str] = ()) -> dict[str, Any]:
+    """``document`` as served with the ``hidden`` versions gone from it.
+
+    Their manifests and times go; a dist-tag naming one moves back to the
+    newest visible version below it (never to a prerelease unless it named
+    one) or goes. Under quarantine (``min_age``), ``time.modified`` becomes
+    the instant the newest served version was released here, so it moves
+    when a version leaves quarantine, and every served version is older.
+    """
+    if not hidden and not min_age:
+        return document
+    served = dict(document)
+    versions = {v: m for v, m in document.get("versions", {}).items() if v not in hidden}
+    served["versions"] = versions
+    raw_times = document.get("time")
+    times = {k: t for k, t in raw_times.items() if k not in hidden} if isinstance(raw_times, dict) else {}
+    if min_age:
+        released = [published + (0 if v in exclusions else min_age)
+                    for v in versions if (published := parse_time(times.get(v))) is not None]
+        if released:
+            times["modified"] = iso_time(max(released))
+    if times or isinstance(raw_times, dict):
+        served["time"] = times
+    visible = [v for v in versions if is_version(v)]
+    tags = {}
+    for tag, target in (document.get("dist-tags") or {}).items():
+        if target not in hidden:
+            tags[tag] = target
+        elif is_version(target):
+            moved = _moved_tag(target, visible)
+            if moved is not None:
+                tags[tag] = moved
+    served["dist-tags"] = tags
+    return served

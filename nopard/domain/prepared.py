@@ -10,14 +10,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from nopard.domain import packument
+from nopard.domain.firewall import QUARANTINED, Hidden
+
+UNKNOWN_VERSION = Hidden(QUARANTINED, "quarantined: a version nopard has no publish time for yet counts as new")
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,35 @@ class PreparedBody:
 
 @dataclass(frozen=True)
 class PreparedDocument:
-    """A document ready to serve in every form clients ask for."""
+    """A document ready to serve in every form clients ask for.
+
+    ``withheld``: the versions the firewall keeps out of it (quarantined or
+    blocked), with why; ``files``: their tarball files, to the version;
+    ``expires``: when the next one leaves quarantine, so it is prepared again then.
+    """
 
     full: PreparedBody
     abbreviated: PreparedBody
     last_modified: str
+    withheld: Mapping[str, Hidden] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    expires: float | None = None
+    strict: bool = False  # under quarantine: ``files`` names every version's, and a file it lacks is young
+
+    def expired(self, now: float) -> bool:
+        """Whether a withheld version has left quarantine since it was prepared."""
+        return self.expires is not None and now >= self.expires
+
+    def withheld_file(self, filename: str) -> Hidden | None:
+        """Why the tarball ``filename`` is withheld, if it is.
+
+        Under quarantine, a file of no version this document knows has no
+        time known here: young (a version published since it was read).
+        """
+        version = self.files.get(filename)
+        if version is None:
+            return UNKNOWN_VERSION if self.strict else None
+        return self.withheld.get(version)
 
     @property
     def size(self) -> int:
@@ -56,13 +83,16 @@ class PreparedDocument:
         return self.full.size + self.abbreviated.size
 
 
-def prepare(document: dict[str, Any], base_url: str) -> PreparedDocument:
-    """Prepare ``document`` for clients reaching this registry at ``base_url``."""
+def prepare(document: dict[str, Any], base_url: str, withheld: Mapping[str, Hidden] | None = None,
+            files: Mapping[str, str] | None = None, expires: float | None = None,
+            strict: bool = False) -> PreparedDocument:
+    """Prepare ``document`` (as served: the withheld versions already out) for ``base_url``."""
     served = packument.for_clients(document, base_url)
     return PreparedDocument(
         full=PreparedBody.of(served),
         abbreviated=PreparedBody.of(packument.abbreviate(served)),
         last_modified=document.get("time", {}).get("modified", ""),
+        withheld=withheld or {}, files=files or {}, expires=expires, strict=strict,
     )
 
 
@@ -155,6 +185,10 @@ class PreparedCache:
         """Evict LRU entries until within the budget, which what else shares it may have shrunk."""
         while self.bytes_held > self._max_bytes() and self._entries:
             self._remove(next(iter(self._entries)))
+
+    def entries_of(self, name: str) -> list[CachedDocument]:
+        """The prepared forms of ``name`` held (one per base URL), not marked used."""
+        return [self._entries[key] for key in self._keys_by_name.get(name, ())]
 
     def invalidate(self, name: str, keep: LoadTicket | None = None) -> None:
         """Forget every prepared form of package ``name`` and void loads in flight.

@@ -83,17 +83,17 @@ class BlockList:
         """The block with this id, if any."""
         return next((block for block in await self.all() if block.id == block_id), None)
 
-    async def add(self, name: str, range_: str, reason: str, source: str = ADMIN) -> Block:
+    async def add(self, name: str, range_: str, reason: Any, source: str = ADMIN, by: str | None = None) -> Block:
         """Block ``name@range_`` for ``reason``; the same name, range and source again replaces the reason."""
         block = make_block(name, range_, reason, source, self._now())
 
         def added(blocks: list[Block]) -> list[Block]:
             return [b for b in blocks if b.id != block.id] + [block]
 
-        await self._swap(name, added, added=[block])
+        await self._swap(name, added, added=[block], by=by)
         return block
 
-    async def remove(self, name: str, range_: str, source: str = ADMIN) -> Block | None:
+    async def remove(self, name: str, range_: str, source: str = ADMIN, by: str | None = None) -> Block | None:
         """Remove the block of ``name@range_`` from ``source``; the block removed, None if there was none."""
         probe = Block(name, range_.strip(), "", source)
         removed: list[Block] = []
@@ -102,15 +102,15 @@ class BlockList:
             removed[:] = [b for b in blocks if b.id == probe.id]
             return [b for b in blocks if b.id != probe.id]
 
-        await self._swap(name, without, removed=removed)
+        await self._swap(name, without, removed=removed, by=by)
         return removed[0] if removed else None
 
-    async def remove_id(self, block_id: str) -> Block | None:
+    async def remove_id(self, block_id: str, by: str | None = None) -> Block | None:
         """Remove the block with this id; the block removed, None if there was none."""
         block = await self.find(block_id)
         if block is None:
             return None
-        return await self.remove(block.name, block.range, block.source)
+        return await self.remove(block.name, block.range, block.source, by)
 
     async def replace_source(self, name: str, source: str, ranges: dict[str, str]) -> bool:
         """Make ``name``'s blocks from ``source`` exactly ``ranges`` ({range: reason}; empty: none).
@@ -138,7 +138,8 @@ class BlockList:
         return await self._swap(name, replaced, added=added, removed=removed)
 
     async def _swap(self, name: str, change: Callable[[list[Block]], list[Block]],
-                    added: list[Block] | None = None, removed: list[Block] | None = None) -> bool:
+                    added: list[Block] | None = None, removed: list[Block] | None = None,
+                    by: str | None = None) -> bool:
         """Apply ``change`` to ``name``'s blocks by compare-and-swap; True if the stored blocks changed."""
         key = keys.blocks_key(name)
         for _ in range(SWAP_ATTEMPTS):
@@ -153,16 +154,16 @@ class BlockList:
             else:
                 done = version is None or await self._storage.delete_versioned(key, version)
             if done:
-                self._announce("added", added or [])
-                self._announce("removed", removed or [])
+                self._announce("added", added or [], by)
+                self._announce("removed", removed or [], by)
                 await self.changed(name)
                 return True
         raise Conflict(f"the blocks of {name} kept changing; try again")
 
-    def _announce(self, what: str, blocks: list[Block]) -> None:
+    def _announce(self, what: str, blocks: list[Block], by: str | None) -> None:
         for block in blocks:
-            self._log.info("block-{what} {spec} ({source}): {reason}", what=what, spec=block.spec,
-                           source=block.source, reason=block.reason)
+            self._log.info("block-{what} {spec} ({source}{by}): {reason}", what=what, spec=block.spec,
+                           source=block.source, by=f", by {by}" if by else "", reason=block.reason)
             for listener in self.listeners:
                 listener(what, block)
 

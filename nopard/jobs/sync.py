@@ -31,7 +31,9 @@ from twisted.python.failure import Failure
 
 from nopard.domain import names, packument
 from nopard.domain.errors import NopardError, NotFound, UpstreamUnavailable
+from nopard.domain.firewall import BLOCKED, QUARANTINED
 from nopard.domain.times import iso_time
+from nopard.firewall.verdicts import Firewall
 from nopard.local.packages import Registry
 from nopard.mirror.documents import MirroredDocuments
 from nopard.mirror.tarballs import MirroredTarballs
@@ -211,9 +213,10 @@ class SyncJobs:
     def __init__(
         self, settings: LiveSettings, upstreams: Upstreams, registry: Registry, documents: MirroredDocuments,
         tarballs: MirroredTarballs, storage: Storage, clock: IReactorTime,
-        log: Logger, owner: str | None = None, metrics: Metrics | None = None,
+        log: Logger, owner: str | None = None, metrics: Metrics | None = None, firewall: Firewall | None = None,
     ) -> None:
         self._settings = settings
+        self._firewall = firewall
         self._metrics = metrics  # gets each finished (or skipped) JobReport
         self._upstreams = upstreams
         self._registry = registry
@@ -333,8 +336,22 @@ class SyncJobs:
         document = await self._documents.mirrored_document(name)
         if document is None:
             return
-        for version in backfill_versions(document, self._settings.current.backfill):
+        for version in await self._wanted(name, document):
             await self._fetch_version(name, document, version, report)
+
+    async def _wanted(self, name: str, document: dict[str, Any]) -> list[str]:
+        """NOPARD_BACKFILL's versions; under quarantine also the versions still in it (so they install
+        at once when released) and what the served dist-tags moved back to; never a blocked one."""
+        policy = self._settings.current.backfill
+        wanted = backfill_versions(document, policy)
+        if self._firewall is None or policy == "none":
+            return wanted
+        verdict = await self._firewall.judge(name, document, ())
+        young = [v for v, hidden in verdict.hidden.items() if hidden.kind == QUARANTINED]
+        served = [v for v in verdict.document.get("dist-tags", {}).values() if isinstance(v, str)]
+        blocked = {v for v, hidden in verdict.hidden.items() if hidden.kind == BLOCKED}
+        ordered = dict.fromkeys([*wanted, *young, *served])
+        return [v for v in ordered if v in document.get("versions", {}) and v not in blocked]
 
     async def _prefetch_one(
         self, name: str, version: str, report: JobReport, may_read: Callable[[str], bool]

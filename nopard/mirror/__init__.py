@@ -16,6 +16,8 @@ from twisted.logger import Logger
 
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.domain.prepared import PreparedCache
+from nopard.firewall.blocks import BlockList
+from nopard.firewall.verdicts import Firewall
 from nopard.local.packages import Registry
 from nopard.local.signing import SigningKeys
 from nopard.mirror.documents import Coordination, MirroredDocuments
@@ -23,6 +25,7 @@ from nopard.mirror.provenance import Provenance
 from nopard.mirror.served import Mirror
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
+from nopard.settings.acl import ALLOW_ALL, Policy
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage
 
@@ -35,17 +38,28 @@ class MirrorParts:
     tarballs: MirroredTarballs
     mirror: Mirror
     provenance: Provenance
+    firewall: Firewall
 
 
 def build_mirror(
     settings: LiveSettings, storage: Storage, registry: Registry, upstreams: Upstreams, cache: PreparedCache,
     clock: IReactorTime, spool_dir: str, log: Logger, coordination: Coordination | None = None,
+    policy: Policy = ALLOW_ALL,
 ) -> MirrorParts:
     """The mirror over ``storage``, asking ``upstreams``; ``coordination`` None: this process alone."""
     shared: Coordination = coordination or InProcessCoordination()
     documents = MirroredDocuments(settings, storage, cache, clock, log, shared)
     tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log)
-    mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared)
+
+    async def blocks_changed(name: str) -> None:
+        # Every prepared form of the package goes, here and (by its stamp) on every instance.
+        cache.invalidate(name)
+        await shared.bump(name)
+
+    firewall_log = Logger(namespace="nopard.firewall", observer=log.observer)
+    blocks = BlockList(storage, clock.seconds, firewall_log, blocks_changed)
+    firewall = Firewall(settings, policy, blocks, clock.seconds, firewall_log)
+    mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared, firewall)
     signing = registry.signing or SigningKeys(storage, clock.seconds)
     provenance = Provenance(settings, storage, registry, upstreams, documents, signing, clock, log)
-    return MirrorParts(documents, tarballs, mirror, provenance)
+    return MirrorParts(documents, tarballs, mirror, provenance, firewall)

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from twisted.internet.defer import Deferred
@@ -247,6 +247,7 @@ class LiveCollector:
         self.cache: Any = None
         self.store: StoreSize | None = None
         self.coordination: Any = None
+        self.firewall: Any = None  # nopard.firewall.verdicts.Firewall
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges, from the components' current state."""
@@ -284,12 +285,35 @@ class LiveCollector:
                                     "storage alone.", value=1.0 if coordination.state == "up" else 0.0)
             yield GaugeMetricFamily("nopard_redis_outages", "Times Redis became unreachable since start.",
                                     value=coordination.link.failures)
+        if self.firewall is not None:
+            yield from firewall_metrics(self.firewall.status())
         if self.store is not None and self.store.bytes is not None:
             yield GaugeMetricFamily("nopard_store_bytes", "Bytes in the store: NOPARD_REGISTRY_PATH, or the "
                                     "S3 bucket under NOPARD_S3_PREFIX (measured at most every minute).",
                                     value=self.store.bytes)
             yield GaugeMetricFamily("nopard_store_files", "Files (or S3 objects) in the store.",
                                     value=self.store.files)
+
+
+def firewall_metrics(status: dict[str, Any]) -> Iterator[Any]:
+    """The firewall's gauges and counters, from ``Firewall.status()``."""
+    withheld = GaugeMetricFamily("nopard_withheld_versions", "Versions withheld from the documents this "
+                                 "instance prepared, by why: quarantined or blocked.", labels=["kind"])
+    refused = CounterMetricFamily("nopard_withheld_refused", "Tarball and version requests refused for a "
+                                  "withheld version, by why.", labels=["kind"])
+    for kind, count in sorted(status["withheld"].items()):
+        withheld.add_metric([kind], count)
+    for kind, count in sorted(status["refused"].items()):
+        refused.add_metric([kind], count)
+    changes = CounterMetricFamily("nopard_block_changes", "Blocks added or removed through this instance.",
+                                  labels=["change"])
+    for change, count in sorted(status["block_changes"].items()):
+        changes.add_metric([change], count)
+    yield withheld
+    yield refused
+    yield changes
+    yield CounterMetricFamily("nopard_quarantine_released", "Versions this instance saw leave quarantine.",
+                              value=status["released"])
 
 
 class StoreSize:

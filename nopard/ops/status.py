@@ -48,16 +48,17 @@ class OperatorStatus:
     """Cache, Redis and upstream states, read now."""
 
     def __init__(self, cache: PreparedCache, shared: SharedState,
-                 upstreams: Callable[[], Iterable[UpstreamHealth]]) -> None:
+                 upstreams: Callable[[], Iterable[UpstreamHealth]], firewall: Any = None) -> None:
         self._cache = cache
         self._shared = shared
         self._upstreams = upstreams
+        self._firewall = firewall  # nopard.firewall.verdicts.Firewall: what it withholds
 
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use (URLs without credentials)."""
         shared = self._shared
         since = iso_time(shared.since) if shared.since is not None else None
-        return {
+        found = {
             "cache": self._cache.stats(),
             "redis": {"state": shared.state, "since": since},
             "upstreams": [
@@ -67,3 +68,6 @@ class OperatorStatus:
                 for u in self._upstreams()
             ],
         }
+        if self._firewall is not None:
+            found["firewall"] = self._firewall.status()
+        return found

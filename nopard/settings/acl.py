@@ -13,6 +13,7 @@ The file::
     publish = ["team"]              # who may publish, tag, deprecate, change owners
     unpublish = ["alice"]           # who may remove versions or the package (default: publish's list)
     proxy = []                      # [] never fetched from the upstream; ["$all"] fetched
+    min_release_age = "7d"          # quarantine for these names ("off": none); default NOPARD_MIN_RELEASE_AGE
 
     [[packages]]
     pattern = "**"
@@ -36,10 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nopard.settings.config import ConfigError
+from nopard.settings.values import parse_age
 
 ACTIONS = ("access", "publish", "unpublish")
 SPECIAL = ("$all", "$authenticated", "$anonymous")
-_RULE_KEYS = {"pattern", "access", "publish", "unpublish", "proxy"}
+_RULE_KEYS = {"pattern", "access", "publish", "unpublish", "proxy", "min_release_age"}
 _TOP_KEYS = {"admins", "groups", "packages"}
 
 
@@ -72,6 +74,7 @@ class Rule:
     publish: tuple[str, ...] = ()
     unpublish: tuple[str, ...] = ()
     proxy: bool = False
+    min_release_age: float | None = None  # None: NOPARD_MIN_RELEASE_AGE decides
     regex: re.Pattern[str] = field(default=re.compile(""), compare=False, repr=False)
 
     def matches(self, name: str) -> bool:
@@ -110,6 +113,11 @@ class Policy:
         if rule is None:
             return False
         return any(self._covers(entry, user) for entry in getattr(rule, action))
+
+    def min_release_age(self, name: str) -> float | None:
+        """The quarantine the first rule matching ``name`` sets (0: none); None when it sets none."""
+        rule = self.rule_for(name) if self.enabled else None
+        return None if rule is None else rule.min_release_age
 
     def proxies(self, name: str) -> bool:
         """May ``name`` be fetched from an upstream at all?"""
@@ -192,7 +200,12 @@ def _rule(entry: Any, index: int) -> Rule:
     proxy = _names(entry.get("proxy", []), f"{where}: proxy")
     if proxy not in ([], ["$all"]):
         raise ValueError(f'{where}: proxy is a property of the name: use [] (never upstream) or ["$all"]')
-    return Rule(pattern.strip(), tuple(access), tuple(publish), tuple(unpublish), bool(proxy),
+    age = entry.get("min_release_age")
+    if age is not None:
+        if isinstance(age, bool) or not isinstance(age, (str, int)):
+            raise ValueError(f'{where}: min_release_age is a duration such as "3d" or "36h", or "off"')
+        age = parse_age(str(age))
+    return Rule(pattern.strip(), tuple(access), tuple(publish), tuple(unpublish), bool(proxy), age,
                 glob_to_regex(pattern.strip()))
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from nopard.settings.values import (
     parse_accel_prefix,
+    parse_age,
     parse_audit,
     parse_backfill,
     parse_base_url,
@@ -32,6 +33,7 @@ from nopard.settings.values import (
     parse_level,
     parse_listen,
     parse_log_format,
+    parse_name_globs,
     parse_names,
     parse_optional_url,
     parse_port,
@@ -281,6 +283,19 @@ SETTINGS: tuple[Setting, ...] = (
         "TOML file of access rules: admins, groups, per-package access/publish/unpublish/proxy (empty: none).",
     ),
     Setting(
+        "min_release_age",
+        "off",
+        parse_age,
+        "Quarantine: mirrored versions younger than this by the upstream's time (e.g. 3d, 36h) are withheld "
+        "from every answer until old enough; a version without a time counts as young (off: none).",
+    ),
+    Setting(
+        "min_release_age_exclude",
+        "",
+        parse_name_globs,
+        "Package names or globs never quarantined, e.g. @acme/* typescript (local packages never are).",
+    ),
+    Setting(
         "workers",
         "1",
         parse_workers,
@@ -370,6 +385,8 @@ class Settings:
     backfill: str
     memory_cache_size: int
     config: str = ""
+    min_release_age: float = 0.0
+    min_release_age_exclude: tuple[str, ...] = ()
     workers: int = 1
     audit: str = "upstream"
     advisories_url: str = ""

@@ -100,6 +100,28 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """A duration such as ``3d``, ``36h``, ``90m`` or ``600`` (seconds); ``0``, ``off`` or empty: none."""
+    value = text.strip().lower()
+    if value in ("", "0", "off", "none", "no"):
+        return 0.0
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", value)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 3d, 36h, 90m or 600 (seconds), or off")
+    seconds = float(match.group(1)) * _AGE_UNITS[match.group(2) or "s"]
+    if seconds > 3650 * 86400:
+        raise ValueError(f"{text!r} is more than ten years")
+    return seconds
+
+
+def parse_name_globs(text: str) -> tuple[str, ...]:
+    """Comma- or space-separated package names or globs (``*`` within a segment, ``**`` across, ``?``)."""
+    return _listed(text, r"[@A-Za-z0-9._~*?/-]{1,214}", "a package name or glob like @acme/* or eslint-*")
+
+
 def _listed(text: str, pattern: str, what: str) -> tuple[str, ...]:
     """Comma- or space-separated items, each matching ``pattern``."""
     items = tuple(part for part in re.split(r"[\s,]+", text.strip()) if part)

@@ -20,6 +20,7 @@ from nopard.auth import Accounts
 from nopard.auth.operator import OperatorCredential
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
+from nopard.firewall.verdicts import Firewall
 from nopard.jobs.schedule import SyncSchedule
 from nopard.local.packages import Registry
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
@@ -27,6 +28,7 @@ from nopard.settings.acl import Policy
 from nopard.settings.config import LiveSettings
 from nopard.settings.overrides import Overrides
 from nopard.web.api.accounts import AccountRoutes
+from nopard.web.api.blocks import BlockRoutes
 from nopard.web.api.common import Gate, add_route
 from nopard.web.api.operations import OperationRoutes
 from nopard.web.api.packages import PackageRoutes
@@ -52,6 +54,7 @@ from nopard.web.services import (
     UpstreamSearch,
 )
 from nopard.web.ui import AccountPages, AdminPages, PackagePages, WebUI
+from nopard.web.ui_blocks import BlockPages
 
 
 class Route(NamedTuple):
@@ -84,6 +87,7 @@ class RegistryApp:
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
         operator: OperatorCredential | None = None, redirects: TarballRedirects | None = None,
         upstream_search: UpstreamSearch | None = None, provenance: ProvenanceSource | None = None,
+        firewall: Firewall | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror, operator)
@@ -92,6 +96,7 @@ class RegistryApp:
         self._ui = WebUI(
             browser, log, self._home, AccountPages(browser, accounts),
             AdminPages(browser, overrides, status, sync, metrics, store_size, clock),
+            *([BlockPages(browser, firewall.blocks)] if firewall is not None else []),
         )
         self._app = Klein()
         install_error_handlers(self._app, log)
@@ -112,6 +117,8 @@ class RegistryApp:
             group.mount(self._app)
         if provenance is not None:
             ProvenanceRoutes(gate, provenance).mount(self._app)
+        if firewall is not None:
+            BlockRoutes(requests, gate, firewall.blocks).mount(self._app)
 
     def resource(self) -> IResource:
         """The Twisted resource serving this app."""

@@ -33,7 +33,10 @@ from nopard.domain.errors import (
     TooManyAttempts,
     UpstreamBadContent,
     UpstreamUnavailable,
+    VersionBlocked,
     VersionExists,
+    VersionQuarantined,
+    VersionWithheld,
 )
 from nopard.storage import InvalidKey
 from nopard.web.responses import json_response
@@ -47,6 +50,8 @@ STATUS_OF: dict[type[NopardError], int] = {
     PermissionDenied: 403,
     VersionExists: 403,
     NotFound: 404,
+    VersionQuarantined: 404,  # not yet: as npm answers a version it does not have, with when it comes
+    VersionBlocked: 451,  # withheld for a reason the registry gives
     Conflict: 409,
     PayloadTooLarge: 413,
     TooManyAttempts: 429,
@@ -76,7 +81,18 @@ def error_response(request: IRequest, error: NopardError) -> bytes:
         scheme = getattr(error, "scheme", "Basic")
         request.setHeader(b"WWW-Authenticate", f'{scheme} realm="nopard"')
     set_retry_after(request, error)
-    return json_response(request, status, {"error": error.message})
+    details = error.details if isinstance(error, VersionWithheld) else {}
+    body = json_response(request, status, {**details, "error": error.message})
+    if isinstance(error, VersionWithheld):
+        # pnpm and yarn print the status line, not the body: the reason goes there too.
+        request.setResponseCode(status, reason_phrase(error.message))
+    return body
+
+
+def reason_phrase(text: str) -> bytes:
+    """``text`` as an HTTP reason phrase: printable ASCII only, at most 200 characters."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return printable[:200].encode("ascii")
 
 
 def cut_short(request: IRequest) -> Deferred[bytes] | None:

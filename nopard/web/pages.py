@@ -243,13 +243,13 @@ def start_page(viewer: Viewer) -> Tag:
 
 def package_page(
     viewer: Viewer, name: str, document: dict[str, Any], rows: list[VersionRow], origin: str,
-    fetched_at: float | None, now: float, has_readme: bool, stored: int = 0,
+    fetched_at: float | None, now: float, has_readme: bool, stored: int = 0, withheld: Any = "",
 ) -> Tag:
     """One package: install command, readme, versions, tags, dependencies.
 
     ``name``: the package asked for (the document's own ``name`` field may be
     anything); ``rows``: the newest versions shown; ``stored``: how many of all
-    versions have their tarball here. Every field is read through ``text_of``
+    versions have their tarball here; ``withheld``: the firewall's section. Every field is read through ``text_of``
     and ``mapping``: the page shows whatever JSON the document holds.
     """
     manifest = latest_manifest(document)
@@ -271,6 +271,7 @@ def package_page(
         _tags_table(document),
         _dependencies(viewer, manifest),
         _versions_table(rows),
+        withheld,
     ]
     return layout(viewer, name, *parts)
 
@@ -398,6 +399,7 @@ def settings_page(viewer: Viewer, entries: list[dict[str, Any]], error: str | No
         viewer, "Settings", tags.h1("Settings"),
         tags.p("Values set here are stored in the registry, win over environment variables and options, "
                "and apply at once on every instance. Empty a field to go back to its environment or default value."),
+        tags.p(tags.a("Blocked package versions", href=link(viewer, "/-/web/blocks")), " are on a page of their own."),
         *shown,
         tags.form(method="post", action=link(viewer, "/-/web/settings"), class_="settings")(
             csrf_field(viewer), *rows, tags.button("Save settings", type="submit"),
@@ -410,7 +412,7 @@ def settings_page(viewer: Viewer, entries: list[dict[str, Any]], error: str | No
 
 
 def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hit_ratio: float | None,
-                cache_counts: dict[str, int], storage: str, now: float) -> Tag:
+                cache_counts: dict[str, int], storage: str, now: float, firewall: Any = "") -> Tag:
     """Sync runs, upstream state, cache hit ratio, storage used."""
     upstream_rows = []
     for upstream in status["upstreams"]:
@@ -456,6 +458,7 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
                                           tags.th("Finished", scope="col"), tags.th("Outcome", scope="col"))),
                        tags.tbody(*job_rows)) if job_rows else tags.p("No sync job has run yet."),
         ),
+        firewall,
     )
 
 

@@ -30,10 +30,14 @@ def client_address(request: IRequest) -> str | None:
     return getattr(request.getClientAddress(), "host", None)
 
 
+# Statuses Twisted has no reason phrase for (it would say "Unknown Status").
+PHRASES = {451: b"Unavailable For Legal Reasons"}
+
+
 def json_response(request: IRequest, status: int, value: Any) -> bytes:
     """Set status and JSON headers; return the body for Klein to write."""
     body = orjson.dumps(value)
-    request.setResponseCode(status)
+    request.setResponseCode(status, PHRASES.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     request.setHeader(b"Cache-Control", b"no-store")

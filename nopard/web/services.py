@@ -25,6 +25,9 @@ class PackageSource(Protocol):
     async def served_document(self, name: str, base_url: str) -> dict[str, Any]:
         """The served document of ``name`` as a dict."""
 
+    async def manifest(self, name: str, base_url: str, version_or_tag: str) -> dict[str, Any]:
+        """One version's manifest as served (a withheld one refused with why)."""
+
     async def tarball(self, name: str, filename: str) -> tuple[Blob, str]:
         """The tarball ``filename`` of ``name``, opened, and how it was served."""
 

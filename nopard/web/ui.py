@@ -44,6 +44,7 @@ from nopard.web.browser import (
     redirect,
 )
 from nopard.web.errors import set_retry_after, status_of
+from nopard.web.pages_firewall import firewall_status, withheld_section
 from nopard.web.readme_renders import ReadmeRenders
 from nopard.web.responses import client_address
 from nopard.web.services import ChangeListener, MirroredPages, MirrorStatus, TarballSizes
@@ -152,7 +153,7 @@ class PackagePages:
         readme = _readme_of(document)
         stored = sum(1 for size in sizes.values() if size is not None)
         page = pages.package_page(viewer, name, document, rows, origin, meta.fetched_at if meta else None,
-                                  self._clock.seconds(), bool(readme), stored)
+                                  self._clock.seconds(), bool(readme), stored, withheld_section(prepared.withheld))
         latest = pages.text_of(pages.mapping(document.get("dist-tags")).get("latest"))
         readme_html = await self._readmes.html(name, latest, readme) if readme else None
         return await html(request, page, readme_html=readme_html)
@@ -263,8 +264,9 @@ class AdminPages:
         total = sum(counts.values())
         served_here = sum(v for k, v in counts.items() if k in ("LOCAL", "HIT", "STALE"))
         ratio = served_here / total if total else None
-        page = pages.status_page(viewer, self._mirror.status(), self._sync.status(), ratio, counts,
-                                 await self.storage_used(), self._clock.seconds())
+        status = self._mirror.status()
+        page = pages.status_page(viewer, status, self._sync.status(), ratio, counts, await self.storage_used(),
+                                 self._clock.seconds(), firewall_status(status.get("firewall")))
         return await html(request, page)
 
     async def storage_used(self) -> str:
@@ -279,7 +281,7 @@ class WebUI:
     """The pages under /-/web/: their static files, their error pages, and the page groups."""
 
     def __init__(
-        self, browser: BrowserSessions, log: Logger, *groups: PackagePages | AccountPages | AdminPages,
+        self, browser: BrowserSessions, log: Logger, *groups: Any,
     ) -> None:
         self._browser = browser
         self._log = log

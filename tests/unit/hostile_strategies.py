@@ -168,6 +168,11 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
         lambda n: f"/-/npm/v1/attestations/{n}@1.0.0"),
     "settings.get_settings:/-/nopard/settings": fixed("/-/nopard/settings"),
     "settings.put_settings:/-/nopard/settings": fixed("/-/nopard/settings"),
+    "blocks.list_blocks:/-/nopard/blocks": fixed("/-/nopard/blocks"),
+    "blocks.add_block:/-/nopard/blocks": fixed("/-/nopard/blocks"),
+    "blocks.remove_block:/-/nopard/blocks/<block_id>": lambda name: st.one_of(
+        quoted_text(20), st.sampled_from(("0123456789abcdef", quote(name, safe="")))).map(
+        lambda i: "/-/nopard/blocks/" + i),
     "packages.starred_by_user:/-/_view/starredByUser": lambda name: st.one_of(
         query("key"), st.sampled_from(('"alice"', "alice", '"bob"', f'"{name}"')).map(lambda k: "?key=" + k)).map(
         lambda q: "/-/_view/starredByUser" + q),
@@ -182,6 +187,7 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     "pages.login:/login": fixed("/-/web/login", "next"),
     "pages.logout:/logout": fixed("/-/web/logout"),
     "pages.settings:/settings": fixed("/-/web/settings", "saved"),
+    "pages.blocks:/blocks": fixed("/-/web/blocks"),
     "pages.status:/status": fixed("/-/web/status"),
 }
 

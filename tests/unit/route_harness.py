@@ -38,7 +38,7 @@ from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.sessions import MemorySessions
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
-from nopard.firewall.blocks import BlockList
+from nopard.firewall.verdicts import Firewall
 from nopard.jobs.advisories import AdvisoryRefresh
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import SyncJobs
@@ -153,6 +153,7 @@ class InProcess:
     index: StoreIndex | None = None  # what the store holds, known in memory (nopard.storage.index)
     hops: ThreadHops | None = None  # the store's calls into its thread pool, counted
     cache: PreparedCache | None = None
+    firewall: Firewall | None = None
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -262,16 +263,18 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     registry = Registry(storage, cache, clock, coordination, SigningKeys(storage, clock.seconds))
     upstream_http = StubTreq(upstream if upstream is not None else MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
-    parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination)
+    parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination,
+                         policy)
     metrics = Metrics(clock)
+    metrics.live.firewall = parts.firewall
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
-                    metrics=metrics)
+                    metrics=metrics, firewall=parts.firewall)
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)
     advisories = AdvisoryStore(storage)
-    blocks = BlockList(storage, clock.seconds, log)
+    blocks = parts.firewall.blocks
     refresh = AdvisoryRefresh(live, upstream_http, advisories, storage, clock, run_now, str(tmp_path / "spool"), log,
                               "test", metrics,
                               after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
@@ -279,20 +282,21 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     sync = SyncSchedule(jobs, live, clock, log, refresh)
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=sync,
-        status=OperatorStatus(cache, coordination, upstreams.all), audits=audits,
+        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall), audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
-        search=SearchIndex(registry, parts.documents, clock, coordination=coordination), metrics=metrics,
+        search=SearchIndex(registry, parts.documents, clock, coordination=coordination, firewall=parts.firewall),
+        metrics=metrics,
         health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
         redirects=TarballRedirects(live, files=storage, objects=objects),
         upstream_search=UpstreamSearch(upstreams, live, clock),
-        provenance=parts.provenance,
+        provenance=parts.provenance, firewall=parts.firewall,
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
-                     upstream_http, index=index, hops=hops, cache=cache)
+                     upstream_http, index=index, hops=hops, cache=cache, firewall=parts.firewall)
 
 
 def _whole(reply: bytes) -> bool:

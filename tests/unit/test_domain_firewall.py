@@ -14,6 +14,7 @@ from nopard.domain.firewall import (
     next_release,
     parse_spec,
     range_problem,
+    withhold,
 )
 from nopard.domain.times import iso_time
 
@@ -111,3 +112,44 @@ def test_blocks_withhold_their_range_and_win_over_quarantine() -> None:
     assert set(hidden) == {"1.2.4", "1.2.5"}
     assert all(entry.kind == BLOCKED and "stole tokens" in entry.reason for entry in hidden.values())
     assert next_release(hidden) is None
+
+
+def test_withheld_versions_leave_every_part_of_the_document() -> None:
+    """A quarantined latest goes with its time; latest moves back to the newest old-enough release."""
+    doc = document({"1.0.0": NOW - 20 * DAY, "1.1.0": NOW - 10 * DAY, "2.0.0-rc.1": NOW - 9 * DAY,
+                    "1.2.0": NOW - DAY}, "1.2.0")
+    doc["dist-tags"]["next"] = "1.2.0"
+    hidden = hidden_versions(doc, NOW, 3 * DAY, [])
+    served = withhold(doc, hidden, 3 * DAY)
+    assert set(served["versions"]) == {"1.0.0", "1.1.0", "2.0.0-rc.1"}
+    assert "1.2.0" not in served["time"]
+    assert served["dist-tags"] == {"latest": "1.1.0", "next": "1.1.0"}
+    assert doc["dist-tags"]["latest"] == "1.2.0"  # the stored document is untouched
+
+
+def test_a_prerelease_tag_may_move_to_a_prerelease() -> None:
+    """A tag naming a prerelease moves to the newest visible version below it, prereleases included."""
+    doc = document({"1.0.0": NOW - 20 * DAY, "2.0.0-rc.1": NOW - 10 * DAY, "2.0.0-rc.2": NOW}, "1.0.0")
+    doc["dist-tags"]["next"] = "2.0.0-rc.2"
+    served = withhold(doc, hidden_versions(doc, NOW, 3 * DAY, []), 3 * DAY)
+    assert served["dist-tags"] == {"latest": "1.0.0", "next": "2.0.0-rc.1"}
+
+
+def test_a_tag_with_nothing_below_goes() -> None:
+    """When every version is withheld, no dist-tag names one."""
+    doc = document({"1.0.0": NOW}, "1.0.0")
+    served = withhold(doc, hidden_versions(doc, NOW, 3 * DAY, []), 3 * DAY)
+    assert served["versions"] == {} and served["dist-tags"] == {}
+
+
+def test_modified_moves_when_a_version_is_released() -> None:
+    """Under quarantine ``modified`` is when the newest served version was released, so it changes at a release."""
+    doc = document({"1.0.0": NOW - 20 * DAY, "1.1.0": NOW - DAY}, "1.1.0")
+    doc["time"]["modified"] = iso_time(NOW - DAY)
+    before = withhold(doc, hidden_versions(doc, NOW, 3 * DAY, []), 3 * DAY)
+    later = NOW + 2 * DAY
+    after = withhold(doc, hidden_versions(doc, later, 3 * DAY, []), 3 * DAY)
+    assert "1.1.0" not in before["versions"] and "1.1.0" in after["versions"]
+    assert before["time"]["modified"] < after["time"]["modified"] == iso_time(later)
+    times = [t for k, t in after["time"].items() if k not in ("modified", "created")]
+    assert all(t <= after["time"]["modified"] for t in times)

@@ -182,9 +182,9 @@ class PackageRoutes:
         """One version's manifest, by version or dist-tag."""
         identity = await self._gate.reader(request)
         self._gate.hide_unreadable(target.name, identity, f"package not found: {target.name}")
-        document = await self._packages.served_document(target.name, self._requests.base_url(request))
         assert target.argument is not None  # a version path names the version or tag
-        return json_response(request, 200, packument.resolve_version(document, target.argument))
+        manifest = await self._packages.manifest(target.name, self._requests.base_url(request), target.argument)
+        return json_response(request, 200, manifest)
 
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
         """A tarball, streamed from storage (HEAD: its headers only)."""
