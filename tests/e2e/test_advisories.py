@@ -15,6 +15,7 @@ from tests.upstream import FakeUpstream
 
 RECORDS = REPO / "tests" / "data" / "advisories"
 GHSA = "GHSA-2222-3333-4444"
+MAL = "MAL-2099-0001"
 
 
 def project(directory: Path, dependencies: dict[str, str]) -> Path:
@@ -97,7 +98,10 @@ def synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         npm = Npm(server.url, work / "npm")
         app = project(work / "app", {"ms": "2.0.0"})
         npm.run("install", "--no-audit", cwd=app)
-        yield {"upstream": upstream, "server": server, "npm": npm, "app": app}
+        # Locked to the version the malware record names, before nopard knows the record.
+        locked = project(work / "locked", {"balanced-match": "5.0.0"})
+        npm.run("install", "--no-audit", cwd=locked)
+        yield {"work": work, "upstream": upstream, "server": server, "npm": npm, "app": app, "locked": locked}
         server.stop()
 
 
@@ -149,3 +153,28 @@ def test_pnpm_audit_reads_the_quick_audit_with_the_upstream_blackholed(world: di
     [advisory] = answer["advisories"].values()
     assert (advisory["module_name"], advisory["severity"], advisory["vulnerable_versions"]) == ("ms", "high", "<2.1.3")
     assert GHSA in advisory["title"] and advisory["findings"][0]["version"] == "2.0.0"
+
+
+def test_the_synced_malware_record_blocks_its_version_at_once(synced: dict) -> None:
+    """After the sync imported MAL-2099-0001: `npm ci` of a lockfile pinning balanced-match 5.0.0 fails
+    naming the record, and a fresh `npm install balanced-match` gets 4.0.4 (latest moved back)."""
+    sync_advisories(synced["server"])  # idempotent: the records are in after the test above
+    again = synced["work"] / "locked-again"
+    again.mkdir()
+    for name in ("package.json", "package-lock.json"):
+        (again / name).write_text((synced["locked"] / name).read_text())
+    npm = Npm(synced["server"].url, synced["work"] / "npm-after-sync")
+    refused = npm.run("ci", "--no-audit", cwd=again, check=False)
+    assert refused.returncode != 0 and MAL in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+    fresh = project(synced["work"] / "fresh", {})
+    npm.run("install", "--no-audit", "balanced-match", cwd=fresh)
+    assert json.loads((fresh / "node_modules" / "balanced-match" / "package.json").read_text())["version"] == "4.0.4"
+
+
+def test_a_malware_version_imported_offline_is_not_installable(world: dict) -> None:
+    """After nopard-admin advisories import: balanced-match resolves to 4.0.4, and 5.0.0 is not offered."""
+    npm = Npm(world["server"].url, world["work"] / "npm-after-import")
+    fresh = project(world["work"] / "fresh", {})
+    npm.run("install", "--no-audit", "balanced-match", cwd=fresh)
+    assert json.loads((fresh / "node_modules" / "balanced-match" / "package.json").read_text())["version"] == "4.0.4"
+    assert npm.run("install", "--no-audit", "balanced-match@5.0.0", cwd=fresh, check=False).returncode != 0
