@@ -157,5 +157,21 @@ def test_a_block_on_one_instance_applies_on_the_other_at_once(upstream: FakeUpst
             one.stop(), two.stop()
 
 
+def test_nopard_admin_block_add_list_remove(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """nopard-admin block: add prints the block, list shows it, remove by name@range lifts it."""
+    server = NopardServer(tmp_path / "nopard", {"NOPARD_FORWARDER_URL": upstream.url}).start()
+    try:
+        assert "blocked fresh-pkg@>=1.1.0 <1.2.0" in admin(server, "block", "add", f"{NAME}@>=1.1.0 <1.2.0",
+                                                          "--reason", REASON)
+        listed = admin(server, "block", "list")
+        assert f"{NAME}@>=1.1.0 <1.2.0  admin" in listed and REASON in listed
+        assert "1.1.0" not in server.request("GET", f"/{NAME}").json()["versions"]
+        assert "unblocked fresh-pkg@>=1.1.0 <1.2.0" in admin(server, "block", "remove", f"{NAME}@>=1.1.0 <1.2.0")
+        assert admin(server, "block", "list").strip() == "no blocks"
+        assert "1.1.0" in server.request("GET", f"/{NAME}").json()["versions"]
+    finally:
+        server.stop()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
