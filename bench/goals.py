@@ -125,6 +125,8 @@ def goals(results: dict) -> list[Goal]:
              quotient(rps(side.get("accel_0")), rps(side.get("nginx_direct"))), 0.50, True),
         Goal("nginx + accel (cache 10 s) / nginx direct",
              quotient(rps(side.get("accel_10")), rps(side.get("nginx_direct"))), 0.50, True),
+        Goal("abbreviated doc, NOPARD_MIN_RELEASE_AGE=3d / without",
+             quotient(rps(side.get("doc_quarantine")), rps(side.get("doc"))), 0.90, True),
         Goal("nopard tarball / peer tarball", quotient(rps(side.get("nopard")), rps(peer.get("tarball"))), 2.5, True),
         # Not the goal itself (that is one process against one), but how far every core goes.
         Goal("nopard tarball, NOPARD_WORKERS=auto / peer tarball",

@@ -101,6 +101,9 @@ def http_phase(args, wrk_path: str, upstream: FakeUpstream, work: Path, results:
             targets.update({"w_ping": Target("/-/ping, NOPARD_WORKERS=auto", base + "/-/ping"),
                             "w_doc": Target("abbreviated doc, NOPARD_WORKERS=auto", f"{base}/{BIG}", ABBREVIATED),
                             "w_tarball": Target("tarball, NOPARD_WORKERS=auto", base + tarball)})
+        quarantined = start_quarantined(args, upstream, server, stack)
+        targets["q_doc"] = Target("abbreviated doc, NOPARD_MIN_RELEASE_AGE=3d",
+                                  f"{quarantined.url.rstrip('/')}/{BIG}", ABBREVIATED)
         peer = start_peer(upstream, work, side, stack) if args.peer else None
         if peer is not None:
             base = peer.url.rstrip("/")
@@ -116,6 +119,7 @@ def http_phase(args, wrk_path: str, upstream: FakeUpstream, work: Path, results:
         results["http"].append({"label": targets["nopard"].label, "path": tarball, "headers": {},
                                 "body_bytes": sizes["nopard"], "wrk": best["nopard"]})
         results["nopard_peak_rss"] = peak_rss(server.process.pid)
+        side["doc_quarantine"] = best["q_doc"]
         side.update({key: best[key] for key in ("ping", "doc", "nopard", "nginx_direct", "nginx_proxy",
                                                "nginx_one_hop", "accel_0", "accel_one_hop", "accel_10")
                      if key in best})
@@ -209,6 +213,16 @@ def start_workers(args, upstream: FakeUpstream, server, tarball: str, stack: con
         get(workers.url, f"/{BIG}", ABBREVIATED)
         get(workers.url, tarball)
     return workers
+
+
+def start_quarantined(args, upstream: FakeUpstream, server, stack: contextlib.ExitStack):
+    """nopard with a quarantine (NOPARD_MIN_RELEASE_AGE=3d) on ``server``'s store, its document warmed:
+    the filter is part of preparing, so a warm document should cost the same."""
+    quarantined = start_nopard(stack, server.workdir.parent / "http-quarantine", upstream, args,
+                               NOPARD_REGISTRY_PATH=str(server.registry), NOPARD_META_TTL=WARM_TTL,
+                               NOPARD_MIN_RELEASE_AGE="3d")
+    get(quarantined.url, f"/{BIG}", ABBREVIATED)
+    return quarantined
 
 
 def start_peer(upstream: FakeUpstream, work: Path, side: dict, stack: contextlib.ExitStack):
