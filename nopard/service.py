@@ -65,6 +65,7 @@ from nopard.ops.supervisor import (
 )
 from nopard.settings.acl import ALLOW_ALL, Policy, load_policy, ruled_upstreams
 from nopard.settings.config import SETTINGS, ConfigError, LiveSettings, Settings, load_settings, setting_sources
+from nopard.settings.firstrun import ForwarderAnnouncement, ForwarderOrigin, choose_forwarder, given_forwarder
 from nopard.settings.overrides import Overrides, StartGate
 from nopard.storage.fs import FilesystemStorage
 from nopard.storage.index import FACTS_TTL, IndexedStorage, StoreIndex
@@ -127,8 +128,9 @@ def makeService(options: Options) -> IService:
         if settings.workers > 1 and role is None:
             app = build_supervisor(settings, reactor, twistd_log_stream(options), options.given(), sources)
         else:
+            settings, sources, forwarder = choose_forwarder(settings, sources, os.environ)
             app = build_service(settings, reactor, log_stream=twistd_log_stream(options), policy=policy,
-                                sources=sources, worker=role)
+                                sources=sources, worker=role, forwarder=forwarder)
     except ConfigError as error:
         raise SystemExit(f"nopard: {error}") from None
     return daemon.wrap(app, reactor)
@@ -318,17 +320,19 @@ class SupervisorAnnouncement(Service):
 def build_service(
     settings: Settings, reactor: Any, log_stream: Any = None, policy: Policy | None = None,
     sources: Mapping[str, str] | None = None, worker: WorkerRole | None = None,
+    forwarder: ForwarderOrigin | None = None,
 ) -> MultiService:
     """Wire every component of nopard into one service tree.
 
     ``log_stream``: where nopard's lines go without NOPARD_LOGFILE (stdout
     under ``twistd -n``); None sends them into twistd's log. ``sources``:
     where each setting came from (config.setting_sources; default: the
-    environment, no options). ``worker``: this process is one of a
-    supervisor's workers, serving the sockets it inherited.
+    environment, no options). ``worker``: this process is one of a supervisor's
+    workers. ``forwarder``: where NOPARD_FORWARDER_URL came from (settings/firstrun.py).
     """
     if sources is None:
         sources = setting_sources({}, os.environ)
+    forwarder = forwarder or given_forwarder(settings, sources["forwarder_url"])
     live = LiveSettings(settings)
     if policy is None:
         policy = load_policy(settings.config) if settings.config else ALLOW_ALL
@@ -414,7 +418,8 @@ def build_service(
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
-        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall), audits=audits,
+        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall, forwarder.shown(live, overrides)),
+        audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,
         search=SearchIndex(registry, documents, reactor, coordination=coordination, firewall=parts.firewall),
@@ -441,4 +446,5 @@ def build_service(
     for listener in served:
         listener.setServiceParent(top)
     Announcement(Logger(namespace="nopard", observer=logs.publisher), live).setServiceParent(top)
+    ForwarderAnnouncement(forwarder, Logger(namespace="nopard", observer=logs.publisher)).setServiceParent(top)
     return top

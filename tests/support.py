@@ -33,11 +33,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def twistd_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a twistd that finds this checkout's nopard and plugin."""
+def twistd_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for a twistd that finds this checkout's nopard and plugin (a None in ``extra`` unsets).
+
+    NOPARD_FORWARDER_URL is none unless ``extra`` sets it: unset, nopard would mirror whatever
+    registry this machine's npm uses (tests/e2e/test_first_run.py), and tests talk to loopback only.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOPARD_")}
     env["PYTHONPATH"] = str(REPO)
-    env.update(extra or {})
+    env["NOPARD_FORWARDER_URL"] = "none"
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -88,7 +97,7 @@ class Response:
 class NopardServer:
     """`twistd -n nopard` started as a subprocess on a free port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, args: tuple = (),
+    def __init__(self, workdir: Path, env: dict[str, str | None] | None = None, args: tuple = (),
                  own_group: bool = False) -> None:
         self.workdir = workdir
         self.own_group = own_group  # in a process group (session) of its own, as systemd runs it

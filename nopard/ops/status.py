@@ -48,11 +48,14 @@ class OperatorStatus:
     """Cache, Redis and upstream states, read now."""
 
     def __init__(self, cache: PreparedCache, shared: SharedState,
-                 upstreams: Callable[[], Iterable[UpstreamHealth]], firewall: Any = None) -> None:
+                 upstreams: Callable[[], Iterable[UpstreamHealth]], firewall: Any = None,
+                 forwarder: Callable[[], dict[str, Any]] | None = None) -> None:
         self._cache = cache
         self._shared = shared
         self._upstreams = upstreams
         self._firewall = firewall  # nopard.firewall.verdicts.Firewall: what it withholds
+        # Which registry is mirrored and where that came from (settings/firstrun.py).
+        self._forwarder = forwarder or (lambda: {"url": None, "source": "default", "note": ""})
 
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use (URLs without credentials)."""
@@ -61,6 +64,7 @@ class OperatorStatus:
         found = {
             "cache": self._cache.stats(),
             "redis": {"state": shared.state, "since": since},
+            "forwarder": self._forwarder(),
             "upstreams": [
                 {"url": u.shown_url, "state": u.breaker.state,
                  "consecutive_failures": u.breaker.failures, "requests": u.requests_made,

@@ -28,6 +28,7 @@ from nopard.settings.values import (
     parse_bool,
     parse_bucket,
     parse_count,
+    parse_forwarder_url,
     parse_host,
     parse_interval,
     parse_level,
@@ -204,8 +205,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "forwarder_url",
         "",
-        parse_optional_url,
-        "Upstream registry to mirror (empty: a private registry only).",
+        parse_forwarder_url,
+        "Upstream registry to mirror; `none`: a private registry only. Unset: the registry "
+        "`npm config get registry` gives the user nopard runs as, read once at start (private only "
+        "without npm, or when that is nopard itself).",
     ),
     Setting("auto_forward", "yes", parse_bool, "Fetch names unknown here from the upstream (yes/no)."),
     Setting("proxy_url", "", parse_optional_url, "HTTP proxy for upstream traffic (empty: none)."),
@@ -484,21 +487,23 @@ def check_settings(settings: Settings) -> None:
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "[::1]", "[::]"}
 
 
-def _refuse_self_as_upstream(settings: Settings) -> None:
-    """An upstream that is nopard itself would loop every miss back into nopard."""
+def is_own_url(settings: Settings, url: str) -> bool:
+    """Whether ``url`` names this nopard (a local address on its port, or its NOPARD_BASE_URL's host and port)."""
     own: set[tuple[str | None, int]] = {(host, settings.port) for host in _LOCAL_HOSTS | {settings.hostname}}
     if settings.base_url:
         base = urlsplit(settings.base_url)
         own.add((base.hostname, base.port or (443 if base.scheme == "https" else 80)))
+    parts = urlsplit(url)
+    return (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)) in own
+
+
+def _refuse_self_as_upstream(settings: Settings) -> None:
+    """An upstream that is nopard itself would loop every miss back into nopard."""
     # Pairs, not a dict keyed by variable: every scope upstream is checked, not just the last.
     upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url), ("NOPARD_ADVISORIES_URL", settings.advisories_url)]
     upstreams += [("NOPARD_SCOPE_UPSTREAMS", url) for url in settings.scope_upstreams.values()]
     for variable, url in upstreams:
-        if not url:
-            continue
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if (parts.hostname, port) in own:
+        if url and is_own_url(settings, url):
             raise ConfigError(f"{variable}: {url} is this nopard itself")
 
 

@@ -89,6 +89,15 @@ def parse_optional_url(text: str) -> str:
     return parse_base_url(text)
 
 
+# NOPARD_FORWARDER_URL's word for "mirror nothing", which an unset variable no longer means.
+NO_FORWARDER = "none"
+
+
+def parse_forwarder_url(text: str) -> str:
+    """An http(s) URL, or ``none`` (or empty): no forwarder (returned as empty)."""
+    return "" if text.strip().lower() == NO_FORWARDER else parse_optional_url(text)
+
+
 def parse_seconds(text: str) -> float:
     """A duration in seconds, more than zero (fractions allowed)."""
     try:

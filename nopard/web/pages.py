@@ -437,10 +437,13 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
     ratio = "no document or tarball served yet" if hit_ratio is None else f"{hit_ratio * 100:.1f}%"
     counts = ", ".join(f"{key} {value}" for key, value in sorted(cache_counts.items())) or "none"
     redis = status.get("redis") or {}
+    forwarder = status.get("forwarder") or {}
     return layout(
         viewer, "Status", tags.h1("Status"),
         tags.section(**{"aria-labelledby": "up-h"})(
             tags.h2("Upstreams", id="up-h"),
+            tags.p(f"Forwarder: {forwarder.get('url') or 'none'} ({forwarder.get('note') or forwarder.get('source')}).",
+                   id="forwarder"),
             tags.table(tags.thead(tags.tr(tags.th("Upstream", scope="col"), tags.th("State", scope="col"),
                                           tags.th("Requests made", scope="col"))),
                        tags.tbody(*upstream_rows)) if upstream_rows else tags.p("No upstream: a private registry."),

@@ -526,7 +526,8 @@ def test_installed_service_verifies_and_runs(open_dir: Path, daemons: list[Daemo
 
     # The installed nopard runs as a service would under Upstart: root binds, then nobody serves.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOPARD_", "PYTHON"))}
-    env.update(NOPARD_PORT=str(free_port()), NOPARD_RUNAS_USER="nobody", NOPARD_HOME=str(open_dir / "state"),
+    env.update(NOPARD_PORT=str(free_port()), NOPARD_FORWARDER_URL="none", NOPARD_RUNAS_USER="nobody",
+               NOPARD_HOME=str(open_dir / "state"),
                NOPARD_REGISTRY_PATH=str(open_dir / "state"), NOPARD_RUN_PATH=str(open_dir / "run"))
     process = subprocess.Popen([str(twistd), "--nodaemon", "nopard"], cwd=open_dir, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
