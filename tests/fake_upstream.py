@@ -48,6 +48,7 @@ from tests.fake_advisories import PATH as ADVISORIES_PATH
 from tests.fake_advisories import AdvisoryZip
 from tests.fake_publish import Changes, digests, sources
 from tests.fake_search import search_answer
+from tests.fake_signed import TRUST, Signer, trust_package
 from tests.fake_synthetic import Synthetic
 
 PLACEHOLDER = b"{{UPSTREAM}}"
@@ -258,8 +259,10 @@ class HugeTarball:
 class Registry:
     """The documents and tarballs served: recorded from disk, synthetic, or changed by tests."""
 
-    def __init__(self, data: Path, big_versions: int, huge: HugeTarball, synthetic: int = 0) -> None:
+    def __init__(self, data: Path, big_versions: int, huge: HugeTarball, synthetic: int = 0,
+                 signer: Signer | None = None) -> None:
         self.data, self.big_versions, self.huge, self.synthetic = data, big_versions, huge, Synthetic(synthetic)
+        self.signer, self.trust_tarballs = signer, {}  # tests/fake_signed.py
         self.base = b""  # the served base URL, known once the port listens
         self.docs: dict[str, dict] = {}
         self.big_tarballs: dict[str, bytes] = {}
@@ -276,6 +279,8 @@ class Registry:
                 self.docs[BIG], self.big_tarballs = big_package(self.big_versions, self.recorded)
             elif name == ODD:
                 self.docs[ODD], _ = odd_url_package()
+            elif name in TRUST:
+                self.docs[name], self.trust_tarballs[name] = trust_package(name)
             elif name in LEGACY:
                 version = manifest(name, "1.0.0", digests(small_tarball(name, "1.0.0")), {})
                 version["dist"]["tarball"] = f"{{{{UPSTREAM}}}}/{name}/-/{name.rsplit('/', 1)[-1]}-1.0.0.tgz"
@@ -307,6 +312,7 @@ class Registry:
             if doc is None:
                 return None
             modified = self.modified(doc)
+            doc = self.signer.sign(doc) if self.signer else doc
             # Compact, like the real registry's documents.
             body = json.dumps(abbreviate(doc, modified) if abbreviated else doc, separators=(",", ":")).encode()
             body = body.replace(PLACEHOLDER, self.base)
@@ -331,6 +337,9 @@ class Registry:
             return Body.of(data) if data is not None else None
         if name == HUGE:
             return Body(self.huge.size, self.huge.chunks) if filename == f"{HUGE}-1.0.0.tgz" else None
+        if name in TRUST and self.packument(name):
+            data = self.trust_tarballs[name].get(filename)
+            return Body.of(data) if data is not None else None
         if name in LEGACY:
             wanted = f"{name.rsplit('/', 1)[-1]}-1.0.0.tgz"
             return Body.of(small_tarball(name, "1.0.0")) if filename == wanted else None
@@ -467,6 +476,9 @@ class RegistryResource(resource.Resource):
             if self.not_modified(request, etag, "Thu, 01 Jan 2026 00:00:00 GMT"):
                 return respond(request, 304, headers={"ETag": etag})
             return respond(request, 200, body, {"ETag": etag, "Content-Type": "application/zip"})
+        if name == "-/npm/v1/keys" and method == b"GET":
+            signer = self.upstream.registry.signer
+            return respond(request, 200, signer.keys_body) if signer else error(request, 404, "Not found")
         if name == "-/v1/search" and method == b"GET":
             self.upstream.searches.append((request.args.get(b"text") or [b""])[0].decode("utf-8", "replace"))
             registry = self.upstream.registry
@@ -641,6 +653,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--huge-size", type=int, default=100 * 1024 * 1024)
     parser.add_argument("--huge", action="store_true", help="hash the huge tarball at start, not on first use")
     parser.add_argument("--synthetic", type=int, default=0, help="serve synthetic-00000... (N small packages)")
+    parser.add_argument("--signing-key", type=Path, help="PEM private key signing every version served")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -652,7 +665,8 @@ def main(argv: list[str] | None = None) -> None:
     huge = HugeTarball(args.huge_size)
     if args.huge:
         huge.digests()
-    upstream = UpstreamServer(Registry(args.data, args.big_versions, huge, args.synthetic), reactor)
+    signer = Signer(args.signing_key) if args.signing_key else None
+    upstream = UpstreamServer(Registry(args.data, args.big_versions, huge, args.synthetic, signer), reactor)
     port = upstream.listen(args.port)
     control = reactor.listenTCP(args.control_port, server.Site(ControlResource(upstream)), interface="127.0.0.1")
     print(f"READY {port} {control.getHost().port}", flush=True)

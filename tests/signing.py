@@ -4,7 +4,7 @@
 line by line: the message ``<_id>:<integrity>``, the key found by keyid in the
 registry's ``/-/npm/v1/keys``, refused when it expired before the version's
 publish time, then ECDSA-SHA256 over the message. The e2e tests run npm's own
-code (tests/clients/verify_signatures.js) instead.
+``npm audit signatures`` instead (tests/e2e/test_signatures_npm.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from nopard.domain import signatures
 class UpstreamKey:
     """A P-256 key pair an upstream signs its fixtures with, made when the tests need one."""
 
-    def __init__(self, expires: str | None = None) -> None:
-        self.private = signatures.new_private_key()
+    def __init__(self, expires: str | None = None, private: str | None = None) -> None:
+        self.private = private or signatures.new_private_key()
         self.entry = signatures.public_entry(signatures.public_der(self.private), expires)
         self.keyid = self.entry["keyid"]
 
