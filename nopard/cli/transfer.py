@@ -41,6 +41,7 @@ from nopard.domain import names, packument
 from nopard.domain.errors import InvalidInput
 from nopard.domain.integrity import Digests, integrity_of
 from nopard.domain.times import iso_time
+from nopard.local.signing import SigningKeys
 from nopard.storage import Storage, keys
 
 # Fields other registries keep in their documents, never served by nopard.
@@ -297,6 +298,9 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
             report.problems += 1
             del imported["versions"][version]
             imported["time"].pop(version, None)
+    added = [version for version in imported["versions"] if version not in here]
+    if added:  # signatures made elsewhere name keys nopard does not serve (npm: EMISSINGSIGNATUREKEY)
+        await SigningKeys(storage, time.time).sign_versions(imported, added)
     if not imported["versions"]:
         return
     imported["dist-tags"] = {t: v for t, v in imported["dist-tags"].items() if v in imported["versions"]}

@@ -14,11 +14,16 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
 
 from nopard.auth.htpasswd import parse_htpasswd, verify_password
+from nopard.cli.maintenance import call_directly, run_now
+from nopard.domain import signatures
+from nopard.local.signing import SigningKeys
+from nopard.storage.fs import FilesystemStorage
 from tests.support import BIN, REPO, NopardServer, Npm, files_under, publish_body
 from tests.upstream import FakeUpstream
 
@@ -656,7 +661,37 @@ def test_export_then_import_gives_the_same_documents(closed: NopardServer, tmp_p
     imported = admin(fresh, "import", str(target))
     assert imported.returncode == 0, imported.stdout
     wanted = ("packages/", "users/", "htpasswd")
-    assert contents(fresh) == {k: v for k, v in contents(closed.registry).items() if k.startswith(wanted)}
+    # Signed again with the fresh registry's own key: the signing keys are not exported.
+    fresh_keys = run_now(SigningKeys(FilesystemStorage(str(fresh), call_directly), time.time).public_keys())
+    assert verified_by(fresh, fresh_keys) == {("tool", "1.0.0"), ("tool", "1.1.0"), ("@acme/lib", "0.1.0")}
+    assert unsigned(contents(fresh)) == unsigned(
+        {k: v for k, v in contents(closed.registry).items() if k.startswith(wanted)}
+        | {"signing/keys.json": (fresh / "signing" / "keys.json").read_bytes()})
+
+
+def verified_by(registry: Path, keys: list[dict]) -> set[tuple[str, str]]:
+    """(name, version) of the local versions whose one signature verifies with one of ``keys``."""
+    verified = set()
+    for path in registry.glob("packages/**/package.json"):
+        document = json.loads(path.read_text())
+        for version, manifest in document["versions"].items():
+            [signature] = manifest["dist"]["signatures"]
+            message = signatures.signed_message(document["name"], version, manifest["dist"])
+            if any(signatures.verify(key, message, signature["sig"]) for key in keys):
+                verified.add((document["name"], version))
+    return verified
+
+
+def unsigned(files: dict[str, bytes]) -> dict[str, Any]:
+    """The stored objects, each package document without its versions' signatures."""
+    def strip(name: str, data: bytes) -> object:
+        if not name.endswith("/package.json"):
+            return data
+        document = json.loads(data)
+        for manifest in document["versions"].values():
+            manifest["dist"].pop("signatures", None)
+        return document
+    return {name: strip(name, data) for name, data in files.items()}
 
 
 def test_export_fails_when_the_store_holds_more_than_it_wrote(registry: Path, tmp_path: Path) -> None:
@@ -692,11 +727,12 @@ def test_export_and_import_round_trip_packages_named_upstream(registry: Path, tm
     fresh = tmp_path / "fresh"
     imported = admin(fresh, "import", str(target))
     assert imported.returncode == 0, imported.stdout
-    back, before = contents(fresh), contents(registry)
-    assert set(back) == set(before)  # every document, tarball and the unpublishing, nothing else
+    back, before = unsigned(contents(fresh)), unsigned(contents(registry))
+    # Every document, tarball and the unpublishing, and the key the imported versions are signed with.
+    assert set(back) == set(before) | {"signing/keys.json"}
     for key in before:
         if key.endswith("package.json"):
-            assert json.loads(back[key])["versions"] == json.loads(before[key])["versions"], key
+            assert back[key]["versions"] == before[key]["versions"], key
         else:
             assert back[key] == before[key], key
 
