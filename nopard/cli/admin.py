@@ -248,13 +248,22 @@ def export_registry(options: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
-def keys_list(options: argparse.Namespace) -> int:
-    """Print nopard's signing keys (public parts), the current one last."""
-    from nopard.cli.maintenance import open_storage, run_now
+def signing_keys(options: argparse.Namespace) -> Any:
+    """The signing keys in the store NOPARD_STORAGE names (a registry directory, or the S3 bucket)."""
+    from nopard.cli.maintenance import open_store
     from nopard.local.signing import SigningKeys
 
-    settings = registry_settings(options)
-    ring = run_now(SigningKeys(open_storage(settings.registry_path), time.time).ring())
+    settings = registry_settings(options, must_exist=False)
+    if settings.storage != "s3" and not os.path.isdir(settings.registry_path):
+        registry_settings(options)  # the error saying the directory does not exist
+    return SigningKeys(open_store(settings), time.time)
+
+
+def keys_list(options: argparse.Namespace) -> int:
+    """Print nopard's signing keys (public parts), the current one last."""
+    from nopard.cli.maintenance import run_now
+
+    ring = run_now(signing_keys(options).ring())
     for key in ring:
         state = f"expires {key.expires}" if key.expires else "current"
         print(f"{key.keyid}  created {key.created}  {state}")
@@ -263,11 +272,9 @@ def keys_list(options: argparse.Namespace) -> int:
 
 def keys_rotate(options: argparse.Namespace) -> int:
     """Expire the current signing key now and make a new one for the next publishes."""
-    from nopard.cli.maintenance import open_storage, run_now
-    from nopard.local.signing import SigningKeys
+    from nopard.cli.maintenance import run_now
 
-    settings = registry_settings(options)
-    old, new = run_now(SigningKeys(open_storage(settings.registry_path), time.time).rotate())
+    old, new = run_now(signing_keys(options).rotate())
     print(f"rotated: {old.keyid} expires {old.expires} (still verifies versions published before); "
           f"new versions are signed with {new.keyid}")
     return 0
@@ -333,8 +340,9 @@ def parser() -> argparse.ArgumentParser:
 
     signing = commands.add_parser("keys", help="list and rotate nopard's signing keys",
                                   description="The ECDSA P-256 keys nopard signs published versions with "
-                                  "(signing/keys.json in the store; served at /-/npm/v1/keys without "
-                                  "their private parts).")
+                                  "(signing/keys.json in the store: the registry directory, or the S3 "
+                                  "bucket with NOPARD_STORAGE=s3 and the AWS_* variables; served at "
+                                  "/-/npm/v1/keys without their private parts).")
     signing_commands = signing.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     leaf(signing_commands, "list", keys_list, "list the keys: keyid, created, current or when it expired")
     leaf(signing_commands, "rotate", keys_rotate, "expire the current key now and sign with a new one",

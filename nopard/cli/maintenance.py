@@ -55,6 +55,15 @@ def open_storage(root: str) -> FilesystemStorage:
     return FilesystemStorage(root, call_directly)
 
 
+def open_store(settings: Any) -> Any:
+    """The store NOPARD_STORAGE names, for use with ``run_now``: the directory, or the S3 bucket (AWS_* variables)."""
+    if settings.storage != "s3":
+        return open_storage(settings.registry_path)
+    from nopard.storage.s3 import S3Storage, s3_client
+
+    return S3Storage(s3_client(max_connections=1), settings.s3_bucket, settings.s3_prefix, call_directly)
+
+
 def run_now(coroutine: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
     """The result of a coroutine that never waits (storage calls made through ``call_directly``)."""
     try:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.s3_server import MotoServer
-from tests.support import OPERATOR_TOKEN_FILE, NopardServer, files_under, publish_body, tarball_bytes
+from tests.support import (
+    BIN,
+    OPERATOR_TOKEN_FILE,
+    NopardServer,
+    files_under,
+    publish_body,
+    tarball_bytes,
+    twistd_env,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +81,37 @@ def test_s3_without_a_bucket_stops_start_up(tmp_path: Path) -> None:
     server = NopardServer(tmp_path / "nopard", {"NOPARD_STORAGE": "s3"})
     with pytest.raises(RuntimeError, match="NOPARD_S3_BUCKET"):
         server.start()
+
+
+def test_signing_keys_listed_and_rotated_in_the_bucket(
+    start_nopard: Callable[..., NopardServer], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """`nopard-admin keys list|rotate` with NOPARD_STORAGE=s3 work on the bucket running instances share."""
+    bucket = moto_server.new_bucket()
+    env = {"NOPARD_STORAGE": "s3", "NOPARD_S3_BUCKET": bucket, "NOPARD_S3_PREFIX": "npm", **moto_server.env()}
+    server = start_nopard(env)
+    [first] = server.request("GET", "/-/npm/v1/keys").json()["keys"]
+
+    def admin(*args: str) -> str:
+        result = subprocess.run([str(BIN / "nopard-admin"), "keys", *args], env=twistd_env(env), cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert admin("list").splitlines() == [f"{first['keyid']}  created {first_created(moto_server, bucket)}  current"]
+    assert f"rotated: {first['keyid']} expires " in admin("rotate")
+    old, new = server.request("GET", "/-/npm/v1/keys").json()["keys"]
+    assert (old["keyid"], new["expires"]) == (first["keyid"], None) and old["expires"]
+    assert admin("list").splitlines()[1].endswith("  current")
+    assert not (tmp_path / "registry").exists()  # nothing written beside the bucket
+
+    answer = server.request("PUT", "/pkg", publish_body("pkg", "1.0.0"), token=server.token("alice", "pw-alice"))
+    assert answer.status in (200, 201), answer.body
+    [signature] = server.request("GET", "/pkg").json()["versions"]["1.0.0"]["dist"]["signatures"]
+    assert signature["keyid"] == new["keyid"]
+
+
+def first_created(moto_server: MotoServer, bucket: str) -> str:
+    """When the bucket's first signing key was made (signing/keys.json under the prefix)."""
+    stored = moto_server.client().get_object(Bucket=bucket, Key="npm/signing/keys.json")["Body"].read()
+    return json.loads(stored)["keys"][0]["created"]
