@@ -298,8 +298,7 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
             report.problems += 1
             del imported["versions"][version]
             imported["time"].pop(version, None)
-    added = [version for version in imported["versions"] if version not in here]
-    if added:  # signatures made elsewhere name keys nopard does not serve (npm: EMISSINGSIGNATUREKEY)
+    if added := [v for v in imported["versions"] if v not in here]:  # others' keys: npm's EMISSINGSIGNATUREKEY
         await SigningKeys(storage, time.time).sign_versions(imported, added)
     if not imported["versions"]:
         return

@@ -32,8 +32,8 @@ def test_npms_registry_with_its_credentials_is_mirrored_and_shown_without_them(t
     assert settings.forwarder_url == "http://mirror-user:secret@127.0.0.1:9"
     assert sources["forwarder_url"] == origin.source == SOURCE_NPM
     assert "secret" not in origin.note and "userconfig /u/.npmrc" in origin.note
-    assert origin.status(lambda: settings.forwarder_url, lambda: False)["url"] == "http://<redacted>@127.0.0.1:9"
-    changed = origin.status(lambda: "http://127.0.0.1:8/", lambda: True)
+    assert origin.status(settings.forwarder_url, False)["url"] == "http://<redacted>@127.0.0.1:9"
+    changed = origin.status("http://127.0.0.1:8/", True)
     assert (changed["url"], changed["source"]) == ("http://127.0.0.1:8/", "settings page")
 
 
