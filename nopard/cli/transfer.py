@@ -112,9 +112,7 @@ def newest(versions: Any) -> str:
     return (releases or ordered)[-1]
 
 
-def local_document(
-    name: str, raw: dict[str, Any], kept: dict[str, bytes], keep_rev: bool = False
-) -> dict[str, Any]:
+def local_document(name: str, raw: dict[str, Any], kept: dict[str, bytes], keep_rev: bool = False) -> dict[str, Any]:
     """The local document of ``name`` holding the ``kept`` versions of another registry's document.
 
     Other registries' private fields are dropped (and ``_rev`` unless
