@@ -14,7 +14,6 @@ rules, so two imports at once (the sync worker and nopard-admin) lose nothing.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 from twisted.internet.defer import Deferred, gatherResults
 
-from nopard.advisories.osv import Advisory, Record, RecordError, parse_record
+from nopard.advisories.osv import MALWARE_PREFIX, Advisory, Record, RecordError, parse_record
 from nopard.advisories.sources import Item
 from nopard.domain.errors import InvalidInput
 from nopard.storage import InvalidKey, Storage, keys
@@ -194,11 +193,6 @@ class AdvisoryStore:
             if await self._storage.replace(key, orjson.dumps(value), stored[1] if stored else None):
                 return
 
-    async def record_count(self) -> Counter[str]:
-        """How many records the store holds by state: ``in force``, ``withdrawn`` (for status)."""
-        index = _load(await self._storage.read(keys.ADVISORIES_INDEX)).get("records", {})
-        return Counter("withdrawn" if not held[1] else "in force" for held in index.values())
-
 
 def _apply(shard: dict[str, Any], changes: list[tuple[str, Record]],
            malware: list[tuple[Advisory, bool]]) -> dict[str, Any]:
@@ -214,7 +208,7 @@ def _apply(shard: dict[str, Any], changes: list[tuple[str, Record]],
         advisory = next((a for a in record.advisories if a.package == name), None)
         if held is not None:
             del entries[record.id]
-            if held["id"].startswith("MAL-") and (advisory is None or record.withdrawn):
+            if held["id"].startswith(MALWARE_PREFIX) and (advisory is None or record.withdrawn):
                 malware.append((Advisory.from_json(held), False))
         if advisory is not None and not record.withdrawn:
             entries[record.id] = advisory.to_json()
