@@ -4,9 +4,10 @@ When NOPARD_FORWARDER_URL is unset (neither the variable nor ``--forwarder-url``
 given), nopard asks ``npm config get registry`` once at start, as the user it
 runs as (NOPARD_RUNAS_USER's, with that user's HOME, when started as root), with
 a short timeout, and mirrors the answer. It keeps nothing when npm is not on
-PATH, fails, answers no http(s) URL, or names this nopard itself (a user whose
-npm already points at nopard): then nopard is a private registry, and one log
-line says why. ``NOPARD_FORWARDER_URL=none`` asks nothing and mirrors nothing.
+PATH, fails, or answers no http(s) URL: then nopard is a private registry, and
+one log line says why. When the answer is this nopard itself (a user whose npm
+already points at nopard), the registry npm names without the user's .npmrc is
+taken instead (npm's global config's, or npm's default), unless it is nopard too. ``NOPARD_FORWARDER_URL=none`` asks nothing and mirrors nothing.
 
 Nothing here names a registry: the URL is whatever npm says.
 """
@@ -95,15 +96,21 @@ def _user_name() -> str:
         return f"uid {os.geteuid()}"
 
 
-def ask_npm(settings: Settings, environ: Mapping[str, str], run: Runner = subprocess.run) -> tuple[str, str]:
-    """(registry, how it was read) from ``npm config get registry``; ("", why not) when npm gives none."""
+def ask_npm(settings: Settings, environ: Mapping[str, str], run: Runner = subprocess.run,
+            without_userconfig: bool = False) -> tuple[str, str]:
+    """(registry, how it was read) from ``npm config get registry``; ("", why not) when npm gives none.
+
+    ``without_userconfig``: the registry npm would use without the user's .npmrc (its global
+    config, else npm's own default).
+    """
     npm = shutil.which("npm", path=environ.get("PATH", os.defpath))
     if npm is None:
         return "", "no npm on PATH to ask for a registry"
     user, env = _as_user(settings.runas_user, environ)
     who = settings.runas_user or _user_name()
     try:
-        answer = run([npm, "config", "get", "registry", "userconfig"], env=env, capture_output=True, text=True,
+        extra = ["--userconfig", os.devnull] if without_userconfig else []
+        answer = run([npm, "config", "get", "registry", "userconfig", *extra], env=env, capture_output=True, text=True,
                      timeout=NPM_TIMEOUT, stdin=subprocess.DEVNULL, check=False, **user)
     except subprocess.TimeoutExpired:
         return "", f"`npm config get registry` ({npm}, as {who}) gave no answer within {NPM_TIMEOUT:g} s"
@@ -145,10 +152,26 @@ def _choose(settings: Settings, sources: Mapping[str, str], environ: Mapping[str
     except ValueError:
         return settings, ForwarderOrigin("", SOURCE_DEFAULT, f"{how} answered {registry!r}, no http(s) URL: {private}")
     if url and is_own_url(settings, url):
-        return settings, ForwarderOrigin(
-            "", SOURCE_DEFAULT, f"{how} names this nopard itself ({without_credentials(url)}), ignored: {private}")
+        own = f"{how} names this nopard itself ({without_credentials(url)})"
+        # The user pointed npm at nopard (the README's next step) and restarted nopard: the
+        # registry npm used before is the one its global config, or npm itself, names.
+        before = _usable(settings, ask_npm(settings, environ, run, without_userconfig=True)[0])
+        if not before:
+            return settings, ForwarderOrigin("", SOURCE_DEFAULT, f"{own}, ignored: {private}")
+        return settings.replace(forwarder_url=before), ForwarderOrigin(
+            before, SOURCE_NPM, f"{own}; mirroring {without_credentials(before)}, npm's registry without that "
+            "user config; NOPARD_FORWARDER_URL overrides it (none: a private registry)")
     if not url:
         return settings, ForwarderOrigin("", SOURCE_DEFAULT, f"{how} answered none: {private}")
     chosen = settings.replace(forwarder_url=url)
     return chosen, ForwarderOrigin(url, SOURCE_NPM, f"mirroring {without_credentials(url)}, the registry of {how}; "
                                    "NOPARD_FORWARDER_URL overrides it (none: a private registry)")
+
+
+def _usable(settings: Settings, registry: str) -> str:
+    """``registry`` as a forwarder URL, or "" when it is none, no http(s) URL, or this nopard itself."""
+    try:
+        url = parse_forwarder_url(registry) if registry else ""
+    except ValueError:
+        return ""
+    return "" if not url or is_own_url(settings, url) else url

@@ -14,11 +14,13 @@ from tests.support import NopardServer, Npm, clients_bin
 from tests.upstream import FakeUpstream
 
 
-def npm_environment(home: Path, registry: str | None, path: str | None = None) -> dict[str, str | None]:
-    """nopard's environment: NOPARD_FORWARDER_URL unset, and an npm whose userconfig names ``registry``."""
+def npm_environment(home: Path, registry: str | None, path: str | None = None,
+                    global_registry: str | None = None) -> dict[str, str | None]:
+    """nopard's environment: NOPARD_FORWARDER_URL unset, and an npm whose userconfig names ``registry``
+    (and whose global config names ``global_registry``)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / ".npmrc").write_text(f"registry={registry}\n" if registry else "")
-    (home / "globalnpmrc").touch()
+    (home / "globalnpmrc").write_text(f"registry={global_registry}\n" if global_registry else "")
     return {"NOPARD_FORWARDER_URL": None, "HOME": str(home), "NPM_CONFIG_USERCONFIG": str(home / ".npmrc"),
             "NPM_CONFIG_GLOBALCONFIG": str(home / "globalnpmrc"),
             "PATH": path if path is not None else f"{clients_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -76,14 +78,30 @@ def test_without_npm_it_stays_private_and_says_so(start_nopard: Callable[..., No
 
 def test_npm_pointing_at_nopard_itself_is_ignored(start_nopard: Callable[..., NopardServer], fake: FakeUpstream,
                                                   tmp_path: Path) -> None:
-    # The user already switched npm to nopard (the README's next step), then restarts nopard.
+    # npm's user and global configs both name nopard itself: nothing to mirror.
     server = NopardServer(tmp_path / "nopard", {})
-    server._env.update(npm_environment(tmp_path / "home", f"http://localhost:{server.port}/"))
+    own = f"http://localhost:{server.port}/"
+    server._env.update(npm_environment(tmp_path / "home", own, global_registry=own))
     try:
         server.start()
         [line] = forwarder_lines(server)
         assert f"names this nopard itself (http://localhost:{server.port}), ignored: a private registry" in line
         assert server.request("GET", "/ms").status == 404
         assert server.request("GET", "/-/nopard/status").json()["forwarder"]["url"] is None
+    finally:
+        server.stop()
+
+
+def test_a_restart_after_npm_was_pointed_at_nopard_keeps_mirroring(fake: FakeUpstream, tmp_path: Path) -> None:
+    """The user switched npm to nopard (the README's next step), then restarts nopard: it mirrors the
+    registry npm used before (npm's without the user's .npmrc: here its global config's)."""
+    server = NopardServer(tmp_path / "nopard", {})
+    server._env.update(npm_environment(tmp_path / "home", f"http://localhost:{server.port}/",
+                                       global_registry=fake.url))
+    try:
+        server.start()
+        [line] = forwarder_lines(server)
+        assert f"names this nopard itself (http://localhost:{server.port}); mirroring {fake.url.rstrip('/')}" in line
+        assert server.request("GET", "/ms").status == 200
     finally:
         server.stop()

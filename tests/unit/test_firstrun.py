@@ -64,3 +64,17 @@ def test_a_set_forwarder_asks_no_npm(tmp_path: Path) -> None:
     settings, sources, origin = choose(environ, tmp_path, run=None)  # run is never called
     assert (settings.forwarder_url, sources["forwarder_url"]) == ("http://127.0.0.1:9", "environment")
     assert origin.note == "mirroring http://127.0.0.1:9 (NOPARD_FORWARDER_URL)"
+
+
+def test_npm_pointing_at_nopard_itself_falls_back_to_its_registry_without_the_user_config(tmp_path: Path) -> None:
+    """The user's .npmrc names nopard (the README's next step): npm's registry without that user config
+    (its global config, or its own default) is mirrored; one naming nopard too keeps nopard private."""
+    script = ('case "$*" in *--userconfig*) echo "registry=http://127.0.0.1:9/";; '
+              '*) echo "registry=http://localhost:4873/";; esac; echo "userconfig=/u/.npmrc"')
+    settings, sources, origin = choose(fake_npm(tmp_path, script), tmp_path)
+    assert (settings.forwarder_url, sources["forwarder_url"]) == ("http://127.0.0.1:9", SOURCE_NPM)
+    assert "names this nopard itself (http://localhost:4873); mirroring http://127.0.0.1:9" in origin.note
+    both = tmp_path / "both"
+    both.mkdir()
+    settings, _sources, origin = choose(fake_npm(both, 'echo "registry=http://localhost:4873/"'), both)
+    assert settings.forwarder_url == "" and "ignored: a private registry" in origin.note
