@@ -28,6 +28,7 @@ import errno
 import os
 import pwd
 import signal
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,10 +337,12 @@ class AppendingLogObserver:
 
 
 class RequestTracker:
-    """Knows the HTTP requests a site is working on."""
+    """Knows the HTTP requests a site is working on, and the connections they came on."""
 
     def __init__(self) -> None:
         self._requests: set[Any] = set()
+        # Weak: a connection gone is forgotten with its channel.
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def track(self, site: Any) -> None:
         """Have every request ``site`` creates from now on recorded, until it is answered or abandoned."""
@@ -348,6 +351,7 @@ class RequestTracker:
         def request_factory(channel: Any, *args: Any, **kwargs: Any) -> Any:
             request = make(channel, *args, **kwargs)
             self._requests.add(request)
+            self._channels.add(channel)
             # notifyFinish fires when the answer is sent, and fails when the client goes away.
             request.notifyFinish().addBoth(lambda _: self._requests.discard(request))
             return request
@@ -358,14 +362,28 @@ class RequestTracker:
         """Requests neither answered in full nor abandoned by their client."""
         return len(self._requests)
 
+    def close_connections(self) -> int:
+        """Close every connection that carried a request once what was written to it is sent;
+        returns how many are still open.
+
+        A request is finished as soon as its last bytes are handed to the transport, which
+        sends them on a later turn of the reactor; twistd's shutdown drops its connections
+        without sending what they still hold, so they are closed here first, gracefully.
+        """
+        open_channels = [c for c in self._channels if getattr(getattr(c, "transport", None), "connected", False)]
+        for channel in open_channels:
+            if not getattr(channel.transport, "disconnecting", False):
+                channel.loseConnection()
+        return len(open_channels)
+
 
 class GracefulService(MultiService):
     """nopard's service tree, stopped gracefully.
 
     On stop (SIGTERM): stop accepting connections, let the requests in flight
-    finish (at most GRACE_SECONDS), and only then stop the rest, whose thread
-    pools and storage those requests still use. twistd closes the remaining
-    (idle) connections afterwards.
+    finish and their answers reach the clients (at most GRACE_SECONDS in all),
+    and only then stop the rest, whose thread pools and storage those requests
+    still use. twistd closes the remaining (idle) connections afterwards.
 
     It also carries the log observer for twistd: twistd puts this service in
     its Application after makeService returns and only then asks the
@@ -425,13 +443,18 @@ class GracefulService(MultiService):
         waiting: Deferred[None] = Deferred()
 
         def check(deadline: float) -> None:
-            if self.tracker.in_flight() == 0:
+            requests = self.tracker.in_flight()
+            # Only once no request is left: closing earlier would cut a keep-alive client's next one.
+            sending = self.tracker.close_connections() if requests == 0 else 0
+            if requests == 0 and sending == 0:
                 waiting.callback(None)
             elif self.clock.seconds() >= deadline:
-                _log.warn(
-                    "stopping with {count} requests still in flight after {grace} s",
-                    count=self.tracker.in_flight(), grace=self.grace,
-                )
+                if requests:
+                    _log.warn("stopping with {count} requests still in flight after {grace} s",
+                              count=requests, grace=self.grace)
+                else:
+                    _log.warn("stopping with {count} connections still sending answers after {grace} s",
+                              count=sending, grace=self.grace)
                 waiting.callback(None)
             else:
                 self.clock.callLater(0.05, check, deadline)
