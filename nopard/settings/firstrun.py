@@ -7,7 +7,8 @@ a short timeout, and mirrors the answer. It keeps nothing when npm is not on
 PATH, fails, or answers no http(s) URL: then nopard is a private registry, and
 one log line says why. When the answer is this nopard itself (a user whose npm
 already points at nopard), the registry npm names without the user's .npmrc is
-taken instead (npm's global config's, or npm's default), unless it is nopard too. ``NOPARD_FORWARDER_URL=none`` asks nothing and mirrors nothing.
+taken instead (npm's global config's, or npm's default), unless it is nopard too.
+``NOPARD_FORWARDER_URL=none`` asks nothing and mirrors nothing.
 
 Nothing here names a registry: the URL is whatever npm says.
 """
