@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nopard.domain import names, packument
+from nopard.domain import names, package_flags, packument
 from nopard.domain.errors import InvalidInput, NotFound, VersionExists
 from nopard.domain.publication import Publication
 
@@ -173,13 +173,13 @@ class TestOwnersAndStars:
         """Entries of other users are neither added nor removed by someone's star."""
         doc = document("1.0.0")
         doc["users"] = {"carol": True}
-        starred = packument.set_star(doc, "bob", {"users": {"bob": True, "mallory": True}})
+        starred = package_flags.set_star(doc, "bob", {"users": {"bob": True, "mallory": True}})
         assert starred["users"] == {"carol": True, "bob": True}
-        assert packument.starred_by(starred, "bob")
-        unstarred = packument.set_star(starred, "bob", {"users": {}})
+        assert package_flags.starred_by(starred, "bob")
+        unstarred = package_flags.set_star(starred, "bob", {"users": {}})
         assert unstarred["users"] == {"carol": True}
         with pytest.raises(InvalidInput):
-            packument.set_star(doc, "bob", {"users": ["bob"]})
+            package_flags.set_star(doc, "bob", {"users": ["bob"]})
 
 
 class TestPaths:
@@ -226,6 +226,6 @@ class TestRequiredAction:
     def test_a_star_needs_only_access(self) -> None:
         """Starring changes users only: any reader may."""
         doc = document("1.0.0")
-        starred = packument.set_star(doc, "bob", {"users": {"bob": True}})
+        starred = package_flags.set_star(doc, "bob", {"users": {"bob": True}})
         starred["_rev"], starred["time"]["modified"] = "4-def", NOW
         assert packument.required_action(doc, starred) == "access"

@@ -16,7 +16,7 @@ from nopard.auth import Accounts, Identity
 from nopard.auth.operator import OPERATOR_HEADER, OperatorCredential
 from nopard.auth.tokens import may_write
 from nopard.auth.twofactor import require_for_package
-from nopard.domain import packument
+from nopard.domain import package_flags
 from nopard.domain.errors import AuthenticationRequired, NotFound, PermissionDenied
 from nopard.settings.acl import Policy
 from nopard.web.responses import client_address, header
@@ -145,5 +145,5 @@ class Gate:
             return  # stars: each reader's own
         if identity.packages is not None and not may_write(identity.packages, name):
             raise PermissionDenied(f"this token may write only {', '.join(identity.packages)}, not {name}")
-        require_for_package(packument.mfa_level(document), name, identity.user, identity.otp, identity.bypass_2fa,
+        require_for_package(package_flags.mfa_level(document), name, identity.user, identity.otp, identity.bypass_2fa,
                             identity.tfa)

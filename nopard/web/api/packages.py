@@ -14,7 +14,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from nopard.auth import Accounts, Identity
-from nopard.domain import names, packument
+from nopard.domain import names, package_flags, packument
 from nopard.domain.errors import AuthenticationRequired, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.publication import parse_publication
 from nopard.local.packages import Registry
@@ -68,7 +68,7 @@ class PackageRoutes:
             if not readable(name):
                 continue
             document = await self._registry.document(name)
-            if document is not None and packument.starred_by(document, user):
+            if document is not None and package_flags.starred_by(document, user):
                 rows.append({"value": name})
         return json_response(request, 200, {"rows": rows})
 
@@ -104,7 +104,7 @@ class PackageRoutes:
         identity = await self._gate.writing(request)
         self._gate.require_rule("publish", target.name, identity.user)
         body = await self._requests.json_body(request)
-        await self._registry.change(target.name, identity.user, None, partial(packument.set_mfa, body=body),
+        await self._registry.change(target.name, identity.user, None, partial(package_flags.set_mfa, body=body),
                                     authorize=self.rules_for(target.name, identity))
         return json_response(request, 200, {"ok": True})
 
@@ -268,7 +268,7 @@ class PackageRoutes:
         if user is None:
             raise AuthenticationRequired("log in to star packages")
         return await self._registry.change(
-            name, user, revision, lambda d: packument.set_star(d, user, body), maintainer=False,
+            name, user, revision, lambda d: package_flags.set_star(d, user, body), maintainer=False,
             authorize=self.rules_for(name, identity),
         )
 
