@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from nopard.settings.config import SETTINGS, parse_size
+from nopard.settings.config import SETTINGS
+from nopard.settings.values import parse_size
 from tests.nginx_server import CONF, NginxServer, full_config, render
 from tests.support import NopardServer, free_port, publish_body
 

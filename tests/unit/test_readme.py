@@ -1,7 +1,7 @@
 """The README and docs/ stay true to the code.
 
 The settings table in docs/configuration.md is generated from the declarations
-in nopard/settings/config.py: after adding or changing a setting, run
+in nopard/settings/declared.py: after adding or changing a setting, run
 
     .venv/bin/python -m tests.unit.test_readme
 
@@ -19,7 +19,7 @@ from nopard.settings.overrides import OVERRIDABLE
 from tests.support import REPO
 
 CONFIGURATION = REPO / "docs" / "configuration.md"
-TABLE_START = "<!-- settings table: generated from nopard/settings/config.py by python -m tests.unit.test_readme -->"
+TABLE_START = "<!-- settings table: generated from nopard/settings/declared.py by python -m tests.unit.test_readme -->"
 TABLE_END = "<!-- end of the settings table -->"
 
 
