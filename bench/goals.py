@@ -14,9 +14,9 @@ from bench.report import millis, ratio, size, table
 TARBALL_ROWS = (("nginx_direct", "nginx sending the store file itself (the limit)"),
                 ("nopard", "nopard alone"),
                 ("nginx_proxy", "nginx -> nopard, no accel"),
-                ("nginx_one_hop", "nginx -> nopard, no accel, no decision server (bench conf)"),
+                ("nginx_one_hop", "nginx -> nopard, no accel, no question first (bench conf)"),
                 ("accel_0", "nginx -> nopard, accel redirect, decision cache 0 s"),
-                ("accel_one_hop", "nginx -> nopard, accel redirect, no decision server (bench conf)"),
+                ("accel_one_hop", "nginx -> nopard, accel redirect, no question first (bench conf)"),
                 ("accel_10", "nginx -> nopard, accel redirect, decision cache 10 s"))
 
 

@@ -6,7 +6,7 @@ location (its store location is ``internal``: nothing bypasses nopard's access r
 bench writes a copy of it with one extra, public location, ``DIRECT``, that serves the store's
 files as they are, and runs that copy with tests/nginx_server.py's ``NginxServer``. A second
 one, ``ONE_HOP``, proxies a tarball GET straight to nopard (as ``location /`` does), without
-the shipped conf's decision-cache server in between: what that extra hop costs shows.
+the shipped conf's question first (auth_request to nopard): what the question costs shows.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from tests.nginx_server import CONF, NginxServer
 
 # The URL prefix of the bench-only location: DIRECT + a path under the store.
 DIRECT = "/_bench_direct/"
-# And of the second: ONE_HOP + a tarball path, proxied to nopard without the decision server.
+# And of the second: ONE_HOP + a tarball path, proxied to nopard without the question first.
 ONE_HOP = "/_bench_one_hop"
 
 
 def direct_location(store: Path) -> str:
     """The bench-only server locations: every file under ``store`` served by nginx alone, with
     the same sendfile and open_file_cache settings as the shipped accel-redirect location; and
-    tarball GETs proxied to nopard in one hop, to tell what the decision server costs."""
+    tarball GETs proxied to nopard in one hop, to tell what the question costs."""
     root = str(store).rstrip("/")
     return (
         "\n    # scripts/bench only: the store's files sent by nginx itself, no nopard involved.\n"
@@ -35,7 +35,7 @@ def direct_location(store: Path) -> str:
         "        open_file_cache max=10000 inactive=60s;\n"
         "    }\n"
         "\n    # scripts/bench only: a tarball GET proxied straight to nopard, as `location /` does,\n"
-        "    # without the decision server in between (nopard's X-Accel-Redirect is still followed).\n"
+        "    # without the question first (nopard's X-Accel-Redirect is still followed).\n"
         # ^~: a prefix that wins over the shipped tarball regex, which this path matches too.
         f"    location ^~ {ONE_HOP}/ {{\n"
         f"        rewrite ^{ONE_HOP}(/.+)$ $1 break;\n"

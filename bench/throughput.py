@@ -181,7 +181,7 @@ def behind_nginx(args, upstream: FakeUpstream, server, tarball: str, side: dict,
         raise RuntimeError(f"nginx sent {direct} with another size than nopard's tarball")
     targets = {"nginx_direct": Target("nginx sending the store file itself", nginx.url + direct),
                "nginx_proxy": Target("nginx proxying to nopard (no accel)", nginx.url + tarball),
-               "nginx_one_hop": Target("nginx proxying to nopard, no decision server (no accel)",
+               "nginx_one_hop": Target("nginx proxying to nopard, no question first (no accel)",
                                        nginx.url + ONE_HOP + tarball)}
     for ttl in (0, 10):
         accel = start_nopard(stack, server.workdir.parent / f"http-accel-{ttl}", upstream, args,
@@ -197,7 +197,7 @@ def behind_nginx(args, upstream: FakeUpstream, server, tarball: str, side: dict,
         if ttl == 0:
             if len(get(front.url, ONE_HOP + tarball).body) != side["bytes"]:
                 raise RuntimeError("nginx following nopard's X-Accel-Redirect in one hop sent another size")
-            targets["accel_one_hop"] = Target("nginx + accel redirect, no decision server",
+            targets["accel_one_hop"] = Target("nginx + accel redirect, no question first",
                                               front.url + ONE_HOP + tarball)
     return targets
 

@@ -30,7 +30,6 @@ _INSTANCE = re.compile(
 )
 _ANY_SERVER = re.compile(r"^[ \t]*server\s", re.M)
 _LISTEN = re.compile(r"^(?P<indent>[ \t]*)listen\s+80\s*;[ \t]*$", re.M)
-_DECISIONS_SOCKET = "/run/nginx-nopard-decisions.sock"
 _DECISIONS_CACHE = "/var/cache/nginx/nopard-decisions "
 _ALIAS = re.compile(r"^(?P<indent>[ \t]*)alias\s+/var/lib/nopard/\$1\s*;[ \t]*$", re.M)
 
@@ -62,9 +61,8 @@ def render(conf_text: str, instance_ports: list[int], listen_port: int, store: P
     rendered, listens = _LISTEN.subn(lambda m: f"{m.group('indent')}listen 127.0.0.1:{listen_port};", rendered)
     if listens != 1:
         raise ValueError(f"expected exactly one `listen 80;` line in the conf, found {listens}")
-    if rendered.count(_DECISIONS_SOCKET) != 2 or rendered.count(_DECISIONS_CACHE) != 1:
-        raise ValueError(f"expected {_DECISIONS_SOCKET} twice and {_DECISIONS_CACHE}once in the conf")
-    rendered = rendered.replace(_DECISIONS_SOCKET, str(directory / "decisions.sock"))
+    if rendered.count(_DECISIONS_CACHE) != 1:
+        raise ValueError(f"expected {_DECISIONS_CACHE}once in the conf")
     rendered = rendered.replace(_DECISIONS_CACHE, f"{directory / 'decisions'} ")
     aliased = f"{str(store).rstrip('/')}/" if store is not None else "/var/lib/nopard/"
     rendered, aliases = _ALIAS.subn(lambda m: f"{m.group('indent')}alias {aliased}$1;", rendered)

@@ -85,9 +85,12 @@ class FilesystemStorage:
     def relative_url(self, key: str) -> str:
         """``key``'s file as a URL path relative to the root, percent-quoted (for nginx's
         X-Accel-Redirect): derived from ``path_of``, so it names the same file and never leaves
-        the root; nginx unquotes it and maps it onto the ``alias`` of the root."""
+        the root; nginx unquotes it and maps it onto the ``alias`` of the root. ``@`` (scopes) and
+        ``+`` (build metadata) stay as they are, as URL paths allow: then no file a valid npm name
+        makes is quoted at all, which the shipped nginx conf relies on (its ``map`` sends a quoted
+        path back to nopard, as nginx's try_files does not unquote)."""
         relative = os.path.relpath(self.path_of(key), self.root)
-        return "/".join(quote(part, safe="") for part in relative.split(os.sep))
+        return "/".join(quote(part, safe="@+") for part in relative.split(os.sep))
 
     async def read(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is none."""

@@ -22,6 +22,12 @@ REDIRECT_CACHE = "private, no-store"
 # 302, not 307: every client follows it for a GET (npm, yarn 1, yarn 4, pnpm all do), and a
 # tarball is only ever fetched with GET, so 307's "keep the method" adds nothing.
 REDIRECT_STATUS = 302
+# nginx's auth_request for a tarball (deploy/nginx/nopard.conf) carries this header: nopard then
+# only decides (``TarballRedirects.decide``) and never sends the bytes in that answer.
+DECISION_HEADER = b"X-Nopard-Decision"
+# How long nginx may keep a yes that names no file (NOPARD_ACCEL_REDIRECT off, or a HEAD): it
+# grants nothing, since nginx then asks nopard for the bytes and nopard checks access again.
+SEND_IT_YOURSELF_TTL = 60
 
 
 class StoredFiles(Protocol):
@@ -59,6 +65,23 @@ class TarballRedirects:
         """True when tarball GETs are handed to nginx or redirected (the settings say which)."""
         current = self._settings.current
         return bool(current.accel_redirect and self._files) or bool(current.tarball_redirect and self._objects)
+
+    @property
+    def sends_files(self) -> bool:
+        """True when nginx sends stored files itself (NOPARD_ACCEL_REDIRECT on a filesystem store)."""
+        return bool(self._settings.current.accel_redirect and self._files)
+
+    @staticmethod
+    def is_decision(request: IRequest) -> bool:
+        """Whether ``request`` is nginx's auth_request asking only whether (and which file) to send."""
+        return request.getHeader(DECISION_HEADER) is not None
+
+    @staticmethod
+    def send_it_yourself(request: IRequest) -> bytes:
+        """A yes naming no file: nginx asks nopard again, without the decision header, for the bytes."""
+        request.setResponseCode(204)
+        request.setHeader(b"X-Accel-Expires", b"%d" % SEND_IT_YOURSELF_TTL)
+        return b""
 
     async def answer(self, request: IRequest, key: str) -> bytes:
         """Answer ``request`` for the stored tarball ``key`` (Content-Type and Cache-Control are set)."""

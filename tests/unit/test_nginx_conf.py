@@ -185,8 +185,7 @@ def test_render_replaces_the_upstream_servers_and_the_listen_line() -> None:
     servers = [line.strip() for line in upstream.splitlines() if line.strip().startswith("server ")]
     assert [line.split()[1] for line in servers] == ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
     listens = [line.strip() for line in rendered.splitlines() if line.strip().startswith("listen ")]
-    # The client-facing server, and the decision cache's (nopard's tarball answers) in the given directory.
-    assert listens == ["listen unix:/tmp/nopard-nginx/decisions.sock;", "listen 127.0.0.1:8123;"]
+    assert listens == ["listen 127.0.0.1:8123;"]
     assert "alias /var/lib/nopard/$1;" in rendered and "nginx-nopard-decisions" not in rendered
     assert "/var/cache/" not in rendered
 
@@ -198,7 +197,7 @@ def test_render_replaces_the_upstream_servers_and_the_listen_line() -> None:
         lambda text: text.replace("listen 80;", "listen 8080;"),
         lambda text: text.replace("upstream nopard {", "upstream registry {"),
         lambda text: text.replace("alias /var/lib/nopard/$1;", "alias /srv/npm/$1;"),
-        lambda text: text.replace("/run/nginx-nopard-decisions.sock", "/run/x.sock", 1),
+        lambda text: text.replace("/var/cache/nginx/nopard-decisions ", "/var/cache/x ", 1),
     ],
 )
 def test_render_refuses_an_incompatibly_edited_conf(edit: Any) -> None:

@@ -44,7 +44,7 @@ async def test_accel_answer_names_the_stored_file_and_sends_no_bytes(tmp_path: P
     answer = await app.call("GET", "/@acme%2flib/-/lib-1.0.0.tgz")
     assert answer.status == 200 and answer.body == b""
     location = answer.headers["x-accel-redirect"]
-    assert location == ACCEL + "packages/%40acme/lib/tarballs/lib-1.0.0.tgz"
+    assert location == ACCEL + "packages/@acme/lib/tarballs/lib-1.0.0.tgz"
     file = tmp_path / "registry" / unquote(location[len(ACCEL):])
     assert file.read_bytes() == tarball_bytes("@acme/lib", "1.0.0")
     assert answer.headers["content-type"] == "application/octet-stream"
@@ -202,3 +202,52 @@ def test_redirects_follow_the_storage_setting_through_a_wrapped_store(tmp_path: 
     live = LiveSettings(load_settings({}, {"NOPARD_REGISTRY_PATH": str(tmp_path), "NOPARD_ACCEL_REDIRECT": ACCEL}))
     redirects = tarball_redirects(live, Forwarding(FilesystemStorage(str(tmp_path), run_now)))
     assert redirects.active
+
+
+# nginx's auth_request (deploy/nginx/nopard.conf) asks with this header: only yes or no comes back.
+QUESTION = {"X_Nopard_Decision": "1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_nginx_question_is_answered_yes_with_the_file_and_no_bytes(tmp_path: Path) -> None:
+    """Asked by nginx, an authorized tarball is the same accel yes (the file, kept 30 s) as a plain GET."""
+    app = build(tmp_path, accel_redirect=ACCEL, accel_cache_ttl="30")
+    await published(app, "@acme/lib")
+    answer = await app.call("GET", "/@acme/lib/-/lib-1.0.0.tgz", **QUESTION)
+    assert answer.status == 200 and answer.body == b""
+    assert answer.headers["x-accel-redirect"] == ACCEL + "packages/@acme/lib/tarballs/lib-1.0.0.tgz"
+    assert answer.headers["x-accel-expires"] == "30" and "immutable" in answer.headers["cache-control"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_nginx_question_without_accel_is_a_yes_naming_no_file(tmp_path: Path) -> None:
+    """Without NOPARD_ACCEL_REDIRECT nopard answers nginx's question 204 with no file and no bytes
+    (nginx then asks for the tarball itself, checked again), and lets nginx keep that yes a while."""
+    app = build(tmp_path)
+    await published(app)
+    answer = await app.call("GET", "/demo/-/demo-1.0.0.tgz", **QUESTION)
+    assert answer.status == 204 and answer.body == b"" and "x-accel-redirect" not in answer.headers
+    assert int(answer.headers["x-accel-expires"]) > 0
+    plain = await app.call("GET", "/demo/-/demo-1.0.0.tgz")
+    assert plain.status == 200 and plain.body == tarball_bytes("demo", "1.0.0")
+
+
+@pytest.mark.parametrize("accel", ["", ACCEL])
+@pytest_twisted.ensureDeferred
+async def test_nginx_question_about_a_refused_tarball_is_a_403_never_kept(tmp_path: Path, accel: str) -> None:
+    """auth_request understands only 2xx, 401 and 403: a hidden or wrongly authenticated tarball
+    (and with accel a missing one, looked up to name its file) is a 403 to nginx's question, with
+    no file and nothing nginx may keep; the plain GET that follows gets nopard's real answer
+    (404 JSON here). Without accel a missing tarball is not looked up: the GET that follows is."""
+    app = build(tmp_path, rules=HIDING_RULES, accel_redirect=accel, accel_cache_ttl="30")
+    alice = await app.user("alice")
+    await published(app, "secret-thing", token=alice)
+    refused = [("/secret-thing/-/secret-thing-1.0.0.tgz", None), ("/secret-thing/-/secret-thing-1.0.0.tgz", "npd_x")]
+    if accel:
+        refused.append(("/nothing/-/nothing-1.0.0.tgz", None))
+    for path, token in refused:
+        answer = await app.call("GET", path, token=token, **QUESTION)
+        assert answer.status == 403, (path, answer.status, answer.body)
+        assert "x-accel-redirect" not in answer.headers and "x-accel-expires" not in answer.headers
+    real = await app.call("GET", "/secret-thing/-/secret-thing-1.0.0.tgz")
+    assert real.status == 404 and "error" in real.json()

@@ -15,7 +15,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from nopard.auth import Accounts, Identity
 from nopard.domain import names, package_flags, packument
-from nopard.domain.errors import AuthenticationRequired, InvalidInput, NotFound, PermissionDenied
+from nopard.domain.errors import AuthenticationRequired, InvalidInput, NopardError, NotFound, PermissionDenied
 from nopard.domain.publication import parse_publication
 from nopard.local.packages import Registry
 from nopard.settings.config import LiveSettings
@@ -188,6 +188,8 @@ class PackageRoutes:
 
     async def get_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
         """A tarball, streamed from storage (HEAD: its headers only)."""
+        if self._redirects.is_decision(request):
+            return await self.decide_tarball(request, target)
         identity = await self._gate.reader(request)
         self._gate.hide_unreadable(
             target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
@@ -202,6 +204,28 @@ class PackageRoutes:
             return await self._redirects.answer(request, key)
         blob, status = await self._packages.tarball(target.name, target.argument)
         return await self.send_tarball(request, blob, status)
+
+    async def decide_tarball(self, request: IRequest, target: names.PackagePath) -> bytes:
+        """nginx's auth_request for a tarball (deploy/nginx/nopard.conf): yes with the stored file
+        nginx sends (X-Accel-Redirect, kept for NOPARD_ACCEL_CACHE_TTL), yes with none (204: nginx
+        asks again for the bytes), or no. auth_request knows only 2xx, 401 and 403, so every
+        refusal is a 403 here; nginx then asks again without the decision header and passes
+        nopard's real answer on (a hidden package's 404, a blocked version's 451, a challenge)."""
+        assert target.argument is not None  # a tarball path names the file
+        try:
+            identity = await self._gate.reader(request)
+            self._gate.hide_unreadable(
+                target.name, identity, f"tarball not found: {target.name}/-/{target.argument}", target.argument
+            )
+            if not self._redirects.sends_files:
+                return self._redirects.send_it_yourself(request)
+            key, status = await self._packages.stored_tarball(target.name, target.argument)
+        except NopardError as refusal:
+            raise PermissionDenied(refusal.message) from refusal
+        self.served_as(request, status)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Cache-Control", TARBALL_CACHE)
+        return await self._redirects.answer(request, key)
 
     async def send_tarball(self, request: IRequest, blob: Blob, status: str) -> bytes:
         """How a located tarball is sent: the one place that decides (headers, HEAD, the bytes).
