@@ -32,10 +32,12 @@ from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import DEGRADED_FRESHNESS, InProcessCoordination, RedisCoordination
 from nopard.cluster.feed import ChangeFeed
+from nopard.cluster.history import shared_days
 from nopard.cluster.keyspace import Keyspace, failed_login_script, retry_after_script
 from nopard.cluster.link import RedisLink
 from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
+from nopard.domain.history import BUCKET_SECONDS, BUCKETS
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.jobs.advisories import AdvisoryRefresh
@@ -49,6 +51,7 @@ from nopard.mirror.spool import remove_orphans
 from nopard.mirror.upstreams import Upstreams
 from nopard.ops.daemon import pid_is_running
 from nopard.ops.daemon import prepare as prepare_daemon
+from nopard.ops.history import History
 from nopard.ops.logs import LogService, twistd_log_stream
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
@@ -391,6 +394,9 @@ def build_service(
     metrics.live.firewall = parts.firewall
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
+    metrics.history = History(reactor, upstreams.all, metrics.live.store,
+                              shared=shared_days(coordination, reactor, BUCKET_SECONDS, BUCKET_SECONDS * BUCKETS))
+    metrics.history.setServiceParent(top)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics,
                     firewall=parts.firewall)
     advisories = AdvisoryStore(storage)

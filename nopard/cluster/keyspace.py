@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from nopard.cluster import locks, sessions, stamps
+from nopard.cluster import history, locks, sessions, stamps
 
 _DOCUMENT_PREFIX = b"nopard:doc:"
 
@@ -273,6 +273,14 @@ class Keyspace:
         found[bytes(field)] = bytes(value)
         return int(added)
 
+    def hash(self, name: bytes) -> dict[bytes, bytes]:
+        """A copy of the hash ``name``'s fields (empty: none), for the scripts."""
+        return dict(self._typed(name, Hash) or {})
+
+    def hgetall(self, name: bytes) -> list[bytes]:
+        """HGETALL: field, value, field, value..."""
+        return [part for pair in self.hash(name).items() for part in pair]
+
     def hdel(self, name: bytes, *fields: bytes) -> int:
         """HDEL."""
         found = self._typed(name, Hash) or {}
@@ -298,7 +306,8 @@ class Keyspace:
 COMMANDS: dict[bytes, Callable[..., Any]] = {
     name.upper().encode(): getattr(Keyspace, name)
     for name in ("get", "set", "mget", "getdel", "incr", "delete", "exists", "pexpire", "pttl", "zadd", "zrem",
-                 "zcard", "zrange", "zrangebyscore", "zremrangebyscore", "hget", "hset", "hdel", "evalsha", "eval")
+                 "zcard", "zrange", "zrangebyscore", "zremrangebyscore", "hget", "hset", "hgetall", "hdel", "evalsha",
+                 "eval")
 }
 COMMANDS[b"DEL"] = COMMANDS.pop(b"DELETE")
 
@@ -371,6 +380,8 @@ BUILTIN_SCRIPTS: dict[str, Script] = {
     locks.RENEW_SCRIPT: _renew,
     sessions.ADMIT_SCRIPT: _admit,
     sessions.SETTLE_SCRIPT: _settle,
+    history.ADD_SCRIPT: history.add_script,
+    history.READ_SCRIPT: history.read_script,
 }
 
 

@@ -188,6 +188,7 @@ class Metrics:
         )
         self.live = LiveCollector(worker)
         self.exposed.register(self.live)
+        self.history: Any = None  # nopard.ops.history.History: the status page's last day
 
     def request_finished(
         self, route: str, method: str, status: int, seconds: float, cache_status: str | None
@@ -198,6 +199,8 @@ class Metrics:
         if cache_status:
             kind = "tarball" if route == "tarball" else "document"
             self.cache.labels(kind, cache_status).inc()
+            if self.history is not None:
+                self.history.served(cache_status)
 
     def cache_counts(self) -> dict[str, int]:
         """Documents and tarballs served since start, by how (LOCAL, HIT, MISS, STALE, REVALIDATED)."""
@@ -219,6 +222,8 @@ class Metrics:
     def sync_finished(self, report: Any) -> None:
         """Add a finished run's JobReport to the sync counters."""
         job = report.job
+        if self.history is not None:
+            self.history.synced(report)
         if report.skipped:
             self.sync_runs.labels(job, "skipped").inc()
             return

@@ -412,8 +412,8 @@ def settings_page(viewer: Viewer, entries: list[dict[str, Any]], error: str | No
 
 
 def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hit_ratio: float | None,
-                cache_counts: dict[str, int], storage: str, now: float, firewall: Any = "") -> Tag:
-    """Sync runs, upstream state, cache hit ratio, storage used."""
+                cache_counts: dict[str, int], storage: str, now: float, firewall: Any = "", day: Any = "") -> Tag:
+    """Sync runs, upstream state, cache hit ratio, storage used; ``day``: the charts of the last day."""
     upstream_rows = []
     for upstream in status["upstreams"]:
         state = "healthy" if upstream["state"] == "closed" else "down"
@@ -461,6 +461,7 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
                                           tags.th("Finished", scope="col"), tags.th("Outcome", scope="col"))),
                        tags.tbody(*job_rows)) if job_rows else tags.p("No sync job has run yet."),
         ),
+        day,
         firewall,
     )
 

@@ -43,6 +43,7 @@ from nopard.web.browser import (
     html,
     redirect,
 )
+from nopard.web.charts import day_section
 from nopard.web.errors import set_retry_after, status_of
 from nopard.web.pages_firewall import firewall_status, withheld_section
 from nopard.web.readme_renders import ReadmeRenders
@@ -265,8 +266,10 @@ class AdminPages:
         served_here = sum(v for k, v in counts.items() if k in ("LOCAL", "HIT", "STALE"))
         ratio = served_here / total if total else None
         status = self._mirror.status()
+        history = self._metrics.history
+        day = day_section(await history.day()) if history is not None else ""
         page = pages.status_page(viewer, status, self._sync.status(), ratio, counts, await self.storage_used(),
-                                 self._clock.seconds(), firewall_status(status.get("firewall")))
+                                 self._clock.seconds(), firewall_status(status.get("firewall")), day)
         return await html(request, page)
 
     async def storage_used(self) -> str:

@@ -47,6 +47,7 @@ from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
+from nopard.ops.history import History
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
 from nopard.settings.acl import ALLOW_ALL, Policy, parse_policy
@@ -154,6 +155,7 @@ class InProcess:
     hops: ThreadHops | None = None  # the store's calls into its thread pool, counted
     cache: PreparedCache | None = None
     firewall: Firewall | None = None
+    metrics: Metrics | None = None  # what raw() requests are counted in, as NopardSite counts them
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -171,7 +173,7 @@ class InProcess:
                 super().__init__(*args, **kwargs)
                 made.append(self)
 
-        site = NopardSite(self.resource, self.settings, self.clock, Logger(namespace="nopard.test"))
+        site = NopardSite(self.resource, self.settings, self.clock, Logger(namespace="nopard.test"), self.metrics)
         site.requestFactory = Recorded
         channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5984))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
@@ -267,6 +269,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
                          policy)
     metrics = Metrics(clock)
     metrics.live.firewall = parts.firewall
+    store_size = StoreSize(storage.usage, clock)
+    metrics.history = History(clock, upstreams.all, store_size)
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
                     metrics=metrics, firewall=parts.firewall)
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
@@ -287,7 +291,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
         search=SearchIndex(registry, parts.documents, clock, coordination=coordination, firewall=parts.firewall),
         metrics=metrics,
-        health=StoreProbe(storage, clock), store_size=StoreSize(storage.usage, clock),
+        health=StoreProbe(storage, clock), store_size=store_size,
         overrides=Overrides(live, base, setting_sources({}, env), storage, clock, log),
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
         redirects=TarballRedirects(live, files=storage, objects=objects),
@@ -296,7 +300,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
-                     upstream_http, index=index, hops=hops, cache=cache, firewall=parts.firewall)
+                     upstream_http, index=index, hops=hops, cache=cache, firewall=parts.firewall,
+                     metrics=metrics)
 
 
 def _whole(reply: bytes) -> bool:

@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 
 import nopard
 from nopard.auth import limits
-from nopard.cluster import locks, sessions, stamps
+from nopard.cluster import history, locks, sessions, stamps
 from nopard.cluster.resp import (
     MAX_LINE,
     MAX_UNAUTHENTICATED,
@@ -219,6 +219,18 @@ SCENARIOS: dict[str, tuple[list[tuple[object, ...]], list[str]]] = {
         (1, "login:a", str(MS + 60_150), "60000", "2"),  # the first two left the window
         (1, "login:a", str(MS + 60_150), "60000", "3"),
     ], ["login:a", "login:none"]),
+    history.ADD_SCRIPT: ([
+        (1, "nopard:history:1", "90000", "served:HIT", "2", "store:bytes", "500"),
+        (1, "nopard:history:1", "90000", "served:HIT", "3", "store:bytes", "400", "down:u", "1.5", "sync:runs", "1"),
+        (1, "nopard:history:1", "90000", "down:u", "2.5", "served:HIT", "0.5", "store:bytes", "600"),
+        (1, "nopard:history:2", "90000", *[part for n in range(history.MAX_FIELDS + 6) for part in (f"up:u{n}", "1")]),
+        ("EVAL", history.READ_SCRIPT, 3, "nopard:history:1", "nopard:history:2", "nopard:history:3"),
+    ], ["nopard:history:1", "nopard:history:2"]),
+    history.READ_SCRIPT: ([
+        (1, "nopard:history:9"),
+        ("HSET", "nopard:history:9", "served:MISS", "4"),
+        (2, "nopard:history:9", "nopard:history:8"),
+    ], ["nopard:history:9"]),
 }
 
 
