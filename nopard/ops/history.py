@@ -36,7 +36,7 @@ from nopard.domain.history import (
     upstream_field,
 )
 
-TICK_SECONDS = 60.0
+TICK_SECONDS = 5.0  # cheap: a look at the breakers, and one EVAL when shared and something happened
 
 MirrorSize = Callable[[], tuple[int | None, int | None]]  # (bytes mirrored, the limit or None)
 

@@ -118,7 +118,7 @@ async def test_an_outage_shorter_than_a_tick_is_recorded_and_sizes_once_a_bucket
     breaker = Breaker(clock.seconds, threshold=1)
     store = Store()
     history = History(clock, lambda: [Watched("http://up.example.test", breaker)], store,
-                      mirror=lambda: (3000, 10_000))
+                      mirror=lambda: (3000, 10_000), tick=60)
     history.startService()
     try:
         clock.advance(10)
