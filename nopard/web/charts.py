@@ -94,14 +94,22 @@ def size_text(value: float) -> str:
 
 
 def axes(day: Day, top: float, label: Any) -> list[Tag]:
-    """The y scale's lines and labels (``label(value)``), and the hour marks along the bottom."""
+    """The y scale's lines and labels (``label(value)``; None: no line there), and the hour marks
+    along the bottom."""
     drawn: list[Tag] = []
     for value in scale_ticks(top):
+        if label(value) is None:
+            continue
         y = f"{PLOT.y(value, top):.2f}"
         drawn.append(Tag("line")(x1=f"{PLOT.left:g}", x2=f"{PLOT.left + PLOT.width:g}", y1=y, y2=y, class_="grid"))
         drawn.append(Tag("text")(label(value), x=f"{PLOT.left - 6:g}", y=y, class_="tick y"))
     drawn.extend(time_marks(day, PLOT.bottom))
     return drawn
+
+
+def count_label(value: float) -> str | None:
+    """A count on the y axis; None for a fraction (half of a top of 1)."""
+    return f"{value:g}" if value == int(value) else None
 
 
 def time_marks(day: Day, bottom: float) -> list[Tag]:
@@ -141,7 +149,7 @@ def requests_chart(day: Day) -> Tag:
     return tags.figure(class_="chart")(
         svg("requests", "Requests by how they were served, last 24 hours",
             f"Stacked bars, one per {day.width // 60} minutes: {summary}", VIEW_HEIGHT,
-            *axes(day, top, lambda v: f"{v:g}"), Tag("g")(*bars, class_="bars")),
+            *axes(day, top, count_label), Tag("g")(*bars, class_="bars")),
         legend([(status, SERVED_LABELS[status]) for status in SERVED_AS]),
         tags.figcaption(summary, class_="summary"),
     )
@@ -205,7 +213,7 @@ def sizes_chart(day: Day) -> Tag:
         return tags.figure(class_="chart")(tags.figcaption("The store has not been measured yet.", class_="summary"))
     unit, unit_name = byte_unit(max(seen))
     top = nice_top(max(seen) / unit) * unit
-    drawn: list[Tag] = [*axes(day, top, lambda v: f"{v / unit:g} {unit_name}")]
+    drawn: list[Tag] = [*axes(day, top, lambda v: f"{v / unit:g} {unit_name}" if v else "0")]
     for kind, values in (("store", store), ("mirror", mirror)):
         if any(v is not None for v in values):
             drawn.append(Tag("path")(d=line_path(values, top, PLOT), class_=f"line {kind}"))
@@ -269,7 +277,7 @@ def sync_chart(day: Day) -> Tag:
         summary = "No sync run in the last 24 hours."
     return tags.figure(class_="chart")(
         svg("sync", "Sync runs and what they changed, last 24 hours", f"Bars of changes, dots for runs: {summary}",
-            VIEW_HEIGHT + 6, *axes(day, top, lambda v: f"{v:g}"), Tag("g")(*bars, class_="bars"),
+            VIEW_HEIGHT + 6, *axes(day, top, count_label), Tag("g")(*bars, class_="bars"),
             Tag("g")(*marks, class_="runs")),
         legend([("changed", "documents changed"), ("tarballs", "tarballs fetched"), ("run", "a run")]),
         tags.figcaption(summary, class_="summary"),
