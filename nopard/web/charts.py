@@ -39,12 +39,13 @@ UNITS = ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB"), (1, "B"))
 
 
 def svg(name: str, title: str, description: str, height: float, *content: Any) -> Tag:
-    """An accessible chart: its title and description named by aria-labelledby."""
-    return Tag("svg")(
+    """An accessible chart: its title and description named by aria-labelledby (in a box that
+    scrolls sideways on a narrow screen)."""
+    return tags.div(class_="plot")(Tag("svg")(
         Tag("title")(title, id=f"{name}-title"), Tag("desc")(description, id=f"{name}-desc"), *content,
         viewBox=f"0 0 {VIEW_WIDTH} {height:g}", role="img", class_=f"chart {name}",
         **{"aria-labelledby": f"{name}-title {name}-desc", "data-chart": name},
-    )
+    ))
 
 
 def rect(shape: Rect, label: str) -> Tag:

@@ -87,6 +87,22 @@ def test_the_last_day_after_traffic_a_sync_run_and_an_outage(start_nopard: Calla
         assert browser.console_errors() == []  # no CSP violation, nothing failed to load
         assert all(url.startswith(server.url) for url in browser.requested_urls())
         browser.no_dialog()
+    with Browser(tmp_path / "screenshots", mobile=True) as phone:
+        phone.open(server.url + "-/web/status")
+        phone.execute_script("document.querySelector('svg[data-chart=upstreams]').scrollIntoView()")
+        small = phone.screenshot("status-charts-mobile")
+        # The page does not scroll sideways: a chart does, within its figure, at a readable size.
+        wide = phone.execute_script("""const w = document.documentElement.clientWidth; const out = [];
+            for (const el of document.querySelectorAll('main > *, main > * > *'))
+                if (el.getBoundingClientRect().right > w + 1) out.push(el.outerHTML.slice(0, 80));
+            return out;""")
+        assert wide == []
+        assert phone.find('svg[data-chart="upstreams"]').size["width"] >= 500
+        # ...scrolled to its right end at first: the outage, minutes ago, is in sight.
+        assert phone.execute_script("const r = document.querySelector('svg[data-chart=upstreams] rect.down')"
+                                    ".getBoundingClientRect(); return r.left >= 0 && r.right <= window.innerWidth")
+        assert "down once" in phone.text() and phone.console_errors() == []
+    assert png_size(small)[0] == 390
     assert shot.parent == tmp_path / "screenshots" and shot.stat().st_size > 10_000
     assert png_size(shot) == viewport  # the page as the window showed it
 
