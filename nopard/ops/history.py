@@ -32,6 +32,7 @@ from nopard.domain.history import (
     Day,
     breaker_spans,
     bucket_index,
+    combine,
     spread,
     upstream_field,
 )
@@ -84,11 +85,19 @@ class History(Service):
     def _add(self, index: int, figures: Bucket) -> None:
         self.ring.add_to(index, figures)
         if self.shared is not None:
-            pending = self._pending.setdefault(index, {})
-            for field, value in figures.items():
-                # Summed figures accumulate until sent; the others are running totals or sizes.
-                summed = field.startswith(("served:", "sync:"))
-                pending[field] = pending.get(field, 0.0) + value if summed else max(pending.get(field, 0.0), value)
+            self._hold(index, figures)
+
+    def _hold(self, index: int, figures: Bucket) -> None:
+        """Keep ``figures`` for the next flush (summed figures accumulate; the others are running
+        totals or sizes)."""
+        pending = self._pending.setdefault(index, {})
+        for field, value in figures.items():
+            pending[field] = combine(field, pending[field], value) if field in pending else value
+
+    @property
+    def unsent(self) -> int:
+        """How many buckets' figures wait for ``shared`` (at most a day's, however long Redis is away)."""
+        return len(self._pending)
 
     def served(self, status: str | None) -> None:
         """A document or tarball was served (``status``: HIT, STALE, MISS, LOCAL, REVALIDATED)."""
@@ -158,14 +167,10 @@ class History(Service):
             await self.shared.add(pending)
         except Exception as error:
             self._log.debug("history: the shared buckets could not be written: {error}", error=str(error))
-            for index, figures in pending.items():
-                self._add_back(index, figures)
-
-    def _add_back(self, index: int, figures: Bucket) -> None:
-        held = self._pending.setdefault(index, {})
-        for field, value in figures.items():
-            summed = field.startswith(("served:", "sync:"))
-            held[field] = held.get(field, 0.0) + value if summed else max(held.get(field, 0.0), value)
+            oldest = bucket_index(self._clock.seconds(), self.ring.width) - self.ring.count
+            for index, figures in sorted(pending.items()):
+                if index > oldest:
+                    self._hold(index, figures)
 
     # Reading --------------------------------------------------------------------------
 

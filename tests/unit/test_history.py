@@ -9,7 +9,10 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
+from nopard.cluster.history import RedisDays
+from nopard.cluster.link import RedisLink
 from nopard.domain.history import (
     BUCKET_SECONDS,
     BUCKETS,
@@ -150,3 +153,21 @@ def test_requests_and_sync_runs_are_counted_in_their_bucket() -> None:
     bucket = history.ring.bucket(bucket_index(clock.seconds()))
     assert bucket == {"served:HIT": 2, "served:MISS": 1, "sync:runs": 1, "sync:checked": 10, "sync:changed": 2,
                       "sync:tarballs": 3, "sync:failed": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_figures_for_an_unreachable_redis_are_kept_a_day_at_most() -> None:
+    """Redis never reached for two days: what waits for it stays within a day's buckets, and the page
+    shows this instance's own day meanwhile."""
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    link = RedisLink("redis://127.0.0.1:9", clock, Logger())  # never connected: down
+    history = History(clock, shared=RedisDays(link, clock, BUCKET_SECONDS, DAY))
+    for _ in range(2 * BUCKETS):
+        history.served("HIT")
+        await history.tick()
+        clock.advance(BUCKET_SECONDS)
+    history.served("MISS")
+    assert history.unsent <= BUCKETS + 1
+    day = await history.day()
+    assert day.total("served:HIT") == BUCKETS - 1 and day.total("served:MISS") == 1
