@@ -7,9 +7,10 @@ import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.browser import Browser
-from tests.e2e.test_scaling import cluster, moto_server, redis_server  # noqa: F401  (the fixtures)
+from tests.e2e.test_workers import pinned, workers  # noqa: F401  (workers: the fixture)
 from tests.polling import poll_until
 from tests.support import NopardServer, publish_body, until_upstream_down
 from tests.upstream import FakeUpstream
@@ -107,24 +108,19 @@ def test_the_last_day_after_traffic_a_sync_run_and_an_outage(start_nopard: Calla
     assert png_size(shot) == viewport  # the page as the window showed it
 
 
-def test_instances_sharing_redis_show_one_day(cluster, redis_server) -> None:  # noqa: F811
-    """Two instances on one bucket and one Redis: each page counts the requests both served."""
-    servers = cluster(2)
-    token = servers[0].token("alice", "pw-alice")
-    assert servers[0].request("PUT", "/shared-local", publish_body("shared-local", "1.0.0"), token=token).status == 201
-    for server, times in zip(servers, (2, 3), strict=True):
+def test_the_page_of_any_worker_counts_every_workers_requests(workers) -> None:  # noqa: F811
+    """NOPARD_WORKERS=2 without Redis: the workers share the day through their supervisor's keyspace."""
+    server = workers()
+    first, second = pinned(server).values()
+    token = server.token("alice", "pw-alice")
+    assert first.request("PUT", "/worker-local", publish_body("worker-local", "1.0.0"), token=token).status == 201
+    for worker, times in ((first, 2), (second, 3)):
         for _ in range(times):
-            assert server.request("GET", "/shared-local").status == 200
+            assert worker.request("GET", "/worker-local").status == 200
 
-    def both_counted(server: NopardServer) -> bool:
-        page = server.request("GET", "/-/web/status").body.decode()
+    def counted(worker: Any) -> bool:
+        page = worker.request("GET", "/-/web/status").body.decode()
         return "5 documents and tarballs served in the last 24 hours: LOCAL 5 (100%)" in page
 
-    for server in servers:
-        poll_until(lambda s=server: both_counted(s), f"{server.url} showing both instances' requests", 30)
-    reply = redis_server.command("KEYS", "nopard:history:*")
-    names = re.findall(rb"nopard:history:\d+", reply)
-    assert 1 <= len(names) <= 2  # the bucket of now (and the one before, at a boundary)
-    for name in names:
-        ttl = int(redis_server.command("PTTL", name).strip()[1:]) / 1000
-        assert 24 * 3600 - 300 < ttl <= 24 * 3600 + 300  # a day after its bucket
+    for worker in (first, second):
+        poll_until(lambda w=worker: counted(w), f"worker {worker.worker} showing both workers' requests", 30)
