@@ -41,14 +41,16 @@ from nopard.domain.history import BUCKET_SECONDS, BUCKETS
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.jobs.advisories import AdvisoryRefresh
+from nopard.jobs.eviction import Eviction
 from nopard.jobs.schedule import SyncSchedule
-from nopard.jobs.sync import SyncJobs
+from nopard.jobs.sync import StoreLock, SyncJobs
 from nopard.local.packages import Registry
 from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.spool import remove_orphans
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageFlusher
 from nopard.ops.daemon import pid_is_running
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.history import History
@@ -394,17 +396,20 @@ def build_service(
     metrics.live.firewall = parts.firewall
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
-    metrics.history = History(reactor, upstreams.all, metrics.live.store,
+    eviction = metrics.live.mirror = Eviction(live, storage, documents, parts.usage, StoreLock(storage, reactor, owner),
+                                              reactor, sync_log, metrics)
+    metrics.history = History(reactor, upstreams.all, metrics.live.store, eviction.size_and_limit,
                               shared=shared_days(coordination, reactor, BUCKET_SECONDS, BUCKET_SECONDS * BUCKETS))
     metrics.history.setServiceParent(top)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics,
-                    firewall=parts.firewall)
+                    firewall=parts.firewall, use=parts.usage)
+    UsageFlusher(parts.usage, reactor).setServiceParent(top)  # before the listeners: it stops after them, flushing
     advisories = AdvisoryStore(storage)
     blocks = parts.firewall.blocks  # its changes reach every instance at once
     refresh_advisories = AdvisoryRefresh(
         live, http, advisories, storage, reactor, run_cpu, os.path.join(settings.registry_path, ".spool"), sync_log,
         owner, metrics, after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
-    sync = SyncSchedule(jobs, live, reactor, sync_log, refresh_advisories)
+    sync = SyncSchedule(jobs, live, reactor, sync_log, refresh_advisories, eviction)
     sync.setServiceParent(top)
     overrides.on_change.append(sync.follow_interval)
     tokens = TokenStore(storage, reactor.seconds)
@@ -424,7 +429,8 @@ def build_service(
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=mirror, sync=sync, accounts=accounts,
-        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall, forwarder.shown(live, overrides)),
+        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall, forwarder.shown(live, overrides),
+                              eviction.figures),
         audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         weblogins=WebLogins(accounts, reactor, sessions), sessions=sessions,

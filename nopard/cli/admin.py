@@ -7,7 +7,7 @@ NOPARD_HOSTNAME/NOPARD_PORT), sending the operator token nopard writes at start
 readable by root and the user nopard runs as):
 
   nopard-admin sync                  each sync job's last run and the next one
-  nopard-admin sync --now [--job J]  run refresh and backfill (or job J) now; print the summary
+  nopard-admin sync --now [--job J]  run the sync jobs (or job J: refresh, backfill, advisories, evict) now
   nopard-admin prefetch FILE...      fetch what lockfiles name, so they install offline
   nopard-admin block add 'NAME@RANGE' --reason TEXT   withhold those versions everywhere at once
   nopard-admin block list | block remove 'NAME@RANGE'|ID
@@ -292,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sync_command = commands.add_parser("sync", help="show or run the sync jobs")
     sync_command.add_argument("--now", action="store_true", help="run now and print the summary")
-    sync_command.add_argument("--job", choices=("refresh", "backfill", "advisories"), help="only this job")
+    sync_command.add_argument("--job", choices=("refresh", "backfill", "advisories", "evict"), help="only this job")
     sync_command.set_defaults(run=sync)
     prefetch_command = commands.add_parser("prefetch", help="fetch everything lockfiles name")
     prefetch_command.add_argument("files", nargs="+", metavar="FILE",

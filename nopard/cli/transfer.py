@@ -415,7 +415,7 @@ NOT_EXPORTED = frozenset({keys.TOKEN_RECORD, keys.MIRRORED_DOCUMENT, keys.MIRROR
                           keys.MIRRORED_ATTESTATIONS, keys.SIGNING,
                           keys.SYNC_LOCK, keys.SETTINGS, keys.HEALTH_PROBE, keys.MARKER,
                           keys.ADVISORIES,  # imported from OSV records: import them again
-                          keys.BLOCK_LIST})
+                          keys.BLOCK_LIST, keys.USAGE_RECORD})
 
 
 def compare_holdings(held: Counter[str], written: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:

@@ -20,12 +20,15 @@ from twisted.logger import Logger
 
 from nopard.jobs.advisories import JOB as ADVISORIES_JOB
 from nopard.jobs.advisories import AdvisoryRefresh
+from nopard.jobs.eviction import JOB as EVICT_JOB
+from nopard.jobs.eviction import Eviction
 from nopard.jobs.sync import JobReport, SyncJobs
 from nopard.settings.config import LiveSettings
 
 JOBS = ("refresh", "backfill")
-# Jobs nopard-admin sync --now may name: also the advisories (NOPARD_ADVISORIES_URL), run after the others.
-ALL_JOBS = (*JOBS, ADVISORIES_JOB)
+# Jobs nopard-admin sync --now may name: also the advisories (NOPARD_ADVISORIES_URL), run after the others,
+# and the eviction (NOPARD_MIRROR_MAX_SIZE), last, so it sees what backfill fetched.
+ALL_JOBS = (*JOBS, ADVISORIES_JOB, EVICT_JOB)
 # The one job store the schedule uses (APScheduler's in-memory default).
 JOBSTORE = "default"
 
@@ -74,9 +77,10 @@ class SyncSchedule(Service):
     """Starts the schedule with nopard and stops it (and any running job) with it."""
 
     def __init__(self, jobs: SyncJobs, settings: LiveSettings, reactor: SchedulerReactor, log: Logger,
-                 advisories: AdvisoryRefresh | None = None) -> None:
+                 advisories: AdvisoryRefresh | None = None, eviction: Eviction | None = None) -> None:
         self.jobs = jobs
         self.advisories = advisories
+        self.eviction = eviction
         self._settings = settings
         self._log = log
         self._executor = ReactorExecutor()
@@ -121,7 +125,7 @@ class SyncSchedule(Service):
         self.scheduler.shutdown(wait=False)
 
     async def _cycle(self) -> None:
-        """One scheduled run: refresh, then backfill (which needs the fresh documents), then the advisories."""
+        """One scheduled run: refresh, then backfill (which needs the fresh documents), the advisories, eviction."""
         for job in ALL_JOBS:
             try:
                 await self._run(job)
@@ -131,6 +135,8 @@ class SyncSchedule(Service):
                 self._log.failure("sync {job} crashed", job=job, event="sync-error")
 
     async def _run(self, job: str) -> JobReport | None:
+        if job == EVICT_JOB:
+            return await self.eviction.run() if self.eviction is not None else None
         if job != ADVISORIES_JOB:
             return await self.jobs.run(job)
         return await self.advisories.run() if self.advisories is not None else None
@@ -148,4 +154,6 @@ class SyncSchedule(Service):
                    for job in (*JOBS, "prefetch")}
         if self.advisories is not None and self._settings.current.advisories_url:
             reports[ADVISORIES_JOB] = self.advisories.report.__dict__ if self.advisories.report else None
+        if self.eviction is not None and self._settings.current.mirror_max_size is not None:
+            reports[EVICT_JOB] = self.eviction.report.__dict__ if self.eviction.report else None
         return {"interval": self._settings.current.sync_interval, "next_run": next_run, "jobs": reports}

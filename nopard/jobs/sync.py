@@ -3,8 +3,9 @@
 Jobs (each idempotent; a killed run leaves nothing half-written, and the next
 run simply continues):
 
-- ``refresh``: revalidates every mirrored document that is stale, or will be
-  before the next run.
+- ``refresh``: revalidates every mirrored document that is due by the schedule
+  by use (nopard.domain.usage.refresh_due): stale, or stale before the next run,
+  for packages clients used in the last day; less often for ones used less.
 - ``backfill``: fetches the tarballs NOPARD_BACKFILL selects that are missing.
 - ``prefetch``: fetches the documents and tarballs a lockfile names (on demand).
 
@@ -29,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nopard.domain import names, packument
+from nopard.domain import names, packument, usage
 from nopard.domain.errors import NopardError, NotFound, UpstreamUnavailable
 from nopard.domain.firewall import BLOCKED, QUARANTINED
 from nopard.domain.times import iso_time
@@ -38,6 +39,7 @@ from nopard.local.packages import Registry
 from nopard.mirror.documents import MirroredDocuments
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageLog
 from nopard.ops.metrics import Metrics
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage, keys
@@ -214,8 +216,11 @@ class SyncJobs:
         self, settings: LiveSettings, upstreams: Upstreams, registry: Registry, documents: MirroredDocuments,
         tarballs: MirroredTarballs, storage: Storage, clock: IReactorTime,
         log: Logger, owner: str | None = None, metrics: Metrics | None = None, firewall: Firewall | None = None,
+        use: UsageLog | None = None,
     ) -> None:
         self._settings = settings
+        self._use = use  # None: no record of use, every document refreshed as if used today
+        self._recorded: usage.Usage | None = None  # the record of use the refresh run in progress goes by
         self._firewall = firewall
         self._metrics = metrics  # gets each finished (or skipped) JobReport
         self._upstreams = upstreams
@@ -243,6 +248,8 @@ class SyncJobs:
         self._log.info("sync {job} started", job=job, event="sync-started")
         try:
             names_ = await self._documents.mirrored_names()
+            if job == "refresh" and self._use is not None:
+                self._recorded = await self._use.recorded()
             work = self._refresh_one if job == "refresh" else self._backfill_one
             await for_each(names_, self._settings.current.sync_concurrency,
                            lambda name: self._guarded(name, report, work, name, report))
@@ -254,6 +261,7 @@ class SyncJobs:
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             self._lost.discard(job)
+            self._recorded = None if job == "refresh" else self._recorded
             await self._lock.release(job)
             self._log.info("sync {summary}", summary=report.summary(), event="sync-finished", **asdict(report))
             self._count(report)
@@ -293,6 +301,8 @@ class SyncJobs:
             await for_each(packages, self._settings.current.sync_concurrency,
                            lambda item: self._guarded(f"{item[0]}@{item[1]}", report, self._prefetch_one,
                                                       item[0], item[1], report, may_read))
+            if self._use is not None:  # eviction keeps what a lockfile pinned
+                await self._use.pin((n, v) for n, v in packages if not names.name_problem(n) and names.is_version(v))
         finally:
             report.running, report.ended = False, iso_time(self._clock.seconds())
             self._log.info("sync {summary}", summary=report.summary(), event="prefetch-finished")
@@ -305,9 +315,10 @@ class SyncJobs:
         report.checked += 1
         meta = await self._documents.mirrored_meta(name)
         current = self._settings.current
-        # Stale now, or before the next run: refresh it now.
-        due = self._clock.seconds() + current.sync_interval - current.meta_ttl
-        if meta is not None and meta.fetched_at > due:
+        # Due by the schedule by use (stale now or before the next run, for a package used today).
+        used = usage.used_time(self._recorded, name) if self._recorded is not None else self._clock.seconds()
+        if meta is not None and not usage.refresh_due(meta.fetched_at, used, self._clock.seconds(), current.meta_ttl,
+                                                      current.sync_interval):
             return
         await self._politely(name, name, report, self._refresh_document, name, report)
 

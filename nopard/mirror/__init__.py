@@ -25,6 +25,7 @@ from nopard.mirror.provenance import Provenance
 from nopard.mirror.served import Mirror
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageLog
 from nopard.settings.acl import ALLOW_ALL, Policy
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage
@@ -39,6 +40,7 @@ class MirrorParts:
     mirror: Mirror
     provenance: Provenance
     firewall: Firewall
+    usage: UsageLog
 
 
 def build_mirror(
@@ -59,7 +61,8 @@ def build_mirror(
     firewall_log = Logger(namespace="nopard.firewall", observer=log.observer)
     blocks = BlockList(storage, clock.seconds, firewall_log, blocks_changed)
     firewall = Firewall(settings, policy, blocks, clock.seconds, firewall_log)
-    mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared, firewall)
+    usage = UsageLog(storage, clock, log)
+    mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared, firewall, usage)
     signing = registry.signing or SigningKeys(storage, clock.seconds)
     provenance = Provenance(settings, storage, registry, upstreams, documents, signing, clock, log)
-    return MirrorParts(documents, tarballs, mirror, provenance, firewall)
+    return MirrorParts(documents, tarballs, mirror, provenance, firewall, usage)

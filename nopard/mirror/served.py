@@ -27,6 +27,7 @@ from nopard.mirror.documents import Coordination, MirroredDocuments, MirrorMeta
 from nopard.mirror.policy import Action, decide
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageLog
 from nopard.ops.singleflight import SingleFlight
 from nopard.settings import acl
 from nopard.settings.config import LiveSettings
@@ -45,7 +46,7 @@ class Mirror:
     def __init__(
         self, settings: LiveSettings, storage: Storage, registry: Registry, upstreams: Upstreams,
         documents: MirroredDocuments, tarballs: MirroredTarballs, cache: PreparedCache, clock: IReactorTime,
-        coordination: Coordination, firewall: Firewall | None = None,
+        coordination: Coordination, firewall: Firewall | None = None, usage: UsageLog | None = None,
     ) -> None:
         self._settings = settings
         self._storage = storage
@@ -58,11 +59,21 @@ class Mirror:
         self._coordination = coordination
         self._prepared: SingleFlight[tuple[PreparedDocument, str]] = SingleFlight()
         self.firewall = firewall
+        self._usage = usage  # what clients use, for the refresh by use and eviction
         # name: (stamp, cache changes, the document's withheld versions and files), when no prepared form is held
         self._withheld: OrderedDict[str, tuple[str | None, tuple[int, int], PreparedDocument]] = OrderedDict()
 
     async def packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
         """The served document of ``name`` (local, mirrored or merged) prepared for ``base_url``, and how."""
+        prepared, status = await self._packument(name, base_url)
+        self._used(name, None, status)
+        return prepared, status
+
+    def _used(self, name: str, filename: str | None, status: str) -> None:
+        if self._usage is not None and status != "LOCAL":
+            self._usage.used(name, filename)
+
+    async def _packument(self, name: str, base_url: str) -> tuple[PreparedDocument, str]:
         stamp = await self._coordination.stamp(name)
         cached = await self._cached(name, base_url, stamp)
         if cached is not None:
@@ -99,7 +110,9 @@ class Mirror:
         local = await self._storage.open(keys.tarball_key(name, filename))
         if local is not None:
             return local, "LOCAL"
-        return await self._tarballs.open(name, filename, await self._mirrored_from(name, filename))
+        blob, status = await self._tarballs.open(name, filename, await self._mirrored_from(name, filename))
+        self._used(name, filename, status)
+        return blob, status
 
     async def stored_tarball(self, name: str, filename: str) -> tuple[str, str]:
         """The storage key holding the tarball ``filename`` of ``name`` (a mirrored one missing
@@ -108,7 +121,9 @@ class Mirror:
         local = keys.tarball_key(name, filename)
         if await self._storage.exists(local):
             return local, "LOCAL"
-        return await self._tarballs.stored_key(name, filename, await self._mirrored_from(name, filename))
+        key, status = await self._tarballs.stored_key(name, filename, await self._mirrored_from(name, filename))
+        self._used(name, filename, status)
+        return key, status
 
     async def _mirrored_from(self, name: str, filename: str) -> Upstream:
         """The upstream a tarball not published here comes from; NotFound when none may serve it."""

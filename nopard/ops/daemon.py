@@ -383,7 +383,10 @@ class GracefulService(MultiService):
     On stop (SIGTERM): stop accepting connections, let the requests in flight
     finish and their answers reach the clients (at most GRACE_SECONDS in all),
     and only then stop the rest, whose thread pools and storage those requests
-    still use. twistd closes the remaining (idle) connections afterwards.
+    still use: first the services that write to the store as they stop (marked
+    ``stops_first``, e.g. the record of use's last flush), then the others
+    (their thread pools among them). twistd closes the remaining (idle)
+    connections afterwards.
 
     It also carries the log observer for twistd: twistd puts this service in
     its Application after makeService returns and only then asks the
@@ -405,6 +408,7 @@ class GracefulService(MultiService):
         self.notes = list(notes or [])
         self.tracker = RequestTracker()
         self.listeners = [s for s in app if isinstance(s, StreamServerEndpointService)]
+        self.first = [s for s in app if getattr(s, "stops_first", False)]
         for listener in self.listeners:
             self.tracker.track(listener.factory)
         app.setServiceParent(self)
@@ -468,5 +472,6 @@ class GracefulService(MultiService):
 
         done = DeferredList(stopped, consumeErrors=True)
         done.addCallback(drain)
+        done.addCallback(lambda _: DeferredList([maybeDeferred(s.stopService) for s in self.first], consumeErrors=True))
         done.addCallback(lambda _: MultiService.stopService(self))
         return done

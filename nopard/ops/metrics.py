@@ -186,6 +186,10 @@ class Metrics:
             "nopard_sync_last_run_end_timestamp_seconds", "When each job's last run ended (Unix time).",
             ["job"], registry=registry, multiprocess_mode="max",
         )
+        self.mirror_evictions = Counter(
+            "nopard_mirror_evictions", "Upstream tarballs evicted to keep the mirror under NOPARD_MIRROR_MAX_SIZE.",
+            registry=registry,
+        )
         self.live = LiveCollector(worker)
         self.exposed.register(self.live)
         self.history: Any = None  # nopard.ops.history.History: the status page's last day
@@ -253,6 +257,7 @@ class LiveCollector:
         self.store: StoreSize | None = None
         self.coordination: Any = None
         self.firewall: Any = None  # nopard.firewall.verdicts.Firewall
+        self.mirror: Any = None  # nopard.jobs.eviction.Eviction: the mirror's size and limit
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges, from the components' current state."""
@@ -298,6 +303,12 @@ class LiveCollector:
                                     value=self.store.bytes)
             yield GaugeMetricFamily("nopard_store_files", "Files (or S3 objects) in the store.",
                                     value=self.store.files)
+        figures = self.mirror.figures() if self.mirror is not None else {}
+        if figures.get("size") is not None:
+            yield GaugeMetricFamily("nopard_mirror_bytes", "Bytes mirrored from the upstream (documents and "
+                                    "tarballs), as the eviction job last measured them.", value=figures["size"])
+        if figures.get("limit") is not None:
+            yield GaugeMetricFamily("nopard_mirror_limit_bytes", "NOPARD_MIRROR_MAX_SIZE.", value=figures["limit"])
 
 
 def firewall_metrics(status: dict[str, Any]) -> Iterator[Any]:

@@ -49,13 +49,16 @@ class OperatorStatus:
 
     def __init__(self, cache: PreparedCache, shared: SharedState,
                  upstreams: Callable[[], Iterable[UpstreamHealth]], firewall: Any = None,
-                 forwarder: Callable[[], dict[str, Any]] | None = None) -> None:
+                 forwarder: Callable[[], dict[str, Any]] | None = None,
+                 mirror: Callable[[], dict[str, Any]] | None = None) -> None:
         self._cache = cache
         self._shared = shared
         self._upstreams = upstreams
         self._firewall = firewall  # nopard.firewall.verdicts.Firewall: what it withholds
         # Which registry is mirrored and where that came from (settings/firstrun.py).
         self._forwarder = forwarder or (lambda: {"url": None, "source": "default", "note": ""})
+        # The mirror's size, limit and evictions (nopard.jobs.eviction.Eviction.figures).
+        self._mirror = mirror or (lambda: {"size": None, "limit": None, "evictions": 0, "measured_at": None})
 
     def status(self) -> dict[str, Any]:
         """What an operator wants at a glance: upstream health and cache use (URLs without credentials)."""
@@ -65,6 +68,7 @@ class OperatorStatus:
             "cache": self._cache.stats(),
             "redis": {"state": shared.state, "since": since},
             "forwarder": self._forwarder(),
+            "mirror": self._mirror(),
             "upstreams": [
                 {"url": u.shown_url, "state": u.breaker.state,
                  "consecutive_failures": u.breaker.failures, "requests": u.requests_made,

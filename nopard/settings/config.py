@@ -92,6 +92,8 @@ class Settings:
     audit: str = "upstream"
     advisories_url: str = ""
     block_malware: bool = True
+    mirror_max_size: int | None = None
+    mirror_evict_pinned: bool = False
 
     @property
     def htpasswd_path(self) -> str:

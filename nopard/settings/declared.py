@@ -29,6 +29,7 @@ from nopard.settings.values import (
     parse_log_format,
     parse_name_globs,
     parse_names,
+    parse_optional_size,
     parse_optional_url,
     parse_port,
     parse_positive,
@@ -315,5 +316,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         "Advisories of malicious packages (OSV ids MAL-...) block the versions they name, with the id as the "
         "block's source and in its reason, when they are imported (yes/no).",
+    ),
+    Setting(
+        "mirror_max_size",
+        "off",
+        parse_optional_size,
+        "Keeps the tarballs and documents mirrored from the upstream under this size (e.g. 10gb): the eviction "
+        "job removes the least recently used upstream tarballs, fetched again when next asked for; never "
+        "local packages (off: no limit).",
+    ),
+    Setting(
+        "mirror_evict_pinned",
+        "no",
+        parse_bool,
+        "Whether eviction may also remove tarballs of versions a prefetched lockfile pinned "
+        "(nopard-admin prefetch); no: they stay (yes/no).",
     ),
 )

@@ -53,6 +53,13 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_optional_size(text: str) -> int | None:
+    """``off`` (or empty): no size; else a byte size as ``parse_size`` reads it."""
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    return parse_size(text)
+
+
 def parse_level(text: str) -> str:
     """One of the log levels, by name."""
     value = text.strip().lower()

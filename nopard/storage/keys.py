@@ -20,6 +20,8 @@ The layout (the same on every backend)::
     advisories/packages/<2 hex>.json                the advisories of the packages whose names hash there
     advisories/source.json                          NOPARD_ADVISORIES_URL's last import (ETag, time, summary)
     blocks/<name>.json                              the blocks of a package's versions (nopard.firewall)
+    usage/<2 hex>.json                              when clients last used the mirrored packages hashing there
+    usage/pinned.json                               the versions prefetched lockfiles pinned (kept by eviction)
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
 
@@ -249,6 +251,16 @@ def blocked_name_of(key: str) -> str | None:
     return name
 
 
+USAGE_FOLDER = "usage"
+USAGE = USAGE_FOLDER + "/"
+USAGE_PINNED = USAGE + "pinned.json"
+
+
+def usage_shard_key(name: str) -> str:
+    """Key of the usage record of package ``name`` (and of the others hashing there: 256 shards)."""
+    return f"{USAGE}{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+
+
 def health_probe_key(unique: str) -> str:
     """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
     return check_key(f"health/probe-{unique}")
@@ -262,6 +274,7 @@ SETTINGS = "settings"
 HEALTH_PROBE = "health probe"
 ADVISORIES = "advisories"
 BLOCK_LIST = "blocks"
+USAGE_RECORD = "usage"
 SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
@@ -291,4 +304,6 @@ def key_kind(key: str) -> str:
         return HEALTH_PROBE
     if blocked_name_of(key) is not None:
         return BLOCK_LIST
+    if folder == USAGE_FOLDER and (key == USAGE_PINNED or _SHARD.fullmatch(rest)):
+        return USAGE_RECORD
     return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)

@@ -438,6 +438,9 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
     counts = ", ".join(f"{key} {value}" for key, value in sorted(cache_counts.items())) or "none"
     redis = status.get("redis") or {}
     forwarder = status.get("forwarder") or {}
+    mirror = status.get("mirror") or {}
+    size = "not measured yet" if mirror.get("size") is None else human_size(mirror["size"])
+    limit = f"limit {human_size(mirror['limit'])}" if mirror.get("limit") else "no limit"
     return layout(
         viewer, "Status", tags.h1("Status"),
         tags.section(**{"aria-labelledby": "up-h"})(
@@ -452,6 +455,8 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
             tags.h2("Cache", id="cache-h"),
             tags.p(f"Hit ratio: {ratio} (served without asking the upstream: {counts})."),
             tags.p(f"Storage used: {storage}."),
+            tags.p(f"Mirrored from the upstream: {size} ({limit}); {mirror.get('evictions', 0)} tarballs evicted.",
+                   id="mirror"),
             tags.p(f"Redis: {redis.get('state', 'off')}."),
         ),
         tags.section(**{"aria-labelledby": "sync-h"})(

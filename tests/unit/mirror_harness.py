@@ -30,6 +30,7 @@ from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import MirrorParts, build_mirror
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageLog
 from nopard.ops.metrics import Metrics
 from nopard.settings.config import LiveSettings, load_settings
 from nopard.storage.fs import FilesystemStorage
@@ -185,11 +186,11 @@ class MirrorUnderTest:
         """The result of ``work``, delivering the fake upstream's answers until it is there."""
         return await self._drive(work, turns=200, step=0.0, what="the mirror's work")
 
-    def sync_jobs(self, owner: str = "a") -> SyncJobs:
-        """The sync jobs over this mirror, as instance ``owner``."""
+    def sync_jobs(self, owner: str = "a", use: UsageLog | None = None) -> SyncJobs:
+        """The sync jobs over this mirror, as instance ``owner`` (refreshing by ``use`` when given)."""
         return SyncJobs(self.settings, self.upstreams, self.registry, self.parts.documents, self.parts.tarballs,
                         self.storage, self.clock, Logger(namespace="nopard.test"), owner=owner,
-                        metrics=self.metrics)
+                        metrics=self.metrics, use=use)
 
     async def run_job(self, work: Coroutine[Any, Any, Any] | Deferred[Any], step: float = 1.0) -> Any:
         """Like ``settle``, moving the clock ``step`` seconds each turn (the jobs' rate limit waits on it)."""

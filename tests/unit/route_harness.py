@@ -40,13 +40,15 @@ from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.firewall.verdicts import Firewall
 from nopard.jobs.advisories import AdvisoryRefresh
+from nopard.jobs.eviction import Eviction
 from nopard.jobs.schedule import SyncSchedule
-from nopard.jobs.sync import SyncJobs
+from nopard.jobs.sync import StoreLock, SyncJobs
 from nopard.local.packages import Registry
 from nopard.local.signing import SigningKeys
 from nopard.mirror import build_mirror
 from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.upstreams import Upstreams
+from nopard.mirror.usage import UsageLog
 from nopard.ops.history import History
 from nopard.ops.metrics import Metrics, StoreProbe, StoreSize
 from nopard.ops.status import OperatorStatus
@@ -156,6 +158,7 @@ class InProcess:
     cache: PreparedCache | None = None
     firewall: Firewall | None = None
     metrics: Metrics | None = None  # what raw() requests are counted in, as NopardSite counts them
+    usage: UsageLog | None = None  # the record of use (flushed by hand here: no UsageFlusher runs)
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -270,9 +273,11 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     metrics = Metrics(clock)
     metrics.live.firewall = parts.firewall
     store_size = StoreSize(storage.usage, clock)
-    metrics.history = History(clock, upstreams.all, store_size)
+    eviction = metrics.live.mirror = Eviction(live, storage, parts.documents, parts.usage,
+                                              StoreLock(storage, clock, "test"), clock, log, metrics)
+    metrics.history = History(clock, upstreams.all, store_size, eviction.size_and_limit)
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
-                    metrics=metrics, firewall=parts.firewall)
+                    metrics=metrics, firewall=parts.firewall, use=parts.usage)
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
@@ -283,10 +288,11 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
                               "test", metrics,
                               after_import=[lambda report: block_malware(report, blocks, live.current.block_malware)])
     audits = Audits(live, advisories, AuditForwarder(lambda: upstreams.default))
-    sync = SyncSchedule(jobs, live, clock, log, refresh)
+    sync = SyncSchedule(jobs, live, clock, log, refresh, eviction)
     app = RegistryApp(
         settings=live, policy=policy, registry=registry, mirror=parts.mirror, sync=sync,
-        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall), audits=audits,
+        status=OperatorStatus(cache, coordination, upstreams.all, parts.firewall, mirror=eviction.figures),
+        audits=audits,
         tarball_sizes=partial(stored_tarball_sizes, storage),
         accounts=accounts, weblogins=WebLogins(accounts, clock, sessions), sessions=sessions,
         search=SearchIndex(registry, parts.documents, clock, coordination=coordination, firewall=parts.firewall),
@@ -301,7 +307,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
                      upstream_http, index=index, hops=hops, cache=cache, firewall=parts.firewall,
-                     metrics=metrics)
+                     metrics=metrics, usage=parts.usage)
 
 
 def _whole(reply: bytes) -> bool:

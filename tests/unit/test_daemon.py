@@ -7,7 +7,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -117,3 +117,38 @@ def test_a_client_that_does_not_read_its_answer_does_not_hold_the_stop_beyond_th
     assert rest.running and not stopped
     clock.advance(1.05)
     assert stopped and not rest.running
+
+
+def test_services_that_write_as_they_stop_finish_before_the_rest_stops() -> None:
+    """The record of use's last flush (a ``stops_first`` service) needs the thread pools the store
+    runs on: they stop only once its stop is done (stopped together, the flush's writes were
+    queued behind the pools' stop and lost)."""
+    clock, order = Clock(), []
+    flushed: Deferred[None] = Deferred()
+
+    class Flushing(Service):
+        stops_first = True
+
+        def stopService(self) -> Deferred[None] | None:
+            if not self.running:  # stopped again with the rest: done already (as UsageFlusher)
+                return None
+            super().stopService()
+            order.append("flush started")
+            return flushed
+
+    class Pool(Service):
+        def stopService(self) -> None:
+            super().stopService()
+            order.append("pool stopped")
+
+    app = MultiService()
+    Pool().setServiceParent(app)
+    Flushing().setServiceParent(app)
+    service = GracefulService(app, clock, grace=30.0)
+    service.startService()
+    service.stopService()
+    clock.advance(0.05)
+    assert order == ["flush started"]
+    clock.callLater(1, flushed.callback, None)
+    clock.advance(1)
+    assert order == ["flush started", "pool stopped"]
