@@ -67,8 +67,10 @@ async def test_least_recently_used_tarballs_go_first_and_come_back_when_asked(tm
     exposition = (await app.call("GET", "/-/metrics")).body.decode()
     assert "nopard_mirror_evictions_total 3.0" in exposition
     assert f"nopard_mirror_limit_bytes {float(measured['size'] - three)}" in exposition
+    assert app.metrics is not None and app.metrics.history is not None
+    await app.metrics.history.measure()  # the status page's 24-hour chart of sizes
     page = (await app.call("GET", "/-/web/status")).body.decode()
-    assert "3 tarballs evicted" in page and "limit " in page
+    assert "3 tarballs evicted" in page and "(NOPARD_MIRROR_MAX_SIZE)" in page and "mirror limit: " in page
 
 
 @pytest_twisted.ensureDeferred
