@@ -144,7 +144,9 @@ class SyncSchedule(Service):
     async def run_now(self, only: str | None = None) -> list[JobReport]:
         """Run the jobs at once (``only`` one of them), for nopard-admin sync --now."""
         reports = [await self._run(job) for job in ALL_JOBS if only in (None, job)]
-        return [report for report in reports if report is not None]
+        # Without NOPARD_MIRROR_MAX_SIZE the evict job only measures: reported when asked for by name.
+        quiet = only is None and self._settings.current.mirror_max_size is None
+        return [report for report in reports if report is not None and not (quiet and report.job == EVICT_JOB)]
 
     def status(self) -> dict[str, Any]:
         """Each job's last report, and when the schedule runs next."""
