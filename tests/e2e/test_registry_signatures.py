@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_admin import admin
+from tests.admin_cli import admin
 from tests.fake_signed import TRUST_KEPT, TRUST_LOST
+from tests.package_managers import Pnpm, registry_key
 from tests.signing import UpstreamKey
-from tests.support import REPO, NopardServer, Npm, Pnpm, make_package, registry_key, until_upstream_down
+from tests.support import REPO, NopardServer, Npm, make_package, until_upstream_down
 from tests.upstream import FakeUpstream
 
 TUF_OFFLINE = REPO / "tests" / "clients" / "sigstore_tuf_offline.js"
