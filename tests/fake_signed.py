@@ -25,8 +25,8 @@ TRUSTED_PUBLISHER = {"id": "ci", "oidcConfigId": "oidc:nopard-tests"}
 
 def trust_package(name: str) -> tuple[dict, dict[str, bytes]]:
     """``name``'s document (1.0.0 and a day later 1.1.0) and its tarballs by file name."""
+    from tests.fake_documents import EPOCH, iso, manifest, package_doc, small_tarball
     from tests.fake_publish import digests
-    from tests.fake_upstream import EPOCH, iso, manifest, package_doc, small_tarball
 
     versions, times, tarballs = {}, {}, {}
     for day, version in enumerate(("1.0.0", "1.1.0")):

@@ -15,19 +15,13 @@ both ports listen.
 from __future__ import annotations
 
 import argparse
-import base64
 import email.utils
 import gzip
 import hashlib
-import io
 import json
-import random
 import re
 import sys
-import tarfile
 import urllib.parse
-import zlib
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,214 +40,35 @@ from zope.interface import implementer
 
 from tests.fake_advisories import PATH as ADVISORIES_PATH
 from tests.fake_advisories import AdvisoryZip
+from tests.fake_documents import (
+    BIG,
+    EPOCH,
+    HUGE,
+    LEGACY,
+    ODD,
+    PLACEHOLDER,
+    Body,
+    HugeTarball,
+    abbreviate,
+    big_package,
+    iso,
+    manifest,
+    odd_url_package,
+    package_doc,
+    parse_http_date,
+    parse_time,
+    small_tarball,
+)
 from tests.fake_publish import Changes, digests, sources
 from tests.fake_search import search_answer
 from tests.fake_signed import TRUST, Signer, trust_package
 from tests.fake_synthetic import Synthetic
 
-PLACEHOLDER = b"{{UPSTREAM}}"
-BIG, HUGE = "big-package", "huge-tarball-package"
-# A package whose tarball URL does not end in <name>-<version>.tgz, as some hosted registries give.
-ODD = "@hosted/odd-url"
-# Names npm accepts only for old packages (uppercase; a leading "-", which npm 11 itself refuses
-# to install but yarn and pnpm install), generated like ODD: 1.0.0, tarball at the usual URL.
-LEGACY = ("JSONStream-legacy", "-legacy-dash", "@con/legacy-device")
 MODES = ("none", "refused", "blackhole", "slow", "500", "404", "corrupt", "truncated")
 NAME = re.compile(r"^(@[^/@]+/)?[^/@.][^/]*$")
-CHUNK = 64 * 1024
-# The per-version fields npm's abbreviated ("corgi") documents keep (see PROTOCOL.md, section 2).
-ABBREVIATED = ("name", "version", "deprecated", "dependencies", "acceptDependencies",
-               "optionalDependencies", "devDependencies", "bundleDependencies", "peerDependencies",
-               "peerDependenciesMeta", "bin", "directories", "dist", "engines", "_hasShrinkwrap",
-               "funding", "cpu", "os", "libc")
 EMPTY_AUDIT = {"actions": [], "advisories": {}, "muted": [], "metadata": {
     "vulnerabilities": {"info": 0, "low": 0, "moderate": 0, "high": 0, "critical": 0},
     "dependencies": 0, "devDependencies": 0, "optionalDependencies": 0, "totalDependencies": 0}}
-EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
-
-
-def iso(moment: datetime) -> str:
-    """The registry's timestamp format: ISO-8601 in UTC with milliseconds."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_time(text: str) -> datetime | None:
-    """A registry timestamp as a datetime, or None when it is not one."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def parse_http_date(text: str | None) -> datetime | None:
-    """An HTTP date header as a datetime, or None when absent or malformed."""
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def abbreviate(doc: dict, modified: datetime) -> dict:
-    """The abbreviated document npm install asks for, derived from a full one."""
-    versions = {}
-    for version, manifest in doc.get("versions", {}).items():
-        short = {key: manifest[key] for key in ABBREVIATED if key in manifest}
-        scripts = manifest.get("scripts") or {}
-        # npm runs node-gyp for a binding.gyp, which the registry records as gypfile.
-        if any(key in scripts for key in ("preinstall", "install", "postinstall")) or manifest.get("gypfile"):
-            short["hasInstallScript"] = True
-        versions[version] = short
-    return {"name": doc["name"], "modified": iso(modified), "dist-tags": doc.get("dist-tags", {}),
-            "versions": versions}
-
-
-class Body:
-    """Bytes to send as a tarball: a size and a way to produce them in chunks."""
-
-    def __init__(self, size: int, chunks: Callable[[], Iterator[bytes]]) -> None:
-        self.size, self.chunks = size, chunks
-
-    @classmethod
-    def of(cls, data: bytes) -> Body:
-        """A body held in memory."""
-        return cls(len(data), lambda: (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
-
-
-def small_tarball(name: str, version: str) -> bytes:
-    """A valid, deterministic package tarball with a package.json and an index.js."""
-    files = {"package/package.json": json.dumps({"name": name, "version": version, "main": "index.js",
-                                                 "license": "MIT"}).encode(),
-             "package/index.js": f"module.exports = {json.dumps(name + '@' + version)};\n".encode()}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path, data in files.items():
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(EPOCH.timestamp())
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
-def manifest(name: str, version: str, dist: dict, dependencies: dict) -> dict:
-    """A version manifest shaped like the real registry's, for the synthetic packages."""
-    return {"name": name, "version": version, "description": f"{name}, generated by the fake upstream",
-            "main": "index.js", "license": "MIT", "author": {"name": "fake"},
-            "scripts": {"test": "node index.js"}, "dependencies": dependencies,
-            "engines": {"node": ">=18"}, "_id": f"{name}@{version}",
-            "_npmUser": {"name": "fake", "email": "fake@localhost"},
-            "maintainers": [{"name": "fake", "email": "fake@localhost"}],
-            "dist": {**dist, "tarball": f"{{{{UPSTREAM}}}}/{name}/-/{name}-{version}.tgz",
-                     "fileCount": 2, "unpackedSize": 150,
-                     "signatures": [{"keyid": "SHA256:fake", "sig": base64.b64encode(
-                         hashlib.sha256(dist["integrity"].encode()).digest()).decode()}]}}
-
-
-def odd_url_package() -> tuple[dict, bytes]:
-    """ODD's document (version 1.0.0 at ``{{UPSTREAM}}/download/<name>/1.0.0/<sha1>``) and its tarball."""
-    data = small_tarball(ODD, "1.0.0")
-    version = manifest(ODD, "1.0.0", digests(data), {})
-    version["dist"]["tarball"] = f"{{{{UPSTREAM}}}}/download/{ODD}/1.0.0/{hashlib.sha1(data).hexdigest()}"
-    return package_doc(ODD, {"1.0.0": version}, {"1.0.0": iso(EPOCH)}), data
-
-
-def package_doc(name: str, versions: dict[str, dict], times: dict[str, str]) -> dict:
-    """A full packument around some version manifests."""
-    latest = list(versions)[-1]
-    return {"_id": name, "name": name, "description": versions[latest]["description"],
-            "dist-tags": {"latest": latest}, "versions": versions,
-            "time": {"created": times[list(times)[0]], "modified": times[latest], **times},
-            "maintainers": versions[latest]["maintainers"], "license": "MIT", "readme": f"# {name}\n"}
-
-
-def big_package(count: int, recorded: dict[str, list[str]]) -> tuple[dict, dict[str, bytes]]:
-    """``big-package`` with ``count`` versions, each depending on ~10 recorded packages.
-
-    The dependencies are exact recorded versions, so installing any version works offline.
-    """
-    names = sorted(recorded)
-    versions, times, tarballs = {}, {}, {}
-    for i in range(count):
-        version = f"{i // 100}.{i // 10 % 10}.{i % 10}"
-        chosen = sorted({names[(i * 7 + k * 13) % len(names)] for k in range(10)}) if names else []
-        data = small_tarball(BIG, version)
-        tarballs[f"{BIG}-{version}.tgz"] = data
-        versions[version] = manifest(BIG, version, digests(data), {n: recorded[n][0] for n in chosen})
-        times[version] = iso(EPOCH + timedelta(hours=i))
-    return package_doc(BIG, versions, times), tarballs
-
-
-class HugeTarball:
-    """A valid .tgz of exactly ``size`` bytes, generated while streaming, never held whole.
-
-    Deflate "stored" blocks (5 bytes of framing per block) make the compressed size computable
-    ahead; a gzip comment of the right length absorbs the remainder. The payload is a random
-    block with each copy's first 32 bytes replaced by a sha256 of its index, so chunks differ.
-    """
-
-    BLOCK = 127 * 512  # stored blocks hold at most 65535 bytes; whole tar records keep it simple
-
-    def __init__(self, size: int) -> None:
-        self.package_json = json.dumps({"name": HUGE, "version": "1.0.0", "license": "MIT"}).encode()
-        self.base = random.Random(HUGE).randbytes(self.BLOCK)
-        self.payload = max(0, (size - self.framing(0)) // 512 * 512)
-        while self.payload and self.framing(self.payload) > size:
-            self.payload -= 512
-        self.comment = max(0, size - self.framing(self.payload))
-        self.size = self.framing(self.payload) + self.comment
-        self._digests: dict[str, str] | None = None
-
-    def raw_size(self, payload: int) -> int:
-        """The uncompressed tar size: two headers, package.json's record, the payload, the end."""
-        return 512 * 3 + payload + 1024
-
-    def framing(self, payload: int) -> int:
-        """The compressed size without the comment's padding."""
-        raw = self.raw_size(payload)
-        return 10 + 1 + raw + 5 * -(-raw // self.BLOCK) + 8
-
-    def raw(self) -> Iterator[bytes]:
-        """The uncompressed tar stream, in pieces."""
-        for path, size in (("package/package.json", len(self.package_json)), ("package/blob.bin", self.payload)):
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime = size, 0o644, int(EPOCH.timestamp())
-            yield info.tobuf(format=tarfile.USTAR_FORMAT)
-            if path.endswith(".json"):
-                yield self.package_json.ljust(512, b"\0")
-        for index in range(-(-self.payload // self.BLOCK)):
-            piece = hashlib.sha256(index.to_bytes(8, "big")).digest() + self.base[32:]
-            yield piece[: self.payload - index * self.BLOCK]
-        yield b"\0" * 1024
-
-    def chunks(self) -> Iterator[bytes]:
-        """The gzip stream: header with comment, stored deflate blocks, trailer."""
-        yield b"\x1f\x8b\x08\x10\0\0\0\0\0\xff" + b" " * self.comment + b"\0"
-        crc, length, pending = 0, 0, b""
-        for piece in self.raw():
-            crc, length = zlib.crc32(piece, crc), length + len(piece)
-            pending += piece
-            while len(pending) > self.BLOCK:  # hold back the last block: it must be marked final
-                yield self.stored(pending[: self.BLOCK], final=False)
-                pending = pending[self.BLOCK:]
-        yield self.stored(pending, final=True)
-        yield crc.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little")
-
-    @staticmethod
-    def stored(data: bytes, final: bool) -> bytes:
-        """One byte-aligned stored deflate block."""
-        return bytes([1 if final else 0]) + len(data).to_bytes(2, "little") \
-            + (len(data) ^ 0xFFFF).to_bytes(2, "little") + data
-
-    def digests(self) -> dict[str, str]:
-        """sha512 and sha1, computed by streaming once (about half a second per 100 MiB)."""
-        if self._digests is None:
-            sha512, sha1 = hashlib.sha512(), hashlib.sha1()
-            for chunk in self.chunks():
-                sha512.update(chunk)
-                sha1.update(chunk)
-            self._digests = {"integrity": "sha512-" + base64.b64encode(sha512.digest()).decode(),
-                             "shasum": sha1.hexdigest()}
-        return self._digests
 
 
 class Registry:

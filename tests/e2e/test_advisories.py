@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, REPO, NopardServer, Npm, Pnpm
+from tests.package_managers import Pnpm
+from tests.support import BIN, REPO, NopardServer, Npm
 from tests.upstream import FakeUpstream
 
 RECORDS = REPO / "tests" / "data" / "advisories"

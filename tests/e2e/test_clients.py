@@ -17,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    PACKAGE_MANAGERS,
-    NopardServer,
-    PackageManager,
-    Yarn1,
-    Yarn4,
-    make_package,
-    publish_directory,
-)
+from tests.package_managers import PACKAGE_MANAGERS, PackageManager, Yarn1, Yarn4
+from tests.support import NopardServer, make_package, publish_directory
 from tests.upstream import FakeUpstream
 
 USER, PASSWORD, EMAIL = "alice", "correct horse", "alice@example.com"

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_documents import iso, manifest, package_doc, small_tarball
 from tests.fake_publish import digests
-from tests.fake_upstream import iso, manifest, package_doc, small_tarball
+from tests.package_managers import PACKAGE_MANAGERS, PackageManager
 from tests.polling import poll_until
 from tests.redis_server import RedisServer
-from tests.support import BIN, PACKAGE_MANAGERS, NopardServer, PackageManager
+from tests.support import BIN, NopardServer
 from tests.upstream import FakeUpstream
 
 NAME = "fresh-pkg"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NopardServer, Npm, Pnpm, make_package, publish_directory, registry_key
+from tests.package_managers import Pnpm, registry_key
+from tests.support import NopardServer, Npm, make_package, publish_directory
 from tests.upstream import FakeUpstream
 
 USER, PASSWORD = "alice", "correct horse"

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.package_managers import PACKAGE_MANAGERS
 from tests.s3_server import MotoServer
-from tests.support import PACKAGE_MANAGERS, NopardServer, make_package, publish_directory
+from tests.support import NopardServer, make_package, publish_directory
 from tests.upstream import FakeUpstream
 
 TARBALLS = ("/internal-util/-/internal-util-1.2.0.tgz", "/ms/-/ms-2.1.3.tgz")

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fake_documents import small_tarball
 from tests.fake_publish import next_version, repack
-from tests.fake_upstream import small_tarball
 from tests.upstream import FakeUpstream
 
 CORGI = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*"
