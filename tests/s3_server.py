@@ -28,6 +28,7 @@ class MotoServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self._client: Any = None
 
     @property
     def endpoint(self) -> str:
@@ -59,12 +60,15 @@ class MotoServer:
         stop_process(self.process)
 
     def client(self) -> Any:
-        """A boto3 client for this server (for tests to look into the bucket)."""
-        import boto3
+        """A boto3 client for this server (for tests to look into the bucket); one per server, made
+        at the first call (a new session and client load botocore's models again, ~0.5 s each)."""
+        if self._client is None:
+            import boto3
 
-        return boto3.session.Session(
-            aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1",
-        ).client("s3", endpoint_url=self.endpoint)
+            self._client = boto3.session.Session(
+                aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1",
+            ).client("s3", endpoint_url=self.endpoint)
+        return self._client
 
     def new_bucket(self) -> str:
         """Create a fresh, empty bucket and return its name."""
