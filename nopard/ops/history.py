@@ -3,7 +3,7 @@
 Requests and sync runs are recorded as they happen (nopard.ops.metrics calls ``served``
 and ``synced``); every ``tick`` seconds the upstreams' breakers are read (the time each
 was up or down since the last look, from their transitions, so an outage shorter than a
-tick is seen too) and, once a bucket, the store's and the mirror's sizes. The figures go
+tick is seen too) and the store's and the mirror's sizes. The figures go
 into a BucketRing (nopard.domain.history): fixed memory, a day of 5-minute buckets.
 
 With Redis (NOPARD_REDIS_URL, or the supervisor's shared state under NOPARD_WORKERS) a
@@ -76,7 +76,8 @@ class History(Service):
         # so that taking the largest value (across looks, and across instances) is right.
         self._seen: dict[tuple[int, str], float] = {}
         self._pending: dict[int, Bucket] = {}  # for ``shared``, sent at the next tick
-        self._sized_bucket: int | None = None
+        self._walked_bucket: int | None = None
+        self._sizes: tuple[int, Bucket] | None = None  # the sizes recorded last, and in which bucket
         self._loop: LoopingCall | None = None
         self._running: Deferred | None = None
 
@@ -130,23 +131,24 @@ class History(Service):
                     self._add(index, {field: total})
 
     async def measure(self) -> None:
-        """Record the store's and the mirror's sizes, once a bucket."""
+        """Record the store's and the mirror's sizes: the store walked once a bucket (StoreSize
+        walks at most once a minute anyway), the figures recorded whenever they change (the
+        mirror's is measured by the evict job)."""
         index = bucket_index(self._clock.seconds(), self.ring.width)
-        if self._sized_bucket == index:
-            return
-        self._sized_bucket = index
-        figures: Bucket = {}
-        if self._store is not None:
+        if self._store is not None and self._walked_bucket != index:
+            self._walked_bucket = index
             await self._store.refresh()
-            if self._store.bytes is not None:
-                figures["store:bytes"] = float(self._store.bytes)
+        figures: Bucket = {}
+        if self._store is not None and self._store.bytes is not None:
+            figures["store:bytes"] = float(self._store.bytes)
         if self._mirror is not None:
             mirrored, limit = self._mirror()
             if mirrored is not None:
                 figures["mirror:bytes"] = float(mirrored)
             if limit is not None:
                 figures["mirror:limit"] = float(limit)
-        if figures:
+        if figures and self._sizes != (index, figures):
+            self._sizes = (index, figures)
             self._add(index, figures)
 
     async def tick(self) -> None:

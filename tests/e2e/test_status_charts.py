@@ -37,13 +37,16 @@ def test_the_last_day_after_traffic_a_sync_run_and_an_outage(start_nopard: Calla
                                                               fake: FakeUpstream, tmp_path: Path) -> None:
     server = start_nopard({"NOPARD_FORWARDER_URL": fake.url, "NOPARD_SYNC_INTERVAL": "3600",
                            "NOPARD_META_TTL": "1", "NOPARD_PROBE_INTERVAL": "1", "NOPARD_STALE_DEADLINE": "1",
-                           "NOPARD_UPSTREAM_TIMEOUT": "30"})
+                           "NOPARD_UPSTREAM_TIMEOUT": "30", "NOPARD_MIRROR_MAX_SIZE": "1mb"})
     token = server.token("alice", "pw-alice")
     assert server.request("PUT", "/chart-local", publish_body("chart-local", "1.0.0"), token=token).status == 201
     for _ in range(2):
         assert server.request("GET", "/chart-local").status == 200  # LOCAL
     assert server.request("GET", "/debug").status == 200  # MISS
     answer = server.request("POST", "/-/nopard/sync", {"job": "refresh"}, headers=server.operator_headers())
+    assert answer.status == 200, answer.body
+    # The evict job measures the mirror (well under its limit: nothing evicted).
+    answer = server.request("POST", "/-/nopard/sync", {"job": "evict"}, headers=server.operator_headers())
     assert answer.status == 200, answer.body
 
     fake.fault("500")
@@ -81,9 +84,13 @@ def test_the_last_day_after_traffic_a_sync_run_and_an_outage(start_nopard: Calla
         assert re.search(rf"{re.escape(fake.url.rstrip('/'))}: down once, ", text), text
 
         runs = browser.find_all('svg[data-chart="sync"] circle.run')
-        assert len(runs) == 1 and "1 sync run in the last 24 hours: 1 package checked" in text
+        assert 1 <= len(runs) <= 2  # refresh and evict, in one bucket (two, at a boundary)
+        assert re.search(r"2 sync runs in the last 24 hours: \d+ packages? checked", text), text
         assert browser.find_all('svg[data-chart="sizes"] path.line.store')
-        assert re.search(r"Sizes: store [\d.]+ (B|KiB|MiB) now", text) and "no limit set" in text
+        assert re.search(r"Sizes: store [\d.]+ (B|KiB) now, .*; mirror [\d.]+ (B|KiB); "
+                         r"limit 1\.0 MiB \(NOPARD_MIRROR_MAX_SIZE\)\.", text), text
+        assert browser.find_all('svg[data-chart="sizes"] line.limit')
+        assert browser.find_all('svg[data-chart="sizes"] circle.point.mirror')
 
         assert browser.console_errors() == []  # no CSP violation, nothing failed to load
         assert all(url.startswith(server.url) for url in browser.requested_urls())

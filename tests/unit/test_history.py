@@ -171,3 +171,21 @@ async def test_figures_for_an_unreachable_redis_are_kept_a_day_at_most() -> None
     assert history.unsent <= BUCKETS + 1
     day = await history.day()
     assert day.total("served:HIT") == BUCKETS - 1 and day.total("served:MISS") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mirror_size_measured_mid_bucket_shows_at_once_and_the_store_is_walked_once_a_bucket() -> None:
+    clock = Clock()
+    clock.advance(1_800_000_000 - 1_800_000_000 % BUCKET_SECONDS)  # the start of a bucket
+    mirrored: list[tuple[int | None, int | None]] = [(None, 10_000)]  # before the evict job's first measure
+    store = Store()
+    history = History(clock, store=store, mirror=lambda: mirrored[-1])
+    await history.tick()
+    clock.advance(60)
+    mirrored.append((3000, 10_000))  # the evict job measured the mirror
+    day = await history.day()
+    assert day.buckets[-1]["mirror:bytes"] == 3000 and day.buckets[-1]["mirror:limit"] == 10_000
+    for _ in range(10):
+        clock.advance(5)
+        await history.tick()
+    assert store.measured == 1
