@@ -403,6 +403,7 @@ def build_service(
     metrics.history.setServiceParent(top)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics,
                     firewall=parts.firewall, use=parts.usage)
+    jobs.room = eviction.has_room
     UsageFlusher(parts.usage, reactor).setServiceParent(top)  # before the listeners: it stops after them, flushing
     advisories = AdvisoryStore(storage)
     blocks = parts.firewall.blocks  # its changes reach every instance at once

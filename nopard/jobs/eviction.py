@@ -63,6 +63,11 @@ class Eviction:
         """(the mirror's bytes at the last measure, NOPARD_MIRROR_MAX_SIZE): the status page's chart."""
         return self.size, self._settings.current.mirror_max_size
 
+    def has_room(self, fetched: int) -> bool:
+        """Whether the mirror, as last measured, stays under its limit with ``fetched`` more bytes (for backfill)."""
+        limit = self._settings.current.mirror_max_size
+        return limit is None or self.size is None or self.size + fetched < limit
+
     async def run(self) -> JobReport:
         """Measure the mirror; evict while it is over NOPARD_MIRROR_MAX_SIZE (within EVICT_BATCH)."""
         report = self.report = JobReport(JOB, started=iso_time(self._clock.seconds()), running=True)

@@ -221,6 +221,9 @@ class SyncJobs:
         self._settings = settings
         self._use = use  # None: no record of use, every document refreshed as if used today
         self._recorded: usage.Usage | None = None  # the record of use the refresh run in progress goes by
+        # Whether a bounded mirror has room for this many more bytes (nopard.jobs.eviction.Eviction.has_room):
+        # backfill fetches only into the room left, or eviction would remove what it fetched, never used.
+        self.room: Callable[[int], bool] = lambda fetched: True
         self._firewall = firewall
         self._metrics = metrics  # gets each finished (or skipped) JobReport
         self._upstreams = upstreams
@@ -348,6 +351,8 @@ class SyncJobs:
         if document is None:
             return
         for version in await self._wanted(name, document):
+            if not self.room(report.bytes):
+                return
             await self._fetch_version(name, document, version, report)
 
     async def _wanted(self, name: str, document: dict[str, Any]) -> list[str]:

@@ -278,6 +278,7 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     metrics.history = History(clock, upstreams.all, store_size, eviction.size_and_limit)
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
                     metrics=metrics, firewall=parts.firewall, use=parts.usage)
+    jobs.room = eviction.has_room
     accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)

@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 
 from nopard.jobs import eviction
+from nopard.jobs.sync import StoreLock
 from nopard.storage import keys
 from tests.support import publish_body
 from tests.unit.mirror_harness import FakeRegistry, packument, tarball
@@ -114,3 +115,35 @@ async def test_a_run_evicts_at_most_a_batch(tmp_path: Path, monkeypatch: pytest.
     assert (await evict(app))["changed"] == 2
     assert len(stored_tarballs(tmp_path)) == 6
     assert (await evict(app))["changed"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_backfill_fetches_only_into_the_room_left(tmp_path: Path) -> None:
+    """A tag target evicted is not backfilled while the mirror has no room (eviction would take it
+    again, never used); with room, backfill fetches it as usual."""
+    app, upstream = await mirrored(tmp_path)
+    app.skip_idle_time = True  # backfill paces its requests by the clock
+    await evict(app)
+    size = (await app.call("GET", "/-/nopard/status")).json()["mirror"]["size"]
+    app.settings.update(mirror_max_size=size - 2 * len(tarball("oldest", "1.0.0")))
+    assert (await evict(app))["changed"] == 2  # oldest-1.0.0 and oldest-2.0.0, its latest
+    upstream.requests.clear()
+    answer = await app.call("POST", "/-/nopard/sync", body={"job": "backfill"}, **OPERATOR)
+    assert answer.json()["reports"][0]["tarballs"] == 0 and not upstream.asked(".tgz")
+    app.settings.update(mirror_max_size=10**9)
+    answer = await app.call("POST", "/-/nopard/sync", body={"job": "backfill"}, **OPERATOR)
+    assert answer.json()["reports"][0]["tarballs"] == 1 and upstream.asked(".tgz") == 1
+    assert "oldest-2.0.0.tgz" in stored_tarballs(tmp_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_instance_evicts_at_a_time(tmp_path: Path) -> None:
+    app, _ = await mirrored(tmp_path)
+    assert app.storage is not None
+    other = StoreLock(app.storage, app.clock, "another instance")
+    assert await other.acquire("evict")
+    app.settings.update(mirror_max_size=1)
+    report = await evict(app)
+    assert report["skipped"] == "another nopard instance is running it" and len(stored_tarballs(tmp_path)) == 8
+    await other.release("evict")
+    assert (await evict(app))["changed"] == 8
