@@ -38,7 +38,7 @@ class UsageLog:
     def __init__(self, storage: Storage, clock: IReactorTime, log: Logger) -> None:
         self._storage = storage
         self._clock = clock
-        self._log = log
+        self.log = log
         self._pending: domain.Usage = {}
 
     def used(self, name: str, filename: str | None = None) -> None:
@@ -69,7 +69,7 @@ class UsageLog:
             try:
                 await self._update(key, partial(domain.merged, pending=entries))
             except Exception:
-                self._log.failure("usage flush of {key} failed; kept for the next one", key=key,
+                self.log.failure("usage flush of {key} failed; kept for the next one", key=key,
                                   event="usage-flush-failed")
                 self._pending = domain.merged(self._pending, entries)
 
@@ -125,7 +125,9 @@ class UsageFlusher(Service):
         self._interval = interval
 
     def _flush(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._usage.flush())
+        # An error must not end the LoopingCall: uses would pile up in memory, never flushed again.
+        return Deferred.fromCoroutine(self._usage.flush()).addErrback(
+            lambda failure: self._usage.log.failure("usage flush failed", failure, event="usage-flush-failed"))
 
     def startService(self) -> None:
         super().startService()

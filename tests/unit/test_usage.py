@@ -247,3 +247,16 @@ async def test_uses_reach_the_store_every_minute_and_at_stop(tmp_path: Path) -> 
     m.parts.usage.used("at-stop")
     await m.settle(flusher.stopService())
     assert b"at-stop" in await m.settle(m.storage.read(keys.usage_shard_key("at-stop")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flush_that_raises_does_not_stop_the_next_ones(tmp_path: Path) -> None:
+    m = build_mirror(tmp_path)
+    flusher = UsageFlusher(m.parts.usage, m.clock)
+    flusher.startService()
+    m.parts.usage.used("NOT a name")  # no shard key: that flush raises (and is logged)
+    m.clock.advance(FLUSH_SECONDS)
+    m.parts.usage.used("next-minute")
+    m.clock.advance(FLUSH_SECONDS)
+    assert b"next-minute" in await m.settle(m.storage.read(keys.usage_shard_key("next-minute")))
+    await m.settle(flusher.stopService())
