@@ -24,9 +24,10 @@ from nopard.advisories.audit import Audits
 from nopard.advisories.malware import block_malware
 from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
-from nopard.auth.htpasswd import HtpasswdFile
+from nopard.auth.htpasswd import UserTable
 from nopard.auth.limits import FAILED_SCRIPT, RETRY_AFTER_SCRIPT, LoginLimiter, SharedLoginLimiter
 from nopard.auth.operator import OperatorCredential, OperatorTokenService
+from nopard.auth.stored_users import NEWS, UserAdoption, local_file_to_adopt, user_table
 from nopard.auth.tokens import TokenStore, TokenSweep
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
@@ -252,11 +253,11 @@ class RedisService(Service):
 
 
 def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, logs: LogService,
-                      top: MultiService, storage: IndexedStorage) -> tuple[Any, Any]:
+                      top: MultiService, storage: IndexedStorage, users: UserTable) -> tuple[Any, Any]:
     """What instances share: through Redis with NOPARD_REDIS_URL, else nothing (one process).
 
-    With Redis, ``storage``'s writes are announced to the other processes and theirs make
-    its index forget (cluster/feed.py).
+    With Redis, ``storage``'s writes and ``users``' changes are announced to the other
+    processes, and theirs make its index forget and ``users`` read again (cluster/feed.py).
     """
     sessions = MemorySessions(reactor)
     if not settings.redis_url:
@@ -264,8 +265,16 @@ def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, lo
     log = Logger(namespace="nopard.redis", observer=logs.publisher)
     link = RedisLink(settings.redis_url, reactor, log)
     index = storage.index
-    feed = ChangeFeed(settings.redis_url, link, reactor, log, index.changed, index.clear)
-    storage.announce = feed.announce
+
+    def changed(name: str) -> None:
+        users.changed() if name == NEWS else index.changed(name)
+
+    def reset() -> None:
+        index.clear()
+        users.changed()
+
+    feed = ChangeFeed(settings.redis_url, link, reactor, log, changed, reset)
+    storage.announce = users.announce = feed.announce
     index.trusted_for = lambda: FACTS_TTL if feed.live else DEGRADED_FRESHNESS
     RedisService(link, feed).setServiceParent(top)
     return RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl), RedisSessions(link, sessions)
@@ -368,7 +377,8 @@ def build_service(
     overrides.setServiceParent(top)
     cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
     index.make_room = cache.trim
-    coordination, sessions = open_coordination(settings, reactor, cache, logs, top, storage)
+    users = user_table(settings, storage, reactor.seconds, run_cpu)
+    coordination, sessions = open_coordination(settings, reactor, cache, logs, top, storage, users)
     signing = SigningKeys(storage, reactor.seconds)
     registry = Registry(storage, cache, reactor, coordination, signing)
     # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.
@@ -415,14 +425,10 @@ def build_service(
     overrides.on_change.append(sync.follow_interval)
     tokens = TokenStore(storage, reactor.seconds)
     TokenSweep(tokens, Logger(namespace="nopard", observer=logs.publisher), reactor).setServiceParent(top)
-    accounts = Accounts(
-        live,
-        HtpasswdFile(settings.htpasswd_path, run_cpu),
-        tokens,
-        storage,
-        now=lambda: iso_time(reactor.seconds()),
-        limiter=login_limiter(live, reactor, coordination),
-    )
+    UserAdoption(users, local_file_to_adopt(settings), Logger(namespace="nopard", observer=logs.publisher)
+                 ).setServiceParent(top)
+    accounts = Accounts(live, users, tokens, storage, now=lambda: iso_time(reactor.seconds()),
+                        limiter=login_limiter(live, reactor, coordination))
     # nopard-admin's credential for sync and prefetch, its file made at start (after privileges drop).
     operator = OperatorCredential()
     OperatorTokenService(operator, settings.admin_token_path,

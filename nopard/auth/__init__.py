@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from nopard.auth.htpasswd import HtpasswdFile, validate_user_name
+from nopard.auth.htpasswd import UserTable, validate_user_name
 from nopard.auth.limits import LoginLimiter, SharedLoginLimiter
 from nopard.auth.tokens import TokenStore
 from nopard.auth.twofactor import WANTED, TwoFactor, settle
@@ -60,7 +60,7 @@ class Accounts:
     def __init__(
         self,
         settings: LiveSettings,
-        users: HtpasswdFile,
+        users: UserTable,
         tokens: TokenStore,
         storage: Storage,
         now: Callable[[], str],
@@ -112,21 +112,26 @@ class Accounts:
             raise InvalidInput("a password is required")
         if len(password.encode()) > MAX_PASSWORD_LENGTH:
             raise InvalidInput(f"passwords are at most {MAX_PASSWORD_LENGTH} bytes")
-        if name in self.users or self.registration_closed():
-            # An unknown name gets HtpasswdFile's equal-time dummy check, and is counted alike.
+        # Known as of now (a check reads again before refusing, known and unknown names alike).
+        # A name registered meanwhile through another instance (news not here yet) logs in instead.
+        if (name in await self.users.fresh() or self.registration_closed()
+                or not await self._register(name, password, email)):
+            # An unknown name gets UserTable's equal-time dummy check, and is counted alike.
             if not await self.check_password(name, password, address):
                 raise BadCredentials(self._refusal())
             await self.second_factor(name, otp, f"login:{address}", address)
-        else:
-            await self._register(name, password, email)
         if not session:
             return await self.tokens.create(name, self._now())
         expires = iso_time(self.tokens.seconds() + self._settings.current.session_token_ttl)
         token, _record = await self.tokens.create_record(name, self._now(), name="npm login (web)", expires=expires)
         return token
 
+    async def has_user(self, name: str) -> bool:
+        """Whether ``name`` is a registered user (read again before saying no)."""
+        return await self.users.known(name)
+
     def registration_closed(self) -> bool:
-        """Whether new users can no longer register (NOPARD_MAX_USERS reached, or 0)."""
+        """Whether new users can no longer register (NOPARD_MAX_USERS reached, or 0), as last read."""
         return len(self.users.users()) >= self._settings.current.max_users
 
     def _refusal(self) -> str:
@@ -135,18 +140,22 @@ class Accounts:
             return "incorrect user name or password (registration of new users is closed)"
         return "incorrect user name or password"
 
-    async def _register(self, name: str, password: str, email: Any) -> None:
+    async def _register(self, name: str, password: str, email: Any) -> bool:
+        """Register ``name``; False when they exist already (registered by a concurrent request)."""
         if email is not None and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
             raise InvalidInput("invalid email address")
         max_users = self._settings.current.max_users
         try:
             await self.users.add(name, password, max_users=max_users)
         except Conflict:
-            # Registered, or registration closed, by a concurrent request: answered as any failed
-            # login (add already spent a bcrypt hash's time).
+            if name in self.users:  # the add read the users: they are there now
+                return False
+            # Registration closed by concurrent sign-ups: answered as any failed login (add
+            # already spent a bcrypt hash's time).
             raise BadCredentials(self._refusal()) from None
         profile = {"name": name, "email": email or "", "created": self._now()}
         await self._storage.write(keys.user_key(name), orjson.dumps(profile))
+        return True
 
     async def profile(self, name: str) -> dict[str, str]:
         """``{name, email}`` of a user, as maintainers lists carry them."""
@@ -195,7 +204,7 @@ class Accounts:
         scheme, credentials = scheme.lower(), credentials.strip()
         if scheme == "bearer":
             record = await self.tokens.lookup(credentials)
-            if record is None or record.user not in self.users:
+            if record is None or not await self.users.known(record.user):
                 raise BadCredentials("invalid or revoked token", scheme="Bearer")
             if record.expired(self.tokens.seconds()):
                 await self.tokens.revoke(credentials)

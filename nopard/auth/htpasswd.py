@@ -1,9 +1,9 @@
-"""An Apache-compatible htpasswd file of users with bcrypt passwords.
+"""Users with bcrypt passwords in Apache's htpasswd format, and the checks of their passwords.
 
-Lines made by ``htpasswd -B`` work; ``{SHA}`` entries are read too. The file
-is re-read when it changes on disk, so an admin's edit applies at once, and is
-rewritten atomically. bcrypt runs through ``run_in_thread``, never on the
-reactor thread.
+Lines made by ``htpasswd -B`` work; ``{SHA}`` entries are read too. The users are
+kept in the store (nopard/auth/stored_users.py) or, with NOPARD_HTPASSWD, in a local
+file kept by hand (``HtpasswdFile`` here). bcrypt runs through ``run_in_thread``,
+never on the reactor thread.
 """
 
 from __future__ import annotations
@@ -70,20 +70,146 @@ def verify_password(password: str, hashed: str) -> bool:
     return False
 
 
-class HtpasswdFile:
-    """The users of the registry, kept in an htpasswd file."""
+class UserTable:
+    """Users and their password hashes, wherever they are kept; the checks every kind shares.
 
-    def __init__(self, path: str, run_in_thread: RunInThread) -> None:
-        self.path = path
+    Subclasses say how the entries are read (``fresh``: as they are now, read again
+    when due; ``reread``: read again at once) and changed (``_change``).
+    ``users()`` and ``in`` answer from what was last read.
+    """
+
+    # Tells the other processes of a change (the change feed's announce, when there is one).
+    announce: Callable[[str], Awaitable[None]] | None = None
+
+    def __init__(self, run_in_thread: RunInThread) -> None:
         self._run = run_in_thread
         self._entries: dict[str, str] = {}
-        self._stamp: tuple[int, int, int] | None = None
-        self._write_lock = DeferredLock()
         # Credentials already checked, so Basic auth on every request does not
         # cost a bcrypt each; keyed by an HMAC under a per-process secret, and
         # by the stored hash, so a password change invalidates the entry.
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._secret = secrets.token_bytes(32)
+
+    async def fresh(self) -> dict[str, str]:
+        """User -> hash, as kept now (read again when it may have changed)."""
+        raise NotImplementedError
+
+    async def reread(self) -> dict[str, str]:
+        """User -> hash, read again now: before an answer that would refuse someone."""
+        return await self.fresh()
+
+    async def _change(self, change: Callable[[dict[str, str]], dict[str, str] | None]) -> bool:
+        """Apply ``change`` (current entries -> new entries, None: no change) atomically; whether it wrote."""
+        raise NotImplementedError
+
+    def changed(self) -> None:
+        """Another process changed the users: read them again before the next use."""
+
+    def where(self) -> str:
+        """Where the users are kept, for messages."""
+        raise NotImplementedError
+
+    def users(self) -> list[str]:
+        """Every user name, as last read."""
+        return sorted(self._entries)
+
+    def __contains__(self, user: str) -> bool:
+        return user in self._entries
+
+    async def known(self, user: str) -> bool:
+        """Whether ``user`` exists, reading again before saying no."""
+        return user in await self.fresh() or user in await self.reread()
+
+    async def check(self, user: str, password: str) -> bool:
+        """Whether ``user`` exists and ``password`` is theirs (read again before saying no)."""
+        before = (await self.fresh()).get(user)
+        if await self._matches(before, user, password):
+            return True
+        after = (await self.reread()).get(user)
+        # Only a hash that changed meanwhile is worth another bcrypt.
+        return after is not None and after != before and await self._matches(after, user, password)
+
+    async def _matches(self, hashed: str | None, user: str, password: str) -> bool:
+        if hashed is None:
+            # Spend the same time as a real check, so timing tells no names.
+            await self._run(verify_password, password, _DUMMY_HASH)
+            return False
+        fingerprint = hmac.digest(self._secret, f"{user}\0{password}\0{hashed}".encode(), "sha256")
+        if fingerprint in self._verified:
+            self._verified.move_to_end(fingerprint)
+            return True
+        if not await self._run(verify_password, password, hashed):
+            return False
+        self._verified[fingerprint] = None
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return True
+
+    async def add(self, user: str, password: str, max_users: int | None = None) -> None:
+        """Add ``user``; Conflict if they exist or ``max_users`` would be exceeded."""
+        validate_user_name(user)
+        await self.add_hashed(user, await self._run(hash_password, password), max_users)
+
+    async def add_hashed(self, user: str, hashed: str, max_users: int | None = None) -> None:
+        """Add ``user`` with a hash already made; Conflict as ``add``."""
+
+        def added(entries: dict[str, str]) -> dict[str, str]:
+            if user in entries:
+                raise Conflict(f"user {user} already exists")
+            if max_users is not None and len(entries) >= max_users:
+                raise Conflict("registration is closed")
+            return {**entries, user: hashed}
+
+        await self._change(added)
+
+    async def merge(self, entries: dict[str, str]) -> list[str]:
+        """Add every user of ``entries`` not here yet (a user here is kept as they are); those added."""
+        added: list[str] = []
+        await self._change(merging(entries, added))
+        return added
+
+    async def set_hash(self, user: str, hashed: str | None) -> bool:
+        """Set ``user``'s hash (None: remove them); False when that changes nothing."""
+
+        def replaced(entries: dict[str, str]) -> dict[str, str] | None:
+            if entries.get(user) == hashed:
+                return None
+            kept = dict(entries)
+            if hashed is None:
+                kept.pop(user)
+            else:
+                kept[user] = hashed
+            return kept
+
+        return await self._change(replaced)
+
+
+def merging(entries: dict[str, str], added: list[str]) -> Callable[[dict[str, str]], dict[str, str] | None]:
+    """A change adding the users of ``entries`` missing from the current ones, naming them in ``added``."""
+
+    def merged(current: dict[str, str]) -> dict[str, str] | None:
+        added[:] = [user for user in entries if user not in current]
+        return {**current, **{user: entries[user] for user in added}} if added else None
+
+    return merged
+
+
+class HtpasswdFile(UserTable):
+    """The users of the registry in a local htpasswd file kept by hand (NOPARD_HTPASSWD).
+
+    The file is re-read when it changes on disk, so an admin's edit applies at once, and
+    is rewritten atomically, every other line (comments) kept.
+    """
+
+    def __init__(self, path: str, run_in_thread: RunInThread) -> None:
+        super().__init__(run_in_thread)
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._write_lock = DeferredLock()
+
+    def where(self) -> str:
+        """The file's path."""
+        return self.path
 
     def _reload(self) -> dict[str, str]:
         try:
@@ -105,48 +231,43 @@ class HtpasswdFile:
     def __contains__(self, user: str) -> bool:
         return user in self._reload()
 
-    async def check(self, user: str, password: str) -> bool:
-        """Whether ``user`` exists and ``password`` is theirs."""
-        hashed = self._reload().get(user)
-        if hashed is None:
-            # Spend the same time as a real check, so timing tells no names.
-            await self._run(verify_password, password, _DUMMY_HASH)
-            return False
-        fingerprint = hmac.digest(self._secret, f"{user}\0{password}\0{hashed}".encode(), "sha256")
-        if fingerprint in self._verified:
-            self._verified.move_to_end(fingerprint)
-            return True
-        if not await self._run(verify_password, password, hashed):
-            return False
-        self._verified[fingerprint] = None
-        if len(self._verified) > _VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return True
+    async def fresh(self) -> dict[str, str]:
+        """User -> hash, as the file is now (a stat, and a read when it changed)."""
+        return self._reload()
 
-    async def add(self, user: str, password: str, max_users: int | None = None) -> None:
-        """Add ``user``; Conflict if they exist or ``max_users`` would be exceeded."""
-        validate_user_name(user)
-        hashed = await self._run(hash_password, password)
-        async with _held(self._write_lock):
+    async def _change(self, change: Callable[[dict[str, str]], dict[str, str] | None]) -> bool:
+        async with held(self._write_lock):
             entries = self._reload()
-            if user in entries:
-                raise Conflict(f"user {user} already exists")
-            if max_users is not None and len(entries) >= max_users:
-                raise Conflict("registration is closed")
-            await self._run(_append_atomically, self.path, f"{user}:{hashed}\n")
+            wanted = change(dict(entries))
+            if wanted is None:
+                return False
+            for user in set(entries) | set(wanted):
+                if entries.get(user) != wanted.get(user):
+                    await self._run(replace_entry, self.path, user, wanted.get(user))
             self._reload()
+            return True
 
 
 def replace_entry(path: str, user: str, hashed: str | None) -> bool:
     """Set ``user``'s hash in place (None: remove their line), keeping every other line; atomic.
 
-    For nopard-admin. Returns False when that changes nothing.
+    Returns False when that changes nothing.
     """
     try:
         with open(path, encoding="utf-8") as file:
-            lines = file.read().splitlines()
+            text = file.read()
     except FileNotFoundError:
-        lines = []
+        text = ""
+    changed = with_entry(text, user, hashed)
+    if changed == text:
+        return False
+    _write_atomically(path, changed)
+    return True
+
+
+def with_entry(text: str, user: str, hashed: str | None) -> str:
+    """htpasswd ``text`` with ``user``'s hash set (None: their line removed), every other line kept."""
+    lines = text.splitlines()
     entry = None if hashed is None else f"{user}:{hashed}"
     changed: list[str] = []
     for line in lines:
@@ -158,9 +279,8 @@ def replace_entry(path: str, user: str, hashed: str | None) -> bool:
     if entry is not None:
         changed.append(entry)
     if changed == lines:
-        return False
-    _write_atomically(path, "".join(line + "\n" for line in changed))
-    return True
+        return text
+    return "".join(line + "\n" for line in changed)
 
 
 def _line_user(line: str) -> str | None:
@@ -168,17 +288,6 @@ def _line_user(line: str) -> str | None:
     if not line or line.startswith("#") or ":" not in line:
         return None
     return line.partition(":")[0]
-
-
-def _append_atomically(path: str, line: str) -> None:
-    try:
-        with open(path, encoding="utf-8") as file:
-            content = file.read()
-    except FileNotFoundError:
-        content = ""
-    if content and not content.endswith("\n"):
-        content += "\n"
-    _write_atomically(path, content + line)
 
 
 def _write_atomically(path: str, content: str) -> None:
@@ -198,7 +307,7 @@ def _write_atomically(path: str, content: str) -> None:
         raise
 
 
-class _held:
+class held:
     """``async with`` for a DeferredLock."""
 
     def __init__(self, lock: DeferredLock) -> None:

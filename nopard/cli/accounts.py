@@ -1,5 +1,6 @@
-"""nopard-admin's user and token commands: the htpasswd file and the store's profiles and tokens,
-with nopard running or not (every write is atomic)."""
+"""nopard-admin's user and token commands: the users (the store's users/htpasswd, or NOPARD_HTPASSWD's
+file) and the store's profiles and tokens, with nopard running or not, on any backend (every write is
+atomic; a change of the users is a compare-and-swap, and running instances read it at the next check)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,22 @@ from nopard.cli.registry import AdminError, registry_settings
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
-def htpasswd_entries(path: str) -> dict[str, str]:
-    """User -> hash, as the htpasswd file says now."""
-    from nopard.auth.htpasswd import parse_htpasswd
+def open_users(settings: Any, storage: Any = None) -> tuple[Any, Any]:
+    """(the users, the store) NOPARD_STORAGE (or ``storage``) and NOPARD_HTPASSWD name, for ``run_now``.
 
-    try:
-        with open(path, encoding="utf-8") as file:
-            return parse_htpasswd(file.read())
-    except FileNotFoundError:
-        return {}
+    An older version's local htpasswd file is moved into the store first, as nopard does at start.
+    """
+    from nopard.auth.stored_users import StoredUsers, local_file_to_adopt, user_table
+    from nopard.cli.maintenance import call_directly, open_store, run_now
+
+    storage = open_store(settings) if storage is None else storage
+    users = user_table(settings, storage, time.time, call_directly)
+    path = local_file_to_adopt(settings)
+    if isinstance(users, StoredUsers) and path is not None:
+        adoption = run_now(users.adopt_local_file(path))
+        if adoption is not None:
+            print(adoption.line())
+    return users, storage
 
 
 def read_password(options: argparse.Namespace) -> str:
@@ -47,20 +55,22 @@ def read_password(options: argparse.Namespace) -> str:
     return password
 
 
-def known_user(settings: Any, name: str) -> str:
-    """``name`` if the htpasswd file has them, else AdminError."""
+def known_user(users: Any, name: str) -> str:
+    """``name`` if ``users`` has them, else AdminError."""
     from nopard.auth.htpasswd import validate_user_name
+    from nopard.cli.maintenance import run_now
 
     validate_user_name(name)
-    if name not in htpasswd_entries(settings.htpasswd_path):
-        raise AdminError(f"no user {name} in {settings.htpasswd_path} (nopard-admin user list shows them)")
+    if name not in run_now(users.fresh()):
+        raise AdminError(f"no user {name} in {users.where()} (nopard-admin user list shows them)")
     return name
 
 
 def user_add(options: argparse.Namespace) -> int:
-    """Add a user to the htpasswd file, with a profile like registration writes."""
-    from nopard.auth.htpasswd import hash_password, replace_entry, validate_user_name
-    from nopard.cli.maintenance import open_storage, run_now
+    """Add a user, with a profile like registration writes."""
+    from nopard.auth.htpasswd import hash_password, validate_user_name
+    from nopard.cli.maintenance import run_now
+    from nopard.domain.errors import Conflict
     from nopard.domain.times import iso_time
     from nopard.storage import keys
 
@@ -68,22 +78,28 @@ def user_add(options: argparse.Namespace) -> int:
     name = validate_user_name(options.name)
     if options.email is not None and not _EMAIL.fullmatch(options.email):
         raise AdminError(f"invalid email address: {options.email!r}")
-    if name in htpasswd_entries(settings.htpasswd_path):
-        raise AdminError(f"user {name} already exists (nopard-admin user passwd {name} sets a new password)")
-    replace_entry(settings.htpasswd_path, name, hash_password(read_password(options)))
+    users, storage = open_users(settings)
+    exists = AdminError(f"user {name} already exists (nopard-admin user passwd {name} sets a new password)")
+    if name in run_now(users.fresh()):
+        raise exists
+    try:
+        run_now(users.add_hashed(name, hash_password(read_password(options))))
+    except Conflict:
+        raise exists from None  # added meanwhile, through a running nopard
     profile = {"name": name, "email": options.email or "", "created": iso_time(time.time())}
-    run_now(open_storage(settings.registry_path).write(keys.user_key(name), orjson.dumps(profile)))
+    run_now(storage.write(keys.user_key(name), orjson.dumps(profile)))
     print(f"added user {name}")
     return 0
 
 
 def user_passwd(options: argparse.Namespace) -> int:
     """Set a user's password."""
-    from nopard.auth.htpasswd import hash_password, replace_entry
+    from nopard.auth.htpasswd import hash_password
+    from nopard.cli.maintenance import run_now
 
-    settings = registry_settings(options)
-    name = known_user(settings, options.name)
-    replace_entry(settings.htpasswd_path, name, hash_password(read_password(options)))
+    users, _storage = open_users(registry_settings(options))
+    name = known_user(users, options.name)
+    run_now(users.set_hash(name, hash_password(read_password(options))))
     print(f"changed the password of {name}")
     return 0
 
@@ -91,11 +107,11 @@ def user_passwd(options: argparse.Namespace) -> int:
 def user_reset_2fa(options: argparse.Namespace) -> int:
     """Turn off a user's two-factor authentication (a lost authenticator and no recovery code left)."""
     from nopard.auth.twofactor import TwoFactor
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import run_now
 
-    settings = registry_settings(options)
-    name = known_user(settings, options.name)
-    twofactor = TwoFactor(open_storage(settings.registry_path), time.time)
+    users, storage = open_users(registry_settings(options))
+    name = known_user(users, options.name)
+    twofactor = TwoFactor(storage, time.time)
     if "tfa" not in run_now(twofactor.profile(name)):
         print(f"{name} has no two-factor authentication")
         return 0
@@ -106,15 +122,13 @@ def user_reset_2fa(options: argparse.Namespace) -> int:
 
 def user_remove(options: argparse.Namespace) -> int:
     """Remove a user, their profile and every token of theirs."""
-    from nopard.auth.htpasswd import replace_entry
     from nopard.auth.tokens import TokenStore
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import run_now
     from nopard.storage import keys
 
-    settings = registry_settings(options)
-    name = known_user(settings, options.name)
-    storage = open_storage(settings.registry_path)
-    replace_entry(settings.htpasswd_path, name, None)
+    users, storage = open_users(registry_settings(options))
+    name = known_user(users, options.name)
+    run_now(users.set_hash(name, None))
     revoked = run_now(TokenStore(storage).revoke_user(name))
     run_now(storage.delete(keys.user_key(name)))
     print(f"removed user {name} ({revoked} tokens revoked)")
@@ -124,14 +138,13 @@ def user_remove(options: argparse.Namespace) -> int:
 def user_list(options: argparse.Namespace) -> int:
     """Every user, with email, creation time and number of tokens."""
     from nopard.auth.tokens import TokenStore
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import run_now
     from nopard.storage import keys
 
-    settings = registry_settings(options)
-    storage = open_storage(settings.registry_path)
-    users = sorted(htpasswd_entries(settings.htpasswd_path))
+    table, storage = open_users(registry_settings(options))
+    users = sorted(run_now(table.fresh()))
     if not users:
-        print(f"no users in {settings.htpasswd_path}")
+        print(f"no users in {table.where()}")
         return 0
     tokens: dict[str, int] = {}
     for record in run_now(TokenStore(storage).records()):
@@ -151,10 +164,10 @@ def user_list(options: argparse.Namespace) -> int:
 def token_list(options: argparse.Namespace) -> int:
     """Every token's record: key, user, created, read-only (never the token itself)."""
     from nopard.auth.tokens import TokenStore
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_store, run_now
 
     settings = registry_settings(options)
-    records = run_now(TokenStore(open_storage(settings.registry_path)).records(options.user))
+    records = run_now(TokenStore(open_store(settings)).records(options.user))
     if not records:
         print("no tokens" + (f" of {options.user}" if options.user else ""))
         return 0
@@ -168,10 +181,10 @@ def token_list(options: argparse.Namespace) -> int:
 def token_revoke(options: argparse.Namespace) -> int:
     """Revoke the token whose record has KEY."""
     from nopard.auth.tokens import TokenStore
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import open_store, run_now
 
     settings = registry_settings(options)
-    record = run_now(TokenStore(open_storage(settings.registry_path)).revoke_key(options.key))
+    record = run_now(TokenStore(open_store(settings)).revoke_key(options.key))
     if record is None:
         raise AdminError(f"no token has key {options.key} (nopard-admin token list shows them)")
     print(f"revoked token {record.key} of {record.user}")

@@ -200,6 +200,7 @@ def gc(options: argparse.Namespace) -> int:
 
 def import_registry(options: argparse.Namespace) -> int:
     """Import another registry's packages and users."""
+    from nopard.cli.accounts import open_users
     from nopard.cli.maintenance import open_storage, run_now
     from nopard.cli.sources import SourceError, detect_source
     from nopard.cli.transfer import import_source
@@ -213,7 +214,7 @@ def import_registry(options: argparse.Namespace) -> int:
         os.makedirs(settings.registry_path)
         print(f"created registry directory {settings.registry_path}")
     storage = open_storage(settings.registry_path)
-    report = run_now(import_source(source, storage, settings.htpasswd_path, print))
+    report = run_now(import_source(source, storage, open_users(settings, storage)[0], print))
     print(f"import: packages {report.local} local, {report.mirrored} mirrored, {report.unchanged} unchanged; "
           f"versions {report.versions}; users {report.users}; "
           + (f"{report.problems} things left out (listed)" if report.problems else "nothing left out"))
@@ -222,6 +223,7 @@ def import_registry(options: argparse.Namespace) -> int:
 
 def export_registry(options: argparse.Namespace) -> int:
     """Write the registry's local packages and users to a new folder."""
+    from nopard.cli.accounts import open_users
     from nopard.cli.maintenance import open_storage, run_now
     from nopard.cli.sources import SourceError
     from nopard.cli.transfer import check_export_target
@@ -234,7 +236,7 @@ def export_registry(options: argparse.Namespace) -> int:
         raise AdminError(str(error)) from None
     os.makedirs(options.target, exist_ok=True)
     storage, target = open_storage(settings.registry_path), open_storage(options.target)
-    report = run_now(export(storage, settings.htpasswd_path, target, print))
+    report = run_now(export(storage, open_users(settings, storage)[0], target, print))
     skipped = ", ".join(f"{kind} {count}" for kind, count in report.not_exported.items())
     print(f"export: packages {report.local}, versions {report.versions}, tarballs {report.tarballs}, "
           f"unpublished {report.unpublished}, users {report.users}, profiles {report.profiles} to "

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from nopard.auth.htpasswd import parse_htpasswd, replace_entry, validate_user_name
+from nopard.auth.htpasswd import UserTable, parse_htpasswd, validate_user_name
 from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
 from nopard.cli.sources import Source, SourceError, SourcePackage
 from nopard.domain import names, packument
@@ -232,7 +232,7 @@ def _tarball_finder(package: SourcePackage) -> Callable[[str, dict[str, Any]], b
     return find
 
 
-async def import_source(source: Source, storage: Storage, htpasswd_path: str, say: Say) -> TransferReport:
+async def import_source(source: Source, storage: Storage, users: UserTable, say: Say) -> TransferReport:
     """Import every package and user of ``source`` into ``storage``; print what happens with ``say``."""
     report = TransferReport()
     say(f"importing a {source.layout} registry from {source.root}")
@@ -245,7 +245,7 @@ async def import_source(source: Source, storage: Storage, htpasswd_path: str, sa
         else:
             await _import_local(package, storage, source.layout == "nopard", say, report)
     await _import_unpublished(source, storage, say, report)
-    await _import_users(source, storage, htpasswd_path, say, report)
+    await _import_users(source, storage, users, say, report)
     return report
 
 
@@ -358,7 +358,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
     report.versions += stored
 
 
-async def _import_users(source: Source, storage: Storage, htpasswd_path: str, say: Say,
+async def _import_users(source: Source, storage: Storage, users: UserTable, say: Say,
                         report: TransferReport) -> None:
     if source.htpasswd is None:
         if source.layout != "nopar":
@@ -366,11 +366,8 @@ async def _import_users(source: Source, storage: Storage, htpasswd_path: str, sa
         return
     with open(source.htpasswd, encoding="utf-8") as file:
         entries = parse_htpasswd(file.read())
-    try:
-        with open(htpasswd_path, encoding="utf-8") as file:
-            here = parse_htpasswd(file.read())
-    except FileNotFoundError:
-        here = {}
+    here = await users.fresh()
+    wanted: dict[str, str] = {}
     for user, hashed in entries.items():
         try:
             validate_user_name(user)
@@ -388,7 +385,8 @@ async def _import_users(source: Source, storage: Storage, htpasswd_path: str, sa
             if here[user] != hashed:
                 say(f"kept user {user} as they are here (another password was imported)")
             continue
-        replace_entry(htpasswd_path, user, hashed)
+        wanted[user] = hashed
+    for user in await users.merge(wanted):  # one change of the users, not one per user
         await storage.create(keys.user_key(user), _profile(source, user))
         say(f"imported user {user}")
         report.users += 1
@@ -426,7 +424,7 @@ def compare_holdings(held: Counter[str], written: Counter[str]) -> tuple[dict[st
     return left_out, skipped
 
 
-async def export_registry(storage: Storage, htpasswd_path: str, target: Storage, say: Say) -> TransferReport:
+async def export_registry(storage: Storage, users: UserTable, target: Storage, say: Say) -> TransferReport:
     """Copy every local package (document, tarballs, unpublishing) and every user of ``storage`` to ``target``,
     then count what the store holds by key kind, independently, against what was written."""
     report = TransferReport()
@@ -471,11 +469,10 @@ async def export_registry(storage: Storage, htpasswd_path: str, target: Storage,
         if data is not None:
             await write(keys.unpublished_key(name), data)
             report.unpublished += 1
-    if os.path.isfile(htpasswd_path):
-        with open(htpasswd_path, "rb") as file:
-            content = file.read()
-        await write(keys.EXPORTED_HTPASSWD, content)
-        report.users = len(parse_htpasswd(content.decode("utf-8", "replace")))
+    entries = await users.fresh()
+    if entries:
+        await write(keys.EXPORTED_HTPASSWD, "".join(f"{user}:{hashed}\n" for user, hashed in entries.items()).encode())
+        report.users = len(entries)
     for key in await storage.list(keys.USERS):
         data = await storage.read(key)
         if data is not None and keys.key_kind(key) == keys.USER_PROFILE:

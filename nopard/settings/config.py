@@ -97,7 +97,7 @@ class Settings:
 
     @property
     def htpasswd_path(self) -> str:
-        """The htpasswd file, defaulting to one inside the registry directory."""
+        """NOPARD_HTPASSWD's file, else where older versions kept it (moved into the store at start)."""
         return self.htpasswd or os.path.join(self.registry_path, "htpasswd")
 
     @property

@@ -148,7 +148,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("run_path", "", parse_text, "Directory of the PID file when daemonized (empty: twistd's default)."),
     Setting("runas_user", "", parse_text, "User to drop privileges to once the port is bound (empty: stay)."),
     Setting("home", "", parse_text, "Working directory of the daemon (empty: where it is started)."),
-    Setting("htpasswd", "", parse_text, "htpasswd file of users (empty: <registry_path>/htpasswd)."),
+    Setting("htpasswd", "", parse_text,
+            "A local htpasswd file of users kept by hand (empty: the users are in the store, users/htpasswd)."),
     Setting(
         "admin_token_file",
         "",

@@ -10,6 +10,7 @@ The layout (the same on every backend)::
     packages/<name>/upstream/tarballs/<file>        a tarball fetched from the upstream
     packages/<name>/upstream/attestations/<v>.json  a version's attestations, from the upstream
     users/<user>.json                               a user's profile (email, creation time)
+    users/htpasswd                                  every user's password hash (htpasswd format)
     tokens/<sha256 of the token>.json               an access token's record
     sync/<job>.lock                                 which instance runs a sync job
     settings/overrides.json                         settings changed at runtime
@@ -46,6 +47,8 @@ PACKAGES_FOLDER = "packages"
 PACKAGES = PACKAGES_FOLDER + "/"
 USERS_FOLDER = "users"
 USERS = USERS_FOLDER + "/"
+# The users' htpasswd file (no user's profile: those end in .json); NOPARD_HTPASSWD keeps one elsewhere.
+USERS_HTPASSWD = USERS + "htpasswd"
 TOKENS = "tokens/"
 SETTINGS_OVERRIDES = "settings/overrides.json"
 SIGNING_FOLDER = "signing"
@@ -306,4 +309,4 @@ def key_kind(key: str) -> str:
         return BLOCK_LIST
     if folder == USAGE_FOLDER and (key == USAGE_PINNED or _SHARD.fullmatch(rest)):
         return USAGE_RECORD
-    return {EXPORTED_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)
+    return {EXPORTED_HTPASSWD: HTPASSWD, USERS_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)

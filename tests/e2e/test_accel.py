@@ -123,7 +123,7 @@ def test_hidden_tarball_through_nginx_is_a_json_404_and_its_reader_gets_it(world
 
 @pytest.mark.parametrize("path", [
     "/_nopard_store/packages/secret-thing/tarballs/secret-thing-1.0.0.tgz",
-    "/_nopard_store/htpasswd",
+    "/_nopard_store/users/htpasswd",
     "/_nopard_store/packages/internal-util/package.json",
 ])
 def test_the_store_location_is_not_served_to_clients(world: dict, path: str) -> None:

@@ -20,7 +20,7 @@ def test_registration_closes_after_the_first_user(nopard: NopardServer) -> None:
     assert answer.status == 401
     assert "registration of new users is closed" in answer.json()["error"]
     assert nopard.login("alice", "wrong").json() == answer.json()
-    assert (nopard.registry / "htpasswd").read_text().count("\n") == 1
+    assert (nopard.registry / "users" / "htpasswd").read_text().count("\n") == 1
 
 
 def test_max_users_zero_disables_registration(start_nopard: Callable[..., NopardServer]) -> None:

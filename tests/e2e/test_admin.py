@@ -59,8 +59,8 @@ def test_registry_path_option_beats_the_environment(registry: Path, tmp_path: Pa
     other.mkdir()
     result = admin(registry, "user", "add", "bob", "--password-stdin", "--registry-path", str(other), stdin="pw\n")
     assert result.returncode == 0
-    assert "bob" in parse_htpasswd((other / "htpasswd").read_text())
-    assert not (registry / "htpasswd").exists()
+    assert "bob" in parse_htpasswd((other / "users" / "htpasswd").read_text())
+    assert not (registry / "users" / "htpasswd").exists()
 
 
 # Users -----------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_user_add_writes_a_bcrypt_line_and_a_profile(registry: Path) -> None:
     """`user add` appends an htpasswd -B style line and writes users/<name>.json with the email."""
     result = add_user(registry, "alice", "s3cret", "--email", "alice@example.com")
     assert result.stdout == "added user alice\n"
-    hashed = parse_htpasswd((registry / "htpasswd").read_text())["alice"]
+    hashed = parse_htpasswd((registry / "users" / "htpasswd").read_text())["alice"]
     assert hashed.startswith("$2y$") and verify_password("s3cret", hashed)
     profile = json.loads((registry / "users" / "alice.json").read_text())
     assert profile["name"] == "alice" and profile["email"] == "alice@example.com" and profile["created"]
@@ -97,7 +97,7 @@ def test_user_add_asks_twice_and_refuses_a_mismatch(registry: Path) -> None:
     child.close()
     assert child.exitstatus == 2
     assert "the two passwords differ" in child.before
-    assert not (registry / "htpasswd").exists()
+    assert not (registry / "users" / "htpasswd").exists()
 
 
 def test_user_add_on_a_terminal_with_matching_passwords(registry: Path) -> None:
@@ -109,7 +109,7 @@ def test_user_add_on_a_terminal_with_matching_passwords(registry: Path) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0 and "added user alice" in child.before
-    assert verify_password("s3cret", parse_htpasswd((registry / "htpasswd").read_text())["alice"])
+    assert verify_password("s3cret", parse_htpasswd((registry / "users" / "htpasswd").read_text())["alice"])
 
 
 def test_user_add_refuses_an_existing_user(registry: Path) -> None:
@@ -118,7 +118,7 @@ def test_user_add_refuses_an_existing_user(registry: Path) -> None:
     result = admin(registry, "user", "add", "alice", "--password-stdin", stdin="second\n")
     assert result.returncode == 2
     assert "user alice already exists" in result.stderr
-    assert verify_password("first", parse_htpasswd((registry / "htpasswd").read_text())["alice"])
+    assert verify_password("first", parse_htpasswd((registry / "users" / "htpasswd").read_text())["alice"])
 
 
 def test_user_add_refuses_an_invalid_name(registry: Path) -> None:
@@ -133,7 +133,7 @@ def test_user_passwd_changes_the_password(registry: Path) -> None:
     add_user(registry, "bob", "bobs")
     result = admin(registry, "user", "passwd", "alice", "--password-stdin", stdin="new\n")
     assert (result.returncode, result.stdout) == (0, "changed the password of alice\n")
-    entries = parse_htpasswd((registry / "htpasswd").read_text())
+    entries = parse_htpasswd((registry / "users" / "htpasswd").read_text())
     assert list(entries) == ["alice", "bob"]
     assert verify_password("new", entries["alice"]) and not verify_password("old", entries["alice"])
 
@@ -159,7 +159,7 @@ def test_unknown_user_is_exit_2(registry: Path, args: tuple[str, ...]) -> None:
     result = admin(registry, "user", *args, stdin="pw\n")
     assert result.returncode == 2
     assert result.stderr == (
-        f"nopard-admin: no user bob in {registry / 'htpasswd'} (nopard-admin user list shows them)\n")
+        "nopard-admin: no user bob in the store's users/htpasswd (nopard-admin user list shows them)\n")
 
 
 def test_user_remove_revokes_their_tokens(closed: NopardServer) -> None:
@@ -173,7 +173,7 @@ def test_user_remove_revokes_their_tokens(closed: NopardServer) -> None:
     for token in alices:
         assert closed.request("GET", "/-/whoami", token=token).status == 401
     assert closed.request("GET", "/-/whoami", token=bobs).json() == {"username": "bob"}
-    assert "alice" not in parse_htpasswd((closed.registry / "htpasswd").read_text())
+    assert "alice" not in parse_htpasswd((closed.registry / "users" / "htpasswd").read_text())
     assert not (closed.registry / "users" / "alice.json").exists()
 
 
@@ -192,7 +192,7 @@ def test_user_list_shows_emails_and_token_counts(closed: NopardServer) -> None:
 def test_user_list_of_an_empty_registry(registry: Path) -> None:
     """No users yet: says so, exit 0."""
     result = admin(registry, "user", "list")
-    assert (result.returncode, result.stdout) == (0, f"no users in {registry / 'htpasswd'}\n")
+    assert (result.returncode, result.stdout) == (0, "no users in the store's users/htpasswd\n")
 
 
 # Tokens ----------------------------------------------------------------------

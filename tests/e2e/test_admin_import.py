@@ -139,7 +139,7 @@ def test_import_reports_unsupported_password_hashes(registry: Path, tmp_path: Pa
     assert "imported user dave" in result.stdout.splitlines()
     assert "skipped user carol: nopard cannot check a Apache MD5 ($apr1$) password hash " \
            "(add them with nopard-admin user add carol)" in result.stdout.splitlines()
-    assert parse_htpasswd((registry / "htpasswd").read_text()) == {"dave": lines[0].split(":", 1)[1]}
+    assert parse_htpasswd((registry / "users" / "htpasswd").read_text()) == {"dave": lines[0].split(":", 1)[1]}
 
 
 def test_import_of_a_nopar_registry(registry: Path) -> None:

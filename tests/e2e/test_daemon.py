@@ -53,7 +53,7 @@ def test_zero_config_start_serves_on_5984_with_registry_in_cwd(tmp_path: Path) -
         assert server.request("GET", "/-/ping").status == 200
         assert (tmp_path / "registry").is_dir()
         assert server.login("alice", "pw").status == 201
-        assert (tmp_path / "registry" / "htpasswd").exists()
+        assert (tmp_path / "registry" / "users" / "htpasswd").exists()
     finally:
         server.stop()
 
@@ -83,7 +83,7 @@ def test_options_set_port_and_registry(tmp_path: Path) -> None:
     server.start()
     try:
         assert server.login("alice", "pw").status == 201
-        assert (tmp_path / "data" / "htpasswd").exists()
+        assert (tmp_path / "data" / "users" / "htpasswd").exists()
     finally:
         server.stop()
 

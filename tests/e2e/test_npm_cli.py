@@ -47,7 +47,7 @@ def view(npm: Npm, spec: str, *fields: str) -> object:
 def test_adduser_registers_first_user_with_a_bcrypt_entry(alice: Npm, registry: NopardServer) -> None:
     """`npm adduser` creates the first account (bcrypt in htpasswd) and saves a token."""
     assert alice.token() and alice.token().startswith("npd_")
-    line = (registry.registry / "htpasswd").read_text().strip()
+    line = (registry.registry / "users" / "htpasswd").read_text().strip()
     assert line.startswith("alice:$2y$")
 
 

@@ -30,7 +30,7 @@ def moto_server() -> Iterator[MotoServer]:
 def test_publish_and_read_back_through_s3(
     start_nopard: Callable[..., NopardServer], moto_server: MotoServer
 ) -> None:
-    """Login, publish and reads all go to the bucket; locally there is only the htpasswd file."""
+    """Login, publish and reads all go to the bucket, the users' htpasswd too: nothing stored locally."""
     bucket = moto_server.new_bucket()
     server = start_nopard({
         "NOPARD_STORAGE": "s3", "NOPARD_S3_BUCKET": bucket, "NOPARD_S3_PREFIX": "npm/main",
@@ -54,13 +54,13 @@ def test_publish_and_read_back_through_s3(
     objects = sorted(item["Key"] for item in moto_server.client().list_objects_v2(Bucket=bucket)["Contents"])
     assert "npm/main/packages/pkg/package.json" in objects
     assert "npm/main/packages/pkg/tarballs/pkg-1.0.0.tgz" in objects
-    assert "npm/main/users/alice.json" in objects
+    assert "npm/main/users/alice.json" in objects and "npm/main/users/htpasswd" in objects
     assert any(key.startswith("npm/main/tokens/") for key in objects)
     assert all(key.startswith("npm/main/") for key in objects)
-    # Only what must be local: the htpasswd file (users' passwords), the operator token of
-    # this instance, and the (empty) spool directory where upstream downloads are verified.
-    assert files_under(server.registry) == ["htpasswd"]
-    assert {path.name for path in server.registry.iterdir()} <= {"htpasswd", ".spool", OPERATOR_TOKEN_FILE}
+    # Only what must be local: the operator token of this instance, and the (empty) spool
+    # directory where upstream downloads are verified.
+    assert files_under(server.registry) == []
+    assert {path.name for path in server.registry.iterdir()} <= {".spool", OPERATOR_TOKEN_FILE}
 
     # The store's size is the bucket's, under the prefix.
     metrics = server.request("GET", "/-/metrics").body.decode()

@@ -63,7 +63,7 @@ def test_daemon_pid_file_run_as_user_logfile_and_graceful_sigterm(open_dir: Path
     for directory in (registry, home / "run", home / "log"):
         assert directory.stat().st_uid == NOBODY.pw_uid, directory
     token = register(daemon.port)
-    assert (registry / "htpasswd").stat().st_uid == NOBODY.pw_uid
+    assert (registry / "users" / "htpasswd").stat().st_uid == NOBODY.pw_uid
 
     # A publish whose body is still arriving when SIGTERM comes.
     body = json.dumps(publish_body("slow-pkg", "1.0.0")).encode()

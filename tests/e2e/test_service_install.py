@@ -212,7 +212,7 @@ def test_installed_service_verifies_and_runs(open_dir: Path, daemons: list[Daemo
         assert process.poll() is None, process.stdout.read()
         assert owner_ids(process.pid)[0] == [NOBODY.pw_uid] * 4
         register(daemon.port)
-        assert (open_dir / "state" / "htpasswd").stat().st_uid == NOBODY.pw_uid
+        assert (open_dir / "state" / "users" / "htpasswd").stat().st_uid == NOBODY.pw_uid
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=40)

@@ -73,7 +73,7 @@ def test_npm_login_default_web_flow(start_nopard: Callable[..., NopardServer], t
     status, output = npm_web_login(first, server, "adduser", username="alice", password="pw", email="a@example.com")
     assert status == 0, output
     assert first.run("whoami").stdout.strip() == "alice"
-    assert "alice:" in (server.registry / "htpasswd").read_text()
+    assert "alice:" in (server.registry / "users" / "htpasswd").read_text()
 
     laptop = web_npm(server, tmp_path / "laptop")
     status, output = npm_web_login(laptop, server, "login", username="alice", password="pw")

@@ -153,7 +153,7 @@ def own_keys(method: str, path: str) -> Callable[[str], bool]:
     """
     route = path.split("?", 1)[0]
     if route.startswith(ACCOUNT_PREFIXES):
-        return lambda key: key == "htpasswd" or key.startswith(("users/", "tokens/"))
+        return lambda key: key.startswith(("users/", "tokens/"))
     if route in ("/-/nopard/settings", "/-/web/settings"):
         return lambda key: key == "settings/overrides.json"
     if route in ("/-/nopard/sync", "/-/nopard/prefetch"):

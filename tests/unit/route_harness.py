@@ -28,9 +28,9 @@ from nopard.advisories.audit import Audits
 from nopard.advisories.malware import block_malware
 from nopard.advisories.store import AdvisoryStore
 from nopard.auth import Accounts
-from nopard.auth.htpasswd import HtpasswdFile
 from nopard.auth.limits import LoginLimiter
 from nopard.auth.operator import OperatorCredential
+from nopard.auth.stored_users import user_table
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
 from nopard.catalog.search import SearchIndex
@@ -279,7 +279,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
                     metrics=metrics, firewall=parts.firewall, use=parts.usage)
     jobs.room = eviction.has_room
-    accounts = Accounts(live, HtpasswdFile(base.htpasswd_path, run_now), TokenStore(storage, clock.seconds), storage,
+    users = user_table(base, storage, clock.seconds, run_now)
+    accounts = Accounts(live, users, TokenStore(storage, clock.seconds), storage,
                         now=lambda: iso_time(clock.seconds()), limiter=LoginLimiter(live, clock))
     sessions = MemorySessions(clock)
     readmes = ReadmeRenders(renderer if renderer is not None else InlineRenderer(), clock)

@@ -339,7 +339,8 @@ def test_the_store_location_sends_tarball_files_only(tmp_path: Path) -> None:
     (store / "packages/a/tarballs/a-1.0.0.tgz").write_bytes(b"TGZ")
     (store / "users").mkdir()
     (store / "users/alice.json").write_bytes(b"SECRET")
-    (store / "htpasswd").write_bytes(b"SECRET")
+    (store / "users/htpasswd").write_bytes(b"SECRET")
+    (store / "htpasswd").write_bytes(b"SECRET")  # where older versions kept it
 
     class Redirecting(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -365,7 +366,8 @@ def test_the_store_location_sends_tarball_files_only(tmp_path: Path) -> None:
                 return answer.status, answer.read()
 
             assert fetch("/_nopard_store/packages/a/tarballs/a-1.0.0.tgz") == (200, b"TGZ")
-            for target in ("/_nopard_store/users/alice.json", "/_nopard_store/htpasswd",
+            for target in ("/_nopard_store/users/alice.json", "/_nopard_store/users/htpasswd",
+                           "/_nopard_store/htpasswd",
                            "/_nopard_store/packages/a/tarballs/../../../users/alice.json",
                            "/_nopard_store/packages/a/tarballs/%2e%2e/%2e%2e/%2e%2e/htpasswd"):
                 status, body = fetch(target)

@@ -87,10 +87,12 @@ CASES = (
     Budget("operations.prefetch:/-/nopard/prefetch", "POST", "/-/nopard/prefetch", 0,
            body={"packages": [["mirrored-pkg", "1.0.0"]]}),
     Budget("accounts.whoami:/-/whoami", "GET", "/-/whoami", 0),
-    Budget("accounts.login:/-/user/<userid>", "PUT", "/-/user/org.couchdb.user:bob", 0,
+    # The users' object (users/htpasswd) when due, and again before refusing (a user just added elsewhere).
+    Budget("accounts.login:/-/user/<userid>", "PUT", "/-/user/org.couchdb.user:bob", 2,
            body={"name": "bob", "password": "wrong"}),
-    # A login answers the rev of the profile it stored: one read.
-    Budget("accounts.login:/-/user/<userid>", "PUT", "/-/user/org.couchdb.user:newcomer", 1, writes=2,
+    # The users' object read and swapped (compare-and-swap), the profile and token written; a login
+    # answers the rev of the profile it stored: one read.
+    Budget("accounts.login:/-/user/<userid>", "PUT", "/-/user/org.couchdb.user:newcomer", 3, writes=3,
            body={"name": "newcomer", "password": "new-secret", "email": "n@example.test"}),
     Budget("accounts.user_profile:/-/user/<userid>", "GET", "/-/user/org.couchdb.user:bob", 0),
     Budget("accounts.logout:/-/user/token/<token>", "DELETE", "/-/user/token/npd_nothing", 0),

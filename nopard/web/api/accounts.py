@@ -67,7 +67,7 @@ class AccountRoutes:
         """``{name, email}`` of a registered user (npm owner add checks the user exists)."""
         await self._gate.logged_in(request, "log in to look up users")
         name = userid[len(USER_PREFIX) :] if userid.startswith(USER_PREFIX) else None
-        if name is None or name not in self._accounts.users:
+        if name is None or not await self._accounts.has_user(name):
             raise NotFound("no such user")
         return json_response(request, 200, await self._accounts.profile(name))
 

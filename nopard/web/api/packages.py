@@ -299,7 +299,7 @@ class PackageRoutes:
     async def change_owners(self, name: str, identity: Identity, revision: str | None, body: dict) -> dict:
         """Replace the maintainers (npm owner add/rm); each must be a registered user."""
         user = identity.user
-        unknown = [n for n in packument.maintainer_names(body) if n not in self._accounts.users]
+        unknown = [n for n in packument.maintainer_names(body) if not await self._accounts.has_user(n)]
         if unknown:
             raise InvalidInput(f"no such user: {', '.join(unknown)}")
         profiles = [await self._accounts.profile(n) for n in packument.maintainer_names(body)]
