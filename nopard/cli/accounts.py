@@ -18,6 +18,15 @@ from nopard.cli.registry import AdminError, registry_settings
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
+def store_settings(options: argparse.Namespace) -> Any:
+    """The daemon's settings; the registry directory must exist only when it is the store (not with S3,
+    so these commands run on any machine with the bucket's settings)."""
+    settings = registry_settings(options, must_exist=False)
+    if settings.storage != "s3":
+        registry_settings(options)  # the missing directory's error
+    return settings
+
+
 def open_users(settings: Any, storage: Any = None) -> tuple[Any, Any]:
     """(the users, the store) NOPARD_STORAGE (or ``storage``) and NOPARD_HTPASSWD name, for ``run_now``.
 
@@ -74,7 +83,7 @@ def user_add(options: argparse.Namespace) -> int:
     from nopard.domain.times import iso_time
     from nopard.storage import keys
 
-    settings = registry_settings(options)
+    settings = store_settings(options)
     name = validate_user_name(options.name)
     if options.email is not None and not _EMAIL.fullmatch(options.email):
         raise AdminError(f"invalid email address: {options.email!r}")
@@ -97,7 +106,7 @@ def user_passwd(options: argparse.Namespace) -> int:
     from nopard.auth.htpasswd import hash_password
     from nopard.cli.maintenance import run_now
 
-    users, _storage = open_users(registry_settings(options))
+    users, _storage = open_users(store_settings(options))
     name = known_user(users, options.name)
     run_now(users.set_hash(name, hash_password(read_password(options))))
     print(f"changed the password of {name}")
@@ -109,7 +118,7 @@ def user_reset_2fa(options: argparse.Namespace) -> int:
     from nopard.auth.twofactor import TwoFactor
     from nopard.cli.maintenance import run_now
 
-    users, storage = open_users(registry_settings(options))
+    users, storage = open_users(store_settings(options))
     name = known_user(users, options.name)
     twofactor = TwoFactor(storage, time.time)
     if "tfa" not in run_now(twofactor.profile(name)):
@@ -126,7 +135,7 @@ def user_remove(options: argparse.Namespace) -> int:
     from nopard.cli.maintenance import run_now
     from nopard.storage import keys
 
-    users, storage = open_users(registry_settings(options))
+    users, storage = open_users(store_settings(options))
     name = known_user(users, options.name)
     run_now(users.set_hash(name, None))
     revoked = run_now(TokenStore(storage).revoke_user(name))
@@ -141,7 +150,7 @@ def user_list(options: argparse.Namespace) -> int:
     from nopard.cli.maintenance import run_now
     from nopard.storage import keys
 
-    table, storage = open_users(registry_settings(options))
+    table, storage = open_users(store_settings(options))
     users = sorted(run_now(table.fresh()))
     if not users:
         print(f"no users in {table.where()}")
@@ -166,7 +175,7 @@ def token_list(options: argparse.Namespace) -> int:
     from nopard.auth.tokens import TokenStore
     from nopard.cli.maintenance import open_store, run_now
 
-    settings = registry_settings(options)
+    settings = store_settings(options)
     records = run_now(TokenStore(open_store(settings)).records(options.user))
     if not records:
         print("no tokens" + (f" of {options.user}" if options.user else ""))
@@ -183,7 +192,7 @@ def token_revoke(options: argparse.Namespace) -> int:
     from nopard.auth.tokens import TokenStore
     from nopard.cli.maintenance import open_store, run_now
 
-    settings = registry_settings(options)
+    settings = store_settings(options)
     record = run_now(TokenStore(open_store(settings)).revoke_key(options.key))
     if record is None:
         raise AdminError(f"no token has key {options.key} (nopard-admin token list shows them)")

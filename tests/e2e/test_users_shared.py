@@ -53,10 +53,8 @@ def pair(start_nopard: Callable[..., NopardServer], moto_server: MotoServer, red
 
 def elsewhere_admin(tmp_path: Path, moto_server: MotoServer, bucket: str, *args: str,
                     stdin: str = "") -> subprocess.CompletedProcess:
-    """nopard-admin as on a machine of its own: an empty registry directory, the bucket's settings."""
-    machine = tmp_path / "admin-machine"
-    machine.mkdir(exist_ok=True)
-    env = {"PATH": str(BIN), "NOPARD_REGISTRY_PATH": str(machine), "NOPARD_STORAGE": "s3",
+    """nopard-admin as on a machine of its own: no registry directory there, the bucket's settings."""
+    env = {"PATH": str(BIN), "NOPARD_REGISTRY_PATH": str(tmp_path / "admin-machine"), "NOPARD_STORAGE": "s3",
            "NOPARD_S3_BUCKET": bucket, **moto_server.env()}
     return subprocess.run([ADMIN, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120)
 

@@ -132,7 +132,7 @@ def test_cwd_defaults_to_the_process_directory() -> None:
 
 
 def test_htpasswd_path_defaults_inside_the_registry() -> None:
-    """With no htpasswd setting the users file is <registry_path>/htpasswd."""
+    """With no htpasswd setting, htpasswd_path is where older versions kept the users (moved to the store at start)."""
     assert load().htpasswd_path == "/srv/nopard/registry/htpasswd"
 
 
