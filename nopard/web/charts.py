@@ -26,6 +26,7 @@ from nopard.domain.charts import (
     timeline,
 )
 from nopard.domain.history import SERVED_AS, Day, upstream_field
+from nopard.web.pages import SIZE_UNITS, human_size
 
 VIEW_WIDTH = 720
 PLOT = Plot(left=64, top=10, width=VIEW_WIDTH - 72, height=120)
@@ -35,7 +36,6 @@ ROW_GAP = 22  # room for its name above the row
 SERVED_LABELS = {"HIT": "HIT (from the cache)", "REVALIDATED": "REVALIDATED (the upstream said unchanged)",
                  "STALE": "STALE (the upstream was down or slow)", "MISS": "MISS (fetched from the upstream)",
                  "LOCAL": "LOCAL (published here)"}
-UNITS = ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB"), (1, "B"))
 
 
 def svg(name: str, title: str, description: str, height: float, *content: Any) -> Tag:
@@ -84,14 +84,8 @@ def duration(seconds: float) -> str:
 
 
 def byte_unit(value: float) -> tuple[int, str]:
-    """The unit to write sizes up to ``value`` in."""
-    return next(((size, name) for size, name in UNITS if value >= size), (1, "B"))
-
-
-def size_text(value: float) -> str:
-    """Bytes in the largest unit they reach."""
-    size, name = byte_unit(value)
-    return f"{value / size:.1f} {name}" if size > 1 else f"{int(value)} B"
+    """The unit of the size axis for sizes up to ``value``."""
+    return next(((size, name) for size, name in SIZE_UNITS if value >= size), (1, "B"))
 
 
 def axes(day: Day, top: float, label: Any) -> list[Tag]:
@@ -219,18 +213,18 @@ def sizes_chart(day: Day) -> Tag:
         if any(v is not None for v in values):
             drawn.append(Tag("path")(d=line_path(values, top, PLOT), class_=f"line {kind}"))
             slot, value = next((i, v) for i, v in reversed(list(enumerate(values))) if v is not None)
-            drawn.append(Tag("circle")(Tag("title")(f"{kind}: {size_text(value)}"), r="3",
+            drawn.append(Tag("circle")(Tag("title")(f"{kind}: {human_size(value)}"), r="3",
                                        cx=f"{PLOT.x(slot + 0.5, len(values)):.2f}", cy=f"{PLOT.y(value, top):.2f}",
                                        class_=f"point {kind}"))
-    parts = [f"store {size_text(_last(store))} now, at most {size_text(max(v for v in store if v is not None))}"
+    parts = [f"store {human_size(_last(store))} now, at most {human_size(max(v for v in store if v is not None))}"
              if any(v is not None for v in store) else "store not measured"]
     if any(v is not None for v in mirror):
-        parts.append(f"mirror {size_text(_last(mirror))}")
+        parts.append(f"mirror {human_size(_last(mirror))}")
     if limit:
         y = f"{PLOT.y(limit, top):.2f}"
-        drawn.append(Tag("line")(Tag("title")(f"mirror limit: {size_text(limit)}"), x1=f"{PLOT.left:g}",
+        drawn.append(Tag("line")(Tag("title")(f"mirror limit: {human_size(limit)}"), x1=f"{PLOT.left:g}",
                                  x2=f"{PLOT.left + PLOT.width:g}", y1=y, y2=y, class_="limit"))
-        parts.append(f"limit {size_text(limit)} (NOPARD_MIRROR_MAX_SIZE)")
+        parts.append(f"limit {human_size(limit)} (NOPARD_MIRROR_MAX_SIZE)")
     else:
         parts.append("no limit set")
     summary = "Sizes: " + "; ".join(parts) + "."

@@ -118,15 +118,17 @@ def age(seconds: float | None) -> str:
     return "just now"
 
 
-def human_size(size: int | None) -> str:
-    """Bytes as B, kB, MB."""
+SIZE_UNITS = ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB"))
+
+
+def human_size(size: float | None) -> str:
+    """Bytes in the largest of B, KiB, MiB, GiB they reach, one decimal (None: not stored here)."""
     if size is None:
         return "not stored here"
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} kB"
-    return f"{size / 1024 / 1024:.1f} MB"
+    for unit, name in SIZE_UNITS:
+        if size >= unit:
+            return f"{size / unit:.1f} {name}"
+    return f"{int(size)} B"
 
 
 def csrf_field(viewer: Viewer) -> Tag:

@@ -178,7 +178,7 @@ def test_admin_refreshes_a_mirrored_package_and_reads_the_status(site: NopardSer
         text = browser.text()
         assert f"Tarballs stored here: 1 of {len(document['versions'])} versions" in text
         row = next(r.text for r in browser.find_all("table.versions tbody tr") if r.text.startswith(latest + " "))
-        assert f"{len(tarball.body) / 1024:.1f} kB" in row
+        assert f"{len(tarball.body) / 1024:.1f} KiB" in row
         assert text.count("not stored here") == len(document["versions"]) - 1
         fake.reset()
         browser.submit("section form button[type=submit]")
