@@ -470,7 +470,8 @@ async def export_registry(storage: Storage, users: UserTable, target: Storage, s
             await write(keys.unpublished_key(name), data)
             report.unpublished += 1
     entries = await users.fresh()
-    if entries:
+    # An emptied users/htpasswd is exported too: the store's count of it must match what was written.
+    if entries or await storage.exists(keys.USERS_HTPASSWD):
         await write(keys.EXPORTED_HTPASSWD, "".join(f"{user}:{hashed}\n" for user, hashed in entries.items()).encode())
         report.users = len(entries)
     for key in await storage.list(keys.USERS):

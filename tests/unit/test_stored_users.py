@@ -207,3 +207,20 @@ async def test_logging_in_on_an_instance_that_has_not_heard_of_a_new_user_yet(tm
     with pytest.raises(BadCredentials):
         await two_.login("alice", "wrong")
     assert await first.check("alice", "pw")
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_carries_the_users_even_when_the_last_one_was_removed(tmp_path: Path) -> None:
+    """export writes the store's users as the export's htpasswd; an emptied users/htpasswd is no
+    'left out' key (export would fail INCOMPLETE)."""
+    from nopard.cli.transfer import export_registry
+
+    storage = FilesystemStorage(str(tmp_path / "registry"), deferToThread)
+    _clock, users, _other = two(storage)
+    await users.add_hashed("alice", HASH)
+    report = await export_registry(storage, users, FilesystemStorage(str(tmp_path / "one"), deferToThread), print)
+    assert (report.users, report.left_out) == (1, {})
+    assert parse_htpasswd((tmp_path / "one" / "htpasswd").read_text()) == {"alice": HASH}
+    await users.set_hash("alice", None)
+    report = await export_registry(storage, users, FilesystemStorage(str(tmp_path / "two"), deferToThread), print)
+    assert (report.users, report.left_out) == (0, {})
