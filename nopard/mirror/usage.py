@@ -29,6 +29,7 @@ from nopard.domain import usage as domain
 from nopard.storage import Storage, keys
 
 FLUSH_SECONDS = 60.0  # how stale the shared record may be: eviction and sync read it at most this late
+STOP_FLUSH_SECONDS = 10.0  # the last flush may hold nopard's stop this long (a store that hangs: uses lost)
 CAS_ATTEMPTS = 8  # instances flushing the same shard at once: each retry merges the other's write
 
 
@@ -122,6 +123,7 @@ class UsageFlusher(Service):
         self._usage = usage
         self._loop = task.LoopingCall(self._flush)
         self._loop.clock = clock
+        self._clock = clock
         self._interval = interval
 
     def _flush(self) -> Deferred[None]:
@@ -139,4 +141,6 @@ class UsageFlusher(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
-        return self._flush()
+        last = Deferred.fromCoroutine(self._usage.flush()).addTimeout(STOP_FLUSH_SECONDS, self._clock)
+        return last.addErrback(lambda failure: self._usage.log.failure(
+            "the last usage flush failed; uses since the previous one are lost", failure, event="usage-flush-failed"))

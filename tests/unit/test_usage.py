@@ -14,11 +14,12 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from nopard.domain import usage
 from nopard.domain.usage import DAY, HOUR, WEEK, merged, refresh_due, refresh_interval
-from nopard.mirror.usage import FLUSH_SECONDS, UsageFlusher, UsageLog
+from nopard.mirror.usage import FLUSH_SECONDS, STOP_FLUSH_SECONDS, UsageFlusher, UsageLog
 from nopard.storage import keys
 from tests.unit.mirror_harness import FakeRegistry, packument
 from tests.unit.mirror_harness import build as build_mirror
@@ -260,3 +261,20 @@ async def test_a_flush_that_raises_does_not_stop_the_next_ones(tmp_path: Path) -
     m.clock.advance(FLUSH_SECONDS)
     assert b"next-minute" in await m.settle(m.storage.read(keys.usage_shard_key("next-minute")))
     await m.settle(flusher.stopService())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_that_hangs_holds_the_stop_only_so_long(tmp_path: Path) -> None:
+    m = build_mirror(tmp_path)
+    flusher = UsageFlusher(m.parts.usage, m.clock)
+    flusher.startService()
+    m.parts.usage.used("hanging")
+    m.storage.read_versioned = lambda key: Deferred()  # type: ignore[method-assign,assignment,return-value]
+    stopped: list[bool] = []
+    pending = flusher.stopService()
+    assert isinstance(pending, Deferred)
+    pending.addCallback(lambda _: stopped.append(True))
+    m.clock.advance(STOP_FLUSH_SECONDS - 1)
+    assert not stopped
+    m.clock.advance(1)
+    assert stopped
