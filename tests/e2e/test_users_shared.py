@@ -131,3 +131,31 @@ def test_an_older_local_htpasswd_moves_into_the_store_once(start_nopard: Callabl
     server.start()
     assert server.login("alice", "pw-a").status == 201
     assert len([line for line in server.log().splitlines() if "into the store" in line]) == 1
+
+
+def test_users_are_shared_by_the_workers_of_one_machine(tmp_path: Path) -> None:
+    """NOPARD_WORKERS=2, no Redis, filesystem store: a user registered through one worker logs in
+    through the other at once (its copy just read), and nopard-admin's new password works on both."""
+    from tests.e2e.test_workers import pinned, started_workers
+
+    server = NopardServer(tmp_path / "nopard", {"NOPARD_WORKERS": "2", "NOPARD_MAX_USERS": "10"})
+    server.start()
+    try:
+        started_workers(server, 2)
+        first, second = pinned(server).values()
+        body = {"name": "carol", "password": "pw-c", "type": "user"}
+        assert second.request("PUT", "/-/user/org.couchdb.user:carol", body).status == 201  # second has read
+        body = {"name": "alice", "password": "pw-a", "type": "user"}
+        token = first.request("PUT", "/-/user/org.couchdb.user:alice", body).json()["token"]
+        assert second.request("GET", "/-/whoami", token=token).json() == {"username": "alice"}
+        assert second.request("PUT", "/-/user/org.couchdb.user:alice", body).status == 201
+        changed = subprocess.run([ADMIN, "user", "passwd", "alice", "--password-stdin"], input="pw-new\n",
+                                 text=True, capture_output=True,
+                                 env={"PATH": str(BIN), "NOPARD_REGISTRY_PATH": str(server.registry)})
+        assert changed.returncode == 0, changed.stderr
+        for worker in (first, second):
+            new = {**body, "password": "pw-new"}
+            assert worker.request("PUT", "/-/user/org.couchdb.user:alice", new).status == 201, worker.worker
+            assert worker.request("PUT", "/-/user/org.couchdb.user:alice", body).status == 401, worker.worker
+    finally:
+        server.stop()
