@@ -70,7 +70,19 @@ def assert_shows_as_text(body: str, document: dict[str, Any]) -> None:
     shown = pages.text_of(document.get("description")) or pages.text_of(manifest.get("description"))
     if shown:
         assert f"<p>{html.escape(shown, quote=False)}</p>" in body
-    assert "<script>alert(1)" not in body and "<img src=x" not in body and "<b>x</b>" not in body
+    assert "<script>alert(1)" not in body and "<img src=x" not in body
+    # A readme is markdown, sanitized: harmless tags such as <b> stay live there, and only there.
+    readmes = [pages.text_of(document.get("readme")), pages.text_of(manifest.get("readme"))]
+    assert body.count("<b>x</b>") <= max(readme.count("<b>x</b>") for readme in readmes)
+
+
+def test_the_markup_check_allows_bold_in_a_readme_only() -> None:
+    """Regression: the readme "&amp; <b>x</b>" (one of MARKUP's values, drawn now and then) renders
+    as sanitized HTML with its <b>, which the check above took for live markup and failed."""
+    document = odd_document("demo", {"readme": "&amp; <b>x</b>"}, {})
+    assert_shows_as_text('<div class="readme"><p>&amp; <b>x</b></p></div>', document)
+    with pytest.raises(AssertionError):
+        assert_shows_as_text("<p><b>x</b></p>", odd_document("demo", {"description": "&amp; <b>x</b>"}, {}))
 
 
 async def page_of(app: InProcess, name: str) -> str:
