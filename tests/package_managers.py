@@ -223,9 +223,12 @@ class Pnpm(PackageManager):
     name, lockfile = "pnpm", "pnpm-lock.yaml"
 
     def configure_home(self) -> None:
+        # pnpm retries a failed tarball (a 451 for a blocked version too) twice, after 10 s then
+        # 60 s by default: shorter pauses keep both retries and the same outcome, 70 s sooner.
         (self.home / ".npmrc").write_text(
             f"registry={self.registry}\nstore-dir={self.home / 'pnpm-store'}\n"
-            f"cache-dir={self.home / 'pnpm-cache'}\nupdate-notifier=false\n")
+            f"cache-dir={self.home / 'pnpm-cache'}\nupdate-notifier=false\n"
+            "fetch-retry-mintimeout=200\nfetch-retry-maxtimeout=1000\n")
 
     def command(self) -> list[str]:
         return ["node", str(clients_modules() / "pnpm" / "bin" / "pnpm.cjs")]
