@@ -14,10 +14,12 @@ import pytest
 
 from tests.support import NopardServer, Response, files_under, publish_body, read_reply
 
+SETTINGS = {"NOPARD_MAX_USERS": "3", "NOPARD_MAX_BODY_SIZE": "64kb"}
+
 
 @pytest.fixture
 def server(start_nopard: Callable[..., NopardServer]) -> NopardServer:
-    return start_nopard({"NOPARD_MAX_USERS": "3", "NOPARD_MAX_BODY_SIZE": "64kb"})
+    return start_nopard(SETTINGS)
 
 
 @pytest.fixture
@@ -49,6 +51,15 @@ def corrupt(body: dict, change: Callable[[dict, dict], None]) -> dict:
 
 @pytest.mark.usefixtures("unchanged")
 class TestRejectedWritesChangeNothing:
+    @pytest.fixture(scope="class")
+    @classmethod
+    def server(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NopardServer]:
+        """One nopard for the whole class: a refused write leaves the registry as it was (``unchanged``
+        asserts it after each test), so the next test starts from what a fresh one would see."""
+        server = NopardServer(tmp_path_factory.mktemp("refused"), SETTINGS).start()
+        yield server
+        server.stop()
+
     def test_malformed_json(self, server: NopardServer, token: str) -> None:
         """A body that is not JSON: 400."""
         assert_refused(server.request("PUT", "/pkg", b'{"name": "pkg",', token=token), 400, "not valid JSON")
@@ -144,8 +155,6 @@ class TestRejectedWritesChangeNothing:
         """A PUT of an empty maintainers list is refused with a clear error (never read as a deletion)."""
         answer = server.request("PUT", "/pkg", {"_id": "pkg", "_rev": "1-x", "maintainers": []}, token=token)
         assert_refused(answer, 400, "at least one maintainer")
-
-
 
 
 def test_existing_version_is_refused_and_kept(server: NopardServer, token: str) -> None:
