@@ -5,6 +5,7 @@ and the real npm CLI with its own configuration and cache.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import http.client
 import json
@@ -13,7 +14,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,16 @@ def twistd_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+@contextmanager
+def in_tree_build() -> Iterator[None]:
+    """Hold this checkout's build lock while `pip install .` runs: pip builds in the checkout
+    (build/, nopard.egg-info), and two builds at once (pytest-xdist workers) break each other's."""
+    (REPO / "build").mkdir(exist_ok=True)
+    with open(REPO / "build" / ".tests-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # Written by nopard at start (NOPARD_ADMIN_TOKEN_FILE's default), not by any request.

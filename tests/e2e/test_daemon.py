@@ -12,7 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.polling import poll_text
-from tests.support import BIN, REPO, NopardServer, free_port, publish_body, temporary_leftovers, twistd_env
+from tests.support import (
+    BIN,
+    REPO,
+    NopardServer,
+    free_port,
+    in_tree_build,
+    publish_body,
+    temporary_leftovers,
+    twistd_env,
+)
 
 
 def twistd(
@@ -25,11 +34,12 @@ def twistd(
 def test_pip_install_makes_twistd_nopard_available(tmp_path: Path) -> None:
     """`pip install .` puts the package and the dropin where twistd finds them."""
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        check=True, capture_output=True, cwd=tmp_path,
-    )
+    with in_tree_build():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+             "--target", str(target), str(REPO)],
+            check=True, capture_output=True, cwd=tmp_path,
+        )
     assert (target / "twisted" / "plugins" / "nopard_plugin.py").exists()
     assert (target / "nopard" / "web" / "static" / "nopard.css").exists()  # the browser pages' stylesheet
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()

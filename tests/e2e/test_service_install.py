@@ -24,13 +24,15 @@ from tests.daemons import (
     register,
 )
 from tests.polling import poll_until
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, in_tree_build
 
 # The installer and the units ----------------------------------------------------------------
 
 
 def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(INSTALLER), *args, "--root", str(root)], capture_output=True, text=True, timeout=600)
+    with in_tree_build():  # the installer runs `pip install` of this checkout
+        result = subprocess.run([str(INSTALLER), *args, "--root", str(root)], capture_output=True, text=True,
+                                timeout=600)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
