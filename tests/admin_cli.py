@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 from nopard.domain import signatures
-from tests.support import BIN, REPO, NopardServer, files_under
+from tests import admin_stores as stores
+from tests.admin_stores import ADMIN, LONG_AGO, UPSTREAM_DATA, unsigned
+from tests.support import REPO, NopardServer, files_under
+
+__all__ = ["ADMIN", "LONG_AGO", "UPSTREAM_DATA", "unsigned"]  # kept importable from here
 
 IMPORTS = REPO / "tests" / "data" / "imports"
-UPSTREAM_DATA = REPO / "tests" / "data" / "upstream"
-ADMIN = str(BIN / "nopard-admin")
-LONG_AGO = time.time() - 3600
 
 
 def admin_env(registry: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NOPARD_")}
-    if registry is not None:
-        env["NOPARD_REGISTRY_PATH"] = str(registry)
-    return env
+    return stores.admin_env({"NOPARD_REGISTRY_PATH": str(registry)} if registry is not None else {})
 
 
 def admin(registry: Path | None, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -44,37 +39,14 @@ def add_user(registry: Path, name: str, password: str, *extra: str) -> subproces
 
 
 def mirror_copy(registry: Path, name: str, base: str = "http://upstream.example") -> Path:
-    """Lay out a mirrored package as nopard stores it: upstream document, meta, every recorded tarball."""
-    area = registry / "packages" / name / "upstream"
-    (area / "tarballs").mkdir(parents=True)
-    text = (UPSTREAM_DATA / "packuments" / f"{name}.json").read_text().replace("{{UPSTREAM}}", base)
-    (area / "package.json").write_text(text)
-    (area / "meta.json").write_text(json.dumps({"fetched_at": time.time(), "etag": None, "last_modified": None}))
-    for tarball in (UPSTREAM_DATA / "tarballs" / name).glob("*.tgz"):
-        shutil.copy(tarball, area / "tarballs" / tarball.name)
-    return area
+    """Lay out a mirrored package as nopard stores it (tests/admin_stores.py); its upstream folder."""
+    stores.mirror_copy(stores.FsStore(registry), name, base)
+    return registry / "packages" / name / "upstream"
 
 
 def local_copy(registry: Path, name: str, *versions: str) -> Path:
-    """Lay out a local package as nopard's publish does: tarballs, then the document naming them."""
-    import base64
-    import hashlib
-
-    from tests.support import tarball_bytes
-
-    area = registry / "packages" / name
-    (area / "tarballs").mkdir(parents=True)
-    document = {"_id": name, "name": name, "dist-tags": {"latest": versions[-1]}, "versions": {}, "time": {},
-                "maintainers": [{"name": "alice", "email": "alice@example.com"}], "readme": ""}
-    for version in versions:
-        data = tarball_bytes(name, version)
-        filename = f"{name.rsplit('/', 1)[-1]}-{version}.tgz"
-        (area / "tarballs" / filename).write_bytes(data)
-        document["versions"][version] = {"name": name, "version": version, "_id": f"{name}@{version}", "dist": {
-            "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
-            "shasum": hashlib.sha1(data).hexdigest(), "tarball": filename}}
-    (area / "package.json").write_text(json.dumps(document))
-    return area
+    """Lay out a local package as nopard's publish does (tests/admin_stores.py); its folder."""
+    return registry / stores.local_copy(stores.FsStore(registry), name, *versions)
 
 
 def leftover(path: Path, data: bytes = b"x") -> Path:
@@ -85,9 +57,7 @@ def leftover(path: Path, data: bytes = b"x") -> Path:
 
 
 def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    path.write_bytes(stores.flipped(path.read_bytes()))
 
 
 def contents(path: Path) -> dict[str, bytes]:
@@ -113,18 +83,6 @@ def verified_by(registry: Path, keys: list[dict]) -> set[tuple[str, str]]:
             if any(signatures.verify(key, message, signature["sig"]) for key in keys):
                 verified.add((document["name"], version))
     return verified
-
-
-def unsigned(files: dict[str, bytes]) -> dict[str, Any]:
-    """The stored objects, each package document without its versions' signatures."""
-    def strip(name: str, data: bytes) -> object:
-        if not name.endswith("/package.json"):
-            return data
-        document = json.loads(data)
-        for manifest in document["versions"].values():
-            manifest["dist"].pop("signatures", None)
-        return document
-    return {name: strip(name, data) for name, data in files.items()}
 
 
 def admin_http(server: NopardServer, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@ readable by root and the user nopard runs as):
 
 These work on the registry directory itself, with nopard running or not
 (NOPARD_REGISTRY_PATH and NOPARD_HTPASSWD as the daemon reads them, or
---registry-path DIR); every write is atomic:
+--registry-path DIR; keys, fsck, gc, import and export on the store the daemon
+opens: with NOPARD_STORAGE=s3 the bucket); every write is atomic:
 
   nopard-admin user add NAME [--email E] [--password-stdin]   add a user (password asked twice)
   nopard-admin user passwd NAME [--password-stdin]            set a user's password
@@ -32,7 +33,8 @@ These work on the registry directory itself, with nopard running or not
   nopard-admin import FROM [--htpasswd FILE]
                                      import a nopard export, a Verdaccio/sinopia storage folder
                                      or a nopar registry: packages, tarballs, tags, users
-  nopard-admin export TO             write local packages and users to a new folder, for import
+  nopard-admin export TO             write every key of the store and the users to a new folder,
+                                     for import into any store
   nopard-admin advisories import PATH
                                      import OSV records (a .json file, a directory of them, or
                                      a zip such as OSV's npm all.zip): npm audit answers from them
@@ -64,7 +66,7 @@ from nopard.cli.accounts import (
 )
 from nopard.cli.advisories import advisories_import
 from nopard.cli.blocks import add_block_commands
-from nopard.cli.registry import AdminError, registry_settings
+from nopard.cli.registry import AdminError, settings_and_store
 
 
 def default_registry(environ: dict[str, str] = os.environ) -> str:  # type: ignore[assignment]
@@ -170,11 +172,14 @@ def prefetch(options: argparse.Namespace) -> int:
 # Commands on the registry directory ------------------------------------------------------
 
 def fsck(options: argparse.Namespace) -> int:
-    """Check the registry; exit 1 when anything was found."""
-    from nopard.cli.maintenance import scan
+    """Check the store; exit 1 when anything was found."""
+    from nopard.cli.announce import ChangedPackages
+    from nopard.cli.maintenance import run_now, scan
 
-    settings = registry_settings(options)
-    report = scan(settings.registry_path, settings.htpasswd_path)
+    settings, store = settings_and_store(options)
+    storage = ChangedPackages(store)  # a tarball quarantined is gone: the instances are told
+    report = run_now(scan(storage, settings.htpasswd_path, settle=options.settle))
+    tell_instances(settings, storage.names)
     for finding in report.findings:
         print(finding.line())
     print(report.summary())
@@ -183,11 +188,14 @@ def fsck(options: argparse.Namespace) -> int:
 
 def gc(options: argparse.Namespace) -> int:
     """Remove what fsck counts as garbage."""
-    from nopard.cli.maintenance import collect, scan
+    from nopard.cli.announce import ChangedPackages
+    from nopard.cli.maintenance import collect, run_now, scan
 
-    settings = registry_settings(options)
-    report = scan(settings.registry_path, settings.htpasswd_path, quarantine=not options.dry_run)
-    removed = collect(settings.registry_path, report, dry_run=options.dry_run)
+    settings, store = settings_and_store(options)
+    storage = ChangedPackages(store)
+    report = run_now(scan(storage, settings.htpasswd_path, quarantine=not options.dry_run, settle=options.settle))
+    removed = run_now(collect(storage, report, dry_run=options.dry_run))
+    tell_instances(settings, storage.names)
     verb = "would remove" if options.dry_run else "removed"
     for finding in removed:
         print(f"{verb} {finding.path} ({finding.kind}, {finding.size} bytes)")
@@ -198,23 +206,39 @@ def gc(options: argparse.Namespace) -> int:
     return 0
 
 
+def tell_instances(settings: Any, names: set[str]) -> None:
+    """Announce the packages a command changed to the instances sharing NOPARD_REDIS_URL (if any)."""
+    from nopard.cli.announce import announce
+
+    if not settings.redis_url or not names:
+        return
+    try:
+        announce(settings.redis_url, names)
+    except OSError as error:
+        print(f"nopard-admin: could not tell the running instances through NOPARD_REDIS_URL ({error}); "
+              "they serve the changes once their cached forms expire or they restart", file=sys.stderr)
+        return
+    print(f"told the running instances: {len(names)} packages changed")
+
+
 def import_registry(options: argparse.Namespace) -> int:
-    """Import another registry's packages and users."""
+    """Import another registry's packages and users into the store."""
     from nopard.cli.accounts import open_users
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.maintenance import run_now
     from nopard.cli.sources import SourceError, detect_source
     from nopard.cli.transfer import import_source
 
-    settings = registry_settings(options, must_exist=False)
     try:
         source = detect_source(options.source, options.htpasswd)
     except SourceError as error:
         raise AdminError(str(error)) from None
-    if not os.path.isdir(settings.registry_path):
-        os.makedirs(settings.registry_path)
-        print(f"created registry directory {settings.registry_path}")
-    storage = open_storage(settings.registry_path)
-    report = run_now(import_source(source, storage, open_users(settings, storage)[0], print))
+    from nopard.cli.announce import ChangedPackages
+
+    settings, store = settings_and_store(options, create=True)
+    storage = ChangedPackages(store)
+    spool = settings.registry_path if settings.storage != "s3" else None  # tarballs linked in, not copied
+    report = run_now(import_source(source, storage, open_users(settings, store)[0], print, spool))
+    tell_instances(settings, storage.names)
     print(f"import: packages {report.local} local, {report.mirrored} mirrored, {report.unchanged} unchanged; "
           f"versions {report.versions}; users {report.users}; "
           + (f"{report.problems} things left out (listed)" if report.problems else "nothing left out"))
@@ -222,25 +246,26 @@ def import_registry(options: argparse.Namespace) -> int:
 
 
 def export_registry(options: argparse.Namespace) -> int:
-    """Write the registry's local packages and users to a new folder."""
+    """Write every key of the store (but per-instance state) and the htpasswd file to a new folder."""
     from nopard.cli.accounts import open_users
+    from nopard.cli.export import check_export_target
+    from nopard.cli.export import export_registry as export
     from nopard.cli.maintenance import open_storage, run_now
     from nopard.cli.sources import SourceError
-    from nopard.cli.transfer import check_export_target
-    from nopard.cli.transfer import export_registry as export
 
-    settings = registry_settings(options)
+    settings, storage = settings_and_store(options)
     try:
         check_export_target(options.target)
     except SourceError as error:
         raise AdminError(str(error)) from None
     os.makedirs(options.target, exist_ok=True)
-    storage, target = open_storage(settings.registry_path), open_storage(options.target)
-    report = run_now(export(storage, open_users(settings, storage)[0], target, print))
+    report = run_now(export(storage, open_users(settings, storage)[0], open_storage(options.target), print))
+    other = "".join(f", {kind} {count}" for kind, count in sorted(report.other.items()))
     skipped = ", ".join(f"{kind} {count}" for kind, count in report.not_exported.items())
     print(f"export: packages {report.local}, versions {report.versions}, tarballs {report.tarballs}, "
-          f"unpublished {report.unpublished}, users {report.users}, profiles {report.profiles} to "
-          f"{os.path.abspath(options.target)}" + (f"; not exported: {skipped}" if skipped else "")
+          f"unpublished {report.unpublished}, users {report.users}, profiles {report.profiles}, "
+          f"mirrored {report.mirrored}{other} to {os.path.abspath(options.target)}"
+          + (f"; not exported: {skipped}" if skipped else "")
           + (f"; {report.problems} things left out (listed)" if report.problems else ""))
     if report.left_out:
         lost = ", ".join(f"{count} {kind}" for kind, count in report.left_out.items())
@@ -252,13 +277,9 @@ def export_registry(options: argparse.Namespace) -> int:
 
 def signing_keys(options: argparse.Namespace) -> Any:
     """The signing keys in the store NOPARD_STORAGE names (a registry directory, or the S3 bucket)."""
-    from nopard.cli.maintenance import open_store
     from nopard.local.signing import SigningKeys
 
-    settings = registry_settings(options, must_exist=False)
-    if settings.storage != "s3" and not os.path.isdir(settings.registry_path):
-        registry_settings(options)  # the error saying the directory does not exist
-    return SigningKeys(open_store(settings), time.time)
+    return SigningKeys(settings_and_store(options)[1], time.time)
 
 
 def keys_list(options: argparse.Namespace) -> int:
@@ -352,15 +373,24 @@ def parser() -> argparse.ArgumentParser:
          "published before) and make a new one that signs every version published from now on. "
          "Running instances use it from their next publish.")
 
-    leaf(commands, "fsck", fsck, "verify stored tarballs and report problems (exit 1 if any)",
-         "Verify every stored tarball against the checksums of the version naming it; move a mismatch "
-         "to <registry>/.quarantine/; report orphan tarballs, local documents naming missing tarballs, "
-         "leftover temporary files and unreadable documents. One line per finding, then a summary. "
-         "Exit status 0: all well; 1: something was found.")
+    checking = leaf(commands, "fsck", fsck, "verify stored tarballs and report problems (exit 1 if any)",
+                    "Verify every stored tarball against the checksums of the version naming it; move a "
+                    "mismatch to .quarantine/ in the store (<registry>/.quarantine/, or under the S3 "
+                    "prefix); report orphan tarballs, local documents naming missing tarballs, leftover "
+                    "temporary files and unreadable documents. One line per finding, then a summary. "
+                    "Works on the store NOPARD_STORAGE names, as the daemon opens it. "
+                    "Exit status 0: all well; 1: something was found.")
     collect = leaf(commands, "gc", gc, "remove orphan tarballs, leftover temp files and the quarantine",
                    "Remove what fsck counts as garbage: orphan tarballs, leftover temporary files, "
                    "corrupt tarballs and the quarantine. Prints what it removed.")
     collect.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    from nopard.cli.maintenance import SETTLE_SECONDS
+
+    for command in (checking, collect):
+        command.add_argument("--settle", type=float, default=SETTLE_SECONDS, metavar="SECONDS",
+                             help="count an unnamed tarball or temporary file as left over only when it is "
+                             "older than this (default %(default)s: younger ones may be writes in "
+                             "progress; 0 when no nopard runs on the store)")
     importing = leaf(commands, "import", import_registry, "import another registry's packages and users",
                      "Import a nopard export or registry, a Verdaccio/sinopia storage folder (or config "
                      "folder holding storage/) or a nopar registry folder: packages with every version "
@@ -371,10 +401,12 @@ def parser() -> argparse.ArgumentParser:
     importing.add_argument("--htpasswd", metavar="FILE",
                            help="the users' htpasswd file (default: FROM/htpasswd, or next to a "
                            "Verdaccio storage folder)")
-    exporting = leaf(commands, "export", export_registry, "write local packages and users to a new folder",
-                     "Write the registry's local packages (documents and tarballs) and users (htpasswd "
-                     "and profiles) to TO, in nopard's layout, for `nopard-admin import TO` elsewhere. "
-                     "Tokens and mirrored packages are not exported.")
+    exporting = leaf(commands, "export", export_registry, "write the store and its users to a new folder",
+                     "Write every key of the store (directory or bucket) to TO, in nopard's layout, for "
+                     "`nopard-admin import TO` into any store: packages local and mirrored (tarballs "
+                     "verified against their documents), users (htpasswd and profiles), token records, "
+                     "settings overrides, signing keys, blocks, advisories. Left out: sync locks and "
+                     "health probes. Exit status 1 when the store holds something not written (listed).")
     exporting.add_argument("target", metavar="TO", help="a new or empty folder")
     advisories = commands.add_parser("advisories", help="import OSV security advisories",
                                      description="Advisories in OSV's format, ecosystem npm, kept in the "

@@ -1,41 +1,42 @@
-"""Checking and cleaning a registry directory: what ``nopard-admin fsck`` and ``gc`` do.
+"""Checking and cleaning a store: what ``nopard-admin fsck`` and ``gc`` do, on every backend.
 
 ``scan`` verifies every stored tarball against the checksums recorded by the
-version that names it (dist.integrity, else dist.shasum), moves a mismatch to
-``.quarantine/<same path>`` (a dot directory, which no storage key can name,
-so nopard never serves it) and reports orphans, local documents naming
-missing tarballs, leftover temporary files and unreadable documents.
-``collect`` removes what a scan counts as garbage.
+version that names it (dist.integrity, else dist.shasum), streaming it through
+the Storage interface (never held whole), moves a mismatch to
+``.quarantine/<same key>`` (a dot name, which no storage key can name, so
+nopard never serves it: a folder of the directory, objects under the bucket's
+prefix) and reports orphans, local documents naming missing tarballs, leftover
+temporary files and unreadable documents. ``collect`` removes what a scan
+counts as garbage. The output is the same on every backend.
 
-Both work on the filesystem store directly, while nopard runs or not: they
-never rewrite a document, a move or a removal is one atomic rename or unlink,
-and a file written in the last ``SETTLE_SECONDS`` (a download in progress, a
-tarball whose document is about to be written) is never counted as garbage.
+Both work on the store directly, while nopard runs or not: they never rewrite a
+document, a move or a removal is one rename or delete, an orphan is looked up
+again in its document just before it is removed, and an object written in the
+last ``SETTLE_SECONDS`` (a download in progress, a tarball whose document is
+about to be written) is never counted as garbage.
 
-Also here: ``run_now``, which drives the async Storage interface of the
-filesystem backend from a plain command line, without a reactor.
+Also here: ``run_now``, which drives the async Storage interface from a plain
+command line, without a reactor (every backend call made directly).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 
 from nopard.domain.integrity import Digests
 from nopard.domain.packument import dist_tarball_file, version_tarball_file
-from nopard.storage import keys
+from nopard.storage import QUARANTINE, TEMPORARY_PREFIXES, Maintained, Storage, keys
 from nopard.storage.fs import FilesystemStorage
 
-QUARANTINE = ".quarantine"
+__all__ = ["QUARANTINE", "TEMPORARY_PREFIXES"]  # fsck's names, kept where the backends share them
 # A temporary file or an unnamed tarball untouched this long is left over, not in use.
 SETTLE_SECONDS = 600.0
-TEMPORARY_PREFIXES = (".tmp-", ".fetch-", ".htpasswd-")
 GARBAGE = frozenset({"corrupt", "orphan", "temporary", "quarantined"})
 _CHUNK = 1024 * 1024
 
@@ -55,7 +56,7 @@ def open_storage(root: str) -> FilesystemStorage:
     return FilesystemStorage(root, call_directly)
 
 
-def open_store(settings: Any) -> Any:
+def open_store(settings: Any) -> Any:  # FilesystemStorage | S3Storage: both are Maintained
     """The store NOPARD_STORAGE names, for use with ``run_now``: the directory, or the S3 bucket (AWS_* variables)."""
     if settings.storage != "s3":
         return open_storage(settings.registry_path)
@@ -82,8 +83,10 @@ class Finding:
     """One thing fsck reports.
 
     ``kind`` is corrupt, orphan, missing, temporary, unreadable or quarantined;
-    ``path`` is relative to the registry (absolute outside it); ``location``
-    is where the file is now (in the quarantine, for a corrupt tarball moved).
+    ``path`` is relative to the store (absolute for a file outside it);
+    ``location`` is what gc removes: a key (``place`` "key"), a leftover of the
+    backend ("leftover": a temporary file, the quarantined copy of a corrupt
+    tarball) or a local file beside an htpasswd file kept elsewhere ("file").
     """
 
     kind: str
@@ -91,6 +94,7 @@ class Finding:
     detail: str
     location: str
     size: int = 0
+    place: str = "key"
 
     @property
     def garbage(self) -> bool:
@@ -158,6 +162,47 @@ def tarball_matches(path: str, dist: dict[str, Any]) -> bool:
     return digests.matches(dist)
 
 
+# Every hash import and export record or compare, whatever a dist block names.
+ALL_DIGESTS = {"shasum": "-", "integrity": "sha512-"}
+
+
+class DigestSink:
+    """A consumer of a stored blob (``Blob.send_to``): hashes the bytes, and copies them to ``file`` if given.
+
+    A pull producer (the filesystem's FileSender) is pulled dry at once: a command line
+    has nothing else to do meanwhile; a push producer (S3's body) drives itself.
+    """
+
+    def __init__(self, dist: dict[str, Any], file: IO[bytes] | None = None) -> None:
+        self.digests = Digests(dist)
+        self._file = file
+        self._producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802  # IConsumer's name
+        self._producer = producer
+        while not streaming and self._producer is not None:
+            producer.resumeProducing()
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        self.digests.update(data)
+        if self._file is not None:
+            self._file.write(data)
+
+
+async def stream_digests(storage: Storage, key: str, dist: dict[str, Any],
+                         file: IO[bytes] | None = None) -> Digests | None:
+    """The digests of ``key``'s object, streamed (and copied to ``file``); None when it is not stored."""
+    blob = await storage.open(key)
+    if blob is None:
+        return None
+    sink = DigestSink(dist, file)
+    await blob.send_to(sink)  # type: ignore[arg-type]  # an IConsumer in all but the zope declaration
+    return sink.digests
+
+
 def is_temporary(filename: str) -> bool:
     """Whether a file name is one of nopard's temporary files (atomic writes, downloads, htpasswd)."""
     return filename.startswith(TEMPORARY_PREFIXES)
@@ -177,168 +222,175 @@ def parse_document(raw: bytes) -> dict[str, Any] | None:
 # The scan ---------------------------------------------------------------------
 
 
+@dataclass
+class _Area:
+    """A package's local or mirrored area: its document and the tarballs beside it (key -> size, mtime)."""
+
+    name: str
+    local: bool
+    document: str | None = None
+    meta: str | None = None
+    tarballs: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # file -> key, size, mtime
+
+
+def areas_of(stats: dict[str, tuple[int, float]]) -> list[_Area]:
+    """The areas the keys under packages/ make up, sorted as a directory walk lists them."""
+    found: dict[tuple[str, bool], _Area] = {}
+    for key, (size, modified) in stats.items():
+        parsed = keys.parse_package_key(key)
+        if parsed is None or parsed.kind in (keys.UNPUBLISHED, keys.MIRRORED_ATTESTATIONS):
+            continue
+        local = parsed.kind in (keys.LOCAL_DOCUMENT, keys.LOCAL_TARBALL)
+        area = found.setdefault((parsed.name, local), _Area(parsed.name, local))
+        if parsed.kind in (keys.LOCAL_DOCUMENT, keys.MIRRORED_DOCUMENT):
+            area.document = key
+        elif parsed.kind == keys.MIRRORED_META:
+            area.meta = key
+        else:
+            area.tarballs[parsed.filename or ""] = (key, size, modified)
+    return [found[place] for place in sorted(found, key=lambda place: (place[0], not place[1]))]
+
+
 class _Scan:
-    def __init__(self, root: str, now: float, quarantine: bool) -> None:
-        self.root = root
+    def __init__(self, storage: Maintained, now: float, quarantine: bool, settle: float) -> None:
+        self.storage = storage
         self.now = now
         self.quarantine = quarantine
+        self.settle = settle
         self.report = ScanReport()
 
-    def relative(self, path: str) -> str:
-        if os.path.commonpath([self.root, path]) != self.root:
-            return path  # beside an htpasswd file kept elsewhere
-        return os.path.relpath(path, self.root).replace(os.sep, "/")
+    def add(self, kind: str, path: str, detail: str, size: int = 0, location: str | None = None,
+            place: str = "key") -> None:
+        self.report.findings.append(Finding(kind, path, detail, location or path, size, place))
 
-    def add(self, kind: str, path: str, detail: str, location: str | None = None) -> None:
-        try:
-            size = os.path.getsize(location or path)
-        except OSError:
-            size = 0
-        self.report.findings.append(Finding(kind, self.relative(path), detail, location or path, size))
+    def settled(self, modified: float) -> bool:
+        return self.now - modified >= self.settle
 
-    def settled(self, path: str) -> bool:
-        try:
-            return self.now - os.stat(path).st_mtime >= SETTLE_SECONDS
-        except FileNotFoundError:
-            return False
+    async def leftovers(self) -> None:
+        found = await self.storage.leftovers()
+        for leftover in found:
+            if leftover.kind == "quarantined":
+                self.add("quarantined", leftover.path, "awaiting gc", leftover.size, place="leftover")
+        for leftover in found:
+            if leftover.kind == "temporary" and self.settled(leftover.modified):
+                minutes = int((self.now - leftover.modified) // 60)
+                self.add("temporary", leftover.path, f"left by an interrupted write ({minutes} min old)",
+                         leftover.size, place="leftover")
 
-    def quarantined(self) -> None:
-        top = os.path.join(self.root, QUARANTINE)
-        for directory, _subdirectories, files in sorted(os.walk(top)):
-            for name in sorted(files):
-                self.add("quarantined", os.path.join(directory, name), "awaiting gc")
+    def local_temporary_files(self, directory: str) -> None:
+        """Leftovers of the htpasswd file's atomic writes, in its folder outside the store."""
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if name.startswith(TEMPORARY_PREFIXES) and os.path.isfile(path):
+                stat = os.stat(path)
+                if self.settled(stat.st_mtime):
+                    minutes = int((self.now - stat.st_mtime) // 60)
+                    self.add("temporary", path, f"left by an interrupted write ({minutes} min old)",
+                             stat.st_size, place="file")
 
-    def temporary_files(self, top: str, recursive: bool = True) -> None:
-        for directory, subdirectories, files in os.walk(top):
-            subdirectories[:] = sorted(d for d in subdirectories if recursive and d != QUARANTINE)
-            for name in sorted(files):
-                path = os.path.join(directory, name)
-                if is_temporary(name) and self.settled(path):
-                    minutes = int((self.now - os.stat(path).st_mtime) // 60)
-                    self.add("temporary", path, f"left by an interrupted write ({minutes} min old)")
+    async def packages(self) -> None:
+        for area in areas_of(await self.storage.stats(keys.PACKAGES)):
+            await self.area(area)
 
-    def packages(self) -> None:
-        top = os.path.join(self.root, keys.PACKAGES_FOLDER)
-        for entry in _subdirectories(top):
-            if entry.startswith("@"):
-                for name in _subdirectories(os.path.join(top, entry)):
-                    self.package(os.path.join(top, entry, name))
-            else:
-                self.package(os.path.join(top, entry))
-
-    def package(self, directory: str) -> None:
-        self.area(directory, local=True)
-        upstream = os.path.join(directory, keys.MIRRORED_FOLDER)
-        if os.path.isdir(upstream):
-            self.area(upstream, local=False)
-            meta = os.path.join(upstream, keys.META_FILE)
-            if os.path.isfile(meta) and not _is_json_object(meta):
-                self.add("unreadable", meta, "not a JSON object")
-
-    def area(self, directory: str, local: bool) -> None:
+    async def area(self, area: _Area) -> None:
         """One document and the tarballs beside it (a package's local or upstream area)."""
-        document_path = os.path.join(directory, keys.DOCUMENT_FILE)
-        stored = _files(os.path.join(directory, keys.TARBALLS_FOLDER))
         named: dict[str, tuple[str, dict[str, Any]]] = {}
-        if os.path.isfile(document_path):
-            self.report.documents += 1
-            with open(document_path, "rb") as file:
-                document = parse_document(file.read())
-            if document is None:
-                self.add("unreadable", document_path, "not a package document (tarballs beside it left alone)")
-                return
-            named = named_tarballs(document)
-        for filename in stored:
-            path = os.path.join(directory, keys.TARBALLS_FOLDER, filename)
+        if area.document is not None:
+            raw = await self.storage.read(area.document)
+            if raw is not None:
+                self.report.documents += 1
+                document = parse_document(raw)
+                if document is None:
+                    self.add("unreadable", area.document, "not a package document (tarballs beside it left alone)")
+                    return
+                named = named_tarballs(document)
+        for filename, (key, size, modified) in sorted(area.tarballs.items()):
             if filename not in named:
-                if self.settled(path):
-                    self.add("orphan", path, "no document names it")
+                if self.settled(modified):
+                    self.add("orphan", key, "no document names it", size)
                 continue
             self.report.tarballs += 1
             version, dist = named[filename]
-            if not tarball_matches(path, dist):
-                self.corrupt(path, version)
-        if local:
+            if has_checksums(dist):
+                digests = await stream_digests(self.storage, key, dist)
+                if digests is not None and not digests.matches(dist):
+                    await self.corrupt(key, version, size)
+        if area.local:
             for filename, (version, _dist) in sorted(named.items()):
-                if filename not in stored:
-                    path = os.path.join(directory, keys.TARBALLS_FOLDER, filename)
-                    self.add("missing", path, f"version {version} names it, but it is not stored")
+                if filename not in area.tarballs:
+                    self.add("missing", f"{keys.local_tarballs_prefix(area.name)}{filename}",
+                             f"version {version} names it, but it is not stored")
+        elif area.meta is not None:
+            raw = await self.storage.read(area.meta)
+            if raw is not None and not _is_json_object(raw):
+                self.add("unreadable", area.meta, "not a JSON object")
 
-    def corrupt(self, path: str, version: str) -> None:
+    async def corrupt(self, key: str, version: str, size: int) -> None:
         what = f"does not match the checksums of version {version}"
         if not self.quarantine:
-            self.add("corrupt", path, what)
+            self.add("corrupt", key, what, size)
             return
-        target = os.path.join(self.root, QUARANTINE, self.relative(path))
-        suffix = 0
-        while os.path.exists(target if not suffix else f"{target}.{suffix}"):
-            suffix += 1
-        target = target if not suffix else f"{target}.{suffix}"
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            os.rename(path, target)
-        except FileNotFoundError:
-            return
-        self.add("corrupt", path, f"{what}; moved to {self.relative(target)}", target)
+        target = await self.storage.set_aside(key)
+        if target is not None:
+            self.add("corrupt", key, f"{what}; moved to {target}", size, target, "leftover")
 
 
-def scan(root: str, htpasswd_path: str | None = None, now: float | None = None,
-         quarantine: bool = True) -> ScanReport:
-    """Check the registry at ``root``; move corrupt tarballs to the quarantine unless told not to."""
-    check = _Scan(os.path.abspath(root), time.time() if now is None else now, quarantine)
-    check.quarantined()
-    check.temporary_files(check.root)
+async def scan(storage: Maintained, htpasswd_path: str | None = None, now: float | None = None,
+               quarantine: bool = True, settle: float = SETTLE_SECONDS) -> ScanReport:
+    """Check the store; move corrupt tarballs to the quarantine unless told not to."""
+    check = _Scan(storage, time.time() if now is None else now, quarantine, settle)
+    await check.leftovers()
+    root = getattr(storage, "root", None)
     if htpasswd_path:
         directory = os.path.dirname(os.path.abspath(htpasswd_path))
-        if os.path.commonpath([directory, check.root]) != check.root and os.path.isdir(directory):
-            check.temporary_files(directory, recursive=False)
-    check.packages()
+        inside = root is not None and os.path.commonpath([directory, root]) == root
+        if not inside and os.path.isdir(directory):
+            check.local_temporary_files(directory)
+    await check.packages()
     return check.report
 
 
-def collect(root: str, report: ScanReport, dry_run: bool = False) -> list[Finding]:
-    """Remove the garbage a scan found (and the emptied quarantine); what was (or would be) removed."""
+async def collect(storage: Maintained, report: ScanReport, dry_run: bool = False) -> list[Finding]:
+    """Remove the garbage a scan found; what was (or would be) removed.
+
+    An orphan is removed only if its document still does not name it (a publish since the scan may have).
+    """
     removed = []
     for finding in report.findings:
         if not finding.garbage:
             continue
-        if not dry_run:
-            try:
-                os.unlink(finding.location)
-            except FileNotFoundError:
-                continue
+        if finding.kind == "orphan" and await _named_now(storage, finding.location):
+            continue
+        if not dry_run and not await _remove(storage, finding):
+            continue
         removed.append(finding)
-    quarantine = os.path.join(os.path.abspath(root), QUARANTINE)
-    if not dry_run and os.path.isdir(quarantine) and not _files_below(quarantine):
-        shutil.rmtree(quarantine, ignore_errors=True)
     return removed
 
 
-def _subdirectories(directory: str) -> list[str]:
+async def _named_now(storage: Storage, key: str) -> bool:
+    parsed = keys.parse_package_key(key)
+    if parsed is None:
+        return True  # not a tarball key: never removed as an orphan
+    kind = keys.LOCAL_DOCUMENT if parsed.kind == keys.LOCAL_TARBALL else keys.MIRRORED_DOCUMENT
+    raw = await storage.read(keys.package_key(kind, parsed.name))
+    document = parse_document(raw) if raw is not None else None
+    return raw is not None and (document is None or parsed.filename in named_tarballs(document))
+
+
+async def _remove(storage: Maintained, finding: Finding) -> bool:
+    if finding.place == "file":
+        try:
+            os.unlink(finding.location)
+        except FileNotFoundError:
+            return False
+        return True
+    if finding.place == "leftover":
+        return await storage.remove_leftover(finding.location)
+    return await storage.delete(finding.location)
+
+
+def _is_json_object(raw: bytes) -> bool:
     try:
-        entries = os.scandir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    with entries:
-        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
-
-
-def _files(directory: str) -> list[str]:
-    try:
-        entries = os.scandir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    with entries:
-        return sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
-
-
-def _files_below(directory: str) -> bool:
-    return any(files for _directory, _subdirectories, files in os.walk(directory))
-
-
-def _is_json_object(path: str) -> bool:
-    try:
-        with open(path, "rb") as file:
-            return isinstance(orjson.loads(file.read()), dict)
-    except (OSError, orjson.JSONDecodeError):
+        return isinstance(orjson.loads(raw), dict)
+    except orjson.JSONDecodeError:
         return False

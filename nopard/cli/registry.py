@@ -1,5 +1,5 @@
 """What nopard-admin's commands share: the error they exit with, and the registry directory
-the offline ones work on (the daemon's settings, with --registry-path applied)."""
+or store the offline ones work on (the daemon's settings, with --registry-path applied)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def registry_settings(options: argparse.Namespace, must_exist: bool = True) -> A
         raise AdminError(f"registry directory {settings.registry_path} does not exist "
                          "(set NOPARD_REGISTRY_PATH or --registry-path)")
     return settings
+
+
+def settings_and_store(options: argparse.Namespace, create: bool = False) -> tuple[Any, Any]:
+    """The daemon's settings and the store they name, opened as the daemon opens it: the registry
+    directory (checked, or made when ``create``), or with NOPARD_STORAGE=s3 the bucket
+    NOPARD_S3_BUCKET under NOPARD_S3_PREFIX (credentials and endpoint from the AWS_* variables)."""
+    from nopard.cli.maintenance import open_store
+
+    settings = registry_settings(options, must_exist=False)
+    if settings.storage != "s3" and not os.path.isdir(settings.registry_path):
+        if not create:
+            registry_settings(options)  # the error saying the directory does not exist
+        os.makedirs(settings.registry_path)
+        print(f"created registry directory {settings.registry_path}")
+    return settings, open_store(settings)

@@ -1,8 +1,10 @@
 """Reading FROM for ``nopard-admin import``: the three registry layouts it recognises.
 
 - nopard's own (an export, or another nopard's registry directory):
-  ``packages/<name>/package.json`` with ``packages/<name>/tarballs/``,
-  ``htpasswd`` and ``users/<name>.json``; ``nopard-export.json`` marks an export.
+  ``packages/<name>/package.json`` with ``packages/<name>/tarballs/``, the
+  mirrored ``packages/<name>/upstream/``, ``htpasswd`` and ``users/<name>.json``,
+  and every other key of a kind kept as it is (``AS_IS``); ``nopard-export.json``
+  marks an export.
 - Verdaccio or sinopia storage: ``<storage>/<name>/package.json`` (scoped:
   ``<storage>/@scope/<name>/package.json``), its tarballs beside it, and the
   users' ``htpasswd`` in the storage folder or its parent (next to
@@ -25,6 +27,14 @@ from nopard.cli.maintenance import parse_document
 from nopard.domain import names, packument
 from nopard.domain.errors import InvalidInput
 from nopard.storage import keys
+
+# Kinds of key a nopard export's files are imported as they are (only where the store has none);
+# the others are read by their own rules: packages, unpublishing, users (htpasswd and profiles).
+AS_IS = frozenset({keys.TOKEN_RECORD, keys.SETTINGS, keys.ADVISORIES, keys.BLOCK_LIST, keys.MIRRORED_ATTESTATIONS,
+                   keys.USAGE_RECORD})
+READ_BY_RULE = frozenset({keys.LOCAL_DOCUMENT, keys.LOCAL_TARBALL, keys.UNPUBLISHED, keys.MIRRORED_DOCUMENT,
+                          keys.MIRRORED_TARBALL, keys.MIRRORED_META, keys.USER_PROFILE, keys.HTPASSWD,
+                          keys.MARKER})
 
 
 class SourceError(ValueError):
@@ -53,6 +63,7 @@ class Source:
     htpasswd: str | None = None
     profiles: str | None = None  # directory of users/<name>.json (nopard layout)
     unpublished: dict[str, str] = field(default_factory=dict)  # name -> its unpublished.json (nopard layout)
+    as_is: dict[str, str] = field(default_factory=dict)  # key -> its file, of a kind in AS_IS (nopard layout)
 
 
 # Reading FROM -----------------------------------------------------------------
@@ -133,16 +144,38 @@ def _load(path: str, folder_name: str, source: Source) -> tuple[str, dict[str, A
 
 
 def _read_nopard(root: str, htpasswd: str | None) -> Source:
-    source = Source("nopard", root, [], [], htpasswd or _first_file(os.path.join(root, keys.EXPORTED_HTPASSWD)),
+    users = _first_file(os.path.join(root, keys.EXPORTED_HTPASSWD), os.path.join(root, *keys.USERS_HTPASSWD.split("/")))
+    source = Source("nopard", root, [], [], htpasswd or users,
                     os.path.join(root, keys.USERS_FOLDER))
     for folder_name, directory in _package_dirs(os.path.join(root, keys.PACKAGES_FOLDER)):
         document_path = os.path.join(directory, keys.DOCUMENT_FILE)
         if os.path.isfile(document_path) and (loaded := _load(document_path, folder_name, source)):
             source.packages.append(SourcePackage(loaded[0], loaded[1], os.path.join(directory, keys.TARBALLS_FOLDER)))
+        mirrored = os.path.join(directory, keys.MIRRORED_FOLDER, keys.DOCUMENT_FILE)
+        if os.path.isfile(mirrored) and (loaded := _load(mirrored, folder_name, source)):
+            tarballs = os.path.join(directory, keys.MIRRORED_FOLDER, keys.TARBALLS_FOLDER)
+            source.packages.append(SourcePackage(loaded[0], loaded[1], tarballs, cached=True))
         record = os.path.join(directory, "unpublished.json")
         if os.path.isfile(record):  # a whole package's unpublishing: its versions never come back
             source.unpublished[folder_name] = record
+    for key, path in _stored_files(root):
+        kind = keys.key_kind(key)
+        if kind in AS_IS:
+            source.as_is[key] = path
+        elif kind not in READ_BY_RULE and kind not in (keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.SIGNING):
+            source.unreadable.append(f"{path}: no kind of key nopard knows, not imported")
     return source
+
+
+def _stored_files(root: str) -> Iterator[tuple[str, str]]:
+    """(key, file) of every file below ``root`` a key could name (no dot names: temporary files, locks)."""
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        relative = os.path.relpath(directory, root)
+        base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield base + name, os.path.join(directory, name)
 
 
 def _read_verdaccio(root: str, htpasswd: str | None) -> Source:

@@ -13,33 +13,37 @@ and revalidates it against its own upstream, rather than freezing a public
 package as a private one. Users come from the htpasswd file: bcrypt and
 {SHA} lines as they are; other hash types are reported and left out.
 
-Everything is written through the Storage interface (atomic) and only where
-something is missing, so importing twice changes nothing. ``export TO``
-writes a registry's local packages and users in nopard's layout, which
-``import`` reads back; tokens are not exported. Profiles go whole, with a user's
-two-factor secret (as the htpasswd file goes with its hashes), so a moved account keeps its
-second factor: an export is as secret as the htpasswd file.
+A nopard export (nopard/cli/export.py) or registry directory also brings its
+mirrored packages, and every other key it holds of a kind kept as it is
+(``sources.AS_IS``: token records, settings overrides, blocks, advisories), not its
+signing keys: the versions imported are signed with this registry's own key.
+Profiles go whole, with a user's two-factor secret.
+
+Everything is written through the Storage interface, on any backend (atomic), and
+only where something is missing, so importing twice changes nothing; a
+tarball is copied to a temporary file while it is hashed, verified, then stored
+from that file (streamed: never held whole), before the document naming it.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
-import hashlib
 import os
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from nopard.auth.htpasswd import UserTable, parse_htpasswd, validate_user_name
-from nopard.cli.maintenance import has_checksums, named_tarballs, parse_document
-from nopard.cli.sources import Source, SourceError, SourcePackage
+from nopard.cli.maintenance import ALL_DIGESTS, has_checksums, parse_document, stream_digests
+from nopard.cli.sources import Source, SourcePackage
 from nopard.domain import names, packument
 from nopard.domain.errors import InvalidInput
-from nopard.domain.integrity import Digests, integrity_of
+from nopard.domain.integrity import Digests
 from nopard.domain.times import iso_time
 from nopard.local.signing import SigningKeys
 from nopard.storage import Storage, keys
@@ -67,27 +71,71 @@ class TransferReport:
     tarballs: int = 0
     profiles: int = 0
     unpublished: int = 0
-    # Export: kinds the store holds more of than were written (a loss), and kinds not exported by design.
-    left_out: dict[str, int] = field(default_factory=dict)
-    not_exported: dict[str, int] = field(default_factory=dict)
+    copied: int = 0  # keys of a nopard export copied as they are (tokens, settings, blocks...)
+
+
+@dataclass
+class Copied:
+    """A tarball as copied (to ``path``, a temporary file), with every digest import needs of it."""
+
+    path: str
+    digests: Digests
+
+    @classmethod
+    def of(cls, data: bytes, path: str = "") -> Copied:
+        """The digests of ``data`` (for bytes at hand)."""
+        digests = Digests(ALL_DIGESTS)
+        digests.update(data)
+        return cls(path, digests)
+
+    def matches(self, dist: dict[str, Any]) -> bool:
+        """Whether it matches dist.integrity (else dist.shasum), as the mirror checks downloads."""
+        return self.digests.matches(dist)
+
+    @property
+    def shasum(self) -> str:
+        return self.digests.digest("sha1").hex()
+
+    @property
+    def integrity(self) -> str:
+        return "sha512-" + base64.b64encode(self.digests.digest("sha512")).decode()
+
+
+class Spool:
+    """Temporary copies of the source's tarballs, hashed while copied; ``clear`` removes them."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+        self.paths: list[str] = []
+
+    def copy(self, path: str) -> Copied:
+        fd, temporary = tempfile.mkstemp(prefix=".tmp-import-", dir=self.directory)
+        self.paths.append(temporary)
+        digests = Digests(ALL_DIGESTS)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
+            while chunk := source.read(1024 * 1024):
+                digests.update(chunk)
+                out.write(chunk)
+        return Copied(temporary, digests)
+
+    def clear(self) -> None:
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths.clear()
 
 
 # Pure parts -------------------------------------------------------------------
 
 
-def bytes_match(data: bytes, dist: dict[str, Any]) -> bool:
-    """Whether ``data`` matches dist.integrity (else dist.shasum), as the mirror checks downloads."""
-    digests = Digests(dist)
-    digests.update(data)
-    return digests.matches(dist)
-
-
 def choose_versions(
-    name: str, document: dict[str, Any], find: Callable[[str, dict[str, Any]], bytes | None]
-) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
-    """The versions worth importing, with their tarball bytes, and (version, reason) of the others.
+    name: str, document: dict[str, Any], find: Callable[[str, dict[str, Any]], Copied | None]
+) -> tuple[dict[str, Copied], list[tuple[str, str]]]:
+    """The versions worth importing, with their tarballs, and (version, reason) of the others.
 
-    ``find(version, dist)`` returns the version's tarball bytes, or None when it is not there.
+    ``find(version, dist)`` returns the version's tarball, or None when it is not there.
     """
     kept, skipped = {}, []
     for version, manifest in (document.get("versions") or {}).items():
@@ -98,7 +146,7 @@ def choose_versions(
         data = find(version, dist)
         if data is None:
             skipped.append((version, "its tarball is missing"))
-        elif has_checksums(dist) and not bytes_match(data, dist):
+        elif has_checksums(dist) and not data.matches(dist):
             skipped.append((version, "its tarball does not match its checksums"))
         else:
             kept[version] = data
@@ -112,7 +160,7 @@ def newest(versions: Any) -> str:
     return (releases or ordered)[-1]
 
 
-def local_document(name: str, raw: dict[str, Any], kept: dict[str, bytes], keep_rev: bool = False) -> dict[str, Any]:
+def local_document(name: str, raw: dict[str, Any], kept: dict[str, Copied], keep_rev: bool = False) -> dict[str, Any]:
     """The local document of ``name`` holding the ``kept`` versions of another registry's document.
 
     Other registries' private fields are dropped (and ``_rev`` unless
@@ -149,13 +197,13 @@ def local_document(name: str, raw: dict[str, Any], kept: dict[str, bytes], keep_
     return document
 
 
-def _stored_manifest(name: str, version: str, manifest: dict[str, Any], data: bytes) -> dict[str, Any]:
+def _stored_manifest(name: str, version: str, manifest: dict[str, Any], data: Copied) -> dict[str, Any]:
     stored = {k: copy.deepcopy(v) for k, v in manifest.items() if k not in ("readme", "readmeFilename")}
     dist = dict(stored["dist"])
     dist["tarball"] = names.tarball_filename(name, version)
     if not has_checksums(dist):
-        dist["shasum"] = hashlib.sha1(data).hexdigest()
-        dist["integrity"] = integrity_of(data)
+        dist["shasum"] = data.shasum
+        dist["integrity"] = data.integrity
     stored["dist"] = dist
     stored.setdefault("_id", f"{name}@{version}")
     return stored
@@ -219,34 +267,62 @@ def without_rev(document: dict[str, Any] | None) -> dict[str, Any] | None:
 # Import -----------------------------------------------------------------------
 
 
-def _tarball_finder(package: SourcePackage) -> Callable[[str, dict[str, Any]], bytes | None]:
-    def find(version: str, dist: dict[str, Any]) -> bytes | None:
+def _tarball_finder(package: SourcePackage, spool: Spool) -> Callable[[str, dict[str, Any]], Copied | None]:
+    def find(version: str, dist: dict[str, Any]) -> Copied | None:
         candidates = [packument.dist_tarball_file(dist), names.tarball_filename(package.name, version)]
         for filename in candidates:
             if filename and not filename.startswith(".") and "/" not in filename:
                 path = os.path.join(package.directory, filename)
                 if os.path.isfile(path):
-                    with open(path, "rb") as file:
-                        return file.read()
+                    return spool.copy(path)
         return None
     return find
 
 
-async def import_source(source: Source, storage: Storage, users: UserTable, say: Say) -> TransferReport:
-    """Import every package and user of ``source`` into ``storage``; print what happens with ``say``."""
+async def _stored_is(storage: Storage, key: str, data: Copied) -> bool:
+    """Whether the object at ``key`` has the bytes ``data`` was copied from (compared by SHA-512, streamed)."""
+    stored = await stream_digests(storage, key, ALL_DIGESTS)
+    return stored is not None and stored.digest("sha512") == data.digests.digest("sha512")
+
+
+async def import_source(source: Source, storage: Storage, users: UserTable, say: Say,
+                        spool: str | None = None) -> TransferReport:
+    """Import every package, user and kept key of ``source`` into ``storage``; print what happens with ``say``.
+
+    Tarballs are copied to temporary files in ``spool`` (default: the system's) on their way.
+    """
     report = TransferReport()
     say(f"importing a {source.layout} registry from {source.root}")
     for problem in source.unreadable:
         say(f"unreadable {problem}")
         report.problems += 1
-    for package in source.packages:
-        if package.cached:
-            await _import_mirrored(package, storage, say, report)
-        else:
-            await _import_local(package, storage, source.layout == "nopard", say, report)
+    await _import_as_is(source, storage, say, report)
+    copies = Spool(spool)
+    try:
+        for package in source.packages:
+            if package.cached:
+                await _import_mirrored(package, storage, copies, say, report)
+            else:
+                await _import_local(package, storage, source.layout == "nopard", copies, say, report)
+            copies.clear()
+    finally:
+        copies.clear()
     await _import_unpublished(source, storage, say, report)
     await _import_users(source, storage, users, say, report)
     return report
+
+
+async def _import_as_is(source: Source, storage: Storage, say: Say, report: TransferReport) -> None:
+    """The keys of a nopard export kept as they are, only where this store has none."""
+    for key, path in sorted(source.as_is.items()):
+        with open(path, "rb") as file:
+            data = file.read()
+        if await storage.create(key, data):
+            report.copied += 1
+        elif await storage.read(key) != data:
+            say(f"kept {key} as it is here (the imported one differs)")
+    if source.as_is:
+        say(f"imported {report.copied} of {len(source.as_is)} other keys (tokens, settings, blocks...)")
 
 
 async def _import_unpublished(source: Source, storage: Storage, say: Say, report: TransferReport) -> None:
@@ -265,10 +341,10 @@ async def _import_unpublished(source: Source, storage: Storage, say: Say, report
             report.unpublished += 1
 
 
-async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool, say: Say,
+async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool, spool: Spool, say: Say,
                         report: TransferReport) -> None:
     name = package.name
-    kept, skipped = choose_versions(name, package.document, _tarball_finder(package))
+    kept, skipped = choose_versions(name, package.document, _tarball_finder(package, spool))
     for version, reason in skipped:
         say(f"skipped {name}@{version}: {reason}")
         report.problems += 1
@@ -291,7 +367,7 @@ async def _import_local(package: SourcePackage, storage: Storage, keep_rev: bool
             continue
         data = kept[version]
         key = keys.tarball_key(name, names.tarball_filename(name, version))
-        if not await storage.create(key, data) and await storage.read(key) != data:
+        if not await storage.create_from_file(key, data.path) and not await _stored_is(storage, key, data):
             say(f"skipped {name}@{version}: a different tarball is already stored here")
             report.problems += 1
             del imported["versions"][version]
@@ -322,7 +398,8 @@ def _checksums(manifest: Any) -> tuple[Any, Any]:
     return dist.get("integrity"), dist.get("shasum")
 
 
-async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, report: TransferReport) -> None:
+async def _import_mirrored(package: SourcePackage, storage: Storage, spool: Spool, say: Say,
+                           report: TransferReport) -> None:
     name = package.name
     if await storage.exists(keys.local_document_key(name)):
         say(f"skipped {name}: cached from an upstream, and published here")
@@ -331,7 +408,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
         say(f"unchanged {name} (mirrored here already)")
         report.unchanged += 1
         return
-    kept, skipped = choose_versions(name, package.document, _tarball_finder(package))
+    kept, skipped = choose_versions(name, package.document, _tarball_finder(package, spool))
     for version, reason in skipped:
         if "missing" not in reason:  # a cache holds only what someone installed: missing is normal
             say(f"skipped {name}@{version}: {reason}")
@@ -344,7 +421,7 @@ async def _import_mirrored(package: SourcePackage, storage: Storage, say: Say, r
             key = keys.upstream_tarball_key(name, filename or "")
         except InvalidInput:
             continue
-        await storage.create(key, data)
+        await storage.create_from_file(key, data.path)
         stored += 1
     if not stored:
         say(f"skipped {name}: cached from an upstream, with no tarball stored")
@@ -403,95 +480,3 @@ def _profile(source: Source, user: str) -> bytes:
         except (OSError, orjson.JSONDecodeError):
             pass
     return orjson.dumps({"name": user, "email": "", "created": iso_time(time.time())})
-
-
-# Export -----------------------------------------------------------------------
-
-
-# Kinds an export leaves out by design: secrets, the upstream's packages, per-instance state.
-NOT_EXPORTED = frozenset({keys.TOKEN_RECORD, keys.MIRRORED_DOCUMENT, keys.MIRRORED_META, keys.MIRRORED_TARBALL,
-                          keys.MIRRORED_ATTESTATIONS, keys.SIGNING,
-                          keys.SYNC_LOCK, keys.SETTINGS, keys.HEALTH_PROBE, keys.MARKER,
-                          keys.ADVISORIES,  # imported from OSV records: import them again
-                          keys.BLOCK_LIST, keys.USAGE_RECORD})
-
-
-def compare_holdings(held: Counter[str], written: Counter[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """(kinds held more often than written: lost by the export, kinds not exported by design), by count."""
-    left_out = {kind: count - written[kind] for kind, count in sorted(held.items())
-                if kind not in NOT_EXPORTED and count > written[kind]}
-    skipped = {kind: count for kind, count in sorted(held.items()) if kind in NOT_EXPORTED}
-    return left_out, skipped
-
-
-async def export_registry(storage: Storage, users: UserTable, target: Storage, say: Say) -> TransferReport:
-    """Copy every local package (document, tarballs, unpublishing) and every user of ``storage`` to ``target``,
-    then count what the store holds by key kind, independently, against what was written."""
-    report = TransferReport()
-    written: Counter[str] = Counter()
-
-    async def write(key: str, data: bytes) -> None:
-        await target.write(key, data)
-        written[keys.key_kind(key)] += 1
-
-    listing = await storage.list("")
-    for name in keys.names_of(listing, keys.LOCAL_DOCUMENT):
-        key = keys.local_document_key(name)
-        raw = await storage.read(key)
-        document = parse_document(raw) if raw is not None else None
-        if raw is None or document is None:
-            say(f"unreadable {key}: not exported (see nopard-admin fsck)")
-            report.problems += 1
-            continue
-        copied = 0
-        for filename, (version, dist) in sorted(named_tarballs(document).items()):
-            try:
-                names.validate_tarball_filename(name, filename)
-            except InvalidInput:
-                say(f"skipped {name}@{version}: {filename!r} is not a tarball name of {name}")
-                report.problems += 1
-                continue
-            data = await storage.read(keys.tarball_key(name, filename))
-            if data is None or (has_checksums(dist) and not bytes_match(data, dist)):
-                state = "missing" if data is None else "corrupt"
-                say(f"skipped {name}@{version}: its tarball is {state} (see nopard-admin fsck)")
-                report.problems += 1
-                continue
-            await write(keys.tarball_key(name, filename), data)
-            copied += 1
-        await write(key, raw)
-        say(f"exported {name}: {copied} versions")
-        report.local += 1
-        report.versions += len(document.get("versions") or {})
-        report.tarballs += copied
-    for name in keys.names_of(listing, keys.UNPUBLISHED):
-        data = await storage.read(keys.unpublished_key(name))
-        if data is not None:
-            await write(keys.unpublished_key(name), data)
-            report.unpublished += 1
-    entries = await users.fresh()
-    # An emptied users/htpasswd is exported too: the store's count of it must match what was written.
-    if entries or await storage.exists(keys.USERS_HTPASSWD):
-        await write(keys.EXPORTED_HTPASSWD, "".join(f"{user}:{hashed}\n" for user, hashed in entries.items()).encode())
-        report.users = len(entries)
-    for key in await storage.list(keys.USERS):
-        data = await storage.read(key)
-        if data is not None and keys.key_kind(key) == keys.USER_PROFILE:
-            await write(key, data)
-            report.profiles += 1
-    say(f"exported {report.users} users (tokens are not exported)")
-    marker = {"format": "nopard-export", "version": 1, "exported": iso_time(time.time()),
-              "packages": report.local, "users": report.users}
-    await target.write(keys.EXPORT_MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
-    held = Counter(keys.key_kind(key) for key in await storage.list(""))
-    report.left_out, report.not_exported = compare_holdings(held, written)
-    for kind, count in report.left_out.items():
-        say(f"left out {count} {kind} {'key' if count == 1 else 'keys'} the store holds "
-            f"({held[kind]} held, {written[kind]} written)")
-    return report
-
-
-def check_export_target(path: str) -> None:
-    """SourceError unless ``path`` is absent or an empty directory."""
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise SourceError(f"{path} exists and is not an empty directory: export into a new one")

@@ -32,6 +32,11 @@ def _generation(name: str) -> bytes:
     return key("gen:" + name)
 
 
+def bump_arguments(name: str) -> tuple[str, list[bytes]]:
+    """The script and keys that bump ``name``'s stamp (Stamps.bump; nopard-admin's announcements)."""
+    return BUMP_SCRIPT, [_EPOCH, _generation(name)]
+
+
 def _new_epoch() -> bytes:
     return uuid.uuid4().hex.encode()
 
@@ -127,7 +132,7 @@ class RedisStamps:
     async def bump(self, name: str) -> str | None:
         """Tell every instance that ``name``'s documents changed; the new stamp (None: degraded)."""
         try:
-            epoch, generation = await self._link.call("eval", BUMP_SCRIPT, [_EPOCH, _generation(name)], critical=True)
+            epoch, generation = await self._link.call("eval", *bump_arguments(name), critical=True)
         except RedisDown:
             self._dirty = True
             return None

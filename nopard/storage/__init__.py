@@ -9,12 +9,17 @@ start with a dot.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.interfaces import IConsumer
 
 _SEGMENT = re.compile(r"[A-Za-z0-9@~!'()*+_-][A-Za-z0-9@.~!'()*+_-]*")
 MAX_KEY_LENGTH = 1024
+# Beside the keys, where no key can reach (a dot name): what fsck set aside, on every backend.
+QUARANTINE = ".quarantine"
+# Names of the temporary files nopard's writers make (atomic writes, downloads, the htpasswd file).
+TEMPORARY_PREFIXES = (".tmp-", ".fetch-", ".htpasswd-")
 
 
 class InvalidKey(ValueError):
@@ -120,3 +125,43 @@ class Storage(Protocol):
 
     async def usage(self) -> tuple[int, int]:
         """(bytes, objects) the store holds, the backend's own files included: for metrics and status."""
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something a backend holds beside its keys: a temporary file, or an object fsck set aside.
+
+    ``kind`` is "temporary" or "quarantined"; ``path`` is relative to the store (the
+    directory, or the bucket's prefix), as fsck prints it; ``modified`` is in epoch seconds.
+    """
+
+    kind: str
+    path: str
+    size: int
+    modified: float
+
+
+class Maintained(Storage, Protocol):
+    """What ``nopard-admin fsck`` and ``gc`` need beyond Storage: ages, and what lies beside the keys."""
+
+    async def stats(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """Every key under ``prefix`` with (size, last modified in epoch seconds), from one listing."""
+
+    async def leftovers(self) -> list[Leftover]:
+        """Temporary files left by writes and everything in the quarantine, sorted by path."""
+
+    async def set_aside(self, key: str) -> str | None:
+        """Move the object to ``.quarantine/<key>`` (a suffix keeps earlier copies); its path, None if gone."""
+
+    async def remove_leftover(self, path: str) -> bool:
+        """Remove a leftover ``path`` named (never a key); False if it was gone."""
+
+
+def leftover_kind(path: str) -> str | None:
+    """"quarantined" or "temporary" for a path beside the keys, else None (a key, or nothing of nopard's)."""
+    segments = path.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        return None
+    if segments[0] == QUARANTINE and len(segments) > 1:
+        return "quarantined"
+    return "temporary" if segments[-1].startswith(TEMPORARY_PREFIXES) else None

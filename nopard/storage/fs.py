@@ -28,7 +28,7 @@ from urllib.parse import quote
 from twisted.internet.interfaces import IConsumer
 from twisted.protocols.basic import FileSender
 
-from nopard.storage import InvalidKey, check_key, check_prefix, keys
+from nopard.storage import QUARANTINE, InvalidKey, Leftover, check_key, check_prefix, keys, leftover_kind
 
 RunInThread = Callable[..., Awaitable[Any]]
 
@@ -146,6 +146,25 @@ class FilesystemStorage:
     async def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""
         return await self._run(os.path.isfile, self.path_of(key))
+
+    # For nopard-admin fsck and gc (storage.Maintained) ------------------------
+
+    async def stats(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """Every key under ``prefix`` with (size, modification time) from its file."""
+        check_prefix(prefix)
+        return await self._run(_stats, self.root, prefix)
+
+    async def leftovers(self) -> list[Leftover]:
+        """Old ``.tmp-*``/``.fetch-*``/``.htpasswd-*`` files anywhere below the root, and the quarantine."""
+        return await self._run(_leftovers, self.root)
+
+    async def set_aside(self, key: str) -> str | None:
+        """Rename ``key``'s file into ``.quarantine/`` (one atomic rename); where it went, None if gone."""
+        return await self._run(_set_aside, self.root, self.path_of(key), key)
+
+    async def remove_leftover(self, path: str) -> bool:
+        """Unlink a temporary or quarantined file (and the quarantine's folders it empties)."""
+        return await self._run(_remove_leftover, self.root, path)
 
     async def open(self, key: str) -> FileBlob | None:
         """Open the object for streaming, or None when there is none."""
@@ -345,6 +364,69 @@ def _sizes(root: str, prefix: str) -> dict[str, int]:
         except OSError:
             continue  # removed since the listing
     return sizes
+
+
+def _stats(root: str, prefix: str) -> dict[str, tuple[int, float]]:
+    stats = {}
+    for key in _list_files(root, prefix):
+        try:
+            stat = os.stat(os.path.join(root, *key.split("/")))
+        except OSError:
+            continue  # removed since the listing
+        stats[key] = (stat.st_size, stat.st_mtime)
+    return stats
+
+
+def _leftovers(root: str) -> list[Leftover]:
+    found = []
+    for directory, subdirectories, files in os.walk(root):
+        relative = os.path.relpath(directory, root).replace(os.sep, "/")
+        base = "" if relative == "." else relative + "/"
+        subdirectories[:] = [d for d in subdirectories if base or d != LOCK_DIRECTORY]
+        for name in files:
+            path = base + name
+            kind = leftover_kind(path)
+            if kind is None:
+                continue
+            try:
+                stat = os.stat(os.path.join(directory, name))
+            except OSError:
+                continue  # finished or removed meanwhile
+            found.append(Leftover(kind, path, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda leftover: leftover.path)
+
+
+def _set_aside(root: str, path: str, key: str) -> str | None:
+    target = f"{QUARANTINE}/{key}"
+    suffix = 0
+    while os.path.exists(os.path.join(root, *(target if not suffix else f"{target}.{suffix}").split("/"))):
+        suffix += 1
+    target = target if not suffix else f"{target}.{suffix}"
+    file = os.path.join(root, *target.split("/"))
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    try:
+        os.rename(path, file)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def _remove_leftover(root: str, path: str) -> bool:
+    kind = leftover_kind(path)
+    file = os.path.join(root, *path.split("/"))
+    if kind is None or os.path.commonpath([root, file]) != root:
+        raise InvalidKey(f"not a temporary or quarantined file: {path!r}")
+    if not _delete_file(file):
+        return False
+    top = os.path.join(root, QUARANTINE)
+    directory = os.path.dirname(file)
+    while kind == "quarantined" and os.path.commonpath([top, directory]) == top:
+        try:
+            os.rmdir(directory)  # only when empty: a quarantine emptied by gc is gone
+        except OSError:
+            break
+        directory = os.path.dirname(directory)
+    return True
 
 
 def _list_files(root: str, prefix: str) -> list[str]:

@@ -14,8 +14,9 @@ Other workers and instances sharing Redis announce their writes the same way
 (``IndexedStorage.announce``, cluster/feed.py), and their news drops this index's
 facts of that package at once (``StoreIndex.changed``); while that news may be
 missed (no subscription) facts are trusted for a short while only (``trusted_for``).
-Changes made behind nopard's back (nopard-admin gc or import) are not announced, so
-nothing is trusted blindly: an unknown key asks the store; a file that vanished is
+nopard-admin's import, gc and fsck announce theirs when given NOPARD_REDIS_URL
+(cli/announce.py). Changes made behind nopard's back without it are not, so nothing is
+trusted blindly: an unknown key asks the store; a file that vanished is
 forgotten and asked again (never a 500); on the filesystem a memory hit checks the
 file is still the one read (inode, mtime, size); and every fact expires after
 FACTS_TTL seconds.

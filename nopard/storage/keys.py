@@ -282,6 +282,10 @@ SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
 UNKNOWN = "unknown"
+# Every kind key_kind names but UNKNOWN: export and import decide about each one (a test checks).
+KINDS = (LOCAL_DOCUMENT, UNPUBLISHED, LOCAL_TARBALL, MIRRORED_DOCUMENT, MIRRORED_META, MIRRORED_TARBALL,
+         MIRRORED_ATTESTATIONS, USER_PROFILE, TOKEN_RECORD, SYNC_LOCK, SETTINGS, HEALTH_PROBE, ADVISORIES,
+         BLOCK_LIST, SIGNING, USAGE_RECORD, HTPASSWD, MARKER)
 
 
 def key_kind(key: str) -> str:

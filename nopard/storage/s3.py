@@ -34,7 +34,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from nopard.storage import check_key, check_prefix
+from nopard.storage import QUARANTINE, InvalidKey, Leftover, check_key, check_prefix, leftover_kind
 
 RunInThread = Callable[..., Awaitable[Any]]
 
@@ -84,6 +84,9 @@ class S3Client(Protocol):
 
     def delete_object(self, **kwargs: Any) -> dict[str, Any]:
         """DeleteObject."""
+
+    def copy_object(self, **kwargs: Any) -> dict[str, Any]:
+        """CopyObject."""
 
     def create_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
         """CreateMultipartUpload."""
@@ -291,7 +294,68 @@ class S3Storage:
         """(bytes, objects) under the store's prefix, from a listing (one request per 1000 objects)."""
         return await self._run(self._usage)
 
+    # For nopard-admin fsck and gc (storage.Maintained) ------------------------
+
+    async def stats(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """Every key under ``prefix`` with (size, LastModified), from a listing."""
+        check_prefix(prefix)
+        return await self._run(self._stats, prefix)
+
+    async def leftovers(self) -> builtins.list[Leftover]:
+        """The objects under ``<prefix>/.quarantine/`` (S3 writes leave no temporary objects: a
+        multipart upload never completed is the bucket's lifecycle rule's to clean up)."""
+        return await self._run(self._leftovers)
+
+    async def set_aside(self, key: str) -> str | None:
+        """Copy the object to ``.quarantine/<key>`` then delete it; where it went, None if gone."""
+        name = self.object_key(key)
+        return await self._run(self._set_aside, name, key)
+
+    async def remove_leftover(self, path: str) -> bool:
+        """Delete an object of the quarantine."""
+        if leftover_kind(path) != "quarantined":
+            raise InvalidKey(f"not a quarantined object: {path!r}")
+        return await self._run(self._delete, self._base() + path)
+
     # Blocking parts, run in the thread pool -----------------------------------
+
+    def _base(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def _objects(self, prefix: str) -> Iterable[dict[str, Any]]:
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Contents", ())
+
+    def _stats(self, prefix: str) -> dict[str, tuple[int, float]]:
+        base, stats = self._base(), {}
+        for item in self._objects(base + prefix):
+            try:
+                stats[check_key(item["Key"][len(base):])] = (int(item.get("Size", 0)), item["LastModified"].timestamp())
+            except ValueError:
+                continue  # an object no key could name
+        return stats
+
+    def _leftovers(self) -> builtins.list[Leftover]:
+        base = self._base()
+        found = [Leftover("quarantined", item["Key"][len(base):], int(item.get("Size", 0)),
+                          item["LastModified"].timestamp()) for item in self._objects(f"{base}{QUARANTINE}/")]
+        return sorted(found, key=lambda leftover: leftover.path)
+
+    def _set_aside(self, name: str, key: str) -> str | None:
+        target = f"{QUARANTINE}/{key}"
+        suffix = 0
+        while self._exists(self._base() + (target if not suffix else f"{target}.{suffix}")):
+            suffix += 1
+        target = target if not suffix else f"{target}.{suffix}"
+        try:
+            self._client.copy_object(Bucket=self.bucket, Key=self._base() + target,
+                                     CopySource={"Bucket": self.bucket, "Key": name})
+        except ClientError as error:
+            if _code(error) in _MISSING:
+                return None
+            raise
+        self._client.delete_object(Bucket=self.bucket, Key=name)
+        return target
 
     def _usage(self) -> tuple[int, int]:
         base = f"{self.prefix}/" if self.prefix else ""

@@ -3,7 +3,8 @@
 Every test runs the installed console script (.venv/bin/nopard-admin) as a subprocess, as an
 operator would, and checks its output and exit status; where it matters, a real nopard then
 shows the effect over HTTP or through the real npm CLI. fsck and gc, import and export, and the
-operator token have their own modules (test_admin_fsck.py, test_admin_import.py, test_admin_token.py).
+operator token have their own modules (test_admin_s3.py: fsck, gc, export and import on every backend;
+test_admin_import.py, test_admin_token.py).
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def test_import_of_a_folder_that_is_no_registry_is_exit_2(registry: Path, tmp_pa
 
 
 def test_export_then_import_gives_the_same_documents(closed: NopardServer, tmp_path: Path) -> None:
-    """Published to a running nopard, exported, imported into a fresh registry: the same files, tokens aside."""
+    """Published to a running nopard, exported, imported into a fresh registry: the same files, token
+    records too, the versions signed again by the fresh registry's own key."""
     add_user(closed.registry, "alice", "pw", "--email", "alice@example.com")
     token = closed.token("alice", "pw")
     for name, version in (("tool", "1.0.0"), ("tool", "1.1.0"), ("@acme/lib", "0.1.0")):
@@ -182,12 +183,13 @@ def test_export_then_import_gives_the_same_documents(closed: NopardServer, tmp_p
     result = admin(closed.registry, "export", str(target))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 0, users 1, "
-                                              f"profiles 1 to {target}; not exported: signing keys 1, token 1")
-    assert "tokens" not in {Path(name).parts[0] for name in files_under(target)}
+                                              f"profiles 1, mirrored 0, token 1 to {target}; "
+                                              "not exported: signing keys 1")
+    assert "signing" not in {Path(name).parts[0] for name in files_under(target)}
     fresh = tmp_path / "fresh"
     imported = admin(fresh, "import", str(target))
     assert imported.returncode == 0, imported.stdout
-    wanted = ("packages/", "users/", "htpasswd")
+    wanted = ("packages/", "users/", "tokens/", "htpasswd")
     # Signed again with the fresh registry's own key: the signing keys are not exported.
     fresh_keys = run_now(SigningKeys(FilesystemStorage(str(fresh), call_directly), time.time).public_keys())
     assert verified_by(fresh, fresh_keys) == {("tool", "1.0.0"), ("tool", "1.1.0"), ("@acme/lib", "0.1.0")}
@@ -226,7 +228,7 @@ def test_export_and_import_round_trip_packages_named_upstream(registry: Path, tm
     result = admin(registry, "export", str(target))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 1, "
-                                              f"users 0, profiles 0 to {target}")
+                                              f"users 0, profiles 0, mirrored 0 to {target}")
     fresh = tmp_path / "fresh"
     imported = admin(fresh, "import", str(target))
     assert imported.returncode == 0, imported.stdout

@@ -56,6 +56,30 @@ class StorageContract:
         assert await storage.exists("packages/none/package.json") is False
 
     @pytest_twisted.ensureDeferred
+    async def test_set_aside_quarantines_beside_the_keys(self, storage) -> None:
+        """set_aside() (fsck) moves an object to .quarantine/<key>, out of every key's reach; a second
+        copy gets a suffix; leftovers() lists both; remove_leftover() removes them, never a key."""
+        key = "packages/a/tarballs/a-1.0.0.tgz"
+        for data in (b"bad one", b"bad two"):
+            await storage.write(key, data)
+            assert (await storage.stats("packages/"))[key][0] == len(data)
+        assert await storage.set_aside(key) == f".quarantine/{key}"
+        await storage.write(key, b"bad two")
+        assert await storage.set_aside(key) == f".quarantine/{key}.1"
+        assert await storage.set_aside(key) is None
+        assert await storage.read(key) is None and await storage.list("") == []
+        aside = await storage.leftovers()
+        assert [(x.kind, x.path, x.size) for x in aside] == [
+            ("quarantined", f".quarantine/{key}", 7), ("quarantined", f".quarantine/{key}.1", 7)]
+        await storage.write("packages/a/package.json", b"{}")
+        with pytest.raises(InvalidKey):
+            await storage.remove_leftover("packages/a/package.json")
+        for leftover in aside:
+            assert await storage.remove_leftover(leftover.path) is True
+        assert await storage.remove_leftover(aside[0].path) is False
+        assert await storage.leftovers() == [] and await storage.list("") == ["packages/a/package.json"]
+
+    @pytest_twisted.ensureDeferred
     async def test_usage_counts_bytes_and_objects(self, storage) -> None:
         """usage() adds up what the store holds (for the store-size metric and the status page)."""
         assert await storage.usage() == (0, 0)

@@ -13,21 +13,22 @@ import pytest
 
 from nopard.auth.htpasswd import parse_htpasswd, replace_entry
 from nopard.auth.tokens import TokenStore
+from nopard.cli.export import check_export_target
 from nopard.cli.maintenance import (
     QUARANTINE,
     ScanReport,
-    collect,
     is_temporary,
     named_tarballs,
     open_storage,
     parse_document,
     run_now,
-    scan,
     tarball_matches,
 )
+from nopard.cli.maintenance import collect as collect_in
+from nopard.cli.maintenance import scan as scan_in
 from nopard.cli.sources import SourceError, detect_source
 from nopard.cli.transfer import (
-    check_export_target,
+    Copied,
     choose_versions,
     local_document,
     merge_for_import,
@@ -144,6 +145,16 @@ def test_summary_counts_by_kind() -> None:
 # The scan ---------------------------------------------------------------------
 
 
+def scan(root: str, htpasswd_path: str | None = None, quarantine: bool = True) -> ScanReport:
+    """fsck's scan of the filesystem store at ``root``."""
+    return run_now(scan_in(open_storage(root), htpasswd_path, quarantine=quarantine))
+
+
+def collect(root: str, report: ScanReport, dry_run: bool = False) -> list:
+    """gc's removal in the filesystem store at ``root``."""
+    return run_now(collect_in(open_storage(root), report, dry_run=dry_run))
+
+
 def test_fresh_unnamed_tarball_is_not_an_orphan_yet(tmp_path: Path) -> None:
     """A tarball written minutes ago may be a publish whose document is about to be written."""
     area = local_package(tmp_path, "x", {"1.0.0": b"one"})
@@ -174,7 +185,7 @@ def test_scan_without_quarantine_moves_nothing(tmp_path: Path) -> None:
     area = local_package(tmp_path, "x", {"1.0.0": b"one"})
     write(area / "tarballs" / "x-1.0.0.tgz", b"bad")
     [finding] = scan(str(tmp_path), quarantine=False).findings
-    assert (finding.kind, finding.location) == ("corrupt", str(area / "tarballs" / "x-1.0.0.tgz"))
+    assert (finding.kind, finding.location) == ("corrupt", "packages/x/tarballs/x-1.0.0.tgz")
     assert not (tmp_path / QUARANTINE).exists()
 
 
@@ -227,8 +238,9 @@ def test_choose_versions_keeps_only_verified_tarballs() -> None:
         "latest": {"dist": {}},
     }}
     files = {"1.0.0": b"one", "1.1.0": b"corrupted", "1.3.0": b"unchecked"}
-    kept, skipped = choose_versions("x", document, lambda version, dist: files.get(version))
-    assert kept == {"1.0.0": b"one", "1.3.0": b"unchecked"}
+    copies = {version: Copied.of(data) for version, data in files.items()}
+    kept, skipped = choose_versions("x", document, lambda version, dist: copies.get(version))
+    assert kept == {"1.0.0": copies["1.0.0"], "1.3.0": copies["1.3.0"]}
     assert skipped == [("1.1.0", "its tarball does not match its checksums"),
                        ("1.2.0", "its tarball is missing"), ("latest", "not a valid version entry")]
 
@@ -241,7 +253,7 @@ def test_local_document_drops_foreign_fields_and_skipped_versions() -> None:
            "maintainers": [{"name": "alice", "email": "a@example.com"}],
            "versions": {v: {"name": "x", "version": v, "readme": "per version", "dist": dist_of(v.encode())}
                         for v in ("1.0.0", "1.1.0-beta.1", "2.0.0")}}
-    document = local_document("x", raw, {"1.0.0": b"1.0.0", "1.1.0-beta.1": b"1.1.0-beta.1"})
+    document = local_document("x", raw, {"1.0.0": Copied.of(b"1.0.0"), "1.1.0-beta.1": Copied.of(b"1.1.0-beta.1")})
     assert not {"_rev", "_uplinks", "_distfiles", "_attachments"} & set(document)
     assert document["dist-tags"] == {"beta": "1.1.0-beta.1", "latest": "1.0.0"}
     assert document["time"] == {"created": "c", "modified": "m", "1.0.0": "t1", "1.1.0-beta.1": "tb"}
@@ -254,7 +266,7 @@ def test_local_document_fills_in_what_nopard_needs() -> None:
     raw = {"name": "@s/x", "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": {
         "version": "1.0.0", "readme": "# readme", "_npmUser": {"name": "bob", "email": "b@example.com"},
         "dist": {"tarball": "http://old.example/@s/x/-/@s/x-1.0.0.tgz"}}}}
-    document = local_document("@s/x", raw, {"1.0.0": b"data"})
+    document = local_document("@s/x", raw, {"1.0.0": Copied.of(b"data")})
     assert document["maintainers"] == [{"name": "bob", "email": "b@example.com"}]
     assert (document["readme"], document["readmeFilename"]) == ("# readme", "README.md")
     assert document["versions"]["1.0.0"]["dist"] == {**dist_of(b"data", "x-1.0.0.tgz"),
@@ -269,7 +281,7 @@ def test_a_nopard_document_comes_through_unchanged() -> None:
            "versions": {"1.0.0": {"name": "x", "version": "1.0.0", "_id": "x@1.0.0",
                                   "dist": dist_of(b"d", "x-1.0.0.tgz")}},
            "_rev": "2-abc"}
-    document = local_document("x", raw, {"1.0.0": b"d"}, keep_rev=True)
+    document = local_document("x", raw, {"1.0.0": Copied.of(b"d")}, keep_rev=True)
     assert document == raw and list(document) == list(raw)
 
 

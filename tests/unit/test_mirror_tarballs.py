@@ -15,7 +15,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import globalLogPublisher
 
-from nopard.cli.maintenance import scan
+from nopard.cli.maintenance import open_storage, scan
 from nopard.domain import names
 from nopard.domain.errors import NotFound, UpstreamBadContent
 from nopard.storage import keys
@@ -308,7 +308,7 @@ async def test_fsck_counts_a_tarball_kept_under_its_conventional_name_as_named(t
     await m.settle(m.parts.mirror.served_document("@s/p", BASE))
     blob, _ = await m.settle(m.parts.mirror.tarball("@s/p", "p-1.0.0.tgz"))
     blob.close()
-    report = scan(str(tmp_path / "registry"), quarantine=False)
+    report = await scan(open_storage(str(tmp_path / "registry")), quarantine=False)
     assert report.tarballs == 1 and [f.kind for f in report.findings] == []
 
 

@@ -83,9 +83,9 @@ async def test_replace_lock_file_is_the_backends_own(storage: FilesystemStorage)
     locks = Path(storage.root) / LOCK_DIRECTORY
     assert [p.name for p in locks.iterdir()] == [Path(storage.lock_path("packages/a/package.json")).name]
     assert await storage.list("") == ["packages/a/package.json"]
-    report = scan(storage.root, now=time.time() + 10 ** 6)
+    report = await scan(storage, now=time.time() + 10 ** 6)
     assert report.findings == []
-    assert collect(storage.root, report) == []
+    assert await collect(storage, report) == []
     assert locks.exists() and len(list(locks.iterdir())) == 1
 
 
