@@ -175,12 +175,18 @@ def local_copy(store: Store, name: str, *versions: str) -> str:
     return area
 
 
+def flipped(data: bytes) -> bytes:
+    """``data`` with its middle byte flipped: a tarball no checksum matches any more."""
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0xFF
+    return bytes(changed)
+
+
 def flip_a_byte(store: Store, key: str) -> bytes:
     """Corrupt the object at ``key`` (one byte flipped); the corrupted bytes."""
-    data = bytearray(store.get(key) or b"")
-    data[len(data) // 2] ^= 0xFF
-    store.put(key, bytes(data))
-    return bytes(data)
+    data = flipped(store.get(key) or b"")
+    store.put(key, data)
+    return data
 
 
 def unsigned(files: dict[str, bytes]) -> dict[str, Any]:

@@ -276,7 +276,8 @@ def test_export_then_import_into_the_other_backend_carries_every_key(
     result = old.admin("export", str(target))
     assert result.returncode == 0, result.stdout + result.stderr
     assert lines(result)[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 0, users 1, profiles 1, "
-                                 f"mirrored 1, blocks 1, settings 1, token 1 to {target}; not exported: signing keys 1")
+                                 f"mirrored 1, blocks 1, settings 1, token 1, usage 1 to {target}; "
+                                 "not exported: signing keys 1")
     new = make_store(destination, "new")
     imported = new.admin("import", str(target))
     assert imported.returncode == 0, imported.stdout + imported.stderr
