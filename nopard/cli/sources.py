@@ -162,7 +162,8 @@ def _read_nopard(root: str, htpasswd: str | None) -> Source:
         kind = keys.key_kind(key)
         if kind in AS_IS:
             source.as_is[key] = path
-        elif kind not in READ_BY_RULE and kind not in (keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.SIGNING):
+        elif kind not in READ_BY_RULE and kind not in (keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.SIGNING,
+                                                       keys.OLD_HTPASSWD):
             source.unreadable.append(f"{path}: no kind of key nopard knows, not imported")
     return source
 

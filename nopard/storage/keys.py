@@ -58,6 +58,9 @@ BLOCKS = BLOCKS_FOLDER + "/"
 # In an export directory, next to packages/ and users/.
 EXPORTED_HTPASSWD = "htpasswd"
 EXPORT_MARKER = "nopard-export.json"
+# In a registry directory: the htpasswd file an older nopard read, renamed once moved into the
+# store (auth/stored_users.py's ADOPTED_SUFFIX): the operator's copy, no data of the store's.
+ADOPTED_HTPASSWD = EXPORTED_HTPASSWD + ".moved-to-store"
 
 # The segments of a package's places after packages/<name>/ (fsck walks the same folders).
 DOCUMENT_FILE = "package.json"
@@ -281,11 +284,12 @@ USAGE_RECORD = "usage"
 SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
+OLD_HTPASSWD = "htpasswd moved to the store"
 UNKNOWN = "unknown"
 # Every kind key_kind names but UNKNOWN: export and import decide about each one (a test checks).
 KINDS = (LOCAL_DOCUMENT, UNPUBLISHED, LOCAL_TARBALL, MIRRORED_DOCUMENT, MIRRORED_META, MIRRORED_TARBALL,
          MIRRORED_ATTESTATIONS, USER_PROFILE, TOKEN_RECORD, SYNC_LOCK, SETTINGS, HEALTH_PROBE, ADVISORIES,
-         BLOCK_LIST, SIGNING, USAGE_RECORD, HTPASSWD, MARKER)
+         BLOCK_LIST, SIGNING, USAGE_RECORD, HTPASSWD, MARKER, OLD_HTPASSWD)
 
 
 def key_kind(key: str) -> str:
@@ -313,4 +317,5 @@ def key_kind(key: str) -> str:
         return BLOCK_LIST
     if folder == USAGE_FOLDER and (key == USAGE_PINNED or _SHARD.fullmatch(rest)):
         return USAGE_RECORD
-    return {EXPORTED_HTPASSWD: HTPASSWD, USERS_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER}.get(key, UNKNOWN)
+    return {EXPORTED_HTPASSWD: HTPASSWD, USERS_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER,
+            ADOPTED_HTPASSWD: OLD_HTPASSWD}.get(key, UNKNOWN)

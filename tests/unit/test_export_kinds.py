@@ -12,6 +12,7 @@ import inspect
 
 import pytest
 
+from nopard.auth import stored_users
 from nopard.cli.export import HOW_EXPORTED, LEFT_OUT, compare_holdings
 from nopard.cli.sources import AS_IS, READ_BY_RULE
 from nopard.storage import check_key, keys
@@ -62,7 +63,15 @@ def test_left_out_by_design_is_per_instance_state_only() -> None:
     """What export leaves out is the instances' own state, made again wherever they run, and the
     signing keys (import signs what it brings with the destination's own)."""
     assert {kind for kind, how in HOW_EXPORTED.items() if how == LEFT_OUT} == {
-        keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.MARKER, keys.SIGNING}
+        keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.MARKER, keys.SIGNING, keys.OLD_HTPASSWD}
+
+
+def test_the_htpasswd_file_moved_into_the_store_is_known_and_left_out() -> None:
+    """After an upgrade <registry>/htpasswd.moved-to-store stays beside the keys: no unknown key
+    failing every export, and not exported (its users are in users/htpasswd)."""
+    assert keys.ADOPTED_HTPASSWD == keys.EXPORTED_HTPASSWD + stored_users.ADOPTED_SUFFIX
+    assert HOW_EXPORTED[keys.key_kind(keys.ADOPTED_HTPASSWD)] == LEFT_OUT
+    assert keys.key_kind(keys.USERS_HTPASSWD) == keys.HTPASSWD
 
 
 @pytest.mark.parametrize("kind", [keys.UNKNOWN, keys.TOKEN_RECORD, keys.MIRRORED_TARBALL])
