@@ -13,18 +13,9 @@ from typing import Any
 
 import orjson
 
-from nopard.cli.registry import AdminError, registry_settings
+from nopard.cli.registry import AdminError, store_settings
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-
-
-def store_settings(options: argparse.Namespace) -> Any:
-    """The daemon's settings; the registry directory must exist only when it is the store (not with S3,
-    so these commands run on any machine with the bucket's settings)."""
-    settings = registry_settings(options, must_exist=False)
-    if settings.storage != "s3":
-        registry_settings(options)  # the missing directory's error
-    return settings
 
 
 def open_users(settings: Any, storage: Any = None) -> tuple[Any, Any]:

@@ -27,16 +27,23 @@ def registry_settings(options: argparse.Namespace, must_exist: bool = True) -> A
     return settings
 
 
-def settings_and_store(options: argparse.Namespace, create: bool = False) -> tuple[Any, Any]:
-    """The daemon's settings and the store they name, opened as the daemon opens it: the registry
-    directory (checked, or made when ``create``), or with NOPARD_STORAGE=s3 the bucket
-    NOPARD_S3_BUCKET under NOPARD_S3_PREFIX (credentials and endpoint from the AWS_* variables)."""
-    from nopard.cli.maintenance import open_store
-
+def store_settings(options: argparse.Namespace, create: bool = False) -> Any:
+    """The daemon's settings; the registry directory must exist (or is made, when ``create``) only when
+    it is the store: with S3 these commands run on any machine with the bucket's settings."""
     settings = registry_settings(options, must_exist=False)
     if settings.storage != "s3" and not os.path.isdir(settings.registry_path):
         if not create:
             registry_settings(options)  # the error saying the directory does not exist
         os.makedirs(settings.registry_path)
         print(f"created registry directory {settings.registry_path}")
+    return settings
+
+
+def settings_and_store(options: argparse.Namespace, create: bool = False) -> tuple[Any, Any]:
+    """The daemon's settings and the store they name, opened as the daemon opens it: the registry
+    directory (checked, or made when ``create``), or with NOPARD_STORAGE=s3 the bucket
+    NOPARD_S3_BUCKET under NOPARD_S3_PREFIX (credentials and endpoint from the AWS_* variables)."""
+    from nopard.cli.maintenance import open_store
+
+    settings = store_settings(options, create)
     return settings, open_store(settings)

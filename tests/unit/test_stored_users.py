@@ -213,7 +213,7 @@ async def test_logging_in_on_an_instance_that_has_not_heard_of_a_new_user_yet(tm
 async def test_export_carries_the_users_even_when_the_last_one_was_removed(tmp_path: Path) -> None:
     """export writes the store's users as the export's htpasswd; an emptied users/htpasswd is no
     'left out' key (export would fail INCOMPLETE)."""
-    from nopard.cli.transfer import export_registry
+    from nopard.cli.export import export_registry
 
     storage = FilesystemStorage(str(tmp_path / "registry"), deferToThread)
     _clock, users, _other = two(storage)
