@@ -100,6 +100,8 @@ def summary(results: dict) -> str:
 
     if results.get("sync"):
         out += sync_summary(results["sync"])
+    if results.get("changes"):
+        out += changes_summary(results["changes"])
 
     npm = results.get("npm")
     if npm:
@@ -159,4 +161,19 @@ def sync_summary(section: dict) -> list[str]:
     populate = section["populate"]
     out.append(f"populating beforehand: {populate['documents']} documents in {populate['seconds']:.1f} s "
                f"with {populate['clients']} concurrent clients")
+    return out
+
+
+def changes_summary(section: dict) -> list[str]:
+    """The changes section (bench/changes.py): upstream requests per refreshed package, and the ratio."""
+    out = ["", f"changes: one refresh run after {section['changed']} of {section['packages']} mirrored packages "
+               "changed upstream, every copy stale"]
+    rows = [[run["label"], str(run["checked"]), str(run["changed"]), str(run["document_requests"]),
+             str(run["feed_requests"]),
+             "-" if run["requests_per_refreshed"] is None else f"{run['requests_per_refreshed']:.2f}"]
+            for run in (section["without"], section["with"])]
+    out += table(["run", "checked", "refreshed", "document reqs", "feed reqs", "upstream reqs / refreshed"],
+                 rows)
+    without, with_ = section["without"]["requests_per_refreshed"], section["with"]["requests_per_refreshed"]
+    out.append(f"upstream requests per refreshed package, without / with the feed: {ratio(without, with_)}")
     return out

@@ -30,6 +30,7 @@ from nopard.auth.operator import OperatorCredential, OperatorTokenService
 from nopard.auth.stored_users import NEWS, UserAdoption, local_file_to_adopt, user_table
 from nopard.auth.tokens import TokenStore, TokenSweep
 from nopard.auth.weblogin import WebLogins
+from nopard.catalog.changes import ChangeLog
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import DEGRADED_FRESHNESS, InProcessCoordination, RedisCoordination
 from nopard.cluster.feed import ChangeFeed
@@ -42,6 +43,7 @@ from nopard.domain.history import BUCKET_SECONDS, BUCKETS
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.jobs.advisories import AdvisoryRefresh
+from nopard.jobs.changes import ChangesFollower
 from nopard.jobs.eviction import Eviction
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import StoreLock, SyncJobs
@@ -380,7 +382,8 @@ def build_service(
     users = user_table(settings, storage, reactor.seconds, run_cpu)
     coordination, sessions = open_coordination(settings, reactor, cache, logs, top, storage, users)
     signing = SigningKeys(storage, reactor.seconds)
-    registry = Registry(storage, cache, reactor, coordination, signing)
+    changes = ChangeLog(storage, reactor.seconds, Logger(namespace="nopard.changes", observer=logs.publisher))
+    registry = Registry(storage, cache, reactor, coordination, signing, changes)
     # Rebuilt when NOPARD_PROXY_URL, NOPARD_IGNORE_CERT or NOPARD_UPSTREAM_TIMEOUT change at runtime.
     agent = LiveAgent(live, lambda current, pool: upstream_agent(current, reactor, pool),
                       lambda: upstream_pool(reactor))
@@ -391,7 +394,7 @@ def build_service(
         live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     spool_dir = os.path.join(settings.registry_path, ".spool")
     parts = build_mirror(live, storage, registry, upstreams, cache, reactor, spool_dir,
-                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination, policy)
+                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination, policy, changes)
     # Spools of fetches killed with their process (a worker after kill -9, nopard after a crash).
     reactor.callWhenRunning(remove_orphans, spool_dir, pid_is_running)
     mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs
@@ -412,7 +415,8 @@ def build_service(
                               shared=shared_days(coordination, reactor, BUCKET_SECONDS, BUCKET_SECONDS * BUCKETS))
     metrics.history.setServiceParent(top)
     jobs = SyncJobs(live, upstreams, registry, documents, tarballs, storage, reactor, sync_log, owner, metrics=metrics,
-                    firewall=parts.firewall, use=parts.usage)
+                    firewall=parts.firewall, use=parts.usage,
+                    follower=ChangesFollower(live, upstreams, storage, reactor, sync_log))
     jobs.room = eviction.has_room
     UsageFlusher(parts.usage, reactor).setServiceParent(top)  # before the listeners: it stops after them, flushing
     advisories = AdvisoryStore(storage)
@@ -448,7 +452,7 @@ def build_service(
         log=Logger(namespace="nopard.web", observer=logs.publisher), operator=operator,
         redirects=tarball_redirects(live, storage),
         upstream_search=UpstreamSearch(upstreams, live, reactor),
-        provenance=parts.provenance, firewall=parts.firewall,
+        provenance=parts.provenance, firewall=parts.firewall, changes=changes,
     )
     # The signing key is made at the first start (the first of several instances to get there wins).
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(signing.ring()).addErrback(

@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from tests.fake_advisories import PATH as ADVISORIES_PATH
 from tests.fake_advisories import AdvisoryZip
+from tests.fake_changes import ChangesFeed
 from tests.fake_documents import (
     BIG,
     EPOCH,
@@ -83,6 +84,7 @@ class Registry:
         self.big_tarballs: dict[str, bytes] = {}
         self.served: dict[tuple[str, bool], tuple[bytes, str, str]] = {}
         self.changes = Changes()
+        self.feed = ChangesFeed()  # GET /_changes (tests/fake_changes.py)
         self.advisories = AdvisoryZip(data.parent / "advisories")  # GET /osv/npm/all.zip
         index = data / "index.json"
         self.recorded = json.loads(index.read_text())["packages"] if index.exists() else {}
@@ -191,9 +193,10 @@ class Registry:
         return {"name": name, "latest": self.docs[name]["dist-tags"]["latest"]}
 
     def forget(self, name: str) -> None:
-        """Drop the prepared bodies of a document that changed."""
+        """Drop the prepared bodies of a document that changed, and list the change in the feed."""
         for abbreviated in (True, False):
             self.served.pop((name, abbreviated), None)
+        self.feed.record(name)
 
 
 @implementer(IPullProducer)
@@ -291,6 +294,8 @@ class RegistryResource(resource.Resource):
             if self.not_modified(request, etag, "Thu, 01 Jan 2026 00:00:00 GMT"):
                 return respond(request, 304, headers={"ETag": etag})
             return respond(request, 200, body, {"ETag": etag, "Content-Type": "application/zip"})
+        if name == "_changes" and method == b"GET":
+            return respond(request, *self.upstream.registry.feed.answer(request.args))
         if name == "-/npm/v1/keys" and method == b"GET":
             signer = self.upstream.registry.signer
             return respond(request, 200, signer.keys_body) if signer else error(request, 404, "Not found")
@@ -442,6 +447,8 @@ class ControlResource(resource.Resource):
                 return server.NOT_DONE_YET
             if command == (b"POST", b"/advisories"):  # serve this OSV record in the zip too
                 return json.dumps(upstream.registry.advisories.add(body)).encode()
+            if command == (b"POST", b"/changes"):  # tests/fake_changes.py
+                return json.dumps(upstream.registry.feed.control(body)).encode()
             if command == (b"POST", b"/advisories/reset"):
                 return json.dumps(upstream.registry.advisories.reset()).encode()
             if command in ((b"POST", b"/change"), (b"POST", b"/restore")):

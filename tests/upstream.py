@@ -108,9 +108,17 @@ class FakeUpstream:
         self.changed.discard(name)
         return self.control("POST", "/restore", {"name": name})
 
+    def feed(self, mode: str | None = None, record: list[str] | None = None, reset: bool = False) -> dict:
+        """Steer the changes feed at /_changes (tests/fake_changes.py); {"mode", "seq", "pages"}."""
+        body: dict[str, Any] = {"record": record or [], "reset": reset}
+        if mode is not None:
+            body["mode"] = mode
+        return self.control("POST", "/changes", body)
+
     def healthy(self) -> FakeUpstream:
-        """Back to normal for the next test: no fault, zeroed counters, every change undone."""
+        """Back to normal for the next test: no fault, zeroed counters, every change undone, a feed that works."""
         self.fault("none")
+        self.feed("normal", reset=True)
         self.reset()
         for name in list(self.changed):
             self.restore(name)

@@ -54,6 +54,7 @@ HOW_EXPORTED = {
     keys.ADVISORIES: COPIED, keys.BLOCK_LIST: COPIED, keys.USAGE_RECORD: COPIED, keys.HTPASSWD: COPIED,
     keys.SYNC_LOCK: LEFT_OUT, keys.HEALTH_PROBE: LEFT_OUT, keys.MARKER: LEFT_OUT, keys.SIGNING: LEFT_OUT,
     keys.OLD_HTPASSWD: LEFT_OUT,  # its users are in users/htpasswd
+    keys.CHANGES: LEFT_OUT,  # this store's feed and a follower's position: a new store starts its own
 }
 
 

@@ -45,6 +45,10 @@ class Conflict(NopardError):
     """The request contradicts what is stored (e.g. a different tarball for a version)."""
 
 
+class HistoryGone(NopardError):
+    """What was asked for is older than the history kept (a changes feed's ``since``)."""
+
+
 class VersionExists(NopardError):
     """A publish names a version that is already published."""
 

@@ -6,6 +6,8 @@ run simply continues):
 - ``refresh``: revalidates every mirrored document that is due by the schedule
   by use (nopard.domain.usage.refresh_due): stale, or stale before the next run,
   for packages clients used in the last day; less often for ones used less.
+  With NOPARD_CHANGES_URL, those of the forwarder only when its changes feed
+  names them (nopard/jobs/changes.py).
 - ``backfill``: fetches the tarballs NOPARD_BACKFILL selects that are missing.
 - ``prefetch``: fetches the documents and tarballs a lockfile names (on demand).
 
@@ -35,6 +37,7 @@ from nopard.domain.errors import NopardError, NotFound, UpstreamUnavailable
 from nopard.domain.firewall import BLOCKED, QUARANTINED
 from nopard.domain.times import iso_time
 from nopard.firewall.verdicts import Firewall
+from nopard.jobs.changes import ChangesFollower
 from nopard.local.packages import Registry
 from nopard.mirror.documents import MirroredDocuments
 from nopard.mirror.tarballs import MirroredTarballs
@@ -216,9 +219,10 @@ class SyncJobs:
         self, settings: LiveSettings, upstreams: Upstreams, registry: Registry, documents: MirroredDocuments,
         tarballs: MirroredTarballs, storage: Storage, clock: IReactorTime,
         log: Logger, owner: str | None = None, metrics: Metrics | None = None, firewall: Firewall | None = None,
-        use: UsageLog | None = None,
+        use: UsageLog | None = None, follower: ChangesFollower | None = None,
     ) -> None:
         self._settings = settings
+        self.follower = follower
         self._use = use  # None: no record of use, every document refreshed as if used today
         self._recorded: usage.Usage | None = None  # the record of use the refresh run in progress goes by
         # Whether a bounded mirror has room for this many more bytes (nopard.jobs.eviction.Eviction.has_room):
@@ -253,6 +257,8 @@ class SyncJobs:
             names_ = await self._documents.mirrored_names()
             if job == "refresh" and self._use is not None:
                 self._recorded = await self._use.recorded()
+            if job == "refresh" and await self._followed(report):
+                names_ = [name for name in names_ if self._upstreams.for_name(name) is not self._upstreams.default]
             work = self._refresh_one if job == "refresh" else self._backfill_one
             await for_each(names_, self._settings.current.sync_concurrency,
                            lambda name: self._guarded(name, report, work, name, report))
@@ -324,6 +330,18 @@ class SyncJobs:
                                                       current.sync_interval):
             return
         await self._politely(name, name, report, self._refresh_document, name, report)
+
+    async def _followed(self, report: JobReport) -> bool:
+        """Refresh what the changes feed names; True: the forwarder's packages need no sweep this run."""
+        return self.follower is not None and await self.follower.follow(lambda changed: for_each(
+            changed, self._settings.current.sync_concurrency,
+            lambda name: self._guarded(name, report, self._refresh_changed, name, report)))
+
+    async def _refresh_changed(self, name: str, report: JobReport) -> None:
+        """Revalidate a package the changes feed named, however fresh its copy."""
+        if await self._follows_upstream(name):
+            report.checked += 1
+            await self._politely(name, name, report, self._refresh_document, name, report)
 
     async def _refresh_document(self, name: str, report: JobReport) -> None:
         if await self._documents.refresh(name, self._upstream_of(name)):

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
 
 from nopard.cluster.coordination import InProcessCoordination
-from nopard.domain import names, packument
+from nopard.domain import changes, names, packument
 from nopard.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.publication import Publication
 from nopard.domain.times import iso_time
 from nopard.local.signing import SigningKeys
 from nopard.storage import Storage, keys
+
+if TYPE_CHECKING:
+    from nopard.catalog.changes import ChangeLog
 
 # Compare-and-swap rounds before a change gives up (each lost round means another writer won).
 UPDATE_ATTEMPTS = 20
@@ -50,9 +53,10 @@ class Registry:
 
     def __init__(
         self, storage: Storage, cache: PreparedCache, clock: IReactorTime, coordination: PackageLocks | None = None,
-        signing: SigningKeys | None = None,
+        signing: SigningKeys | None = None, changes: ChangeLog | None = None,
     ) -> None:
         self._storage = storage
+        self.changes = changes  # the changes feed every change is recorded in (None: none)
         # nopard's own key: every version published here is signed (None: unsigned, as before).
         self.signing = signing
         self._cache = cache
@@ -187,6 +191,8 @@ class Registry:
             else:
                 raise Conflict(f"{name} kept changing while it was unpublished; try again")
             await self._changed(name)
+            if self.changes is not None:
+                await self.changes.record(name, changes.UNPUBLISH, deleted=True)
             for tarball in await self._storage.list(keys.local_tarballs_prefix(name)):
                 await self._storage.delete(tarball)
 
@@ -226,6 +232,8 @@ class Registry:
             changed = await compute(document)
             if await self._storage.replace(key, orjson.dumps(changed), stored[1] if stored else None):
                 await self._changed(name)
+                if self.changes is not None:
+                    await self.changes.record(name, changes.kind_of(document, changed), changed.get("_rev"))
                 return changed
         raise Conflict(f"{name} kept changing while this change was applied; try again")
 

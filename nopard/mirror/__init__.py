@@ -15,12 +15,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nopard.cluster.coordination import InProcessCoordination
+from nopard.domain.changes import BLOCK
 from nopard.domain.prepared import PreparedCache
 from nopard.firewall.blocks import BlockList
 from nopard.firewall.verdicts import Firewall
 from nopard.local.packages import Registry
 from nopard.local.signing import SigningKeys
-from nopard.mirror.documents import Coordination, MirroredDocuments
+from nopard.mirror.documents import ChangeRecorder, Coordination, MirroredDocuments
 from nopard.mirror.provenance import Provenance
 from nopard.mirror.served import Mirror
 from nopard.mirror.tarballs import MirroredTarballs
@@ -46,17 +47,21 @@ class MirrorParts:
 def build_mirror(
     settings: LiveSettings, storage: Storage, registry: Registry, upstreams: Upstreams, cache: PreparedCache,
     clock: IReactorTime, spool_dir: str, log: Logger, coordination: Coordination | None = None,
-    policy: Policy = ALLOW_ALL,
+    policy: Policy = ALLOW_ALL, changes: ChangeRecorder | None = None,
 ) -> MirrorParts:
-    """The mirror over ``storage``, asking ``upstreams``; ``coordination`` None: this process alone."""
+    """The mirror over ``storage``, asking ``upstreams``; ``coordination`` None: this process alone;
+    ``changes``: the feed new upstream copies and blocks are recorded in (None: none)."""
     shared: Coordination = coordination or InProcessCoordination()
     documents = MirroredDocuments(settings, storage, cache, clock, log, shared)
+    documents.changes = changes
     tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log)
 
     async def blocks_changed(name: str) -> None:
         # Every prepared form of the package goes, here and (by its stamp) on every instance.
         cache.invalidate(name)
         await shared.bump(name)
+        if changes is not None:
+            await changes.record(name, BLOCK)
 
     firewall_log = Logger(namespace="nopard.firewall", observer=log.observer)
     blocks = BlockList(storage, clock.seconds, firewall_log, blocks_changed)

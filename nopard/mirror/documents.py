@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.link import within
+from nopard.domain import changes
 from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.domain.prepared import CachedDocument, PreparedCache
 from nopard.mirror.policy import SILENT_ENOUGH, TRUST_WINDOW, Action, decide
@@ -62,6 +63,13 @@ class Coordination(Protocol):
         """Hold ``key`` against every instance (at most ``wait`` seconds to get it)."""
 
 
+class ChangeRecorder(Protocol):
+    """The changes feed nopard serves (nopard.catalog.changes.ChangeLog)."""
+
+    async def record(self, name: str, kind: str, rev: str | None = None, deleted: bool = False) -> int | None:
+        """Append a change of ``name``."""
+
+
 def servable(document: dict[str, Any]) -> dict[str, Any]:
     """An upstream document without the parts no client could use and nopard could not serve.
 
@@ -97,6 +105,7 @@ class MirroredDocuments:
         self._background: set[Upstream] = set()
         # Per upstream: revalidations in flight, and its answer count when the last of them began.
         self._probes: dict[Upstream, tuple[int, int]] = {}
+        self.changes: ChangeRecorder | None = None  # the changes feed a stored new copy is recorded in
 
     async def mirrored_meta(self, name: str) -> MirrorMeta | None:
         """When nopard last confirmed its copy of ``name``'s upstream document, or None: no copy."""
@@ -320,6 +329,8 @@ class MirroredDocuments:
         await self._storage.write(keys.upstream_document_key(name), orjson.dumps(document))
         await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))
         await self._coordination.bump(name)
+        if self.changes is not None:
+            await self.changes.record(name, changes.REFRESH, etag)
         return document, meta
 
     def _check_not_found(self, name: str, now: float) -> None:

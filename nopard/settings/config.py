@@ -94,6 +94,7 @@ class Settings:
     block_malware: bool = True
     mirror_max_size: int | None = None
     mirror_evict_pinned: bool = False
+    changes_url: str = ""
 
     @property
     def htpasswd_path(self) -> str:
@@ -200,7 +201,8 @@ def is_own_url(settings: Settings, url: str) -> bool:
 def _refuse_self_as_upstream(settings: Settings) -> None:
     """An upstream that is nopard itself would loop every miss back into nopard."""
     # Pairs, not a dict keyed by variable: every scope upstream is checked, not just the last.
-    upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url), ("NOPARD_ADVISORIES_URL", settings.advisories_url)]
+    upstreams = [("NOPARD_FORWARDER_URL", settings.forwarder_url), ("NOPARD_ADVISORIES_URL", settings.advisories_url),
+                 ("NOPARD_CHANGES_URL", settings.changes_url)]
     upstreams += [("NOPARD_SCOPE_UPSTREAMS", url) for url in settings.scope_upstreams.values()]
     for variable, url in upstreams:
         if url and is_own_url(settings, url):

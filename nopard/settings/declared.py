@@ -333,4 +333,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Whether eviction may also remove tarballs of versions a prefetched lockfile pinned "
         "(nopard-admin prefetch); no: they stay (yes/no).",
     ),
+    Setting(
+        "changes_url",
+        "",
+        parse_optional_url,
+        "A CouchDB-style changes feed of the upstream (`_changes?since=&limit=`; another nopard's "
+        "<url>/-/nopard/changes) the sync worker follows to refresh exactly the mirrored packages that "
+        "changed, instead of revalidating every one each run (empty: none; docs/mirroring.md).",
+    ),
 )

@@ -23,6 +23,9 @@ The layout (the same on every backend)::
     blocks/<name>.json                              the blocks of a package's versions (nopard.firewall)
     usage/<2 hex>.json                              when clients last used the mirrored packages hashing there
     usage/pinned.json                               the versions prefetched lockfiles pinned (kept by eviction)
+    changes/log/<n>.json                            the n-th segment of this registry's changes feed
+    changes/head.json                               which segment of the feed was begun last (a hint)
+    changes/followed.json                           where in NOPARD_CHANGES_URL's feed the sync worker is
 
 and, in an export directory, ``htpasswd`` and ``nopard-export.json``.
 
@@ -267,6 +270,19 @@ def usage_shard_key(name: str) -> str:
     return f"{USAGE}{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
 
 
+CHANGES_FOLDER = "changes"
+CHANGES_HEAD = CHANGES_FOLDER + "/head.json"
+CHANGES_FOLLOWED = CHANGES_FOLDER + "/followed.json"
+_SEGMENT = re.compile(r"(0|[1-9][0-9]{0,17})\.json")
+
+
+def changes_segment_key(index: int) -> str:
+    """Key of segment ``index`` (0, 1, ...) of the changes feed nopard serves (nopard.catalog.changes)."""
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise InvalidKey(f"invalid changes segment: {index!r}")
+    return f"{CHANGES_FOLDER}/log/{index}.json"
+
+
 def health_probe_key(unique: str) -> str:
     """Key of one readiness probe object; ``unique`` (e.g. a uuid's hex) keeps instances apart."""
     return check_key(f"health/probe-{unique}")
@@ -281,6 +297,7 @@ HEALTH_PROBE = "health probe"
 ADVISORIES = "advisories"
 BLOCK_LIST = "blocks"
 USAGE_RECORD = "usage"
+CHANGES = "changes feed"
 SIGNING = "signing keys"
 HTPASSWD = "htpasswd"
 MARKER = "export marker"
@@ -289,7 +306,7 @@ UNKNOWN = "unknown"
 # Every kind key_kind names but UNKNOWN: export and import decide about each one (a test checks).
 KINDS = (LOCAL_DOCUMENT, UNPUBLISHED, LOCAL_TARBALL, MIRRORED_DOCUMENT, MIRRORED_META, MIRRORED_TARBALL,
          MIRRORED_ATTESTATIONS, USER_PROFILE, TOKEN_RECORD, SYNC_LOCK, SETTINGS, HEALTH_PROBE, ADVISORIES,
-         BLOCK_LIST, SIGNING, USAGE_RECORD, HTPASSWD, MARKER, OLD_HTPASSWD)
+         BLOCK_LIST, SIGNING, USAGE_RECORD, HTPASSWD, MARKER, OLD_HTPASSWD, CHANGES)
 
 
 def key_kind(key: str) -> str:
@@ -317,5 +334,8 @@ def key_kind(key: str) -> str:
         return BLOCK_LIST
     if folder == USAGE_FOLDER and (key == USAGE_PINNED or _SHARD.fullmatch(rest)):
         return USAGE_RECORD
+    if key in (CHANGES_HEAD, CHANGES_FOLLOWED) or (
+            folder == CHANGES_FOLDER and rest.startswith("log/") and _SEGMENT.fullmatch(rest[4:])):
+        return CHANGES
     return {EXPORTED_HTPASSWD: HTPASSWD, USERS_HTPASSWD: HTPASSWD, EXPORT_MARKER: MARKER,
             ADOPTED_HTPASSWD: OLD_HTPASSWD}.get(key, UNKNOWN)

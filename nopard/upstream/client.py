@@ -309,9 +309,13 @@ class Upstream:
 
         The body is None past ``limit`` bytes (no search answer is that big).
         """
-        url = f"{self.base_url}/-/v1/search?{urlencode(params)}"
+        return await self.get_bounded("search", f"{self.base_url}/-/v1/search?{urlencode(params)}", deadline, limit)
+
+    async def get_bounded(self, kind: str, url: str, deadline: float, limit: int) -> tuple[int, bytes | None]:
+        """GET ``url`` (a JSON answer: a search, a changes feed's page), the whole answer within ``deadline``
+        seconds; (status, body), the body None past ``limit`` bytes (read no further)."""
         started = self._clock.seconds()
-        with self._call("search") as call:
+        with self._call(kind) as call:
             headers = self._headers(url, {"Accept": "application/json"})
             response = await self._request(call, "GET", url, deadline, headers=headers)
             chunks: list[bytes] = []
@@ -333,7 +337,7 @@ class Upstream:
                 chunks = []
             except Exception as error:
                 self._failed()
-                raise _unavailable(f"the upstream {self.base_url} broke off a search: {error}", "broken") from error
+                raise _unavailable(f"the upstream {self.base_url} broke off a {kind}: {error}", "broken") from error
             finally:
                 if timer.active():
                     timer.cancel()

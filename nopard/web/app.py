@@ -19,6 +19,7 @@ from nopard import __version__
 from nopard.auth import Accounts
 from nopard.auth.operator import OperatorCredential
 from nopard.auth.weblogin import WebLogins
+from nopard.catalog.changes import ChangeLog
 from nopard.catalog.search import SearchIndex
 from nopard.firewall.verdicts import Firewall
 from nopard.jobs.schedule import SyncSchedule
@@ -29,6 +30,7 @@ from nopard.settings.config import LiveSettings
 from nopard.settings.overrides import Overrides
 from nopard.web.api.accounts import AccountRoutes
 from nopard.web.api.blocks import BlockRoutes
+from nopard.web.api.changes import ChangesRoutes
 from nopard.web.api.common import Gate, add_route
 from nopard.web.api.operations import OperationRoutes
 from nopard.web.api.packages import PackageRoutes
@@ -87,7 +89,7 @@ class RegistryApp:
         run_cpu: RunInThread, readmes: ReadmeRenders, clock: IReactorTime, log: Logger,
         operator: OperatorCredential | None = None, redirects: TarballRedirects | None = None,
         upstream_search: UpstreamSearch | None = None, provenance: ProvenanceSource | None = None,
-        firewall: Firewall | None = None,
+        firewall: Firewall | None = None, changes: ChangeLog | None = None,
     ) -> None:
         requests = Requests(settings, run_cpu)
         gate = Gate(accounts, policy, mirror, operator)
@@ -119,6 +121,8 @@ class RegistryApp:
             ProvenanceRoutes(gate, provenance).mount(self._app)
         if firewall is not None:
             BlockRoutes(requests, gate, firewall.blocks).mount(self._app)
+        if changes is not None:
+            ChangesRoutes(gate, changes).mount(self._app)
 
     def resource(self) -> IResource:
         """The Twisted resource serving this app."""

@@ -23,6 +23,7 @@ from nopard.domain.errors import (
     AuthenticationRequired,
     BadCredentials,
     Conflict,
+    HistoryGone,
     IntegrityMismatch,
     InvalidInput,
     NopardError,
@@ -53,6 +54,7 @@ STATUS_OF: dict[type[NopardError], int] = {
     VersionQuarantined: 404,  # not yet: as npm answers a version it does not have, with when it comes
     VersionBlocked: 451,  # withheld for a reason the registry gives
     Conflict: 409,
+    HistoryGone: 410,
     PayloadTooLarge: 413,
     TooManyAttempts: 429,
     IntegrityMismatch: 400,

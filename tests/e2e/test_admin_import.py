@@ -184,7 +184,7 @@ def test_export_then_import_gives_the_same_documents(closed: NopardServer, tmp_p
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (f"export: packages 2, versions 3, tarballs 3, unpublished 0, users 1, "
                                               f"profiles 1, mirrored 0, token 1 to {target}; "
-                                              "not exported: signing keys 1")
+                                              "not exported: changes feed 2, signing keys 1")
     assert "signing" not in {Path(name).parts[0] for name in files_under(target)}
     fresh = tmp_path / "fresh"
     imported = admin(fresh, "import", str(target))

@@ -173,6 +173,7 @@ ROUTE_PATHS: dict[str, Callable[[str], st.SearchStrategy[str]]] = {
     "blocks.remove_block:/-/nopard/blocks/<block_id>": lambda name: st.one_of(
         quoted_text(20), st.sampled_from(("0123456789abcdef", quote(name, safe="")))).map(
         lambda i: "/-/nopard/blocks/" + i),
+    "changes.changes:/-/nopard/changes": fixed("/-/nopard/changes", "since", "limit"),
     "packages.starred_by_user:/-/_view/starredByUser": lambda name: st.one_of(
         query("key"), st.sampled_from(('"alice"', "alice", '"bob"', f'"{name}"')).map(lambda k: "?key=" + k)).map(
         lambda q: "/-/_view/starredByUser" + q),

@@ -33,6 +33,7 @@ from nopard.auth.operator import OperatorCredential
 from nopard.auth.stored_users import user_table
 from nopard.auth.tokens import TokenStore
 from nopard.auth.weblogin import WebLogins
+from nopard.catalog.changes import ChangeLog
 from nopard.catalog.search import SearchIndex
 from nopard.cluster.coordination import InProcessCoordination
 from nopard.cluster.sessions import MemorySessions
@@ -40,6 +41,7 @@ from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
 from nopard.firewall.verdicts import Firewall
 from nopard.jobs.advisories import AdvisoryRefresh
+from nopard.jobs.changes import ChangesFollower
 from nopard.jobs.eviction import Eviction
 from nopard.jobs.schedule import SyncSchedule
 from nopard.jobs.sync import StoreLock, SyncJobs
@@ -159,6 +161,8 @@ class InProcess:
     firewall: Firewall | None = None
     metrics: Metrics | None = None  # what raw() requests are counted in, as NopardSite counts them
     usage: UsageLog | None = None  # the record of use (flushed by hand here: no UsageFlusher runs)
+    jobs: SyncJobs | None = None
+    changes: ChangeLog | None = None  # the changes feed the app serves
 
     def new_browser(self) -> None:
         """Go on as another browser: a client without the cookies answers set so far."""
@@ -265,11 +269,12 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
     cache = PreparedCache(lambda: live.current.memory_cache_size - index.bytes_held)
     index.make_room = cache.trim
     coordination = InProcessCoordination()
-    registry = Registry(storage, cache, clock, coordination, SigningKeys(storage, clock.seconds))
+    changes = ChangeLog(storage, clock.seconds, log)
+    registry = Registry(storage, cache, clock, coordination, SigningKeys(storage, clock.seconds), changes)
     upstream_http = StubTreq(upstream if upstream is not None else MissingUpstream())
     upstreams = Upstreams(live, lambda url, token: Upstream(url, upstream_http, live, clock, token, log))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log, coordination,
-                         policy)
+                         policy, changes)
     metrics = Metrics(clock)
     metrics.live.firewall = parts.firewall
     store_size = StoreSize(storage.usage, clock)
@@ -277,7 +282,8 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
                                               StoreLock(storage, clock, "test"), clock, log, metrics)
     metrics.history = History(clock, upstreams.all, store_size, eviction.size_and_limit)
     jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
-                    metrics=metrics, firewall=parts.firewall, use=parts.usage)
+                    metrics=metrics, firewall=parts.firewall, use=parts.usage,
+                    follower=ChangesFollower(live, upstreams, storage, clock, log))
     jobs.room = eviction.has_room
     users = user_table(base, storage, clock.seconds, run_now)
     accounts = Accounts(live, users, TokenStore(storage, clock.seconds), storage,
@@ -304,12 +310,12 @@ def build(tmp_path: Path, rules: dict[str, Any] | None = None, admins: tuple[str
         run_cpu=run_now, readmes=readmes, clock=clock, log=log, operator=OperatorCredential(OPERATOR_TOKEN),
         redirects=TarballRedirects(live, files=storage, objects=objects),
         upstream_search=UpstreamSearch(upstreams, live, clock),
-        provenance=parts.provenance, firewall=parts.firewall,
+        provenance=parts.provenance, firewall=parts.firewall, changes=changes,
     )
     resource = AsPeer(app.resource())
     return InProcess(StubTreq(resource), clock, live, accounts, readmes, resource, sessions, app, storage,
                      upstream_http, index=index, hops=hops, cache=cache, firewall=parts.firewall,
-                     metrics=metrics, usage=parts.usage)
+                     metrics=metrics, usage=parts.usage, jobs=jobs, changes=changes)
 
 
 def _whole(reply: bytes) -> bool:

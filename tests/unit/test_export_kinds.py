@@ -21,6 +21,7 @@ from nopard.storage import check_key, keys
 SAMPLES = {
     "name": "@scope/pkg", "filename": "pkg-1.0.0.tgz", "version": "1.0.0", "user": "alice",
     "hashed": "a" * 64, "job": "refresh", "url": "http://127.0.0.1:9/", "unique": "0123abcd",
+    "index": 0,
 }
 # Not builders of one stored key: prefixes, the generic form of the others, the parser.
 NOT_KEYS = {"package_prefix", "package_key", "tarballs_prefix", "local_tarballs_prefix", "upstream_tarballs_prefix",
@@ -60,10 +61,11 @@ def test_every_kind_has_an_export_rule_and_an_import_rule() -> None:
 
 
 def test_left_out_by_design_is_per_instance_state_only() -> None:
-    """What export leaves out is the instances' own state, made again wherever they run, and the
-    signing keys (import signs what it brings with the destination's own)."""
+    """What export leaves out is the instances' own state, made again wherever they run, the
+    signing keys (import signs what it brings with the destination's own), and the changes feed
+    (its numbers are the store's own: the new store numbers its own changes, its followers start over)."""
     assert {kind for kind, how in HOW_EXPORTED.items() if how == LEFT_OUT} == {
-        keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.MARKER, keys.SIGNING, keys.OLD_HTPASSWD}
+        keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.MARKER, keys.SIGNING, keys.OLD_HTPASSWD, keys.CHANGES}
 
 
 def test_the_htpasswd_file_moved_into_the_store_is_known_and_left_out() -> None:

@@ -125,6 +125,10 @@ CASES = (
            "/-/npm/v1/attestations/mirrored-pkg@1.0.0", 3, warm=("/mirrored-pkg",)),
     Budget("settings.get_settings:/-/nopard/settings", "GET", "/-/nopard/settings", 0),
     Budget("blocks.list_blocks:/-/nopard/blocks", "GET", "/-/nopard/blocks", 0),
+    # A page of the changes feed reads at most the two segments its changes are in.
+    Budget("changes.changes:/-/nopard/changes", "GET", "/-/nopard/changes?since=0&limit=1000", 2),
+    # Where the feed is now: the head hint and its segment.
+    Budget("changes.changes:/-/nopard/changes", "GET", "/-/nopard/changes?since=now", 2),
     Budget("blocks.add_block:/-/nopard/blocks", "POST", "/-/nopard/blocks", 0,
            body={"spec": "demo@1.0.0", "reason": "x"}),
     Budget("blocks.remove_block:/-/nopard/blocks/<block_id>", "DELETE", "/-/nopard/blocks/0123456789abcdef", 0),
@@ -139,9 +143,11 @@ CASES = (
     Budget("packages.package:/<path:ignored>", "GET", "/demo", 0, warm=("/demo",)),
     Budget("packages.package:/<path:ignored>", "GET", "/demo/1.0.0", 2),
     Budget("packages.package:/<path:ignored>", "GET", "/demo/-/demo-1.0.0.tgz", 2),
-    Budget("packages.package:/<path:ignored>", "GET", "/@ext%2fmirrored", 4, writes=2, upstream=1),
+    # A document fetched upstream is a change in the changes feed: its head hint read, the last
+    # segment read and swapped (nopard.catalog.changes).
+    Budget("packages.package:/<path:ignored>", "GET", "/@ext%2fmirrored", 6, writes=3, upstream=1),
     Budget("packages.package:/<path:ignored>", "GET", "/@ext%2fmirrored", 0, warm=("/@ext%2fmirrored",)),
-    Budget("packages.package:/<path:ignored>", "GET", COLD_TARBALL, 7, writes=3, upstream=2),
+    Budget("packages.package:/<path:ignored>", "GET", COLD_TARBALL, 9, writes=4, upstream=2),
     Budget("packages.package:/<path:ignored>", "GET", TARBALL, 7, writes=1, upstream=1),
     Budget("packages.package:/<path:ignored>", "GET", TARBALL, 0, warm=(TARBALL,)),
     Budget("packages.package:/<path:ignored>", "GET", "/demo/-/demo-1.0.0.tgz", 0, warm=("/demo/-/demo-1.0.0.tgz",)),

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from nopard.domain.prepared import PreparedCache
+from nopard.jobs.changes import ChangesFollower
 from nopard.jobs.sync import SyncJobs
 from nopard.local.packages import Registry
 from nopard.mirror import MirrorParts, build_mirror
@@ -23,8 +24,9 @@ from nopard.upstream.client import Upstream
 from tests.upstream import FakeUpstream
 
 
-def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str) -> tuple[MirrorParts, SyncJobs]:
-    """A mirror and its sync jobs whose sense of time is ``clock``; I/O is real."""
+def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, log: Logger | None = None,
+          **settings: str) -> tuple[MirrorParts, SyncJobs]:
+    """A mirror and its sync jobs whose sense of time is ``clock``; I/O is real; ``log``: the jobs' logger."""
     env = {"NOPARD_FORWARDER_URL": fake.url, "NOPARD_SYNC_RATE": "60000",
            **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
     live = LiveSettings(load_settings({}, env, cwd=str(tmp_path)))
@@ -34,7 +36,9 @@ def build(tmp_path: Path, fake: FakeUpstream, clock: task.Clock, **settings: str
     upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token))
     registry = Registry(storage, cache, clock)
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), Logger())
-    jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, Logger(), owner="test")
+    log = log or Logger()
+    jobs = SyncJobs(live, upstreams, registry, parts.documents, parts.tarballs, storage, clock, log, owner="test",
+                    follower=ChangesFollower(live, upstreams, storage, clock, log))
     return parts, jobs
 
 
