@@ -154,8 +154,9 @@ def twin(text: str) -> str:
 
 
 # Not a name, so not what these properties look for: the wall-clock creation times of the
-# metrics, and the store's total size on the status page (it counts every package's bytes).
-AGGREGATES = (re.compile(rb"(_created\{[^}]*\}) \S+"), re.compile(rb"(Storage used: )[^<]*"))
+# metrics (with labels or without: nopard_mirror_evictions has none), and the store's total size
+# on the status page (it counts every package's bytes).
+AGGREGATES = (re.compile(rb"(_created(?:\{[^}]*\})?) \S+"), re.compile(rb"(Storage used: )[^<]*"))
 
 
 AGGREGATE_ROUTES = ("/-/metrics", "/-/web/status")
