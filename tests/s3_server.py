@@ -10,6 +10,7 @@ import http.client
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from tests.polling import wait_for_start
@@ -23,7 +24,8 @@ CREDENTIALS = {
 
 
 class MotoServer:
-    """``python -m moto.server`` on a free port; a context manager that stops it."""
+    """moto's S3 server (with S3's atomic writes: tests/moto_atomic.py) on a free port; a context
+    manager that stops it."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -42,8 +44,9 @@ class MotoServer:
     def start(self) -> MotoServer:
         """Start the server and wait until it answers."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "tests.moto_atomic", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,  # where `-m tests.moto_atomic` is found
         )
         wait_for_start(self.process, self._answers, "moto server", 30, lambda: "is moto[server] installed?", self.stop)
         return self

@@ -3,6 +3,7 @@ and the components that follow a change without a restart."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -368,11 +369,21 @@ def test_requests_wait_for_the_first_read(tmp_path: Path) -> None:
 def test_a_store_that_does_not_answer_keeps_nopard_shut_only_so_long(tmp_path: Path) -> None:
     clock = Clock()
     service, _ = overrides_on(tmp_path, clock)
-    service._storage.read_versioned = lambda key: Deferred()  # type: ignore[method-assign]
+    # The reads stay pending, held as a store's pending reads are: a Deferred nothing refers to
+    # was collected with the read awaiting it, whose `finally` opened the gate early (the test
+    # failed whenever the garbage collector ran in between; gc.collect() below makes it run).
+    pending: list[Deferred] = []
+
+    def never_answers(key: str) -> Deferred:
+        pending.append(Deferred())
+        return pending[-1]
+
+    service._storage.read_versioned = never_answers  # type: ignore[method-assign]
     gate = StartGate(Hello(), service)
     early = DummyRequest([b""])
     service.startService()
     gate.render(early)
+    gc.collect()
     clock.advance(START_PATIENCE - 1)
     assert early.written == []
     clock.advance(1)
