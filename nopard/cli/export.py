@@ -31,7 +31,7 @@ import orjson
 
 from nopard.auth.htpasswd import UserTable
 from nopard.cli.maintenance import areas_of, has_checksums, named_tarballs, parse_document, stream_digests
-from nopard.cli.sources import SourceError
+from nopard.cli.sources import NOT_CARRIED, SourceError
 from nopard.domain.times import iso_time
 from nopard.storage import Maintained, keys
 from nopard.storage.fs import FilesystemStorage
@@ -42,9 +42,7 @@ Say = Callable[[str], None]
 DOCUMENT = "document"  # a package document, when readable; the tarballs it names go with it
 VERIFIED = "verified"  # a tarball, when its document names it and it matches (streamed)
 COPIED = "copied"  # as stored
-# Left out by design: the state of the instances running on the store, made again where they run,
-# and the signing keys: a registry's private key stays with it, and import signs every version it
-# brings with the destination's own key (the upstream's public keys are fetched again).
+# Left out by design (sources.NOT_CARRIED says which kinds, for import too).
 LEFT_OUT = "left out"
 HOW_EXPORTED = {
     keys.LOCAL_DOCUMENT: DOCUMENT, keys.MIRRORED_DOCUMENT: DOCUMENT,
@@ -52,9 +50,7 @@ HOW_EXPORTED = {
     keys.UNPUBLISHED: COPIED, keys.MIRRORED_META: COPIED, keys.MIRRORED_ATTESTATIONS: COPIED,
     keys.USER_PROFILE: COPIED, keys.TOKEN_RECORD: COPIED, keys.SETTINGS: COPIED,
     keys.ADVISORIES: COPIED, keys.BLOCK_LIST: COPIED, keys.USAGE_RECORD: COPIED, keys.HTPASSWD: COPIED,
-    keys.SYNC_LOCK: LEFT_OUT, keys.HEALTH_PROBE: LEFT_OUT, keys.MARKER: LEFT_OUT, keys.SIGNING: LEFT_OUT,
-    keys.OLD_HTPASSWD: LEFT_OUT,  # its users are in users/htpasswd
-    keys.CHANGES: LEFT_OUT,  # this store's feed and a follower's position: a new store starts its own
+    **dict.fromkeys(NOT_CARRIED, LEFT_OUT),
 }
 
 

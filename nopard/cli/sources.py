@@ -162,10 +162,17 @@ def _read_nopard(root: str, htpasswd: str | None) -> Source:
         kind = keys.key_kind(key)
         if kind in AS_IS:
             source.as_is[key] = path
-        elif kind not in READ_BY_RULE and kind not in (keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.SIGNING,
-                                                       keys.OLD_HTPASSWD):
+        elif kind not in READ_BY_RULE and kind not in NOT_CARRIED:
             source.unreadable.append(f"{path}: no kind of key nopard knows, not imported")
     return source
+
+
+# Kinds of key no export or import carries: the state of the instances running on a store, made
+# again where they run (its locks, health probe, marker, changes feed and a follower's position),
+# the users file an older nopard read (its users are in users/htpasswd), and the signing keys (a
+# registry's private key stays with it; import signs what it brings with the destination's key).
+NOT_CARRIED = frozenset({keys.SYNC_LOCK, keys.HEALTH_PROBE, keys.MARKER, keys.SIGNING, keys.OLD_HTPASSWD,
+                         keys.CHANGES})
 
 
 def _stored_files(root: str) -> Iterator[tuple[str, str]]:
