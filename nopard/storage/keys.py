@@ -240,9 +240,14 @@ ADVISORIES_SOURCE = ADVISORIES_FOLDER + "/source.json"
 _SHARD = re.compile(r"[0-9a-f]{2}\.json")
 
 
+def _shard_of(name: str) -> str:
+    """The file of the 256 shards package ``name`` hashes to (advisories, usage): 2 hex of its SHA-256."""
+    return f"{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+
+
 def advisory_shard_key(name: str) -> str:
     """Key of the object holding the advisories of package ``name`` (and of the others hashing there)."""
-    return f"{ADVISORIES_FOLDER}/packages/{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+    return f"{ADVISORIES_FOLDER}/packages/{_shard_of(name)}"
 def blocks_key(name: str) -> str:
     """Key of the blocks of package ``name``'s versions (admins' and advisories')."""
     return f"{BLOCKS}{validate_name(name)}.json"
@@ -267,7 +272,7 @@ USAGE_PINNED = USAGE + "pinned.json"
 
 def usage_shard_key(name: str) -> str:
     """Key of the usage record of package ``name`` (and of the others hashing there: 256 shards)."""
-    return f"{USAGE}{hashlib.sha256(validate_name(name).encode()).hexdigest()[:2]}.json"
+    return USAGE + _shard_of(name)
 
 
 CHANGES_FOLDER = "changes"
