@@ -83,7 +83,7 @@ def test_the_ring_keeps_a_day_in_fixed_memory() -> None:
             ring.add(at, f"served:{status}", 1)
         ring.add(at, "nonsense", 1)
         for upstream in range(MAX_UPSTREAMS + 5):
-            ring.add(at, f"down:http://u{step}-{upstream}", 10)
+            ring.add(at, f"down:http://u{step}-{upstream}.test", 10)
     fields = list(ring.fields())
     assert len(fields) <= BUCKETS * (2 + MAX_UPSTREAMS)
     assert not any("BOGUS" in f or f == "nonsense" for f in fields)
