@@ -32,9 +32,9 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IConsumer, IReactorTime
-from twisted.protocols.basic import FileSender
 
 from nopard.storage import Blob, Storage, keys
+from nopard.storage.fs import FileBlob
 
 # How long a fact is trusted without news (a local publish by another instance shadowing a
 # mirrored name shows within this long; positive facts on the filesystem are checked anyway).
@@ -71,25 +71,6 @@ class MemoryBlob:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-class OpenFile:
-    """A stored file opened on the reactor (no thread hop), streamed with flow control."""
-
-    def __init__(self, file: Any, size: int) -> None:
-        self._file = file
-        self.size = size
-
-    async def send_to(self, consumer: IConsumer) -> None:
-        """Stream the file into ``consumer``, then close it."""
-        try:
-            await FileSender().beginFileTransfer(self._file, consumer)
-        finally:
-            self._file.close()
-
-    def close(self) -> None:
-        """Release the file without sending it."""
-        self._file.close()
 
 
 class _Facts:
@@ -356,7 +337,7 @@ class IndexedStorage:
             return None
         status = os.fstat(file.fileno())
         if not holds_in_memory(status.st_size):
-            return OpenFile(file, status.st_size)
+            return FileBlob(file, status.st_size)  # opened on the reactor: no thread hop
         with file:
             data = file.read()
         if len(data) == status.st_size:
