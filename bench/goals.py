@@ -22,24 +22,29 @@ TARBALL_ROWS = (("nginx_direct", "nginx sending the store file itself (the limit
 
 @dataclass(frozen=True)
 class Goal:
-    """One of issue 14's goals: ``value`` compared with ``target`` (at least, or at most)."""
+    """One of issue 14's goals: ``value`` compared with ``target`` (at least, or at most); or,
+    ``target`` None, a figure shown beside them for information, judged against nothing."""
 
     label: str
     value: float | None
-    target: float
+    target: float | None
     at_least: bool
     unit: str = "x"
 
     def verdict(self) -> str:
-        """met, MISSED, or "not measured"."""
+        """met, MISSED, "not measured", or "information" (no target)."""
         if self.value is None:
             return "not measured"
+        if self.target is None:
+            return "information"
         met = self.value >= self.target if self.at_least else self.value <= self.target
         return "met" if met else "MISSED"
 
     def row(self) -> list[str]:
         """The goal as a table row: label, value, target, verdict."""
         shown = "-" if self.value is None else (f"{self.value:.2f}x" if self.unit == "x" else f"{self.value:g}")
+        if self.target is None:
+            return [self.label, shown, "-", self.verdict()]
         target = f"{self.target:.2f}x" if self.unit == "x" else f"{self.target:g}"
         return [self.label, shown, f"{'>=' if self.at_least else '<='} {target}", self.verdict()]
 
@@ -138,6 +143,9 @@ def goals(results: dict) -> list[Goal]:
              1.10, False),
         Goal("upstream requests, offline install (blackholed)", None if requests is None else float(requests), 5,
              False, unit="n"),
+        # Not a goal: whether any HTTP server, the fastest static one, comes within 1.10x of npm's cache.
+        Goal("npm ci from static nginx / npm's cache", quotient(seconds.get("ci_static"), seconds.get("ci_cache")),
+             None, False),
     ]
 
 
@@ -148,13 +156,16 @@ def goals_section(results: dict) -> list[str]:
 
 
 def npm_limits(results: dict) -> list[str]:
-    """Each `npm ci` against the two limits and, with --peer, against the peer's."""
+    """Each `npm ci` against the two limits (and static nginx's figure) and, with --peer, against
+    the peer's."""
     seconds = npm_seconds(results)
     if "ci_warm" not in seconds:
         return []
     pairs = [("warm npm ci / npm ci --offline (npm's cache)", "ci_warm", "ci_cache"),
              ("warm npm ci / npm ci straight from the upstream", "ci_warm", "ci_direct"),
              ("npm ci --offline / npm ci straight from the upstream", "ci_cache", "ci_direct"),
+             ("npm ci from static nginx (same files) / npm ci --offline", "ci_static", "ci_cache"),
+             ("warm npm ci / npm ci from static nginx", "ci_warm", "ci_static"),
              ("cold npm ci (nopard empty) / npm ci straight from the upstream", "ci_cold", "ci_direct"),
              ("offline npm ci (blackholed) / warm npm ci", "ci_offline", "ci_warm"),
              ("npm install (no lockfile): offline / warm", "install_offline", "install_warm"),

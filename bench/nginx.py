@@ -7,6 +7,9 @@ bench writes a copy of it with one extra, public location, ``DIRECT``, that serv
 files as they are, and runs that copy with tests/nginx_server.py's ``NginxServer``. A second
 one, ``ONE_HOP``, proxies a tarball GET straight to nopard (as ``location /`` does), without
 the shipped conf's question first (auth_request to nopard): what the question costs shows.
+A third, ``STATIC``, maps nopard's tarball URLs (``/<name>/-/<file>``) onto the mirrored files
+of the store, so that `npm ci` can install a lockfile straight from nginx: the fastest HTTP
+server there is, sending the very files nopard sends (bench/npm.py's "static nginx" limit).
 """
 
 from __future__ import annotations
@@ -19,17 +22,29 @@ from tests.nginx_server import CONF, NginxServer
 DIRECT = "/_bench_direct/"
 # And of the second: ONE_HOP + a tarball path, proxied to nopard without the question first.
 ONE_HOP = "/_bench_one_hop"
+# And of the third: STATIC + a tarball path as nopard names it (<name>/-/<file>), sent by nginx
+# from the store's mirrored copy.
+STATIC = "/_bench_static/"
 
 
 def direct_location(store: Path) -> str:
     """The bench-only server locations: every file under ``store`` served by nginx alone, with
-    the same sendfile and open_file_cache settings as the shipped accel-redirect location; and
-    tarball GETs proxied to nopard in one hop, to tell what the question costs."""
+    the same sendfile and open_file_cache settings as the shipped accel-redirect location; the
+    mirrored tarballs under nopard's own tarball paths, likewise; and tarball GETs proxied to
+    nopard in one hop, to tell what the question costs."""
     root = str(store).rstrip("/")
     return (
         "\n    # scripts/bench only: the store's files sent by nginx itself, no nopard involved.\n"
         f'    location ~ "^{DIRECT}(.+)$" {{\n'
         f"        alias {root}/$1;\n"
+        "        sendfile on;\n"
+        "        tcp_nopush on;\n"
+        "        open_file_cache max=10000 inactive=60s;\n"
+        "    }\n"
+        "\n    # scripts/bench only: a tarball URL as nopard names it, sent from the store's mirrored\n"
+        "    # copy by nginx alone (the lockfile of the bench's `npm ci` from static nginx names these).\n"
+        f'    location ~ "^{STATIC}(.+)/-/([^/]+)$" {{\n'
+        f"        alias {root}/packages/$1/upstream/tarballs/$2;\n"
         "        sendfile on;\n"
         "        tcp_nopush on;\n"
         "        open_file_cache max=10000 inactive=60s;\n"

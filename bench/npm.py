@@ -4,7 +4,9 @@ Through nopard: a cold `npm install` (nopard empty, once), then `npm ci` and a l
 `npm install` warm; `npm ci` cold (a new, empty nopard each run); and offline (every document
 stale, the upstream blackholed). Against them, the two limits a warm install has: npm from
 its own warm cache (`npm ci --offline`), and npm straight from the fake upstream (cold, with a
-lockfile naming the upstream). With --peer, the peer registry's cold install, warm and cold
+lockfile naming the upstream); and, for information, npm straight from nginx sending the same
+tarball files from nopard's store (the fastest HTTP server there is: whether any registry can
+come near npm's own cache). With --peer, the peer registry's cold install, warm and cold
 `npm ci`. The `npm ci` runs compared with one another (warm, from npm's cache, direct, cold,
 and the peer's) are taken in turn, --repeat rounds of them, and each one's median is kept.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import access_answer, say
+from bench.nginx import STATIC, start_nginx
 from bench.servers import WARM_TTL, cpu_seconds, start_nopard
 from tests.support import REPO, NopardServer, Npm, free_port, locked_versions, new_project
 from tests.upstream import FakeUpstream
@@ -184,7 +187,8 @@ def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
                  Spec("ci_cache", "npm ci --offline, npm's own warm cache", "ci", cold, True, server,
                       extra=("--offline",), cache=work / "npm-home-ci_warm-1" / "cache"),
                  Spec("ci_direct", "npm ci, straight from the upstream", "ci", direct, True, upstream),
-                 Spec("ci_cold", "npm ci, cold (nopard empty)", "ci", empty_lock, True, start=empty)]
+                 Spec("ci_cold", "npm ci, cold (nopard empty)", "ci", empty_lock, True, start=empty),
+                 static_spec(work, server, cold, stack)]
         if args.peer:
             specs += peer_specs(npm, upstream, work, stack)
         npm.interleaved(specs, args.repeat)
@@ -203,6 +207,15 @@ def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
                     args.repeat, start=offline)
     finally:
         upstream.fault("none")
+
+
+def static_spec(work: Path, server: NopardServer, cold: Path, stack: contextlib.ExitStack) -> Spec:
+    """`npm ci` straight from nginx sending nopard's stored tarballs (bench/nginx.py STATIC): the
+    lockfile's URLs relocated there. Not a goal: how near any HTTP server comes to npm's cache."""
+    nginx = start_nginx(work / "npm-nginx", server.port, server.registry)
+    stack.callback(nginx.stop)
+    lock = relocated(cold, work / "lock-nginx-static", server.url, f"{nginx.url}{STATIC}")
+    return Spec("ci_static", "npm ci, straight from static nginx (same files)", "ci", lock, True, nginx)
 
 
 def peer_specs(npm: NpmRuns, upstream: FakeUpstream, work: Path, stack: contextlib.ExitStack) -> list[Spec]:

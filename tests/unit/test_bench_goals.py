@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from bench import goals
-from bench.nginx import DIRECT, ONE_HOP, bench_conf
+from bench.nginx import DIRECT, ONE_HOP, STATIC, bench_conf
 from bench.peer import verdaccio_config
+from bench.servers import get
 from tests.nginx_server import CONF, NginxServer
+from tests.support import free_port
 
 
 def wrk_figures(rps: float) -> dict:
@@ -38,7 +40,7 @@ RESULTS = {
     "npm": {"runs": [npm_run("ci_warm", 12.0), npm_run("ci_cache", 11.5), npm_run("ci_direct", 10.0),
                      npm_run("ci_cold", 13.0), npm_run("ci_offline", 12.5, requests=2),
                      npm_run("install_offline", 15.0, requests=7),
-                     npm_run("peer_ci_warm", 14.0)]},
+                     npm_run("peer_ci_warm", 14.0), npm_run("ci_static", 12.65)]},
 }
 
 
@@ -57,7 +59,18 @@ def test_each_goal_is_judged_from_the_runs_ratio():
         "warm npm ci / faster of (npm cache, direct)": "MISSED",  # 12 / 10 = 1.2
         "cold npm ci (nopard empty) / direct npm ci": "MISSED",  # 1.3
         "upstream requests, offline install (blackholed)": "MISSED",  # npm install's 7 > 5
+        "npm ci from static nginx / npm's cache": "information",  # 1.10x, judged against nothing
     }
+
+
+def test_static_nginx_is_an_informational_row_beside_the_goals():
+    text = "\n".join(goals.sections(RESULTS))
+    row = next(line for line in text.splitlines() if line.startswith("npm ci from static nginx / npm's cache"))
+    assert row.split()[-3:] == ["1.10x", "-", "information"]  # 12.65 / 11.5; no target, no verdict
+    assert "npm ci from static nginx (same files) / npm ci --offline" in text
+    assert "warm npm ci / npm ci from static nginx" in text and "0.95x" in text  # 12 / 12.65
+    without = {"npm": {"runs": [run for run in RESULTS["npm"]["runs"] if run["key"] != "ci_static"]}}
+    assert verdicts(without)["npm ci from static nginx / npm's cache"] == "not measured"
 
 
 def test_a_part_that_did_not_run_is_not_measured_rather_than_missed():
@@ -96,7 +109,25 @@ def test_the_bench_nginx_conf_adds_one_public_location_for_the_store(tmp_path):
     assert conf.startswith(CONF.read_text().rstrip()[:-1])  # the shipped conf, unchanged, plus the location
     assert f'location ~ "^{DIRECT}(.+)$"' in conf and f"alias {tmp_path / 'store'}/$1;" in conf
     assert f"location ^~ {ONE_HOP}/ {{" in conf and "proxy_pass http://nopard;" in conf
+    assert f"alias {tmp_path / 'store'}/packages/$1/upstream/tarballs/$2;" in conf
     assert conf.rstrip().endswith("}")
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_the_static_location_sends_a_mirrored_tarball_under_nopards_tarball_path(tmp_path):
+    store = tmp_path / "store"
+    stored = store / "packages" / "@scope" / "pkg" / "upstream" / "tarballs" / "pkg-1.0.0.tgz"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"tarball bytes")
+    conf = tmp_path / "bench.conf"
+    conf.write_text(bench_conf(CONF.read_text(), store))
+    server = NginxServer([free_port()], conf_path=conf, store=store).start()
+    try:
+        found = get(server.url, f"{STATIC}@scope/pkg/-/pkg-1.0.0.tgz")
+        get(server.url, f"{STATIC}@scope/pkg/-/pkg-2.0.0.tgz", status=404)
+    finally:
+        server.stop()
+    assert found.body == b"tarball bytes"
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
