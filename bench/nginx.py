@@ -43,11 +43,16 @@ def direct_location(store: Path) -> str:
         "    }\n"
         "\n    # scripts/bench only: a tarball URL as nopard names it, sent from the store's mirrored\n"
         "    # copy by nginx alone (the lockfile of the bench's `npm ci` from static nginx names these).\n"
-        f'    location ~ "^{STATIC}(.+)/-/([^/]+)$" {{\n'
-        f"        alias {root}/packages/$1/upstream/tarballs/$2;\n"
-        "        sendfile on;\n"
-        "        tcp_nopush on;\n"
-        "        open_file_cache max=10000 inactive=60s;\n"
+        # ^~: a prefix that wins over the shipped tarball regex (which would ask nopard first);
+        # the regex nested in it is still matched.
+        f"    location ^~ {STATIC} {{\n"
+        f'        location ~ "^{STATIC}(.+)/-/([^/]+)$" {{\n'
+        f"            alias {root}/packages/$1/upstream/tarballs/$2;\n"
+        "            sendfile on;\n"
+        "            tcp_nopush on;\n"
+        "            open_file_cache max=10000 inactive=60s;\n"
+        "        }\n"
+        "        return 404;\n"
         "    }\n"
         "\n    # scripts/bench only: a tarball GET proxied straight to nopard, as `location /` does,\n"
         "    # without the question first (nopard's X-Accel-Redirect is still followed).\n"

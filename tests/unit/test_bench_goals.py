@@ -109,6 +109,7 @@ def test_the_bench_nginx_conf_adds_one_public_location_for_the_store(tmp_path):
     assert conf.startswith(CONF.read_text().rstrip()[:-1])  # the shipped conf, unchanged, plus the location
     assert f'location ~ "^{DIRECT}(.+)$"' in conf and f"alias {tmp_path / 'store'}/$1;" in conf
     assert f"location ^~ {ONE_HOP}/ {{" in conf and "proxy_pass http://nopard;" in conf
+    assert f"location ^~ {STATIC} {{" in conf
     assert f"alias {tmp_path / 'store'}/packages/$1/upstream/tarballs/$2;" in conf
     assert conf.rstrip().endswith("}")
 
@@ -116,18 +117,20 @@ def test_the_bench_nginx_conf_adds_one_public_location_for_the_store(tmp_path):
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_the_static_location_sends_a_mirrored_tarball_under_nopards_tarball_path(tmp_path):
     store = tmp_path / "store"
-    stored = store / "packages" / "@scope" / "pkg" / "upstream" / "tarballs" / "pkg-1.0.0.tgz"
-    stored.parent.mkdir(parents=True)
-    stored.write_bytes(b"tarball bytes")
+    for name in ("@scope/pkg", "pkg"):
+        stored = store / "packages" / name / "upstream" / "tarballs" / "pkg-1.0.0.tgz"
+        stored.parent.mkdir(parents=True)
+        stored.write_bytes(f"{name} bytes".encode())
     conf = tmp_path / "bench.conf"
     conf.write_text(bench_conf(CONF.read_text(), store))
+    # No nopard behind it: an answer that asked nopard first (the shipped tarball location) fails.
     server = NginxServer([free_port()], conf_path=conf, store=store).start()
     try:
-        found = get(server.url, f"{STATIC}@scope/pkg/-/pkg-1.0.0.tgz")
-        get(server.url, f"{STATIC}@scope/pkg/-/pkg-2.0.0.tgz", status=404)
+        found = [get(server.url, f"{STATIC}{name}/-/pkg-1.0.0.tgz").body for name in ("@scope/pkg", "pkg")]
+        get(server.url, f"{STATIC}pkg/-/pkg-2.0.0.tgz", status=404)
     finally:
         server.stop()
-    assert found.body == b"tarball bytes"
+    assert found == [b"@scope/pkg bytes", b"pkg bytes"]
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
