@@ -39,6 +39,7 @@ from nopard.cluster.keyspace import Keyspace, failed_login_script, retry_after_s
 from nopard.cluster.link import RedisLink
 from nopard.cluster.resp import SharedStateServer
 from nopard.cluster.sessions import MemorySessions, RedisSessions
+from nopard.cluster.stamps import EPOCH_NEWS
 from nopard.domain.history import BUCKET_SECONDS, BUCKETS
 from nopard.domain.prepared import PreparedCache
 from nopard.domain.times import iso_time
@@ -267,19 +268,31 @@ def open_coordination(settings: Settings, reactor: Any, cache: PreparedCache, lo
     log = Logger(namespace="nopard.redis", observer=logs.publisher)
     link = RedisLink(settings.redis_url, reactor, log)
     index = storage.index
+    coordination = RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl)
+    stamps = coordination.stamp_keeper
 
     def changed(name: str) -> None:
-        users.changed() if name == NEWS else index.changed(name)
+        if name == NEWS:
+            users.changed()
+            return
+        stamps.heard(name)
+        if name == EPOCH_NEWS:  # changes made while an instance was degraded were not announced
+            index.clear()
+            users.changed()
+        else:
+            index.changed(name)
 
     def reset() -> None:
+        stamps.reset()
         index.clear()
         users.changed()
 
     feed = ChangeFeed(settings.redis_url, link, reactor, log, changed, reset)
-    storage.announce = users.announce = feed.announce
+    storage.announce = users.announce = stamps.announce = feed.announce
+    stamps.news_arrives = lambda: feed.live
     index.trusted_for = lambda: FACTS_TTL if feed.live else DEGRADED_FRESHNESS
     RedisService(link, feed).setServiceParent(top)
-    return RedisCoordination(link, reactor, log, cache.clear, settings.lock_ttl), RedisSessions(link, sessions)
+    return coordination, RedisSessions(link, sessions)
 
 
 def login_limiter(live: LiveSettings, reactor: Any, coordination: Any) -> Any:

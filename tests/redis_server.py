@@ -8,6 +8,7 @@ nopard instance left behind without a client library.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -136,6 +137,11 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(encode_command(*args))
             return _read_reply(sock, bytearray())
+
+    def calls(self) -> dict[str, int]:
+        """How many times each command ran so far (INFO commandstats), by lower-case name."""
+        info = self.command("INFO", "commandstats").decode()
+        return {name: int(count) for name, count in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)}
 
     def _terminate(self) -> None:
         stop_process(self.process)

@@ -82,7 +82,9 @@ class RedisCoordination:
     def __init__(self, link: RedisLink, clock: IReactorTime, log: Logger, forget_memory: Callable[[], None],
                  lock_ttl: float = LOCK_TTL) -> None:
         self.link = link
-        self._stamps = RedisStamps(link, forget_memory)
+        #: The stamps, kept in memory while the change feed brings their news (service.open_coordination).
+        self.stamp_keeper = RedisStamps(link, forget_memory)
+        self._stamps = self.stamp_keeper
         self._locks = RedisLocks(link, clock, log, lock_ttl)
 
     @property

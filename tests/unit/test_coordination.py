@@ -283,3 +283,63 @@ async def test_a_feed_that_lost_redis_is_not_live_and_forgets_everything_when_ba
         assert listener.resets == 2 and listener.feed.subscriptions == 2
     finally:
         await listener.stop()
+
+
+class Hearing(Instance):
+    """An instance whose stamps hear the change feed, wired as service.open_coordination does."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.stamps = self.coordination.stamp_keeper
+        self.feed = ChangeFeed(url, self.link, reactor, Logger(), self.stamps.heard, self.stamps.reset)
+        self.stamps.announce = self.feed.announce
+        self.stamps.news_arrives = lambda: self.feed.live
+
+    async def start(self) -> Hearing:
+        self.feed.start()
+        await super().start()
+        await poll_until_async(lambda: self.feed.live, sleep, "the feed subscribed", 10)
+        return self
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        await self.link.stop()
+
+
+async def stamp_becomes(instance: Instance, name: str, wanted: str | None, timeout: float = 5.0) -> bool:
+    """Whether ``instance`` answers ``wanted`` as ``name``'s stamp within ``timeout`` (news travels)."""
+    for _ in range(int(timeout / 0.05)):
+        if await instance.coordination.stamp(name) == wanted:
+            return True
+        await sleep(0.05)
+    return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stamp_is_kept_while_the_feed_is_live_and_news_of_a_change_anywhere_voids_it(
+    redis_server: RedisServer,
+) -> None:
+    """A warm request asks Redis nothing; a bump or a new epoch through another instance shows
+    on this one as soon as the news comes."""
+    first, second = Hearing(redis_server.url), Hearing(redis_server.url)
+    try:
+        await first.start()
+        await second.start()
+        stamp = await second.coordination.stamp("pkg")
+        before = redis_server.calls()
+        for _ in range(20):
+            assert await second.coordination.stamp("pkg") == stamp
+        assert redis_server.calls().get("mget") == before.get("mget")  # no round trip
+
+        bumped = await first.coordination.bump("pkg")
+        assert bumped != stamp
+        assert await stamp_becomes(second, "pkg", bumped)
+
+        first.link.mark_down("test: as if first lost Redis")  # its recovery starts a new epoch
+        await poll_until_async(lambda: first.link.up, sleep, "first back", 10)
+        new = await first.coordination.stamp("pkg")
+        assert new.split(".")[0] != bumped.split(".")[0]
+        assert await stamp_becomes(second, "pkg", new)
+    finally:
+        await first.stop()
+        await second.stop()
