@@ -65,6 +65,7 @@ from nopard.ops.supervisor import (
     METRICS_DIR_ENV,
     WorkerPool,
     WorkerRole,
+    die_with_supervisor,
     handoff_endpoints,
     supervisor_tree,
     worker_command,
@@ -133,6 +134,8 @@ def makeService(options: Options) -> IService:
             f"nopard: NOPARD_REGISTRY_PATH: cannot create {settings.registry_path}: {error.strerror}"
         ) from None
     role = worker_role(os.environ)
+    if role is not None:
+        die_with_supervisor(os.environ)
     try:
         if settings.workers > 1 and role is None:
             app = build_supervisor(settings, reactor, twistd_log_stream(options), options.given(), sources)

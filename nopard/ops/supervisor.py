@@ -12,13 +12,15 @@ STABLE_SECONDS, else after a backoff doubling up to MAX_BACKOFF, so a crash loop
 not spin. SIGTERM on the supervisor closes its copy of the sockets and sends SIGTERM to every
 worker (each stops accepting and finishes its requests in flight, as GracefulService
 does; new connections are then refused), waits for them (SIGKILL after GRACE_SECONDS
-and a margin), then exits. The workers' log lines
+and a margin), then exits; a worker still running then is killed, and one whose supervisor
+died anyhow is killed by the kernel (``die_with_supervisor``). The workers' log lines
 come to the supervisor through a pipe and are written by it alone, so NOPARD_LOGFILE
 has one writer: its size rotation and SIGUSR1 reopening are the supervisor's.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -50,6 +52,8 @@ from nopard.settings.config import ConfigError
 WORKER_ENV = "NOPARD_WORKER"
 #: The inherited listening sockets: ``fd:family`` pairs, comma-separated.
 FDS_ENV = "NOPARD_WORKER_FDS"
+#: The supervisor's pid, which a worker must not outlive (``die_with_supervisor``).
+SUPERVISOR_ENV = "NOPARD_SUPERVISOR_PID"
 #: Where the workers' metrics are added up (prometheus_client's multiprocess mode, ops/metrics.py).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STABLE_SECONDS = 10.0
@@ -60,6 +64,7 @@ TERM_WAIT = 1.0
 # Seconds past the workers' own grace before a worker still draining is killed.
 KILL_MARGIN = 10.0
 FIRST_CHILD_FD = 3
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # A worker line longer than this is cut (a runaway traceback must not grow the supervisor).
 MAX_LINE = 64 * 1024
 
@@ -86,6 +91,26 @@ def worker_role(environ: Mapping[str, str]) -> WorkerRole | None:
         return None
     pairs = [item.split(":") for item in environ.get(FDS_ENV, "").split(",") if item]
     return WorkerRole(int(environ[WORKER_ENV]), tuple((int(fd), int(family)) for fd, family in pairs))
+
+
+def die_with_supervisor(environ: Mapping[str, str]) -> None:
+    """Make this worker die (SIGKILL) when its supervisor does, however the supervisor ends.
+
+    A worker hanging in its stop, or a supervisor killed outright, must not leave a worker
+    serving the shared sockets with nobody supervising it: Linux's parent-death signal does it
+    in the kernel (prctl PR_SET_PDEATHSIG). A supervisor already gone before that was set is
+    noticed by the parent pid and the worker exits. Elsewhere (no prctl) nothing is done.
+    """
+    supervisor = int(environ.get(SUPERVISOR_ENV) or 0)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if supervisor and os.getppid() != supervisor:
+        raise SystemExit(f"nopard: worker {environ.get(WORKER_ENV)}: its supervisor (pid {supervisor}) is gone")
 
 
 def worker_endpoints(role: WorkerRole, reactor: Any) -> list[AdoptedStreamServerEndpoint]:
@@ -218,6 +243,8 @@ class WorkerPool(Service):
         self._environment[METRICS_DIR_ENV] = self.metrics_dir
         for index in range(1, self.count + 1):
             self._spawn(index)
+        # However the stop went (a worker that hangs, a stop cut short), none outlives the supervisor.
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.kill_survivors)
 
     def pids(self) -> dict[int, int]:
         """Worker index -> pid of the workers running now."""
@@ -229,6 +256,7 @@ class WorkerPool(Service):
             return
         environment = dict(self._environment)
         environment[WORKER_ENV] = str(index)
+        environment[SUPERVISOR_ENV] = str(os.getpid())
         environment[FDS_ENV] = ",".join(f"{FIRST_CHILD_FD + n}:{bound.family}" for n, bound in enumerate(self._bound))
         child_fds: dict[int, int | str] = {1: "r", 2: "r"}
         for n, bound in enumerate(self._bound):
@@ -324,6 +352,18 @@ class WorkerPool(Service):
             self._log.warn("worker {index} (pid {pid}) still running after {grace} s; killing it",
                            index=worker.index, pid=worker.pid, grace=self._grace, event="worker-killed")
             self._signal(worker, "KILL")
+
+    def kill_survivors(self) -> None:
+        """SIGKILL every worker still running (the supervisor is exiting)."""
+        for worker in list(self.workers.values()):
+            if worker.pid is None:
+                continue
+            self._log.warn("worker {index} (pid {pid}) still running as the supervisor exits; killing it",
+                           index=worker.index, pid=worker.pid, event="worker-killed")
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except OSError:
+                pass  # gone meanwhile
 
     @staticmethod
     def _signal(worker: _Worker, name: str) -> None:
