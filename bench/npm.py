@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import access_answer, say
 from bench.nginx import STATIC, start_nginx
-from bench.servers import WARM_TTL, cpu_seconds, start_nopard
+from bench.servers import WARM_TTL, start_nopard, tree_cpu_seconds
 from tests.support import REPO, NopardServer, Npm, free_port, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
@@ -68,14 +68,14 @@ class NpmRuns:
         npm = Npm(registry.url, self.work / f"npm-home-{key}-{index}", env)
         self.upstream.reset()
         stale_before = stale_answers(registry)
-        # CPU used meanwhile by npm (and its children) and by the registry: which of the two
-        # an install waits on.
+        # CPU used meanwhile by npm (and its children) and by the registry (and its children:
+        # nginx answers from its workers): which of the two an install waits on.
         pid = registry.process.pid
-        registry_cpu, npm_cpu = cpu_seconds(pid), children_cpu()
+        registry_cpu, npm_cpu = tree_cpu_seconds(pid), children_cpu()
         started = time.monotonic()
         npm.run(command, "--no-audit", *extra, cwd=project)
         seconds = time.monotonic() - started
-        npm_cpu, registry_cpu = children_cpu() - npm_cpu, difference(cpu_seconds(pid), registry_cpu)
+        npm_cpu, registry_cpu = children_cpu() - npm_cpu, difference(tree_cpu_seconds(pid), registry_cpu)
         stats = self.upstream.stats()
         return project, {"seconds": round(seconds, 3), "connections": stats["connections"],
                          "requests": len(stats["requests"]), "stale": stale_answers(registry) - stale_before,

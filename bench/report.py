@@ -115,7 +115,8 @@ def summary(results: dict) -> str:
                  str(run.get("stale_answers", "-"))] for run in npm["runs"]]
         out += table(["run", "time", "min-max", "npm CPU", "registry CPU", "upstream conns", "upstream reqs",
                       "STALE answers"], rows)
-        out.append("(CPU: medians, npm's with its children, the registry's is the process answering it; "
+        out.append("(CPU: medians, npm's with its children, the registry's is the process answering it "
+                   "with its children (nginx's workers); "
                    "upstream conns/reqs/STALE answers: the most seen in one run)")
         offline = [run for run in npm["runs"] if run["key"].endswith("_offline")]
         total = sum(run["upstream_connections_total"] for run in offline)

@@ -81,6 +81,15 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and every descendant still running (nginx's master and its
+    workers), or None off Linux."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(tree_cpu_seconds(child) or 0 for child in children(pid))
+
+
 def tree_peak_rss(pid: int) -> int | None:
     """The sum of the peak resident memory of a process and every descendant still running
     (NOPARD_WORKERS' supervisor and its workers)."""

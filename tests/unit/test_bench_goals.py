@@ -6,6 +6,7 @@ No time is asserted: the figures below are made up, and only what the summary sa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from bench import goals
 from bench.nginx import DIRECT, ONE_HOP, STATIC, bench_conf
 from bench.peer import verdaccio_config
-from bench.servers import get
+from bench.servers import cpu_seconds, get, tree_cpu_seconds
 from tests.nginx_server import CONF, NginxServer
 from tests.support import free_port
 
@@ -179,3 +180,20 @@ def test_quick_runs_use_short_defaults_unless_told_otherwise():
     full, quick = script.parse_args([]), script.parse_args(["--quick", "--repeat", "2"])
     assert (full.duration, full.repeat, full.rounds, full.sync_packages) == (10, 3, 3, 3000)
     assert (quick.duration, quick.repeat, quick.rounds, quick.sync_packages) == (3, 2, 1, 300)
+
+
+def test_a_registrys_cpu_counts_its_children_as_nginx_answers_from_its_workers():
+    import subprocess
+    import sys
+
+    # A child that has used some CPU (0.1 s of its own), then waits to be measured.
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 0.1: pass\n"
+                              "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        own, tree, childs = cpu_seconds(os.getpid()), tree_cpu_seconds(os.getpid()), cpu_seconds(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert own is not None and tree is not None and childs is not None
+    assert childs > 0 and tree >= own + childs
