@@ -1,4 +1,5 @@
-"""nopard-admin advisories import PATH: OSV records into the registry's store."""
+"""nopard-admin advisories import PATH: OSV records into the registry's store (the registry
+directory, or with NOPARD_STORAGE=s3 the bucket, as the daemon opens it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 import time
 
-from nopard.cli.registry import AdminError, registry_settings
+from nopard.cli.registry import AdminError, settings_and_store
 
 
 def advisories_import(options: argparse.Namespace) -> int:
@@ -14,12 +15,14 @@ def advisories_import(options: argparse.Namespace) -> int:
     from nopard.advisories.malware import block_malware
     from nopard.advisories.sources import SourceError, read_source
     from nopard.advisories.store import AdvisoryStore, ImportReport, parse_items
-    from nopard.cli.maintenance import open_storage, run_now
+    from nopard.cli.admin import tell_instances
+    from nopard.cli.announce import ChangedPackages
+    from nopard.cli.maintenance import run_now
     from nopard.firewall.blocks import BlockList
 
-    settings = registry_settings(options)
+    settings, opened = settings_and_store(options)
+    storage = ChangedPackages(opened)  # malware blocks change packages: the instances are told
     report = ImportReport()
-    storage = open_storage(settings.registry_path)
     store = AdvisoryStore(storage)
     try:
         records = parse_items(read_source(options.path), report, run_now(store.known()))
@@ -27,6 +30,7 @@ def advisories_import(options: argparse.Namespace) -> int:
         raise AdminError(str(error)) from None
     run_now(store.import_records(records, report))
     changed = run_now(block_malware(report, BlockList(storage, time.time), settings.block_malware))
+    tell_instances(settings, storage.names)
     for origin, why in report.problems:
         print(f"skipped {origin}: {why}", file=sys.stderr)
     if report.problem_count > len(report.problems):
