@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -142,6 +142,20 @@ class RedisServer:
         """How many times each command ran so far (INFO commandstats), by lower-case name."""
         info = self.command("INFO", "commandstats").decode()
         return {name: int(count) for name, count in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", info)}
+
+    @contextmanager
+    def subscribed(self, channel: str, timeout: float = 10) -> Iterator[Callable[[], str]]:
+        """Subscribed to ``channel`` for the block: a function returning the next message published
+        on it (socket.timeout past ``timeout`` seconds)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            buffer = bytearray()
+            sock.sendall(encode_command("SUBSCRIBE", channel))
+            _read_reply(sock, buffer)  # the confirmation: nothing published before it is missed
+
+            def message() -> str:
+                reply = _read_reply(sock, buffer).split(b"\r\n")  # *3 $7 message $n channel $n data
+                return reply[6].decode()
+            yield message
 
     def _terminate(self) -> None:
         stop_process(self.process)

@@ -7,7 +7,8 @@ reads it again:
 - when another instance announces a change on the change feed (Redis, or the
   supervisor's keyspace under NOPARD_WORKERS): at once;
 - when the copy in memory is older than POLL_SECONDS and someone is checked: so a
-  change nopard-admin made (it announces nothing) applies within that long;
+  change nopard-admin made without NOPARD_REDIS_URL (it announces nothing then, see
+  cli/announce.py) applies within that long;
 - before any answer that would refuse someone (an unknown name, a wrong password):
   so a user nopard-admin just added, or a password it just set, works at once.
 

@@ -1,6 +1,7 @@
 """nopard-admin's user and token commands: the users (the store's users/htpasswd, or NOPARD_HTPASSWD's
 file) and the store's profiles and tokens, with nopard running or not, on any backend (every write is
-atomic; a change of the users is a compare-and-swap, and running instances read it at the next check)."""
+atomic; a change of the users is a compare-and-swap, announced with NOPARD_REDIS_URL so running instances
+read it again at once, else at their next check)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from nopard.cli.announce import tell_instances
 from nopard.cli.registry import AdminError, store_settings
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
@@ -22,12 +24,16 @@ def open_users(settings: Any, storage: Any = None) -> tuple[Any, Any]:
     """(the users, the store) NOPARD_STORAGE (or ``storage``) and NOPARD_HTPASSWD name, for ``run_now``.
 
     An older version's local htpasswd file is moved into the store first, as nopard does at start.
+    The users' changes are noted (cli/announce.UsersNews) for ``tell_instances`` to announce.
     """
     from nopard.auth.stored_users import StoredUsers, local_file_to_adopt, user_table
+    from nopard.cli.announce import UsersNews
     from nopard.cli.maintenance import call_directly, open_store, run_now
 
     storage = open_store(settings) if storage is None else storage
     users = user_table(settings, storage, time.time, call_directly)
+    if isinstance(users, StoredUsers):
+        users.announce = UsersNews()
     path = local_file_to_adopt(settings)
     if isinstance(users, StoredUsers) and path is not None:
         adoption = run_now(users.adopt_local_file(path))
@@ -89,6 +95,7 @@ def user_add(options: argparse.Namespace) -> int:
     profile = {"name": name, "email": options.email or "", "created": iso_time(time.time())}
     run_now(storage.write(keys.user_key(name), orjson.dumps(profile)))
     print(f"added user {name}")
+    tell_instances(settings, set(), users)
     return 0
 
 
@@ -97,10 +104,12 @@ def user_passwd(options: argparse.Namespace) -> int:
     from nopard.auth.htpasswd import hash_password
     from nopard.cli.maintenance import run_now
 
-    users, _storage = open_users(store_settings(options))
+    settings = store_settings(options)
+    users, _storage = open_users(settings)
     name = known_user(users, options.name)
     run_now(users.set_hash(name, hash_password(read_password(options))))
     print(f"changed the password of {name}")
+    tell_instances(settings, set(), users)  # or an instance accepts the old one until its next read
     return 0
 
 
@@ -126,12 +135,14 @@ def user_remove(options: argparse.Namespace) -> int:
     from nopard.cli.maintenance import run_now
     from nopard.storage import keys
 
-    users, storage = open_users(store_settings(options))
+    settings = store_settings(options)
+    users, storage = open_users(settings)
     name = known_user(users, options.name)
     run_now(users.set_hash(name, None))
     revoked = run_now(TokenStore(storage).revoke_user(name))
     run_now(storage.delete(keys.user_key(name)))
     print(f"removed user {name} ({revoked} tokens revoked)")
+    tell_instances(settings, set(), users)
     return 0
 
 

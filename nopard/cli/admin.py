@@ -65,6 +65,7 @@ from nopard.cli.accounts import (
     user_reset_2fa,
 )
 from nopard.cli.advisories import advisories_import
+from nopard.cli.announce import tell_instances
 from nopard.cli.blocks import add_block_commands
 from nopard.cli.registry import AdminError, settings_and_store
 
@@ -206,21 +207,6 @@ def gc(options: argparse.Namespace) -> int:
     return 0
 
 
-def tell_instances(settings: Any, names: set[str]) -> None:
-    """Announce the packages a command changed to the instances sharing NOPARD_REDIS_URL (if any)."""
-    from nopard.cli.announce import announce
-
-    if not settings.redis_url or not names:
-        return
-    try:
-        announce(settings.redis_url, names)
-    except OSError as error:
-        print(f"nopard-admin: could not tell the running instances through NOPARD_REDIS_URL ({error}); "
-              "they serve the changes once their cached forms expire or they restart", file=sys.stderr)
-        return
-    print(f"told the running instances: {len(names)} packages changed")
-
-
 def import_registry(options: argparse.Namespace) -> int:
     """Import another registry's packages and users into the store."""
     from nopard.cli.accounts import open_users
@@ -237,8 +223,9 @@ def import_registry(options: argparse.Namespace) -> int:
     settings, store = settings_and_store(options, create=True)
     storage = ChangedPackages(store)
     spool = settings.registry_path if settings.storage != "s3" else None  # tarballs linked in, not copied
-    report = run_now(import_source(source, storage, open_users(settings, store)[0], print, spool))
-    tell_instances(settings, storage.names)
+    users = open_users(settings, store)[0]
+    report = run_now(import_source(source, storage, users, print, spool))
+    tell_instances(settings, storage.names, users)
     print(f"import: packages {report.local} local, {report.mirrored} mirrored, {report.unchanged} unchanged; "
           f"versions {report.versions}; users {report.users}; "
           + (f"{report.problems} things left out (listed)" if report.problems else "nothing left out"))

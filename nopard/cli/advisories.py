@@ -15,8 +15,7 @@ def advisories_import(options: argparse.Namespace) -> int:
     from nopard.advisories.malware import block_malware
     from nopard.advisories.sources import SourceError, read_source
     from nopard.advisories.store import AdvisoryStore, ImportReport, parse_items
-    from nopard.cli.admin import tell_instances
-    from nopard.cli.announce import ChangedPackages
+    from nopard.cli.announce import ChangedPackages, tell_instances
     from nopard.cli.maintenance import run_now
     from nopard.firewall.blocks import BlockList
 

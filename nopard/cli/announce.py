@@ -1,10 +1,11 @@
-"""Telling running instances what nopard-admin changed in their store (``import``, ``gc``).
+"""Telling running instances what nopard-admin changed in their store (``import``, ``gc``, the users).
 
 The instances sharing Redis (NOPARD_REDIS_URL) learn of each other's writes twice: the
 package's stamp is bumped, so no instance serves a document prepared before (cluster/stamps.py),
 and its name goes out on the change feed, so every process's tarball index forgets what it
 knew of the package (cluster/feed.py). A command writing the store behind their back does
-the same for every package it changed, once it is done, with the same script and channel,
+the same for every package it changed, and for the users when it changed them (so no instance
+accepts a password it set or a user it removed a moment longer), once it is done, with the same script and channel,
 over one short blocking connection (a command line has no reactor). Without Redis there is
 no one to tell but the one instance on a directory, whose facts expire within
 storage/index.py's FACTS_TTL; an announcement that fails is reported, never fatal: the
@@ -14,6 +15,7 @@ writes are made.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 from nopard.cluster.feed import CHANNEL
@@ -71,9 +73,21 @@ def _reply(file: Any) -> Any:
     raise OSError("Redis answered something that is no reply")
 
 
-def announce(url: str, names: set[str], timeout: float = 5.0) -> None:
-    """Bump the stamp of every package in ``names`` and announce it on the change feed; OSError if Redis fails."""
-    if not names:
+class UsersNews:
+    """A StoredUsers' ``announce`` for a command: notes that the users changed, so the command
+    announces it once at its end (``news``) rather than once per user an import adds."""
+
+    def __init__(self) -> None:
+        self.news: set[str] = set()
+
+    async def __call__(self, news: str) -> None:
+        self.news.add(news)
+
+
+def announce(url: str, names: set[str], timeout: float = 5.0, news: frozenset[str] | set[str] = frozenset()) -> None:
+    """Bump the stamp of every package in ``names`` and announce it on the change feed, and announce
+    ``news`` (messages that are no package, StoredUsers' NEWS); OSError if Redis fails."""
+    if not names and not news:
         return
     arguments = redis_arguments(url)
     with socket.create_connection((arguments["host"], arguments["port"]), timeout=timeout) as sock:
@@ -87,6 +101,23 @@ def announce(url: str, names: set[str], timeout: float = 5.0) -> None:
             script, stamp_keys = bump_arguments(name)
             commands.append(_command("EVAL", script, len(stamp_keys), *stamp_keys))
             commands.append(_command("PUBLISH", CHANNEL, name))
+        commands.extend(_command("PUBLISH", CHANNEL, message) for message in sorted(news))
         sock.sendall(b"".join(commands))
         for _ in commands:
             _reply(file)
+
+
+def tell_instances(settings: Any, names: set[str], users: Any = None) -> None:
+    """Announce the packages a command changed, and the users if ``users`` (open_users') changed,
+    to the instances sharing NOPARD_REDIS_URL (if any)."""
+    news = users.announce.news if users is not None and isinstance(users.announce, UsersNews) else set()
+    if not settings.redis_url or not (names or news):
+        return
+    try:
+        announce(settings.redis_url, names, news=news)
+    except OSError as error:
+        print(f"nopard-admin: could not tell the running instances through NOPARD_REDIS_URL ({error}); "
+              "they serve the changes once their cached forms expire or they restart", file=sys.stderr)
+        return
+    print("told the running instances: " + ", ".join(
+        ([f"{len(names)} packages changed"] if names else []) + (["the users changed"] if news else [])))

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from nopard.auth.htpasswd import hash_password, parse_htpasswd
+from nopard.auth.stored_users import NEWS
+from nopard.cluster.feed import CHANNEL
+from tests.e2e.test_accounts import basic
 from tests.polling import poll_until
 from tests.redis_server import RedisServer
 from tests.s3_server import MotoServer
@@ -52,10 +55,10 @@ def pair(start_nopard: Callable[..., NopardServer], moto_server: MotoServer, red
 
 
 def elsewhere_admin(tmp_path: Path, moto_server: MotoServer, bucket: str, *args: str,
-                    stdin: str = "") -> subprocess.CompletedProcess:
-    """nopard-admin as on a machine of its own: no registry directory there, the bucket's settings."""
+                    stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """nopard-admin as on a machine of its own: no registry directory there, the bucket's settings (and ``env``)."""
     env = {"PATH": str(BIN), "NOPARD_REGISTRY_PATH": str(tmp_path / "admin-machine"), "NOPARD_STORAGE": "s3",
-           "NOPARD_S3_BUCKET": bucket, **moto_server.env()}
+           "NOPARD_S3_BUCKET": bucket, **moto_server.env(), **(env or {})}
     return subprocess.run([ADMIN, *args], env=env, input=stdin, capture_output=True, text=True, timeout=120)
 
 
@@ -96,6 +99,32 @@ def test_a_user_of_instance_1_is_a_user_of_instance_2(pair: list[NopardServer], 
         assert server.login("alice", "first secret").status == 401, server.url
     listed = elsewhere_admin(tmp_path, moto_server, bucket, "user", "list")
     assert listed.stdout.startswith("alice  alice@example.com  created 20"), listed.stdout
+
+
+def test_nopard_admin_announces_its_users_changes_so_the_old_password_is_refused_at_once(
+        pair: list[NopardServer], tmp_path: Path, moto_server: MotoServer, bucket: str,
+        redis_server: RedisServer) -> None:
+    """With NOPARD_REDIS_URL, `user passwd` and `user remove` announce the users' change on the
+    change feed (the message every instance re-reads the users on), so neither instance accepts
+    the old password in the second it would trust its copy; both refuse it right away."""
+    for server in pair:
+        assert server.login("alice", "old secret").status == 201, server.url  # signed up on the first
+    redis = {"NOPARD_REDIS_URL": redis_server.url}
+    with redis_server.subscribed(CHANNEL) as message:
+        changed = elsewhere_admin(tmp_path, moto_server, bucket, "user", "passwd", "alice", "--password-stdin",
+                                  stdin="new secret\n", env=redis)
+        assert changed.returncode == 0, changed.stderr
+        assert changed.stdout.splitlines() == ["changed the password of alice",
+                                               "told the running instances: the users changed"]
+        assert message() == NEWS
+        assert [server.login("alice", "old secret").status for server in pair] == [401, 401]
+        assert [server.login("alice", "new secret").status for server in pair] == [201, 201]
+        removed = elsewhere_admin(tmp_path, moto_server, bucket, "user", "remove", "alice", env=redis)
+        assert removed.stdout.splitlines()[-1] == "told the running instances: the users changed", removed.stderr
+        assert message() == NEWS
+        # (a login would sign alice up again)
+        whoami = [server.request("GET", "/-/whoami", headers=basic("alice", "new secret")) for server in pair]
+        assert [answer.status for answer in whoami] == [401, 401]
 
 
 def test_concurrent_sign_ups_through_both_instances_are_all_kept(pair: list[NopardServer], moto_server: MotoServer,
