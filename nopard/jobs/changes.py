@@ -12,12 +12,18 @@ current position (``since=now``) and sweeps once: what changed before is unknown
 that fails (unreachable, an error status) makes the run sweep as before, logged once until
 it works again; a page that cannot be trusted (larger than allowed, not JSON, sequences
 that do not grow) is logged and the position dropped, so the next run starts over. Every
-page costs at most PAGE_LIMIT results and max_page_bytes of memory.
+page costs at most PAGE_LIMIT results and max_page_bytes of memory, and each feed request
+waits for its slot in the sync jobs' NOPARD_SYNC_RATE budget (``budget``) like a document's.
+
+What the follower last did (``state``: the position followed, the last page's time, the last
+error, whether the last refresh run followed the feed or swept) is shown by GET
+/-/nopard/sync and the status page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +33,7 @@ from twisted.logger import Logger
 
 from nopard.domain import changes
 from nopard.domain.errors import UpstreamUnavailable
+from nopard.domain.times import iso_time
 from nopard.mirror.upstreams import Upstreams
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage, keys
@@ -39,6 +46,23 @@ PAGE_SLACK = 64 * 1024
 
 class FeedFailed(Exception):
     """The feed could not be read this time (the run sweeps instead)."""
+
+
+@dataclass
+class FollowerState:
+    """What the follower last did, for GET /-/nopard/sync and the status page (times: ISO 8601, UTC)."""
+
+    url: str | None = None  # the feed followed (NOPARD_CHANGES_URL when the run began)
+    since: Any = None  # the position reached (the feed's last_seq), None: none stored yet
+    last_page: str | None = None  # when the last page was read whole
+    last_error: str | None = None  # why the feed could not be followed last, None: it was
+    last_error_at: str | None = None
+    last_run: str | None = None  # "feed": the last refresh run followed it; "sweep": it swept every copy
+    failing: bool = False  # the feed is not followed now (since last_error), runs sweep
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, as JSON."""
+        return asdict(self)
 
 
 class ChangesFollower:
@@ -55,11 +79,18 @@ class ChangesFollower:
         self.max_pages = max_pages
         self.failing: str | None = None  # why the feed is not followed now (logged once), None: it is
         self.pages = 0  # pages read so far (tests, the benchmark)
+        # Waited on before each feed request: the sync jobs' upstream request budget (SyncJobs sets it).
+        self.budget: Callable[[], Awaitable[None]] | None = None
+        self.state = FollowerState()
 
     @property
     def max_page_bytes(self) -> int:
         """The largest page read; a bigger one is not read on."""
         return self.page_limit * BYTES_PER_RESULT + PAGE_SLACK
+
+    def state_of(self, url: str) -> dict[str, Any]:
+        """What the follower last did with the feed ``url`` (nothing yet, when that is another feed's)."""
+        return (self.state if self.state.url == url else FollowerState(url=url)).to_json()
 
     async def follow(self, refresh: Callable[[list[str]], Awaitable[None]]) -> bool:
         """Refresh (``refresh``) the mirrored packages the feed names since the stored position.
@@ -68,11 +99,18 @@ class ChangesFollower:
         there is no feed, or it failed or could not be trusted, or this is the first run.
         """
         url = self._settings.current.changes_url
-        upstream = self._upstreams.default
-        if not url or upstream is None:
+        if not url or self._upstreams.default is None:
             return False
+        if url != self.state.url:
+            self.state = FollowerState(url=url)
+        followed = await self._follow(url, refresh)
+        self.state.last_run = "feed" if followed else "sweep"
+        self.state.failing = self.failing is not None
+        return followed
+
+    async def _follow(self, url: str, refresh: Callable[[list[str]], Awaitable[None]]) -> bool:
         try:
-            position = await self._position(url)
+            position = self.state.since = await self._position(url)
             if position is None:
                 await self._save(url, await self._current(url))
                 self._log.info("following the changes feed {url} from now on; this run sweeps once", url=url,
@@ -87,6 +125,7 @@ class ChangesFollower:
                     self._log.warn("the changes feed {url} sent {count} results more than the {limit} asked "
                                    "for: left for the next page", url=url, count=page.dropped,
                                    limit=self.page_limit, event="changes-oversized")
+                self.state.last_page = iso_time(self._clock.seconds())
                 await refresh([name for name in page.names if await self._mirrored(name)])
                 await self._save(url, page.last_seq)
                 position = page.last_seq
@@ -97,7 +136,8 @@ class ChangesFollower:
             if self.failing is None:
                 self._log.warn("the changes feed {url} cannot be followed ({reason}): sweeping every mirrored "
                                "package instead until it can", url=url, reason=reason, event="changes-failed")
-            self.failing = reason
+            self.failing = self.state.last_error = reason
+            self.state.last_error_at = iso_time(self._clock.seconds())
             return False
         if self.failing is not None:
             self._log.info("following the changes feed {url} again", url=url, event="changes-recovered")
@@ -119,6 +159,7 @@ class ChangesFollower:
 
     async def _save(self, url: str, since: Any) -> None:
         await self._storage.write(keys.CHANGES_FOLLOWED, orjson.dumps({"url": url, "since": since}))
+        self.state.since = since
 
     async def _current(self, url: str) -> Any:
         """The feed's position now (``since=now``)."""
@@ -139,6 +180,8 @@ class ChangesFollower:
         if upstream is None:
             raise FeedFailed("no upstream")
         joined = f"{url}{'&' if '?' in url else '?'}since={quote(str(since), safe='')}&limit={limit}"
+        if self.budget is not None:
+            await self.budget()
         self.pages += 1
         status, body = await upstream.get_bounded("changes", joined, self._settings.current.upstream_timeout,
                                                   self.max_page_bytes)

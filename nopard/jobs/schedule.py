@@ -149,7 +149,8 @@ class SyncSchedule(Service):
         return [report for report in reports if report is not None and not (quiet and report.job == EVICT_JOB)]
 
     def status(self) -> dict[str, Any]:
-        """Each job's last report, and when the schedule runs next."""
+        """Each job's last report, when the schedule runs next, and (with NOPARD_CHANGES_URL) what
+        this instance's changes feed follower last did (jobs/changes.FollowerState)."""
         scheduled = self.scheduler.get_job("sync") if self.scheduler.running else None
         next_run = scheduled.next_run_time.isoformat() if scheduled and scheduled.next_run_time else None
         reports = {job: (self.jobs.reports[job].__dict__ if job in self.jobs.reports else None)
@@ -158,4 +159,7 @@ class SyncSchedule(Service):
             reports[ADVISORIES_JOB] = self.advisories.report.__dict__ if self.advisories.report else None
         if self.eviction is not None and self._settings.current.mirror_max_size is not None:
             reports[EVICT_JOB] = self.eviction.report.__dict__ if self.eviction.report else None
-        return {"interval": self._settings.current.sync_interval, "next_run": next_run, "jobs": reports}
+        follower, url = self.jobs.follower, self._settings.current.changes_url
+        changes = follower.state_of(url) if follower is not None and url else None
+        return {"interval": self._settings.current.sync_interval, "next_run": next_run, "jobs": reports,
+                "changes": changes}

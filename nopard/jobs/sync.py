@@ -237,7 +237,9 @@ class SyncJobs:
         self._clock = clock
         self._log = log
         self._lock = StoreLock(storage, clock, owner or str(uuid.uuid4()))
-        self._rate = RateLimit(clock, lambda: settings.current.sync_rate)
+        self.rate = RateLimit(clock, lambda: settings.current.sync_rate)  # upstream requests, the feed's too
+        if follower is not None:
+            follower.budget = lambda: self.rate.acquire()
         self.reports: dict[str, JobReport] = {}
         self._renewed_at: dict[str, float] = {}
         self._lost: set[str] = set()  # jobs whose lock another instance took over during this run
@@ -443,7 +445,7 @@ class SyncJobs:
         while True:
             await self._wait_until_usable(upstream, report)
             if report.job != "prefetch":  # an operator asked for it now: only concurrency limits it
-                await self._rate.acquire()
+                await self.rate.acquire()
             await self._renew_lock(report.job)
             try:
                 await action(*args)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.web.template import Comment, Flattenable, Tag, flattenString, tags
 
 from nopard import __version__
+from nopard.web.pages_sync import clock_time, sync_lines
 
 README_MARKER = "nopard-readme"
 DOCTYPE = b"<!DOCTYPE html>\n"
@@ -420,7 +420,7 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
     for upstream in status["upstreams"]:
         state = "healthy" if upstream["state"] == "closed" else "down"
         since = upstream.get("down_since")
-        text = state if since is None else f"{state} since {_time(since)} ({age(now - since)})"
+        text = state if since is None else f"{state} since {clock_time(since)} ({age(now - since)})"
         upstream_rows.append(tags.tr(tags.th(upstream["url"], scope="row"), tags.td(text),
                                      tags.td(str(upstream["requests"]))))
     job_rows = []
@@ -463,7 +463,7 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
         ),
         tags.section(**{"aria-labelledby": "sync-h"})(
             tags.h2("Sync worker", id="sync-h"),
-            tags.p(f"Interval: {sync.get('interval')} s; next run: {sync.get('next_run') or 'not scheduled'}."),
+            *sync_lines(sync),
             tags.table(tags.thead(tags.tr(tags.th("Job", scope="col"), tags.th("Started", scope="col"),
                                           tags.th("Finished", scope="col"), tags.th("Outcome", scope="col"))),
                        tags.tbody(*job_rows)) if job_rows else tags.p("No sync job has run yet."),
@@ -471,10 +471,6 @@ def status_page(viewer: Viewer, status: dict[str, Any], sync: dict[str, Any], hi
         day,
         firewall,
     )
-
-
-def _time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def version_rows(document: dict[str, Any], tarball_url: Any, sizes: dict[str, int | None],

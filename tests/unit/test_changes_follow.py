@@ -142,3 +142,26 @@ async def test_a_feed_ignoring_the_limit_is_read_a_page_at_a_time(tmp_path: Path
     await world.run()
     assert sorted(documents(fake)) == ["/accepts", "/debug"]
     assert paths(fake).count("/_changes") == 3 and world.logged("changes-oversized") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_feed_page_request_takes_a_slot_of_the_sync_rate(tmp_path: Path, fake: FakeUpstream) -> None:
+    """NOPARD_SYNC_RATE budgets every upstream request of a run: each feed page waits for its slot
+    like each document (three pages and two documents: five slots, one per request made)."""
+    world = await following(tmp_path, fake)
+    assert world.jobs.follower is not None
+    world.jobs.follower.page_limit = 2
+    slots = []
+    acquire = world.jobs.rate.acquire
+
+    async def counted() -> None:
+        slots.append(len(paths(fake)))  # the requests made before this slot was asked for
+        await acquire()
+
+    world.jobs.rate.acquire = counted  # type: ignore[method-assign]
+    fake.feed("ignore-limit", record=["one-not-cached", "two-not-cached"])
+    fake.change("debug")
+    fake.change("accepts")
+    await world.run()
+    assert paths(fake).count("/_changes") == 3 and sorted(documents(fake)) == ["/accepts", "/debug"]
+    assert len(slots) == len(paths(fake)) == 5
