@@ -328,7 +328,7 @@ class SchedulerReactor(Clock):
 
 def test_sync_schedule_follows_the_interval() -> None:
     live = LiveSettings(base(NOPARD_SYNC_INTERVAL="300"))
-    jobs = type("NoJobs", (), {"reports": {}})()
+    jobs = type("NoJobs", (), {"reports": {}, "follower": None})()
     sync = SyncSchedule(jobs, live, SchedulerReactor(), Logger())  # type: ignore[arg-type]
     sync.startService()
     assert sync.scheduler.get_job("sync").trigger.interval.total_seconds() == 300
