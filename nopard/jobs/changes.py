@@ -120,6 +120,7 @@ class ChangesFollower:
                 page = await self._page(url, position)
                 if page.problem is not None:
                     await self._storage.delete(keys.CHANGES_FOLLOWED)  # the next run starts over
+                    self.state.since = None
                     raise FeedFailed(f"{page.problem}; starting over from the feed's current position")
                 if page.dropped:
                     self._log.warn("the changes feed {url} sent {count} results more than the {limit} asked "
@@ -187,6 +188,7 @@ class ChangesFollower:
                                                   self.max_page_bytes)
         if status == 410:  # nopard's feed no longer holds that position
             await self._storage.delete(keys.CHANGES_FOLLOWED)
+            self.state.since = None
         if status != 200:
             raise FeedFailed(f"it answered {status}")
         return body

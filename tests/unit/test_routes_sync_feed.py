@@ -25,6 +25,7 @@ class Feed(Resource):
         super().__init__()
         self.seq = 7
         self.failing = False
+        self.garbage = False  # answer a page that is not JSON
 
     def render(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
@@ -34,7 +35,7 @@ class Feed(Resource):
         if self.failing:
             request.setResponseCode(500)
             return b'{"error":"down"}'
-        return orjson.dumps({"results": [], "last_seq": self.seq})
+        return b"{not json" if self.garbage else orjson.dumps({"results": [], "last_seq": self.seq})
 
 
 async def refresh_run(app: InProcess) -> dict[str, Any]:
@@ -98,3 +99,16 @@ async def test_the_follower_state_is_shown_through_start_failure_and_recovery(tm
     back = await refresh_run(app)
     assert (back["since"], back["last_run"], back["failing"], back["last_error"]) == (10, "feed", False, error)
     assert (await status_section(app)).endswith(f"{error} (followed again since).")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_that_cannot_be_trusted_drops_the_position_shown(tmp_path: Path) -> None:
+    """A page that is not JSON: the stored position is dropped, and ``since`` says so (null)."""
+    feed = Feed()
+    app = build(tmp_path, upstream=feed, changes_url=UPSTREAM_URL + "_changes")
+    await refresh_run(app)
+    feed.garbage = True
+    dropped = await refresh_run(app)
+    assert (dropped["since"], dropped["last_run"], dropped["failing"]) == (None, "sweep", True)
+    assert dropped["last_error"].startswith("the page is not JSON")
+    assert "no position yet" in await status_section(app)
