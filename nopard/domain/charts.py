@@ -7,6 +7,7 @@ return into SVG elements. Coordinates are SVG user units, y growing downwards.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +52,9 @@ class Rect:
 def nice_top(value: float) -> float:
     """The top of a scale for values up to ``value``: the least 1, 2 or 5 times a power of ten at
     or above it (1 for nothing to show)."""
-    if not value > 0 or math.isinf(value):
+    # Below the smallest normal float, 10 ** floor(log10(value)) underflows to 0: such a value
+    # is nothing to show, like 0.
+    if not value >= sys.float_info.min or math.isinf(value):
         return 1.0
     power = 10.0 ** math.floor(math.log10(value))
     for step in (1.0, 2.0, 5.0, 10.0):

@@ -28,6 +28,12 @@ def test_nothing_to_show_scales_to_one() -> None:
     assert nice_top(0) == nice_top(-3) == 1.0
 
 
+def test_a_value_too_small_for_a_power_of_ten_scales_to_one() -> None:
+    # 10 ** floor(log10(5e-324)) underflows to 0.0: the scale's top was 0 and the bars divided by it.
+    assert nice_top(5e-324) == 1.0
+    assert stacked_bars([[("a", 5e-324)]], nice_top(5e-324), PLOT) == []  # too small to draw, not an error
+
+
 @given(st.lists(st.lists(st.tuples(st.sampled_from("ab"), st.floats(min_value=0, max_value=1e6)), max_size=3),
                 min_size=1, max_size=50))
 def test_stacked_bars_stay_in_the_plot_and_are_as_tall_as_their_value(stacks: list[list[tuple[str, float]]]) -> None:
