@@ -133,10 +133,12 @@ def goals(results: dict) -> list[Goal]:
         Goal("abbreviated doc, NOPARD_MIN_RELEASE_AGE=3d / without",
              quotient(rps(side.get("doc_quarantine")), rps(side.get("doc"))), 0.90, True),
         Goal("nopard tarball / peer tarball", quotient(rps(side.get("nopard")), rps(peer.get("tarball"))), 2.5, True),
-        # Not the goal itself (that is one process against one), but how far every core goes.
+        # Not a goal (issue 14's is one process against one, the row above): how far every core
+        # goes. On 2 cores wrk takes one, and wrk's 32 connections, opened at once, may all be
+        # accepted by whichever worker wakes first.
         Goal("nopard tarball, NOPARD_WORKERS=auto / peer tarball",
              quotient(rps((results.get("workers") or {}).get("many", {}).get("tarball")), rps(peer.get("tarball"))),
-             2.5, True),
+             None, True),
         Goal("warm npm ci / faster of (npm cache, direct)",
              quotient(seconds.get("ci_warm"), min(limits) if limits else None), 1.10, False),
         Goal("cold npm ci (nopard empty) / direct npm ci", quotient(seconds.get("ci_cold"), seconds.get("ci_direct")),

@@ -182,6 +182,14 @@ def test_quick_runs_use_short_defaults_unless_told_otherwise():
     assert (quick.duration, quick.repeat, quick.rounds, quick.sync_packages) == (3, 2, 1, 300)
 
 
+def test_only_nginx_or_workers_keeps_the_http_runs_they_are_made_in():
+    # They are measured inside the http part: skipping it left `--only workers` measuring nothing.
+    script = bench_script()
+    ran = {part: [p for p in script.PARTS if not getattr(script.parse_args(["--only", part]), f"skip_{p}")]
+           for part in ("workers", "nginx", "npm")}
+    assert ran == {"workers": ["http", "workers"], "nginx": ["http", "nginx"], "npm": ["npm"]}
+
+
 def test_a_registrys_cpu_counts_its_children_as_nginx_answers_from_its_workers():
     import subprocess
     import sys
