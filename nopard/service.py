@@ -314,7 +314,7 @@ def build_supervisor(settings: Settings, reactor: Any, log_stream: Any, given: M
     served by cluster/resp.py); with it, the workers share through that Redis.
     """
     live = LiveSettings(settings)
-    logs = LogService(live, log_stream, reactor)
+    logs = LogService(live, log_stream, reactor, batch_lines=True)
     endpoints = handoff_endpoints(listen_descriptions(settings), reactor, listen_source(sources))
     shared = None
     if not settings.redis_url:
@@ -371,7 +371,7 @@ def build_service(
     # NOPARD_ADMINS: admins without writing a rules file; they count as NOPARD_CONFIG's do.
     policy = dataclasses.replace(policy, admins=policy.admins | frozenset(settings.admins))
     top = MultiService()
-    logs = LogService(live, log_stream, reactor)
+    logs = LogService(live, log_stream, reactor, batch_lines=True)
     logs.setServiceParent(top)
     metrics = Metrics(reactor, os.environ.get(METRICS_DIR_ENV) if worker is not None else None,
                       worker.name if worker is not None else None)
@@ -476,7 +476,7 @@ def build_service(
     site = NopardSite(
         StartGate(app.resource(), overrides), live, reactor,
         Logger(namespace="nopard.access", observer=logs.publisher), metrics,
-        worker=worker.name if worker is not None else None,
+        worker=worker.name if worker is not None else None, lines=logs,
     )
     if worker is not None:
         served: list[IService] = [StreamServerEndpointService(e, site) for e in worker_endpoints(worker, reactor)]

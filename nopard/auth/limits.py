@@ -21,6 +21,7 @@ import ipaddress
 import math
 import uuid
 from collections import OrderedDict, deque
+from functools import lru_cache
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -32,6 +33,7 @@ MAX_KEYS = 100_000  # memory bound: the least recently failed keys are forgotten
 IPV6_CLIENT_PREFIX = 64  # one IPv6 client usually holds a whole /64
 
 
+@lru_cache(maxsize=4096)  # asked for every request; parsing the address cost more than the rest of its limits
 def address_group(address: str | None) -> str:
     """The client an address counts as, for every per-address limit: an IPv4 address itself, an
     IPv6 one its /64 (a single host may use any address of its /64), "" when unknown (a UNIX socket).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from nopard.domain.errors import InvalidInput, NotFound
@@ -222,6 +223,7 @@ class PackagePath:
     argument: str | None = None
 
 
+@lru_cache(maxsize=8192)  # every package request parses its path, an install's the same few hundred again
 def parse_package_path(path: bytes | str) -> PackagePath:
     """Parse a request path (still percent-encoded) into the package it names.
 

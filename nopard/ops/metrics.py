@@ -95,6 +95,11 @@ _PREFIX_ROUTES = (
 )
 
 
+# The methods counted under their own name; any other is "other" (a client may send any token as
+# its method: each must not add a label set to the metrics).
+HTTP_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
+
+
 def route_of(method: str, path: str, accept: str | None = None) -> str:
     """The route template a request matched, as a metric label (never the raw path).
 
@@ -193,16 +198,28 @@ class Metrics:
         self.live = LiveCollector(worker)
         self.exposed.register(self.live)
         self.history: Any = None  # nopard.ops.history.History: the status page's last day
+        # Each label set's children, looked up once: ``labels()`` (validation, a lock) cost more
+        # than counting. Bounded: routes, statuses and (see method_label) methods are small sets.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._cache_children: dict[tuple[str, str], Any] = {}
 
     def request_finished(
         self, route: str, method: str, status: int, seconds: float, cache_status: str | None
     ) -> None:
         """Count one answered request, and how its document or tarball was served."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route).observe(seconds)
+        labels = (route, method if method in HTTP_METHODS else "other", status)
+        counted = self._request_children.get(labels)
+        if counted is None:
+            counted = self._request_children[labels] = (
+                self.requests.labels(labels[0], labels[1], str(status)), self.request_seconds.labels(route))
+        counted[0].inc()
+        counted[1].observe(seconds)
         if cache_status:
             kind = "tarball" if route == "tarball" else "document"
-            self.cache.labels(kind, cache_status).inc()
+            served = self._cache_children.get((kind, cache_status))
+            if served is None:
+                served = self._cache_children[(kind, cache_status)] = self.cache.labels(kind, cache_status)
+            served.inc()
             if self.history is not None:
                 self.history.served(cache_status)
 

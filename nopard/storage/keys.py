@@ -41,6 +41,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from nopard.domain.errors import InvalidInput
 from nopard.domain.names import validate_name, validate_tarball_filename, validate_version
@@ -101,6 +102,7 @@ def package_prefix(name: str) -> str:
     return PACKAGES + validate_name(name)
 
 
+@lru_cache(maxsize=8192)  # every tarball request asks for two or three keys; validating the name costs
 def package_key(kind: str, name: str, filename: str | None = None) -> str:
     """The key of ``kind`` (LOCAL_DOCUMENT, ..., MIRRORED_TARBALL, which take a ``filename``) of ``name``."""
     if kind in _FILES:

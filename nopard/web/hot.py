@@ -54,9 +54,12 @@ class HotRoutes(Resource):
         answered = Deferred.fromCoroutine(self._packages.package(request, ""))
         finished: list[bool] = []
         # A client gone: its handler is cancelled (a stream stops), nothing more is written.
-        notify_finish = request.notifyFinish  # type: ignore[attr-defined]  # a Request's, not IRequest's
-        notify_finish().addBoth(lambda _: finished.append(True))
-        notify_finish().addErrback(lambda _: answered.cancel())
+        def gone(_: Failure) -> None:
+            finished.append(True)
+            answered.cancel()
+
+        request.notifyFinish().addCallbacks(  # type: ignore[attr-defined]  # a Request's, not IRequest's
+            lambda _: finished.append(True), gone)
         answered.addCallbacks(
             lambda body: self._write(request, finished, body),
             lambda failure: self._failed(request, finished, failure),

@@ -17,6 +17,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from nopard.auth.limits import address_group
+from nopard.ops.access_log import AccessLog
+from nopard.ops.logs import LogService
 from nopard.ops.metrics import Metrics, UpstreamWait, request_upstream_wait, route_of
 from nopard.settings.config import LiveSettings
 from nopard.web.bodies import BodyBudget, BodyLimit, BudgetRefusal, body_limit
@@ -39,6 +41,11 @@ def log_user(request: IRequest, user: str | None) -> None:
     request.user = user  # type: ignore[attr-defined]
 
 
+def log_route(request: IRequest, route: str) -> None:
+    """Name the metrics route of a request whose handler parsed its path (see ``route_of``)."""
+    request.route = route  # type: ignore[attr-defined]  # a NopardRequest attribute, as for log_user
+
+
 class NopardChannel(http.HTTPChannel):
     """An HTTP channel that keeps the line it is handling, so a request knows its own request line.
 
@@ -47,11 +54,18 @@ class NopardChannel(http.HTTPChannel):
     """
 
     line = b""
+    _host: Any = None
 
     def lineReceived(self, line: bytes) -> None:
         """Keep ``line`` for the request it may create, then parse it as Twisted does."""
         self.line = line
         super().lineReceived(line)
+
+    def getHost(self) -> Any:
+        """The connection's local address, asked of the socket once (Twisted asks for every request)."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
 
 class NopardRequest(server.Request):
@@ -84,6 +98,8 @@ class NopardRequest(server.Request):
         # The account, for the access log; Twisted's own bytes ``user`` (filled by getUser) goes unused.
         self.user: str | None = None  # type: ignore[assignment]
         self.cache_status: str | None = None
+        #: The metrics route, when the handler knows it (``route_of`` parses the path again otherwise).
+        self.route: str | None = None
         self.upstream_wait = UpstreamWait()
         worker = self._site().worker
         if worker is not None:
@@ -114,8 +130,6 @@ class NopardRequest(server.Request):
         if length is not None and length > self._limit().size:
             self._refuse_oversized()
             return
-        # Answered (finish) or connection lost (errback): either way its body's bytes go.
-        self.notifyFinish().addBoth(lambda _: self._release_body())
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -131,6 +145,9 @@ class NopardRequest(server.Request):
         if refusal is not None:
             self._refuse_busy(refusal)
             return
+        if not self.body_held:
+            # Answered (finish) or connection lost (errback): either way its body's bytes go.
+            self.notifyFinish().addBoth(lambda _: self._release_body())
         self.body_held += len(data)
         super().handleContentChunk(data)
 
@@ -189,14 +206,15 @@ class NopardSite(server.Site):
 
     def __init__(
         self, resource: IResource, settings: LiveSettings, clock: IReactorTime, log: Logger,
-        metrics: Metrics | None = None, worker: str | None = None,
+        metrics: Metrics | None = None, worker: str | None = None, lines: LogService | None = None,
     ) -> None:
+        """``log`` takes the access events, unless ``lines`` (the LogService) takes them as lines (AccessLog)."""
         super().__init__(resource)
         #: Which worker of a supervisor this is (NOPARD_WORKERS), answered in X-Nopard-Worker; None: no supervisor.
         self.worker = worker.encode() if worker else None
         self.settings = settings
         self.clock = clock
-        self._log = log
+        self._access = AccessLog(log, lines)
         self._metrics = metrics
         self.displayTracebacks = False
         # The body bytes its requests hold, per client address and in all (see NopardRequest).
@@ -220,21 +238,20 @@ class NopardSite(server.Site):
     def _emit(self, request: NopardRequest, method: str, path: str, status: int, length: int) -> None:
         address = request.getClientAddress()
         seconds = self.clock.seconds() - request.started
-        self._log.info(
-            "{client} {user} {method} {path} {status} {bytes} {ms}ms {cache}",
-            event="access",
-            client=getattr(address, "host", "-"),
-            user=request.user or "-",
-            method=method,
-            path=redact_path(path),
-            status=status,
-            bytes=length,
-            ms=round(seconds * 1000, 1),
-            cache=request.cache_status or "-",
-            upstream_ms=request.upstream_wait.ms,
-            **({"worker": self.worker.decode()} if self.worker is not None else {}),
-        )
+        fields = [
+            ("client", getattr(address, "host", "-")),
+            ("user", request.user or "-"),
+            ("method", method),
+            ("path", redact_path(path)),
+            ("status", status),
+            ("bytes", length),
+            ("ms", round(seconds * 1000, 1)),
+            ("cache", request.cache_status or "-"),
+            ("upstream_ms", request.upstream_wait.ms),
+        ]
+        if self.worker is not None:
+            fields.append(("worker", self.worker.decode()))
+        self._access.write(fields)
         if self._metrics is not None:
-            accept = request.getHeader("accept")
-            route = route_of(method, path, accept)
+            route = request.route or route_of(method, path, request.getHeader("accept"))
             self._metrics.request_finished(route, method, status, seconds, request.cache_status)

@@ -95,6 +95,19 @@ def test_requests_cache_upstream_and_sync_are_counted() -> None:
     assert scraped[("nopard_sync_failures_total", (("job", "refresh"),))] == 1
 
 
+def test_a_made_up_method_is_counted_as_other() -> None:
+    """A client may send any token as its method (it is answered 405 all the same): each one must
+    not add a label set to the metrics, which would grow without bound."""
+    metrics = Metrics(reactor)
+    for number in range(50):
+        metrics.request_finished("ping", f"FOO{number}", 405, 0.001, None)
+    metrics.request_finished("ping", "GET", 200, 0.001, None)
+    scraped = samples(metrics)
+    methods = {dict(labels)["method"] for name, labels in scraped if name == "nopard_http_requests_total"}
+    assert methods == {"other", "GET"}
+    assert scraped[("nopard_http_requests_total", (("method", "other"), ("route", "ping"), ("status", "405")))] == 50
+
+
 def test_breaker_state_is_read_at_scrape_time() -> None:
     """The breaker gauge says which state each upstream's breaker is in at the moment of the scrape."""
     now = [0.0]

@@ -26,6 +26,7 @@ from nopard.web.errors import raise_unsupported
 from nopard.web.redirects import TarballRedirects
 from nopard.web.responses import Requests, json_response, send_prepared
 from nopard.web.services import ChangeListener, PackageSource, RunInThread
+from nopard.web.site import log_route
 
 PRIVATE_DOCUMENT_CACHE = "private, no-cache"
 TARBALL_CACHE = "private, max-age=31536000, immutable"
@@ -143,6 +144,8 @@ class PackageRoutes:
         if request.path.startswith(b"/-/"):
             raise RouteNotFound()
         target = names.parse_package_path(request.path)
+        if target.kind != "document":  # a document's route also depends on its Accept (route_of)
+            log_route(request, target.kind)
         method = request.method.decode("ascii")
         if method == "HEAD":
             method = "GET"
