@@ -10,6 +10,7 @@ count (``BodyBudget``) the site keeps as bytes arrive and requests end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from nopard.domain import names
@@ -52,6 +53,8 @@ def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
     audits and prefetch lists get LIST_BODY_LIMIT; everything else, bodies or not, the
     small limit. No limit is above NOPARD_MAX_BODY_SIZE.
     """
+    if method not in (b"PUT", b"POST"):  # most requests: the path does not matter
+        return _small_limit(method, max_body_size)
     path = path.split(b"?", 1)[0]
     decoded = unquote_to_bytes(path)
     if method == b"PUT" and not decoded.startswith(b"/-/") and _is_package_document(path):
@@ -59,6 +62,11 @@ def body_limit(method: bytes, path: bytes, max_body_size: int) -> BodyLimit:
     if method == b"POST" and (decoded.startswith(AUDIT_PREFIX) or decoded == PREFETCH_PATH):
         return _within(LIST_BODY_LIMIT, max_body_size, "the limit of audit and prefetch bodies", forms=False,
                        lists=True)
+    return _small_limit(method, max_body_size)
+
+
+@lru_cache(maxsize=64)  # every GET asks; bounded, as a client may send any token as its method
+def _small_limit(method: bytes, max_body_size: int) -> BodyLimit:
     return _within(SMALL_BODY_LIMIT, max_body_size, f"the limit of {method.decode('latin-1')} bodies on this path")
 
 
