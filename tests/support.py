@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -28,11 +29,39 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process: never given twice
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port nothing uses right now, for a server a test starts on it.
+
+    Drawn below the kernel's ephemeral range: a port the kernel picks (binding port 0) is one it
+    also gives outgoing connections their local ports from, so a client of another test could
+    take it before the server binds it (seen once: "Address already in use" in test_listen).
+    """
+    low = _ephemeral_ports_start()
+    for _attempt in range(1000):
+        port = max(1024, low - 12000) + secrets.randbelow(12000)
+        if port >= low or port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as sock:  # no room below the range on this machine: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux's default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def twistd_env(extra: dict[str, str | None] | None = None) -> dict[str, str]:
