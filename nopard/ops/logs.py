@@ -108,9 +108,10 @@ class LevelPredicate:
 # Formatting --------------------------------------------------------------
 
 
-# The last second formatted, and its text up to the milliseconds: most lines share a second
-# with the line before, and strftime cost more than the rest of an access line's time.
-_last_second: list[Any] = [None, ""]
+# The last second formatted and its text up to the milliseconds, as one tuple (read and replaced
+# whole, so a line made on another thread never pairs one second with another's text): most lines
+# share a second with the line before, and strftime cost more than the rest of an access line.
+_last_second: tuple[int | None, str] = (None, "")
 
 
 def event_time(event: dict[str, Any]) -> str:
@@ -124,10 +125,11 @@ def time_text(stamp: float) -> str:
     micros = round((stamp - second) * 1e6)  # rounded as datetime rounds a timestamp
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    if _last_second[0] != second:
-        moment = datetime.fromtimestamp(second, UTC)
-        _last_second[:] = [second, moment.strftime("%Y-%m-%dT%H:%M:%S.")]
-    return f"{_last_second[1]}{micros // 1000:03d}Z"
+    global _last_second
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{micros // 1000:03d}Z"
 
 
 def event_name(event: dict[str, Any]) -> str:

@@ -199,7 +199,7 @@ class Metrics:
         self.exposed.register(self.live)
         self.history: Any = None  # nopard.ops.history.History: the status page's last day
         # Each label set's children, looked up once: ``labels()`` (validation, a lock) cost more
-        # than counting. Bounded: routes, statuses and (see method_label) methods are small sets.
+        # than counting. Bounded: routes, statuses and methods (HTTP_METHODS, else other) are small sets.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._cache_children: dict[tuple[str, str], Any] = {}
 

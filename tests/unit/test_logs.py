@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,7 @@ from nopard.ops.logs import (
     redact,
     redact_every_pattern,
     text_value,
+    time_text,
     twistd_log_stream,
 )
 from nopard.settings.config import LiveSettings, load_settings
@@ -54,6 +56,13 @@ def failure_of(error: Exception) -> Failure:
         raise error
     except Exception:
         return Failure()
+
+
+@given(st.one_of(st.floats(min_value=0, max_value=4e9), st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995)))
+def test_time_text_is_datetimes_utc_time_with_milliseconds(stamp: float) -> None:
+    """Formatting each second once (then adding the milliseconds) shows what datetime shows, rounding included."""
+    moment = datetime.fromtimestamp(stamp, UTC)
+    assert time_text(stamp) == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def test_text_access_line() -> None:
