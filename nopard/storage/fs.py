@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from stat import S_ISREG
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -94,7 +95,10 @@ class FilesystemStorage:
 
     async def read(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is none."""
-        return await self._run(_read_file, self.path_of(key))
+        path = self.path_of(key)
+        if _missing(path):
+            return None
+        return await self._run(_read_file, path)
 
     async def write(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``, replacing any object there atomically."""
@@ -106,7 +110,10 @@ class FilesystemStorage:
 
     async def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and their hash as its version, or None when there is none."""
-        return await self._run(_read_versioned, self.path_of(key))
+        path = self.path_of(key)
+        if _missing(path):
+            return None
+        return await self._run(_read_versioned, path)
 
     async def replace(self, key: str, data: bytes, version: str | None) -> bool:
         """Store ``data`` at ``key`` only if the stored object still has ``version`` (None: only if absent).
@@ -144,8 +151,8 @@ class FilesystemStorage:
         return await self._run(directory_size, self.root)
 
     async def exists(self, key: str) -> bool:
-        """Whether an object is stored at ``key``."""
-        return await self._run(os.path.isfile, self.path_of(key))
+        """Whether an object is stored at ``key``: one stat, made here (see ``_missing``)."""
+        return not _missing(self.path_of(key))
 
     # For nopard-admin fsck and gc (storage.Maintained) ------------------------
 
@@ -168,12 +175,35 @@ class FilesystemStorage:
 
     async def open(self, key: str) -> FileBlob | None:
         """Open the object for streaming, or None when there is none."""
-        return await self._run(_open_file, self.path_of(key))
+        path = self.path_of(key)
+        if _missing(path):
+            return None
+        return await self._run(_open_file, path)
 
     async def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, sorted."""
         check_prefix(prefix)
         return await self._run(_list_files, self.root, prefix)
+
+
+def _missing(path: str) -> bool:
+    """Whether no object's file is at ``path``, from one stat on the calling thread.
+
+    A request for something never stored asks several keys that are not there (a
+    cold tarball: its local copy, the local document, the mirrored copy and
+    document, the firewall's blocks); a thread-pool hop each woke two threads
+    for an answer a stat gives in microseconds, and on a busy machine those
+    wake-ups preempted the very client being served. A stat is metadata only,
+    as cheap as the stats the warm path makes on the reactor (storage/index.py);
+    reading a file that is there still goes to the pool. An error other than
+    "not there" says "maybe there", so the pool's read meets (and raises) it.
+    """
+    try:
+        return not S_ISREG(os.stat(path).st_mode)  # a directory is no object, as _read_file says
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
 
 
 def _read_file(path: str) -> bytes | None:

@@ -84,10 +84,12 @@ class ThreadHops:
 
     def __init__(self) -> None:
         self.count = 0
+        self.made: list[str] = []  # the name of what each hop ran, in order
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         """Run ``function`` at once, as run_now does, and count the hop."""
         self.count += 1
+        self.made.append(function.__name__)
         return maybeDeferred(function, *args, **kwargs)
 
 

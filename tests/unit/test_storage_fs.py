@@ -167,3 +167,28 @@ async def test_tarballs_get_the_umask_mode_and_other_files_stay_private(
         assert oct(os.stat(store.path_of(key)).st_mode & 0o777) == oct(mode), key
     for key in private:
         assert oct(os.stat(store.path_of(key)).st_mode & 0o777) == "0o600", key
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_key_is_answered_without_a_thread_hop(tmp_path: Path) -> None:
+    """read, read_versioned, open and exists of a key not stored (or a directory, which no key
+    is) answer from a stat made by the caller; an object that is there is read in the pool."""
+    hops: list[str] = []
+
+    def counted(function, *args):
+        hops.append(function.__name__)
+        return run_now(function, *args)
+
+    storage = FilesystemStorage(str(tmp_path / "store"), counted)
+    os.makedirs(Path(storage.root) / "k" / "directory")
+    for key in ("k/missing", "k/directory", "no/such/folder"):
+        assert await storage.read(key) is None and await storage.read_versioned(key) is None
+        assert await storage.open(key) is None and not await storage.exists(key)
+    assert hops == []
+    await storage.write("k/there", b"bytes")
+    assert await storage.exists("k/there") and await storage.read("k/there") == b"bytes"
+    assert (await storage.read_versioned("k/there"))[0] == b"bytes"
+    opened = await storage.open("k/there")
+    assert opened is not None and opened.size == 5
+    opened.close()
+    assert hops == ["_write_file", "_read_file", "_read_versioned", "_open_file"]

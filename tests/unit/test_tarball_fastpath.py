@@ -17,6 +17,8 @@ from nopard.storage import keys
 from nopard.storage.fs import FilesystemStorage
 from nopard.storage.index import FACTS_TTL, MEMORY_TARBALL_MAX, TARBALL_SHARE, IndexedStorage, StoreIndex
 from tests.support import publish_body, tarball_bytes
+from tests.unit.mirror_harness import FakeRegistry, packument
+from tests.unit.mirror_harness import tarball as upstream_tarball
 from tests.unit.route_harness import InProcess, build, run_now
 from tests.unit.storage_contract import StorageContract
 
@@ -65,6 +67,25 @@ async def test_a_warm_tarball_costs_no_thread_hop(tmp_path: Path, kind: str, sta
     assert again.status == 200 and again.body == data and again.headers["x-nopard-cache"] == status
     assert head.status == 200 and head.body == b"" and head.headers["content-length"] == str(len(data))
     assert "immutable" in again.headers["cache-control"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cold_tarball_hops_only_to_write(tmp_path: Path) -> None:
+    """A tarball nopard never saw asks about keys that are not there (its local copy, the local
+    document, its mirrored copy twice, the mirrored document, the firewall's blocks): each is
+    answered by a stat where the request runs, and the thread pool only writes (the document, its
+    meta, the tarball, the changes feed). Each hop wakes two threads, and on a machine the client
+    keeps busy those wake-ups preempted the client (npm ci through an empty nopard)."""
+    app = build(tmp_path, upstream=FakeRegistry({"demo": packument("demo", "1.0.0")}))
+    answer = await app.call("GET", "/demo/-/demo-1.0.0.tgz")
+    assert answer.status == 200 and answer.body == upstream_tarball("demo", "1.0.0")
+    assert answer.headers["x-nopard-cache"] == "MISS"
+    assert app.hops is not None
+    reads = [made for made in app.hops.made if made in ("_read_file", "_open_file", "_read_versioned", "isfile")]
+    # The writes: the document, its meta, the changes feed's log and head; then the tarball. The one
+    # read is of the tarball just stored (this upstream's answer was over before it could be followed).
+    assert app.hops.made == ["_write_file"] * 4 + ["_create_from_file", "_open_file"]
+    assert reads == ["_open_file"]
 
 
 @pytest_twisted.ensureDeferred
