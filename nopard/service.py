@@ -55,6 +55,7 @@ from nopard.mirror.search import UpstreamSearch
 from nopard.mirror.spool import remove_orphans
 from nopard.mirror.upstreams import Upstreams
 from nopard.mirror.usage import UsageFlusher
+from nopard.mirror.writeback import WriteBehindService
 from nopard.ops.daemon import pid_is_running
 from nopard.ops.daemon import prepare as prepare_daemon
 from nopard.ops.history import History
@@ -409,8 +410,11 @@ def build_service(
     upstreams = ruled_upstreams(Upstreams, policy)(
         live, lambda url, token: Upstream(url, http, live, reactor, token, upstream_log, metrics))
     spool_dir = os.path.join(settings.registry_path, ".spool")
-    parts = build_mirror(live, storage, registry, upstreams, cache, reactor, spool_dir,
-                         Logger(namespace="nopard.mirror", observer=logs.publisher), coordination, policy, changes)
+    mirror_log = Logger(namespace="nopard.mirror", observer=logs.publisher)
+    # Fetched copies are written after their answers only while no other process shares the store.
+    parts = build_mirror(live, storage, registry, upstreams, cache, reactor, spool_dir, mirror_log, coordination,
+                         policy, changes, write_behind=not settings.redis_url and worker is None)
+    WriteBehindService(parts.writes, reactor, mirror_log).setServiceParent(top)  # stops first, writing
     # Spools of fetches killed with their process (a worker after kill -9, nopard after a crash).
     reactor.callWhenRunning(remove_orphans, spool_dir, pid_is_running)
     mirror, documents, tarballs = parts.mirror, parts.documents, parts.tarballs

@@ -27,6 +27,7 @@ from nopard.mirror.served import Mirror
 from nopard.mirror.tarballs import MirroredTarballs
 from nopard.mirror.upstreams import Upstreams
 from nopard.mirror.usage import UsageLog
+from nopard.mirror.writeback import WriteBehind
 from nopard.settings.acl import ALLOW_ALL, Policy
 from nopard.settings.config import LiveSettings
 from nopard.storage import Storage
@@ -42,19 +43,23 @@ class MirrorParts:
     provenance: Provenance
     firewall: Firewall
     usage: UsageLog
+    writes: WriteBehind  # fetched copies waiting to be written; nopard.service writes them at stop
 
 
 def build_mirror(
     settings: LiveSettings, storage: Storage, registry: Registry, upstreams: Upstreams, cache: PreparedCache,
     clock: IReactorTime, spool_dir: str, log: Logger, coordination: Coordination | None = None,
-    policy: Policy = ALLOW_ALL, changes: ChangeRecorder | None = None,
+    policy: Policy = ALLOW_ALL, changes: ChangeRecorder | None = None, write_behind: bool = False,
 ) -> MirrorParts:
     """The mirror over ``storage``, asking ``upstreams``; ``coordination`` None: this process alone;
-    ``changes``: the feed new upstream copies and blocks are recorded in (None: none)."""
+    ``changes``: the feed new upstream copies and blocks are recorded in (None: none);
+    ``write_behind``: fetched copies may be written after their answers (nopard alone on its store,
+    NOPARD_MIRROR_WRITE_DELAY; mirror/writeback.py), else each before its answer ends."""
     shared: Coordination = coordination or InProcessCoordination()
-    documents = MirroredDocuments(settings, storage, cache, clock, log, shared)
+    writes = WriteBehind(storage, clock, lambda: settings.current.mirror_write_delay, log, allowed=write_behind)
+    documents = MirroredDocuments(settings, storage, cache, clock, log, shared, writes=writes)
     documents.changes = changes
-    tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log)
+    tarballs = MirroredTarballs(settings, storage, documents, shared, spool_dir, log, writes)
 
     async def blocks_changed(name: str) -> None:
         # Every prepared form of the package goes, here and (by its stamp) on every instance.
@@ -70,4 +75,4 @@ def build_mirror(
     mirror = Mirror(settings, storage, registry, upstreams, documents, tarballs, cache, clock, shared, firewall, usage)
     signing = registry.signing or SigningKeys(storage, clock.seconds)
     provenance = Provenance(settings, storage, registry, upstreams, documents, signing, clock, log)
-    return MirrorParts(documents, tarballs, mirror, provenance, firewall, usage)
+    return MirrorParts(documents, tarballs, mirror, provenance, firewall, usage, writes)

@@ -23,6 +23,7 @@ from nopard.domain import changes
 from nopard.domain.errors import NotFound, UpstreamBadContent, UpstreamUnavailable
 from nopard.domain.prepared import CachedDocument, PreparedCache
 from nopard.mirror.policy import SILENT_ENOUGH, TRUST_WINDOW, Action, decide
+from nopard.mirror.writeback import Write, WriteBehind
 from nopard.ops.singleflight import SingleFlight
 from nopard.settings.acl import not_forwarded, unreachable
 from nopard.settings.config import LiveSettings
@@ -91,10 +92,12 @@ class MirroredDocuments:
 
     def __init__(
         self, settings: LiveSettings, storage: Storage, cache: PreparedCache, clock: IReactorTime, log: Logger,
-        coordination: Coordination | None = None, revalidation_slots: int = 8,
+        coordination: Coordination | None = None, revalidation_slots: int = 8, writes: WriteBehind | None = None,
     ) -> None:
         self._settings = settings
         self._storage = storage
+        # Fetched copies may wait to be written (mirror/writeback.py); reads here see them.
+        self._writes = writes or WriteBehind(storage, clock, lambda: 0.0, log, allowed=False)
         self._cache = cache
         self._clock = clock
         self._log = log
@@ -109,17 +112,21 @@ class MirroredDocuments:
 
     async def mirrored_meta(self, name: str) -> MirrorMeta | None:
         """When nopard last confirmed its copy of ``name``'s upstream document, or None: no copy."""
-        raw = await self._storage.read(keys.upstream_meta_key(name))
+        key = keys.upstream_meta_key(name)
+        raw = self._writes.bytes_of(key) or await self._storage.read(key)
         return MirrorMeta(**orjson.loads(raw)) if raw else None
 
     async def mirrored_document(self, name: str) -> dict[str, Any] | None:
         """nopard's copy of ``name``'s upstream document (as sent, less ``servable``'s drops), or None."""
-        raw = await self._storage.read(keys.upstream_document_key(name))
+        key = keys.upstream_document_key(name)
+        raw = self._writes.bytes_of(key) or await self._storage.read(key)
         return orjson.loads(raw) if raw else None
 
     async def mirrored_names(self) -> list[str]:
-        """Every package nopard holds an upstream document of."""
-        return keys.names_of(await self._storage.list(keys.PACKAGES), keys.MIRRORED_META)
+        """Every package nopard holds an upstream document of (stored, or waiting to be)."""
+        stored = keys.names_of(await self._storage.list(keys.PACKAGES), keys.MIRRORED_META)
+        waiting = keys.names_of(self._writes.keys(), keys.MIRRORED_META)
+        return sorted(set(stored).union(waiting)) if waiting else stored
 
     async def by_policy(self, name: str, upstream: Upstream) -> tuple[dict[str, Any], MirrorMeta, str]:
         """The upstream document of ``name`` by the offline-first table, and how it was served."""
@@ -169,9 +176,11 @@ class MirroredDocuments:
             self._cache.invalidate(name)
         return changed
 
-    async def refetch(self, name: str, upstream: Upstream) -> dict[str, Any]:
-        """Fetch ``name`` again whatever is stored (a tarball's version is missing from the copy)."""
-        document, _meta = await self._flights.run(name, lambda: self._fetch(name, upstream, reuse_fresh=False))
+    async def refetch(self, name: str, upstream: Upstream, for_client: bool = False) -> dict[str, Any]:
+        """Fetch ``name`` again whatever is stored (a tarball's version is missing from the copy);
+        ``for_client``: a client waits on it (see ``_fetch``)."""
+        document, _meta = await self._flights.run(
+            name, lambda: self._fetch(name, upstream, reuse_fresh=False, for_client=for_client))
         self._cache.invalidate(name)
         return document
 
@@ -191,7 +200,8 @@ class MirroredDocuments:
         failed probe is told exactly what a hidden name is told while the upstream
         is down (acl.missing_answer), so the two cannot be told apart.
         """
-        fetching = Deferred.fromCoroutine(self._flights.run(name, lambda: self._fetch(name, upstream, urgent=True)))
+        fetching = Deferred.fromCoroutine(
+            self._flights.run(name, lambda: self._fetch(name, upstream, urgent=True, for_client=True)))
         if upstream.breaker.trusted(TRUST_WINDOW):
             return await fetching
         # Already silent on another request for a while: no point waiting on this one too.
@@ -207,10 +217,12 @@ class MirroredDocuments:
 
     async def _fetch(
         self, name: str, upstream: Upstream, timeout: float | None = None, reuse_fresh: bool = True,
-        urgent: bool = False,
+        urgent: bool = False, for_client: bool = False,
     ) -> Mirrored:
         """Fetch ``name``'s document; ``reuse_fresh``: a fresh stored copy will do instead;
-        ``urgent``: nopard has none to serve (it may be the breaker's probe at once)."""
+        ``urgent``: nopard has none to serve (it may be the breaker's probe at once);
+        ``for_client``: a client waits on it, so the copy may be written after the answer
+        (mirror/writeback.py), where the sync jobs' copies are stored before they count as done."""
         async with self._coordination.lock("doc:" + name, wait=self._settings.current.upstream_timeout):
             # Another instance may have fetched it while this one waited for the lock.
             stored = await self._fresh_copy(name, since=None) if reuse_fresh else None
@@ -220,7 +232,7 @@ class MirroredDocuments:
             if fetched.status == 404:
                 self._remember_not_found(name)
                 raise NotFound(f"package not found: {name}")
-            return await self._store(name, fetched.body, fetched.etag, fetched.last_modified)
+            return await self._store(name, fetched.body, fetched.etag, fetched.last_modified, later=for_client)
 
     async def _fresh_copy(self, name: str, since: float | None) -> Mirrored | None:
         """The stored document if it was confirmed within the TTL (and after ``since``), else None."""
@@ -305,7 +317,7 @@ class MirroredDocuments:
         fetched = await upstream.document(name, meta.etag, timeout=deadline)
         if fetched.status == 304:
             fresh = MirrorMeta(self._clock.seconds(), meta.etag, meta.last_modified)
-            await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(fresh)))
+            await self._writes.store(name, [(keys.upstream_meta_key(name), orjson.dumps(asdict(fresh)))])
             self._cache.touch(name, fresh.fetched_at, fresh.etag)
             document = await self.mirrored_document(name)
             if document is None:
@@ -315,8 +327,10 @@ class MirroredDocuments:
             raise NotFound(f"{name} is gone upstream")
         return await self._store(name, fetched.body, fetched.etag, fetched.last_modified)
 
-    async def _store(self, name: str, body: bytes | None, etag: str | None, last_modified: str | None) -> Mirrored:
-        """Validate and store an upstream document, then its meta (the document first)."""
+    async def _store(self, name: str, body: bytes | None, etag: str | None, last_modified: str | None,
+                     later: bool = False) -> Mirrored:
+        """Validate and store an upstream document, then its meta (the document first), then tell the
+        other instances and the changes feed; ``later``: perhaps after the answer (WriteBehind)."""
         try:
             document = orjson.loads(body or b"")
         except orjson.JSONDecodeError:
@@ -326,11 +340,15 @@ class MirroredDocuments:
             raise UpstreamBadContent(f"the upstream sent a document that is not {name}'s")
         document = servable(document)
         meta = MirrorMeta(self._clock.seconds(), etag, last_modified)
-        await self._storage.write(keys.upstream_document_key(name), orjson.dumps(document))
-        await self._storage.write(keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))
-        await self._coordination.bump(name)
-        if self.changes is not None:
-            await self.changes.record(name, changes.REFRESH, etag)
+
+        async def announce() -> None:
+            await self._coordination.bump(name)
+            if self.changes is not None:
+                await self.changes.record(name, changes.REFRESH, etag)
+
+        writes: list[Write] = [(keys.upstream_document_key(name), orjson.dumps(document)),
+                  (keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))]
+        await self._writes.store(name, writes, announce, later=later)
         return document, meta
 
     def _check_not_found(self, name: str, now: float) -> None:

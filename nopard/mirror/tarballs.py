@@ -10,6 +10,7 @@ never stored and never served whole.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,10 +24,12 @@ from nopard.domain.integrity import Digests
 from nopard.mirror.documents import Coordination, MirroredDocuments
 from nopard.mirror.policy import Action
 from nopard.mirror.spool import Spool
+from nopard.mirror.writeback import FileCopy, WriteBehind
 from nopard.ops.singleflight import SingleFlight
 from nopard.settings.acl import unreachable
 from nopard.settings.config import LiveSettings
 from nopard.storage import Blob, Storage, keys
+from nopard.storage.fs import FileBlob
 from nopard.upstream.client import Upstream
 
 
@@ -35,10 +38,12 @@ class MirroredTarballs:
 
     def __init__(
         self, settings: LiveSettings, storage: Storage, documents: MirroredDocuments, coordination: Coordination,
-        spool_dir: str, log: Logger,
+        spool_dir: str, log: Logger, writes: WriteBehind,
     ) -> None:
         self._settings = settings
         self._storage = storage
+        # A verified copy may be written after its answer (mirror/writeback.py); reads here see it.
+        self._writes = writes
         self._documents = documents
         self._coordination = coordination
         self._spool_dir = spool_dir
@@ -48,8 +53,9 @@ class MirroredTarballs:
         self._joining: dict[str, list[Deferred[Spool | None]]] = {}  # clients waiting for that
 
     async def stored(self, name: str, filename: str) -> bool:
-        """Whether the upstream tarball ``filename`` of ``name`` is stored."""
-        return await self._storage.exists(keys.upstream_tarball_key(name, filename))
+        """Whether the upstream tarball ``filename`` of ``name`` is stored (or waits to be)."""
+        key = keys.upstream_tarball_key(name, filename)
+        return self._writes.has(key) or await self._storage.exists(key)
 
     async def open(self, name: str, filename: str, upstream: Upstream) -> tuple[Blob, str]:
         """The stored tarball (HIT), else fetched now (MISS); NotFound fast while the upstream is down.
@@ -58,19 +64,19 @@ class MirroredTarballs:
         declared its length, else once stored.
         """
         key = keys.upstream_tarball_key(name, filename)
-        blob = await self._storage.open(key)
+        blob = _open_waiting(self._writes.file_of(key)) or await self._storage.open(key)
         if blob is not None:
             return blob, Action.SERVE.value
         spool = self._spools.get(key)
         if spool is None:
             if upstream.breaker.down:
                 raise NotFound(unreachable(f"{name}/-/{filename}"))
-            spool = await self._join(key, lambda: self._fetch(name, filename, upstream))
+            spool = await self._join(key, lambda: self._fetch(name, filename, upstream, for_client=True))
         if spool is not None and not spool.ended:
             return spool.follow(), Action.FETCH.value
         if spool is not None and spool.failure is not None:  # over before this caller could follow it
             raise spool.failure
-        blob = await self._storage.open(key)
+        blob = _open_waiting(self._writes.file_of(key)) or await self._storage.open(key)
         if blob is None:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         return blob, Action.FETCH.value
@@ -78,17 +84,21 @@ class MirroredTarballs:
     async def stored_key(self, name: str, filename: str, upstream: Upstream) -> tuple[str, str]:
         """The key of the stored tarball (HIT), else of the one fetched and verified now (MISS)."""
         key = keys.upstream_tarball_key(name, filename)
+        if self._writes.has(key):
+            await self._writes.written(key)  # the redirect names the stored file
+            return key, Action.SERVE.value
         if await self._storage.exists(key):
             return key, Action.SERVE.value
         if upstream.breaker.down:
             raise NotFound(unreachable(f"{name}/-/{filename}"))
-        await self._flights.run(key, lambda: self._fetch(name, filename, upstream))  # stored once it returns
+        await self._flights.run(key, lambda: self._fetch(name, filename, upstream))
+        await self._writes.written(key)  # stored now, not later: the redirect names the file
         return key, Action.FETCH.value
 
     async def ensure(self, name: str, filename: str, upstream: Upstream) -> int:
         """Fetch and store an upstream tarball unless stored; the bytes fetched now (0: was there)."""
         key = keys.upstream_tarball_key(name, filename)
-        if await self._storage.exists(key):
+        if self._writes.has(key) or await self._storage.exists(key):
             return 0
         return await self._flights.run(key, lambda: self._fetch(name, filename, upstream))
 
@@ -130,17 +140,21 @@ class MirroredTarballs:
         for waiter in self._joining.pop(key, []):
             waiter.callback(spool)
 
-    async def _fetch(self, name: str, filename: str, upstream: Upstream) -> int:
-        """Fetch, verify and store a tarball; one instance at a time fetches a given one."""
+    async def _fetch(self, name: str, filename: str, upstream: Upstream, for_client: bool = False) -> int:
+        """Fetch, verify and store a tarball; one instance at a time fetches a given one.
+
+        ``for_client``: a client waits on it, so the copy may be written after its answer
+        (mirror/writeback.py); the sync jobs' fetches are stored before they count as done."""
         key = keys.upstream_tarball_key(name, filename)
         async with self._coordination.lock("tarball:" + key, wait=self._settings.current.upstream_timeout):
-            if await self._storage.exists(key):  # fetched by another instance while this one waited
+            # Fetched by another instance while this one waited (or by this one, its copy waiting).
+            if self._writes.has(key) or await self._storage.exists(key):
                 return 0
-            return await self._fetch_locked(name, filename, upstream)
+            return await self._fetch_locked(name, filename, upstream, for_client)
 
-    async def _fetch_locked(self, name: str, filename: str, upstream: Upstream) -> int:
+    async def _fetch_locked(self, name: str, filename: str, upstream: Upstream, for_client: bool) -> int:
         key = keys.upstream_tarball_key(name, filename)
-        manifest = await self._manifest_for(name, filename, upstream)
+        manifest = await self._manifest_for(name, filename, upstream, for_client)
         dist = manifest.get("dist") or {}
         digests = Digests(dist)
         spool = Spool(self._spool_dir)
@@ -167,9 +181,10 @@ class MirroredTarballs:
                 raise UpstreamBadContent(
                     f"the upstream's {name}/-/{filename} does not match its integrity; not stored"
                 )
-            await self._storage.create_from_file(key, spool.path)
-            # The last byte once stored too: a client that has the whole tarball finds it here
-            # again at once (say, offline), and a request after it is a HIT.
+            # Stored, or waiting to be (a second name keeps the spool's file): a client that has the
+            # whole tarball finds it here again at once (say, offline), and a request after it is a HIT.
+            kept = self._writes.keep(spool.path) if for_client and self._writes.later else None
+            await self._writes.store(name, [(key, kept or FileCopy(spool.path))], later=kept is not None)
             spool.verify()
         except BaseException as error:
             spool.fail(error)
@@ -180,15 +195,27 @@ class MirroredTarballs:
             spool.end()
         return digests.size
 
-    async def _manifest_for(self, name: str, filename: str, upstream: Upstream) -> dict[str, Any]:
+    async def _manifest_for(self, name: str, filename: str, upstream: Upstream, for_client: bool) -> dict[str, Any]:
         """The upstream manifest naming ``filename``, refreshing a document that lacks it."""
         document = await self._documents.mirrored_document(name)
         manifest = packument.find_version_by_file(document, filename) if document else None
         if manifest is None:
-            document = await self._documents.refetch(name, upstream)
+            document = await self._documents.refetch(name, upstream, for_client)
             manifest = packument.find_version_by_file(document, filename)
         if manifest is None:
             raise NotFound(f"tarball not found: {name}/-/{filename}")
         if not str((manifest.get("dist") or {}).get("tarball", "")).startswith(("http://", "https://")):
             raise UpstreamBadContent(f"the upstream gives no tarball URL for {name}/-/{filename}")
         return manifest
+
+
+def _open_waiting(path: str | None) -> FileBlob | None:
+    """The file of a copy waiting to be stored, opened (on the reactor, as storage/index.py opens a
+    known tarball); None when there is none, or it was just stored and its second name removed."""
+    if path is None:
+        return None
+    try:
+        file = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    return FileBlob(file, os.fstat(file.fileno()).st_size)

@@ -74,6 +74,7 @@ class Settings:
     upstream_timeout: float
     stale_deadline: float
     not_found_ttl: float
+    mirror_write_delay: float
     unpublish_grace: float
     probe_interval: float
     private_scopes: tuple[str, ...]

@@ -215,6 +215,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("not_found_ttl", "60", parse_seconds, "Seconds an upstream 404 is remembered."),
     Setting(
+        "mirror_write_delay",
+        "0.5",
+        parse_interval,
+        "Seconds without a new fetch before the upstream copies fetched for clients are written (at most "
+        "10 s late; at once when nopard shares its store); 0: each before its answer ends.",
+    ),
+    Setting(
         "unpublish_grace",
         "86400",
         parse_interval,

@@ -196,11 +196,14 @@ def test_fsck_quarantined_tarball_is_fetched_again(store: Store, start_nopard: C
     document = server.request("GET", "/ms").json()
     path = "/" + document["versions"]["2.1.3"]["dist"]["tarball"][len(server.url):]
     good = server.request("GET", path).body
+    # A copy fetched for a client is written once fetches pause (NOPARD_MIRROR_WRITE_DELAY).
+    poll_until(lambda: store.get(MS) == good, "the fetched tarball written to the store")
     assert store.admin("fsck").returncode == 0
     flip_a_byte(store, MS)
     assert store.admin("fsck").returncode == 1
     again = server.request("GET", path)
     assert again.status == 200 and again.body == good and again.headers["x-nopard-cache"] == "MISS"
+    poll_until(lambda: store.get(MS) == good, "the good copy written to the store again")
     assert store.admin("gc").returncode == 0
     assert store.admin("fsck").returncode == 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import poll_until
 from tests.support import REPO, NopardServer, Npm, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
@@ -46,8 +47,10 @@ def test_cold_install_goes_through_nopard(world: dict) -> None:
     resolved = {entry["resolved"] for path, entry in lock["packages"].items() if path}
     assert all(url.startswith(server.url) for url in resolved)
     distinct = {(path.rsplit("node_modules/", 1)[-1], version) for path, version in versions.items()}
-    mirrored = list(server.registry.rglob("upstream/tarballs/*.tgz"))
-    assert len(mirrored) == len(distinct)
+    # Each copy is written once the fetches pause (NOPARD_MIRROR_WRITE_DELAY), every one of them.
+    poll_until(lambda: len(list(server.registry.rglob("upstream/tarballs/*.tgz"))) >= len(distinct),
+               "every fetched tarball written to the store")
+    assert len(list(server.registry.rglob("upstream/tarballs/*.tgz"))) == len(distinct)
 
 
 def test_warm_install_from_an_empty_npm_cache(world: dict) -> None:
@@ -131,6 +134,9 @@ def test_a_corrupt_upstream_tarball_fails_the_install_and_is_kept_nowhere(tmp_pa
             assert offline.returncode != 0 and not (project / "node_modules" / "ms").exists()
             npm.run("install", "--no-audit", cwd=project)
             assert json.loads((project / "node_modules" / "ms" / "package.json").read_text())["version"] == "2.1.3"
-            assert [path.name for path in server.registry.rglob("*.tgz")] == ["ms-2.1.3.tgz"]
+            poll_until(lambda: [path.name for path in server.registry.rglob("*.tgz")] == ["ms-2.1.3.tgz"],
+                       "the good tarball written to the store")
         finally:
             server.stop()
+        # Stopped, so every copy that waited is written: the refused tarball was never among them.
+        assert [path.name for path in server.registry.rglob("*.tgz")] == ["ms-2.1.3.tgz"]

@@ -215,8 +215,10 @@ class MirrorUnderTest:
         return Deferred.fromCoroutine(work)
 
 
-def build(tmp_path: Path, upstream: FakeRegistry | None = None, **settings: str) -> MirrorUnderTest:
-    """The mirror as nopard.service wires it, over ``upstream``; settings as NOPARD_* keywords."""
+def build(tmp_path: Path, upstream: FakeRegistry | None = None, write_behind: bool = False,
+          **settings: str) -> MirrorUnderTest:
+    """The mirror as nopard.service wires it, over ``upstream``; settings as NOPARD_* keywords;
+    ``write_behind``: as nopard alone on its store (fetched copies may be written after the answer)."""
     env = {"NOPARD_FORWARDER_URL": UPSTREAM, **{f"NOPARD_{k.upper()}": v for k, v in settings.items()}}
     live = LiveSettings(load_settings({}, env, cwd=str(tmp_path)))
     clock = task.Clock()
@@ -231,5 +233,5 @@ def build(tmp_path: Path, upstream: FakeRegistry | None = None, **settings: str)
     metrics = Metrics(clock)
     upstreams = Upstreams(live, lambda url, token: Upstream(url, http, live, clock, token, log, metrics))
     parts = build_mirror(live, storage, registry, upstreams, cache, clock, str(tmp_path / "spool"), log,
-                         coordination)
+                         coordination, write_behind=write_behind)
     return MirrorUnderTest(parts, fake, http, clock, registry, upstreams, storage, metrics, live)
