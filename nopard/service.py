@@ -427,6 +427,7 @@ def build_service(
     metrics.live.cache = cache
     metrics.live.coordination = coordination
     metrics.live.firewall = parts.firewall
+    metrics.live.writes = parts.writes
     # The store's size is a walk of the directory: nothing to walk when the data is in S3.
     metrics.live.store = StoreSize(storage.usage, reactor)
     eviction = metrics.live.mirror = Eviction(live, storage, documents, parts.usage, StoreLock(storage, reactor, owner),

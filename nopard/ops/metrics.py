@@ -275,6 +275,7 @@ class LiveCollector:
         self.coordination: Any = None
         self.firewall: Any = None  # nopard.firewall.verdicts.Firewall
         self.mirror: Any = None  # nopard.jobs.eviction.Eviction: the mirror's size and limit
+        self.writes: Any = None  # nopard.mirror.writeback.WriteBehind: fetched copies not written yet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The gauges, from the components' current state."""
@@ -326,6 +327,9 @@ class LiveCollector:
                                     "tarballs), as the eviction job last measured them.", value=figures["size"])
         if figures.get("limit") is not None:
             yield GaugeMetricFamily("nopard_mirror_limit_bytes", "NOPARD_MIRROR_MAX_SIZE.", value=figures["limit"])
+        if self.writes is not None:
+            yield GaugeMetricFamily("nopard_mirror_writes_waiting", "Upstream copies fetched for clients and not "
+                                    "written to the store yet (NOPARD_MIRROR_WRITE_DELAY).", value=self.writes.waiting)
 
 
 def firewall_metrics(status: dict[str, Any]) -> Iterator[Any]:

@@ -12,6 +12,7 @@ import pytest_twisted
 from nopard.mirror import writeback
 from nopard.mirror.spool import remove_orphans
 from nopard.mirror.writeback import MAX_AGE, WriteBehindService
+from nopard.ops.metrics import LiveCollector
 from nopard.storage import keys
 from tests.unit.mirror_harness import FakeRegistry, MirrorUnderTest, build, packument, tarball
 from tests.unit.storage_contract import CollectingConsumer
@@ -38,6 +39,12 @@ async def fetch(m: MirrorUnderTest, name: str) -> tuple[bytes, str]:
     return consumer.data, status
 
 
+def waiting_gauge(gauges: LiveCollector) -> float:
+    """nopard_mirror_writes_waiting as /-/metrics would show it."""
+    (family,) = [f for f in gauges.collect() if f.name == "nopard_mirror_writes_waiting"]
+    return family.samples[0].value
+
+
 def mirror(tmp_path: Path, **settings: str) -> MirrorUnderTest:
     return build(tmp_path, FakeRegistry({n: packument(n, "1.0.0") for n in NAMES}), write_behind=True, **settings)
 
@@ -52,6 +59,9 @@ async def test_a_fetched_copy_is_served_at_once_and_written_once_fetches_pause(t
     data, status = await fetch(m, "alpha")
     assert (data, status) == (tarball("alpha", "1.0.0"), "MISS")
     assert stored_files(tmp_path) == set() and m.parts.writes.waiting == 2  # the document, the tarball
+    gauges = LiveCollector()
+    gauges.writes = m.parts.writes
+    assert waiting_gauge(gauges) == 2.0
     again, status = await fetch(m, "alpha")
     assert (again, status) == (data, "HIT") and m.upstream.asked("/-/") == 1
     assert (await m.parts.documents.mirrored_document("alpha"))["name"] == "alpha"
@@ -62,7 +72,7 @@ async def test_a_fetched_copy_is_served_at_once_and_written_once_fetches_pause(t
     m.clock.advance(0.01)
     assert stored_files(tmp_path) == {"alpha/upstream/package.json", "alpha/upstream/meta.json",
                                       "alpha/upstream/tarballs/alpha-1.0.0.tgz"}
-    assert m.parts.writes.waiting == 0 and spool_files(tmp_path) == []
+    assert m.parts.writes.waiting == 0 and spool_files(tmp_path) == [] and waiting_gauge(gauges) == 0.0
     assert await m.storage.read(keys.upstream_tarball_key("alpha", "alpha-1.0.0.tgz")) == data
     third, status = await fetch(m, "alpha")
     assert (third, status) == (data, "HIT") and m.upstream.asked("/-/") == 1
