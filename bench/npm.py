@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import access_answer, say
 from bench.nginx import STATIC, start_nginx
-from bench.servers import WARM_TTL, start_nopard, tree_cpu_seconds
+from bench.servers import WARM_TTL, start_nopard, tree_cpu_seconds, written
 from tests.support import REPO, NopardServer, Npm, free_port, locked_versions, new_project
 from tests.upstream import FakeUpstream
 
@@ -182,6 +182,7 @@ def npm_phase(args, upstream: FakeUpstream, work: Path, results: dict) -> None:
             return start_nopard(stack, work / f"npm-nopard-cold-{index}", upstream, args, port=empty_port,
                                 NOPARD_META_TTL=WARM_TTL)
 
+        written(server)  # nginx sends the tarballs nopard stored (static_spec)
         specs = [Spec("ci_warm", "npm ci, warm", "ci", cold, True, server),
                  # The first warm `npm ci` left a full npm cache: npm alone, from it, is the first limit.
                  Spec("ci_cache", "npm ci --offline, npm's own warm cache", "ci", cold, True, server,

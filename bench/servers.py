@@ -8,6 +8,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from tests.polling import poll_until
 from tests.support import NopardServer, Response
 from tests.upstream import FakeUpstream
 
@@ -34,6 +35,15 @@ def start_nopard(stack: contextlib.ExitStack, workdir: Path, upstream: FakeUpstr
         server.port = port
     stack.callback(server.stop)
     return server.start()
+
+
+def written(server: NopardServer, timeout: float = 20.0) -> None:
+    """Wait until ``server`` wrote every copy it fetched for a client (they are written once fetches
+    pause, NOPARD_MIRROR_WRITE_DELAY): before another server reads the store it filled."""
+    def none_waiting() -> bool:
+        lines = get(server.url, "/-/metrics").body.decode().splitlines()
+        return "nopard_mirror_writes_waiting 0.0" in lines
+    poll_until(none_waiting, "nopard to write what it fetched", timeout=timeout)
 
 
 def get(base_url: str, path: str, headers: dict[str, str] | None = None, status: int = 200) -> Response:

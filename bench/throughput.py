@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from bench import report, say, wrk
 from bench.nginx import DIRECT, ONE_HOP, start_nginx
-from bench.servers import INSTALL_ACCEPT, WARM_TTL, get, peak_rss, start_nopard, tree_peak_rss
+from bench.servers import INSTALL_ACCEPT, WARM_TTL, get, peak_rss, start_nopard, tree_peak_rss, written
 from tests.upstream import FakeUpstream
 
 BIG = "big-package"
@@ -92,6 +92,7 @@ def http_phase(args, wrk_path: str, upstream: FakeUpstream, work: Path, results:
         sizes.update({key: len(get(target.url, urllib.parse.urlsplit(target.url).path, target.headers).body)
                       for key, target in targets.items()})
         side = results["side"] = {"file": filename, "bytes": sizes["nopard"]}
+        written(server)  # the other servers read the store it filled: nginx, the workers, more nopards
         if not args.skip_nginx:
             targets.update(behind_nginx(args, upstream, server, tarball, side, stack))
         workers_server = None

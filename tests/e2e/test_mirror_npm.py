@@ -30,12 +30,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     with FakeUpstream() as upstream:
         server = NopardServer(work / "nopard", {"NOPARD_FORWARDER_URL": upstream.url})
         server.start()
-        project = new_project(TREE, work / "cold", with_lock=False)
-        started = time.monotonic()
-        Npm(server.url, work / "npm-cold").run("install", "--no-audit", cwd=project)
-        timings = {"cold": time.monotonic() - started}
-        yield {"work": work, "upstream": upstream, "server": server, "project": project, "timings": timings}
-        server.stop()
+        try:  # a failed install must not leave nopard running past the tests
+            project = new_project(TREE, work / "cold", with_lock=False)
+            started = time.monotonic()
+            Npm(server.url, work / "npm-cold").run("install", "--no-audit", cwd=project)
+            timings = {"cold": time.monotonic() - started}
+            yield {"work": work, "upstream": upstream, "server": server, "project": project, "timings": timings}
+        finally:
+            server.stop()
 
 
 def test_cold_install_goes_through_nopard(world: dict) -> None:
