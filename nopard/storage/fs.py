@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from stat import S_ISREG
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -74,10 +75,7 @@ class FilesystemStorage:
 
     def path_of(self, key: str) -> str:
         """The file that holds ``key``; never outside the root."""
-        path = os.path.join(self.root, *check_key(key).split("/"))
-        if os.path.commonpath([self.root, path]) != self.root:
-            raise InvalidKey(f"invalid storage key: {key!r}")
-        return path
+        return _file_of(self.root, key)
 
     def mode_of(self, key: str) -> int:
         """The mode of ``key``'s file: tarballs readable by the group the umask allows, the rest 0600."""
@@ -184,6 +182,15 @@ class FilesystemStorage:
         """Every key under ``prefix``, sorted."""
         check_prefix(prefix)
         return await self._run(_list_files, self.root, prefix)
+
+
+@lru_cache(maxsize=16384)  # every store call asks it, often for the same few keys (the feed, hot packages)
+def _file_of(root: str, key: str) -> str:
+    """The file of ``key`` under ``root``, checked to stay inside it (a bad key raises, uncached)."""
+    path = os.path.join(root, *check_key(key).split("/"))
+    if os.path.commonpath([root, path]) != root:
+        raise InvalidKey(f"invalid storage key: {key!r}")
+    return path
 
 
 def _missing(path: str) -> bool:
