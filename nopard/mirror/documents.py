@@ -92,12 +92,12 @@ class MirroredDocuments:
 
     def __init__(
         self, settings: LiveSettings, storage: Storage, cache: PreparedCache, clock: IReactorTime, log: Logger,
-        coordination: Coordination | None = None, revalidation_slots: int = 8, writes: WriteBehind | None = None,
+        coordination: Coordination | None = None, revalidation_slots: int = 8, *, writes: WriteBehind,
     ) -> None:
         self._settings = settings
         self._storage = storage
         # Fetched copies may wait to be written (mirror/writeback.py); reads here see them.
-        self._writes = writes or WriteBehind(storage, clock, lambda: 0.0, log, allowed=False)
+        self._writes = writes
         self._cache = cache
         self._clock = clock
         self._log = log
@@ -346,8 +346,10 @@ class MirroredDocuments:
             if self.changes is not None:
                 await self.changes.record(name, changes.REFRESH, etag)
 
-        writes: list[Write] = [(keys.upstream_document_key(name), orjson.dumps(document)),
-                  (keys.upstream_meta_key(name), orjson.dumps(asdict(meta)))]
+        writes: list[Write] = [
+            (keys.upstream_document_key(name), orjson.dumps(document)),
+            (keys.upstream_meta_key(name), orjson.dumps(asdict(meta))),
+        ]
         await self._writes.store(name, writes, announce, later=later)
         return document, meta
 
