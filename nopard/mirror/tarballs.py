@@ -84,9 +84,7 @@ class MirroredTarballs:
     async def stored_key(self, name: str, filename: str, upstream: Upstream) -> tuple[str, str]:
         """The key of the stored tarball (HIT), else of the one fetched and verified now (MISS)."""
         key = keys.upstream_tarball_key(name, filename)
-        if self._writes.has(key):
-            await self._writes.written(key)  # the redirect names the stored file
-            return key, Action.SERVE.value
+        await self._writes.written(key)  # a copy waiting is stored first: the redirect names the file
         if await self._storage.exists(key):
             return key, Action.SERVE.value
         if upstream.breaker.down:

@@ -123,19 +123,17 @@ class WriteBehind:
 
     def bytes_of(self, key: str) -> bytes | None:
         """The bytes waiting to be stored at ``key``, or None (nothing, or a file)."""
-        copy = self._by_key.get(key)
-        if copy is None:
-            return None
-        value = dict(copy.writes)[key]
+        value = self._waiting_at(key)
         return value if isinstance(value, bytes) else None
 
     def file_of(self, key: str) -> str | None:
         """The file waiting to be stored at ``key``, or None."""
-        copy = self._by_key.get(key)
-        if copy is None:
-            return None
-        value = dict(copy.writes)[key]
+        value = self._waiting_at(key)
         return value.path if isinstance(value, FileCopy) else None
+
+    def _waiting_at(self, key: str) -> bytes | FileCopy | None:
+        copy = self._by_key.get(key)
+        return None if copy is None else next(value for written, value in copy.writes if written == key)
 
     def keys(self) -> list[str]:
         """Every key something waits to be stored at."""
